@@ -6,7 +6,7 @@ Recipe (`run_analyze`):
   2. one streamed pass over HELD-OUT general text (documents harvest never used): CE recovery per
      model, activation statistics, top-activating contexts, Latent Scaling sums;
   3. one pass over reasoning traces (s1K): activation statistics and top contexts there;
-  4. tables (ce_recovery.csv, latents.csv, class_counts.csv, class_frequency.csv,
+  4. tables (ce_recovery.csv, reconstruction.csv, latents.csv, class_counts.csv, class_frequency.csv,
      latent_scaling_summary.csv), figures, latents.html and report.md.
 Passes 2-3 checkpoint their streaming sums every `analyze.checkpoint_every` batches; a killed run
 resumes from there.
@@ -33,6 +33,7 @@ from reasondiff.ce_recovery import (
     reconstruct_raw,
 )
 from reasondiff.config import Config
+from reasondiff.crosscoder_loss import ExplainedVarianceMeter
 from reasondiff.errors import UserError
 from reasondiff.geometry import (
     BASE,
@@ -187,7 +188,7 @@ class PassState:
         if not self.path.is_file():
             return
         state = torch.load(self.path, weights_only=True)
-        if state.get("fingerprint") != self.fingerprint:
+        if state.get("fingerprint") != self.fingerprint or set(state["parts"]) != set(self.parts):
             log.info("%s was written for other settings: starting this pass over", self.path.name)
             return
         for name, part in self.parts.items():
@@ -252,6 +253,7 @@ def run_heldout_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, conte
                      keep_first: bool, candidates: list[int], scaling: LatentScaling | None, fingerprint: dict) -> dict:
     F = crosscoder.cfg.n_latents
     parts: dict[str, Any] = {"ce": CERecoveryMeter(MODEL_NAMES), "stats": LatentStats(F),
+                             "reconstruction": ExplainedVarianceMeter(),
                              "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, contexts.shape[1])}
     if scaling is not None:
         parts["scaling"] = scaling
@@ -260,6 +262,7 @@ def run_heldout_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, conte
         out = ce_recovery_batch(models, contexts[rows], hook, crosscoder, parts["ce"], keep_first=keep_first)
         f = out["f"]
         parts["stats"].update(_flat(f, keep_first))
+        parts["reconstruction"].update(_flat(out["x_norm"], keep_first), _flat(out["recon_norm"], keep_first))
         parts["top"].update(_zero_first(f, keep_first), torch.arange(rows.start, rows.stop))
         if scaling is not None:
             scaling.update(_flat(f, keep_first), _flat(out["x_norm"], keep_first), _flat(out["recon_norm"], keep_first))
@@ -288,6 +291,19 @@ def run_reasoning_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, con
 
 def _num(x: float) -> float | str:
     return "" if x != x else x  # NaN -> empty cell, so the CSV reads cleanly in pandas/spreadsheets
+
+
+RECONSTRUCTION_COLUMNS = ("model", "explained_variance", "l0", "n_tokens")
+
+
+def reconstruction_rows(meter: ExplainedVarianceMeter, stats: LatentStats) -> list[dict[str, Any]]:
+    """Held-out fit of the crosscoder: explained variance per model and of both together (1 − FVU),
+    and L0 (active latents per token) — on text the crosscoder never trained on, unlike train's metrics."""
+    l0 = float(stats.n_active.sum()) / max(int(stats.n_tokens), 1)
+    ev = meter.explained_variance().tolist()
+    rows = [{"model": name, "explained_variance": v} for name, v in zip(MODEL_NAMES, ev, strict=True)]
+    rows.append({"model": "both", "explained_variance": 1.0 - meter.fvu()})
+    return [{**row, "l0": l0, "n_tokens": meter.count} for row in rows]
 
 
 def latent_rows(relative_norm, cosine, norms, classes, stats_general: LatentStats, stats_reasoning: LatentStats | None,
@@ -441,6 +457,8 @@ def run_analyze(cfg: Config, ctx) -> dict[str, Any]:
             require_finite(f"{row['model']} {key}", row[key], step=None)
     write_csv(ctx.dir / "ce_recovery.csv", ce_rows, CE_COLUMNS)
     artifacts.write_text(ctx.dir / "ce_recovery.md", ce_table_markdown(ce_rows))
+    fit_rows = reconstruction_rows(heldout["reconstruction"], heldout["stats"])
+    write_csv(ctx.dir / "reconstruction.csv", fit_rows, RECONSTRUCTION_COLUMNS)
     alive = heldout["stats"].n_active > 0
     if reasoning is not None:
         alive |= reasoning["stats"].n_active > 0
@@ -450,7 +468,7 @@ def run_analyze(cfg: Config, ctx) -> dict[str, Any]:
     write_csv(ctx.dir / "latents.csv", rows, LATENT_COLUMNS)
     counts = class_count_rows(classes)
     write_csv(ctx.dir / "class_counts.csv", counts, ["class", "n_latents", "fraction"])
-    outputs: dict[str, Any] = {"ce_recovery": ce_rows, "class_counts": {r["class"]: r["n_latents"] for r in counts}}
+    outputs: dict[str, Any] = {"ce_recovery": ce_rows, "reconstruction": fit_rows, "class_counts": {r["class"]: r["n_latents"] for r in counts}}
     if reasoning is not None:
         freq_rows = class_frequency_rows(classes, heldout["stats"].frequency(), reasoning["stats"].frequency())
         write_csv(ctx.dir / "class_frequency.csv", freq_rows, ["class", "n_latents", "mean_freq_general", "mean_freq_reasoning",
@@ -461,6 +479,8 @@ def run_analyze(cfg: Config, ctx) -> dict[str, Any]:
         write_csv(ctx.dir / "latent_scaling_summary.csv", summary, list(summary[0]))
         outputs["latent_scaling"] = summary
     ctx.metrics.log({f"ce_recovered_{r['model']}": r["ce_recovered"] for r in ce_rows}
+                    | {f"heldout_explained_variance_{r['model']}": r["explained_variance"] for r in fit_rows}
+                    | {"heldout_l0": fit_rows[0]["l0"]}
                     | {f"n_{c}": n for c, n in outputs["class_counts"].items()}, step=0)
 
     # figures

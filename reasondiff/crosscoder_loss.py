@@ -61,6 +61,56 @@ def fraction_variance_unexplained(x: torch.Tensor, recon: torch.Tensor) -> torch
     return (x - recon).pow(2).sum() / (x - x.mean(dim=0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
 
 
+class ExplainedVarianceMeter:
+    """`explained_variance` and `fraction_variance_unexplained` streamed over batches of any size.
+
+    Keeps Σ||x − x̂||², Σx and Σ||x||² per model in float64, so a pass over many batches (and a pass
+    resumed from its saved state) gives the one-batch answer up to rounding."""
+
+    def __init__(self) -> None:
+        self.sq_err = self.x_sum = self.x_sq = None
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, recon: torch.Tensor) -> None:
+        """x, recon [N, n_models, d] over the tokens that count."""
+        if x.shape[0] == 0:
+            return
+        x64, err = x.double(), (x.float() - recon.float()).pow(2).sum(dim=(0, -1)).double()
+        parts = (err, x64.sum(0), x64.pow(2).sum(dim=(0, -1)))
+        if self.sq_err is None:
+            self.sq_err, self.x_sum, self.x_sq = (t.cpu() for t in parts)
+        else:
+            self.sq_err += parts[0].cpu()
+            self.x_sum += parts[1].cpu()
+            self.x_sq += parts[2].cpu()
+        self.count += x.shape[0]
+
+    def _total_variance(self) -> torch.Tensor:
+        return (self.x_sq - self.x_sum.pow(2).sum(-1) / self.count).clamp_min(1e-12)  # Σ||x − mean||² per model
+
+    def explained_variance(self) -> torch.Tensor:
+        """[n_models]; empty before any update."""
+        if self.sq_err is None:
+            return torch.empty(0, dtype=torch.float64)
+        return 1.0 - self.sq_err / self._total_variance()
+
+    def fvu(self) -> float:
+        return float("nan") if self.sq_err is None else float(self.sq_err.sum() / self._total_variance().sum())
+
+    def mean_sq_error(self) -> float:
+        """Σ_m ||x_m − x̂_m||² per token (the L2 term of the loss)."""
+        return float("nan") if self.sq_err is None else float(self.sq_err.sum() / self.count)
+
+    def state_dict(self) -> dict[str, torch.Tensor | int | None]:
+        return {"sq_err": self.sq_err, "x_sum": self.x_sum, "x_sq": self.x_sq, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sq_err, self.x_sum, self.x_sq = (None if state[k] is None else state[k].clone()
+                                              for k in ("sq_err", "x_sum", "x_sq"))
+        self.count = int(state["count"])
+
+
 def aux_k_loss(residual: torch.Tensor, pre_activations: torch.Tensor, dead: torch.Tensor,
                W_dec_flat: torch.Tensor, k_aux: int) -> torch.Tensor:
     """AuxK (Gao et al. 2024), as used for BatchTopK crosscoders: the top-k_aux DEAD latents of each

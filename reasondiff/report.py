@@ -150,9 +150,14 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
         out.append(_csv_section(ce, analyze_dir, floatfmt={"ce_recovered": ".1%", "n_tokens": "d"}))
     else:
         out.append(_missing("CE recovery", f"python -m reasondiff.analyze +exp={exp}"))
+    fit = analyze_dir / "reconstruction.csv"
+    if fit.is_file():
+        out.append("\nOn the same held-out tokens: explained variance of each model's activations (in the "
+                   "crosscoder's normalised space; `both` = 1 − FVU) and L0, active latents per token.\n\n")
+        out.append(_csv_section(fit, analyze_dir, floatfmt={"explained_variance": ".3f", "l0": ".1f", "n_tokens": "d"}))
     train_metrics = exp_dir / "train" / "metrics.csv"
     if train_metrics.is_file() and (rows := read_csv_rows(train_metrics)):
-        out.append("\nLast logged training metrics:\n\n" + markdown_table(rows[-1:]))
+        out.append("\nLast logged training metrics (on the training batch):\n\n" + markdown_table(rows[-1:]))
 
     out.append("\n## Decoder geometry (Figs. 5-6)\n")
     counts = analyze_dir / "class_counts.csv"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from reasondiff.tracking import MetricsLogger, require_finite
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+FINGERPRINT = "fingerprint.json"
 MODEL = "model"
 LENGTH_REPORT = "length_report.json"
 LOSS_CURVE = "loss_curve.png"
@@ -97,6 +99,41 @@ def last_complete_checkpoint(directory: Path) -> Path | None:
         log.warning("removing incomplete trainer checkpoint %s (killed while saving)", path)
         shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def resume_fingerprint(cfg: Config) -> dict[str, Any]:
+    """What must match for a trainer checkpoint to be resumed: the model, data and optimisation.
+
+    Left out: logging/saving cadence, samples, the hub push and the hardware profile (another micro
+    batch gives the same effective batch, so a run may move to another machine and go on)."""
+    ft = dataclasses.asdict(cfg.finetune)
+    for key in ("logging_steps", "save_steps", "save_total_limit", "sample_generations",
+                "sample_max_new_tokens", "push_to_hub", "hub_model_id", "save_dtype"):
+        ft.pop(key)
+    return {"base": cfg.model.path, "revision": cfg.model.revision, "seed": cfg.seed,
+            "format": dataclasses.asdict(cfg.format), "finetune": ft}
+
+
+def check_resume_fingerprint(checkpoints: Path, fingerprint: dict[str, Any], resume: Path | None) -> None:
+    """Refuse to resume checkpoints made with other settings; record the settings of a fresh run.
+
+    A silent resume would continue the old schedule under the new config's name."""
+    path = checkpoints / FINGERPRINT
+    if resume is not None and path.is_file():
+        previous = artifacts.read_json(path)
+        if previous != json.loads(json.dumps(fingerprint)):
+            changed = sorted(key for key in set(previous.get("finetune", {})) | set(fingerprint["finetune"])
+                             if previous.get("finetune", {}).get(key) != fingerprint["finetune"].get(key))
+            changed += [key for key in ("base", "revision", "seed", "format") if previous.get(key) != fingerprint[key]]
+            raise UserError(f"{checkpoints} holds checkpoints of a run with other settings "
+                            f"({', '.join(changed) or 'see ' + str(path)}); re-run with overwrite=true to start "
+                            "over, or restore the old settings to resume")
+    elif resume is not None:
+        log.warning("%s has no %s (made by an older version); resuming without checking its settings",
+                    checkpoints, FINGERPRINT)
+        return
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(path, fingerprint)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -272,6 +309,7 @@ def run_finetune(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str
 
     checkpoints = ctx.dir / CHECKPOINTS
     resume = last_complete_checkpoint(checkpoints)
+    check_resume_fingerprint(checkpoints, resume_fingerprint(cfg), resume)
     truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)

@@ -37,6 +37,7 @@ from reasondiff.crosscoder import (
     decoder_norm_sum,
 )
 from reasondiff.crosscoder_loss import (
+    ExplainedVarianceMeter,
     aux_k_loss,
     explained_variance,
     l1_coeff_at,
@@ -176,7 +177,7 @@ class CrossCoderTrainer:
                    "l0": float((out.f > 0).float().sum(-1).mean()),
                    "frac_dead": float(self.dead_latents().float().mean()), "lr": lr, "l1_coeff": l1_coeff,
                    "tokens": self.step * x.shape[0]}
-        metrics.update({f"explained_variance_{name}": float(v) for name, v in zip(_model_names(ev), ev, strict=True)})
+        metrics.update({f"explained_variance_{name}": float(v) for name, v in zip(model_names(len(ev)), ev, strict=True)})
         if self.cc.cfg.variant == "batchtopk":
             metrics.update(aux_loss=float(out.aux), threshold=float(self.cc.threshold))
         return metrics
@@ -223,8 +224,8 @@ def _adam_impl(device: torch.device) -> dict[str, Any]:
     return {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
 
 
-def _model_names(values) -> list[str]:
-    return ["base", "tuned"] if len(values) == 2 else [f"model{m}" for m in range(len(values))]
+def model_names(n_models: int) -> list[str]:
+    return ["base", "tuned"] if n_models == 2 else [f"model{m}" for m in range(n_models)]
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -233,23 +234,16 @@ def evaluate(cc: CrossCoder, source: ActivationSource, *, batch_size: int, n_tok
              device: torch.device) -> dict[str, float]:
     """Inference-mode metrics (batchtopk uses its threshold) on `n_tokens` from a separate stream."""
     batches = source.iter_batches(batch_size, seed=seed)
-    sq_err = total_var_terms = None
-    l0 = count = 0
-    xs_sum = xs_sq = None
+    meter = ExplainedVarianceMeter()
+    l0 = 0.0
     for _ in range(max(1, math.ceil(n_tokens / batch_size))):
         x = cc.normalise(next(batches).to(device).float())
         recon, f = cc(x)
-        err = (x - recon).pow(2).sum(dim=(0, -1))
-        sq_err = err if sq_err is None else sq_err + err
-        xs_sum = x.sum(0) if xs_sum is None else xs_sum + x.sum(0)
-        xs_sq = x.pow(2).sum(dim=(0, -1)) if xs_sq is None else xs_sq + x.pow(2).sum(dim=(0, -1))
+        meter.update(x, recon)
         l0 += float((f > 0).float().sum())
-        count += x.shape[0]
-    total_var_terms = xs_sq - xs_sum.pow(2).sum(-1) / count  # Σ||x − mean||² per model
-    ev = 1 - sq_err / total_var_terms
-    out = {"l0": l0 / count, "fvu": float(sq_err.sum() / total_var_terms.sum()), "eval_tokens": count,
-           "l2": float(sq_err.sum() / count)}
-    out.update({f"explained_variance_{name}": float(v) for name, v in zip(_model_names(ev), ev, strict=True)})
+    ev = meter.explained_variance()
+    out = {"l0": l0 / meter.count, "fvu": meter.fvu(), "eval_tokens": meter.count, "l2": meter.mean_sq_error()}
+    out.update({f"explained_variance_{name}": float(v) for name, v in zip(model_names(len(ev)), ev, strict=True)})
     return out
 
 

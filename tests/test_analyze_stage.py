@@ -51,7 +51,7 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     cfg = analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world)
     out = run_stage(cfg)
     assert artifacts.is_complete(out)
-    for name in ("ce_recovery.csv", "ce_recovery.md", "latents.csv", "class_counts.csv", "class_frequency.csv",
+    for name in ("ce_recovery.csv", "ce_recovery.md", "reconstruction.csv", "latents.csv", "class_counts.csv", "class_frequency.csv",
                  "latent_scaling_summary.csv", "relative_norm_hist.png", "cosine_hist.png", "latent_scaling.png",
                  "latents.html", "report.md", "manifest.json"):
         assert (out / name).is_file(), name
@@ -68,6 +68,11 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     classes = [row["class"] for row in latents]
     assert set(classes[:40]) <= {"tuned_only", "dead"} and "tuned_only" in classes[:40]
     assert set(classes[40:80]) <= {"base_only", "dead"} and "base_only" in classes[40:80]
+    fit = read_rows(out / "reconstruction.csv")
+    assert [row["model"] for row in fit] == ["base", "tuned", "both"]
+    assert all(float(row["explained_variance"]) <= 1 and int(row["n_tokens"]) == 6 * 47 for row in fit)
+    # L0 on held-out text is the sum of every latent's firing frequency there
+    assert float(fit[0]["l0"]) == pytest.approx(sum(float(row["freq_general"]) for row in latents), rel=1e-6)
     counts = {row["class"]: int(row["n_latents"]) for row in read_rows(out / "class_counts.csv")}
     assert sum(counts.values()) == N_LATENTS and counts["tuned_only"] == classes.count("tuned_only")
     for row in latents:
@@ -80,7 +85,7 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     page = (out / "latents.html").read_text()
     assert "most tuned-only latents" in page and "reasoning text" in page and 'class="t peak"' in page
     report = (out / "report.md").read_text()
-    assert "CE-loss recovery (Table 2)" in report and "| base |" in report
+    assert "CE-loss recovery (Table 2)" in report and "| base |" in report and "explained_variance" in report
     assert "relative_norm_hist.png" in report and "latents.html" in report
     assert "python -m reasondiff.finetune +exp=t" in report  # missing stages are named, not fatal
     manifest = artifacts.read_json(out / "manifest.json")
@@ -115,3 +120,4 @@ def test_killed_analyze_resumes_to_the_same_numbers(tmp_path, crosscoder_dir, ti
     assert len(calls) == 1  # only the third and last batch was recomputed
     assert read_rows(out / "ce_recovery.csv") == read_rows(reference / "ce_recovery.csv")
     assert read_rows(out / "latents.csv") == read_rows(reference / "latents.csv")
+    assert read_rows(out / "reconstruction.csv") == read_rows(reference / "reconstruction.csv")

@@ -171,6 +171,22 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step(tmp_path, tiny_model_dir
     assert manifest["outputs"]["global_step"] == 6
 
 
+def test_resume_with_other_settings_is_refused_and_loses_nothing(tmp_path, tiny_model_dir, tiny_world):
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_world)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, _At("end", 3, _interrupt))
+    out = cfg.stage_dir("finetune")
+    changed = _cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.learning_rate=1e-3")
+    with pytest.raises(UserError, match=r"other settings \(learning_rate\).*overwrite=true"):
+        _run(changed)
+    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"  # nothing deleted
+
+    trained_steps = []  # cadence and hardware are not part of the run's identity: it resumes
+    _run(_cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.logging_steps=2", "hardware.finetune_micro_batch=1"),
+         _At("end", None, None, record=trained_steps))
+    assert trained_steps == [3, 4, 5, 6]
+
+
 def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):
     for step, complete in ((2, True), (4, True), (6, False)):
         path = tmp_path / f"checkpoint-{step}"

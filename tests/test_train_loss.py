@@ -7,6 +7,7 @@ import torch
 
 from reasondiff.crosscoder import CrossCoder, CrossCoderConfig, decoder_norm_sum
 from reasondiff.crosscoder_loss import (
+    ExplainedVarianceMeter,
     aux_k_loss,
     explained_variance,
     fraction_variance_unexplained,
@@ -101,3 +102,19 @@ def test_batchtopk_loss_keeps_k_per_token_on_average():
     assert (out.f > 0).sum() == 4 * 16
     assert out.aux.item() > 0 and out.loss.item() == pytest.approx(out.l2.item() + 0.1 * out.aux.item())
     assert out.scores is not None and (out.scores > 0).sum() == 4 * 16
+
+
+def test_streamed_explained_variance_equals_the_one_batch_answer():
+    torch.manual_seed(0)
+    x = torch.randn(300, 2, 8) * torch.tensor([1.0, 3.0]).view(1, 2, 1) + 5.0  # a large mean: catches x² - mean² rounding
+    recon = x + 0.3 * torch.randn_like(x)
+    meter = ExplainedVarianceMeter()
+    for chunk in (slice(0, 7), slice(7, 7), slice(7, 200), slice(200, 300)):  # uneven, one empty
+        meter.update(x[chunk], recon[chunk])
+    resumed = ExplainedVarianceMeter()
+    resumed.load_state_dict(meter.state_dict())
+    for m in (meter, resumed):
+        torch.testing.assert_close(m.explained_variance().float(), explained_variance(x, recon), rtol=1e-5, atol=1e-6)
+        assert m.fvu() == pytest.approx(float(fraction_variance_unexplained(x, recon)), rel=1e-5)
+        assert m.mean_sq_error() == pytest.approx(float(reconstruction_loss(x, recon)), rel=1e-5)
+    assert ExplainedVarianceMeter().explained_variance().numel() == 0
