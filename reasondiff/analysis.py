@@ -30,6 +30,7 @@ from reasondiff.ce_recovery import (
     CERecoveryMeter,
     ce_recovery_batch,
     ce_table_markdown,
+    counted_positions,
     reconstruct_raw,
 )
 from reasondiff.config import Config
@@ -159,21 +160,14 @@ def sample_latents(classes: list[str], latent_class: str, n: int, seed: int) -> 
 
 # --- streamed passes -----------------------------------------------------------------------------
 
-def _positions(keep_first: bool) -> slice:
-    return slice(1, None) if keep_first else slice(None)
+def _flat(t: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] -> [N, ...] over the positions that count (see ce_recovery.counted_positions)."""
+    return t[counted.to(t.device)]
 
 
-def _flat(t: torch.Tensor, keep_first: bool) -> torch.Tensor:
-    """[B, T, ...] -> [B·T', ...] over the positions that count."""
-    t = t[:, _positions(keep_first)]
-    return t.reshape(-1, *t.shape[2:])
-
-
-def _zero_first(f: torch.Tensor, keep_first: bool) -> torch.Tensor:
-    if keep_first:
-        f = f.clone()
-        f[:, 0] = 0
-    return f
+def _zero_uncounted(f: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Latents [B, T, F] with the positions that do not count zeroed (they never top a context)."""
+    return f * counted.to(device=f.device, dtype=f.dtype).unsqueeze(-1)
 
 
 class PassState:
@@ -250,7 +244,8 @@ def _resumable_pass(cfg: Config, state: PassState, n_contexts: int, step, *, des
 
 
 def run_heldout_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, contexts: torch.Tensor, *,
-                     keep_first: bool, candidates: list[int], scaling: LatentScaling | None, fingerprint: dict) -> dict:
+                     keep_first: bool, max_norm_ratio: float | None, candidates: list[int],
+                     scaling: LatentScaling | None, fingerprint: dict) -> dict:
     F = crosscoder.cfg.n_latents
     parts: dict[str, Any] = {"ce": CERecoveryMeter(MODEL_NAMES), "stats": LatentStats(F),
                              "reconstruction": ExplainedVarianceMeter(),
@@ -259,29 +254,31 @@ def run_heldout_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, conte
         parts["scaling"] = scaling
 
     def step(rows: slice) -> None:
-        out = ce_recovery_batch(models, contexts[rows], hook, crosscoder, parts["ce"], keep_first=keep_first)
-        f = out["f"]
-        parts["stats"].update(_flat(f, keep_first))
-        parts["reconstruction"].update(_flat(out["x_norm"], keep_first), _flat(out["recon_norm"], keep_first))
-        parts["top"].update(_zero_first(f, keep_first), torch.arange(rows.start, rows.stop))
+        out = ce_recovery_batch(models, contexts[rows], hook, crosscoder, parts["ce"], keep_first=keep_first,
+                                max_norm_ratio=max_norm_ratio)
+        f, counted = out["f"], out["counted"]
+        parts["stats"].update(_flat(f, counted))
+        parts["reconstruction"].update(_flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
+        parts["top"].update(_zero_uncounted(f, counted), torch.arange(rows.start, rows.stop))
         if scaling is not None:
-            scaling.update(_flat(f, keep_first), _flat(out["x_norm"], keep_first), _flat(out["recon_norm"], keep_first))
+            scaling.update(_flat(f, counted), _flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
 
     return _resumable_pass(cfg, PassState(ctx_dir / "partial_heldout.pt", fingerprint, parts), len(contexts), step,
                            desc="held-out text (CE recovery, latents)")
 
 
 def run_reasoning_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, contexts: torch.Tensor, *,
-                       keep_first: bool, candidates: list[int], fingerprint: dict) -> dict:
+                       keep_first: bool, max_norm_ratio: float | None, candidates: list[int], fingerprint: dict) -> dict:
     F = crosscoder.cfg.n_latents
     parts = {"stats": LatentStats(F), "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, contexts.shape[1])}
 
     def step(rows: slice) -> None:
         acts = capture_pair(models, contexts[rows], hook)
         x_raw = torch.stack([a.to(device=crosscoder.W_dec.device, dtype=torch.float32) for a in acts], dim=2)
+        counted = counted_positions(x_raw, keep_first=keep_first, max_norm_ratio=max_norm_ratio)
         f, _, _ = reconstruct_raw(crosscoder, x_raw)
-        parts["stats"].update(_flat(f, keep_first))
-        parts["top"].update(_zero_first(f, keep_first), torch.arange(rows.start, rows.stop))
+        parts["stats"].update(_flat(f, counted))
+        parts["top"].update(_zero_uncounted(f, counted), torch.arange(rows.start, rows.stop))
 
     return _resumable_pass(cfg, PassState(ctx_dir / "partial_reasoning.pt", fingerprint, parts), len(contexts), step,
                            desc="reasoning traces (latents)")
@@ -434,18 +431,21 @@ def run_analyze(cfg: Config, ctx) -> dict[str, Any]:
         if not torch.allclose(harvest_factors, crosscoder.scaling_factors.cpu(), rtol=1e-3):
             log.warning("crosscoder scaling factors %s differ from harvest's %s: using the crosscoder's",
                         crosscoder.scaling_factors.tolist(), harvest_factors.tolist())
-    ctx.inputs.update({"hook": hook.name, "exclude_first_position": keep_first,
+    # massive-activation tokens: left out exactly as harvest left them out of the training data
+    max_norm_ratio = store.manifest.get("max_norm_ratio") if store is not None else cfg.harvest.max_norm_ratio
+    ctx.inputs.update({"hook": hook.name, "exclude_first_position": keep_first, "max_norm_ratio": max_norm_ratio,
                        "harvest_documents_used": int(store.manifest["documents_used"]) if store is not None else None})
 
     general = heldout_contexts(cfg, tokenizer, store)
-    common = {"hook": hook.name, "keep_first": keep_first, "tracked": tracked}
+    common = {"hook": hook.name, "keep_first": keep_first, "max_norm_ratio": max_norm_ratio, "tracked": tracked}
     heldout = run_heldout_pass(cfg, ctx.dir, models, crosscoder, hook, general, keep_first=keep_first,
-                               candidates=tracked, scaling=scaling,
+                               max_norm_ratio=max_norm_ratio, candidates=tracked, scaling=scaling,
                                fingerprint=_fingerprint(cfg, general, cc_dir, {**common, "scaling": a.latent_scaling}))
     reasoning_ctx = reasoning_contexts(cfg, tokenizer)
     reasoning = None
     if reasoning_ctx is not None:
         reasoning = run_reasoning_pass(cfg, ctx.dir, models, crosscoder, hook, reasoning_ctx, keep_first=keep_first,
+                                       max_norm_ratio=max_norm_ratio,
                                        candidates=tracked, fingerprint=_fingerprint(cfg, reasoning_ctx, cc_dir, common))
     ctx.inputs.update({"n_heldout_contexts": len(general), "n_reasoning_contexts": 0 if reasoning_ctx is None else len(reasoning_ctx),
                        "context_length": general.shape[1]})

@@ -9,9 +9,11 @@ crosscoder's normalised space: it is divided by the scaling factors before being
 forgetting that is the classic silent bug, and the tests catch it.
 
 Qwen's first position is an attention sink with a norm far above the rest and is usually left out
-of harvesting: with `keep_first=True` it is left untouched by both interventions (as in the
-Kissane/Nanda replication, `act[:, 1:] = recon`) and its prediction is left out of every loss, so
-the three losses are over exactly the same tokens and differ only in what replaced positions 1:.
+of harvesting, and so are later massive-activation tokens (`harvest.max_norm_ratio`; on Qwen the
+first "." or "," of a context can carry 10-60x the median norm). The crosscoder never trained on
+those positions, so here they are left untouched by both interventions (as in the Kissane/Nanda
+replication, `act[:, 1:] = recon`) and their predictions are left out of every loss: the three
+losses are over exactly the same tokens and differ only in what replaced the counted positions.
 """
 
 from __future__ import annotations
@@ -35,26 +37,30 @@ def ce_recovered(ce_clean: float, ce_zero_ablation: float, ce_spliced: float) ->
     return (ce_zero_ablation - ce_spliced) / gap
 
 
-def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, *, skip_first: bool) -> tuple[float, int]:
-    """(sum of next-token CE, number of predictions) over a batch [B, T, V] / [B, T].
-
-    Position t predicts token t+1; `skip_first` drops the prediction made at the sink position 0.
-    Summed, not averaged, so batches of any size combine exactly.
-    """
-    start = 1 if skip_first else 0
-    target = tokens[:, start + 1:].to(logits.device)
-    total = 0.0
-    for row in range(logits.shape[0]):  # one row at a time: a float32 copy of [B, T, 152k] logits is GBs
-        total += float(F.cross_entropy(logits[row, start:-1].float(), target[row], reduction="sum"))
-    return total, int(target.numel())
+def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-prediction CE [B, T-1] of logits [B, T, V]: position t predicts token t+1."""
+    target = tokens[:, 1:].to(logits.device)
+    # one row at a time: a float32 copy of [B, T, 152k] logits is GBs
+    return torch.stack([F.cross_entropy(logits[row, :-1].float(), target[row], reduction="none")
+                        for row in range(logits.shape[0])])
 
 
-def splice(acts: torch.Tensor, replacement: torch.Tensor, *, keep_first: bool) -> torch.Tensor:
-    """`replacement` in the activations' dtype, with position 0 kept from `acts` when `keep_first`."""
-    out = replacement.to(device=acts.device, dtype=acts.dtype).clone()
-    if keep_first:
-        out[:, 0] = acts[:, 0]
-    return out
+def counted_positions(x_raw: torch.Tensor, *, keep_first: bool, max_norm_ratio: float | None) -> torch.Tensor:
+    """Bool [B, T] of the positions the crosscoder stands in for, by harvest's own rule
+    (activations.select_positions): not the sink position 0 when `keep_first`, and no token whose
+    norm in either model exceeds `max_norm_ratio` x the batch median. x_raw: [B, T, n_models, d]."""
+    from reasondiff.activations import select_positions
+
+    return select_positions(x_raw, None, drop_first_position=keep_first, max_norm_ratio=max_norm_ratio)[0]
+
+
+def splice(acts: torch.Tensor, replacement: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """`replacement` in the activations' dtype at the counted positions [B, T] (all when None); the
+    other positions keep `acts`."""
+    out = replacement.to(device=acts.device, dtype=acts.dtype)
+    if counted is None:
+        return out.clone()
+    return torch.where(counted.to(acts.device).unsqueeze(-1), out, acts)
 
 
 def reconstruct_raw(crosscoder, x_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,23 +73,18 @@ def reconstruct_raw(crosscoder, x_raw: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def forward_ce(model, tokens: torch.Tensor, hook, fn: Callable[[torch.Tensor], torch.Tensor | None],
-               *, skip_first: bool) -> tuple[float, int]:
-    """Next-token CE sum of `model` on `tokens` with `fn` applied at the hook point
+def forward_ce(model, tokens: torch.Tensor, hook, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
+    """Per-prediction CE [B, T-1] of `model` on `tokens` with `fn` applied at the hook point
     (`fn` returns a replacement activation, or None to only observe)."""
     from reasondiff.activations import residual_hook
 
     with residual_hook(model, hook, fn):
         if getattr(model.config, "final_logit_softcapping", None):
-            return next_token_ce(model(input_ids=tokens.to(model.device)).logits, tokens, skip_first=skip_first)
+            return next_token_ce(model(input_ids=tokens.to(model.device)).logits, tokens)
         # The [B, T, vocab] logits of a 152k vocabulary are GBs: unembed one context at a time.
         hidden = model.base_model(input_ids=tokens.to(model.device)).last_hidden_state
     unembed = model.get_output_embeddings()
-    total, count = 0.0, 0
-    for row in range(hidden.shape[0]):
-        row_total, row_count = next_token_ce(unembed(hidden[row:row + 1]), tokens[row:row + 1], skip_first=skip_first)
-        total, count = total + row_total, count + row_count
-    return total, count
+    return torch.cat([next_token_ce(unembed(hidden[row:row + 1]), tokens[row:row + 1]) for row in range(hidden.shape[0])])
 
 
 @dataclass
@@ -96,10 +97,12 @@ class CERecoveryMeter:
         self.sums = torch.zeros(len(self.model_names), len(CONDITIONS), dtype=torch.float64)
         self.n_tokens = torch.zeros(len(self.model_names), dtype=torch.long)
 
-    def add(self, model_index: int, condition: str, ce_sum: float, n: int) -> None:
-        self.sums[model_index, CONDITIONS.index(condition)] += ce_sum
+    def add(self, model_index: int, condition: str, losses: torch.Tensor, counted: torch.Tensor) -> None:
+        """losses [B, T-1] per prediction; counted [B, T] positions whose prediction counts."""
+        keep = counted[:, :-1].to(losses.device)
+        self.sums[model_index, CONDITIONS.index(condition)] += float(losses[keep].double().sum())
         if condition == "clean":
-            self.n_tokens[model_index] += n
+            self.n_tokens[model_index] += int(keep.sum())
 
     def rows(self) -> list[dict]:
         rows = []
@@ -120,31 +123,31 @@ class CERecoveryMeter:
 
 @torch.no_grad()
 def ce_recovery_batch(models: Sequence, tokens: torch.Tensor, hook, crosscoder, meter: CERecoveryMeter,
-                      *, keep_first: bool) -> dict[str, torch.Tensor]:
+                      *, keep_first: bool, max_norm_ratio: float | None = None) -> dict[str, torch.Tensor]:
     """Clean, zero-ablated and spliced CE of every model on one batch of contexts [B, T].
 
     Returns what the clean runs produced for the other analyses: raw activations x_raw
-    [B, T, n_models, d] (float32, on the crosscoder's device), x_norm, latents f and the
-    normalised reconstruction.
+    [B, T, n_models, d] (float32, on the crosscoder's device), x_norm, latents f, the normalised
+    reconstruction and `counted` [B, T], the positions that count (see `counted_positions`).
     """
     captured: list[torch.Tensor] = []
 
     def observe(acts: torch.Tensor) -> None:
         captured.append(acts.detach())
 
-    for m, model in enumerate(models):
-        meter.add(m, "clean", *forward_ce(model, tokens, hook, observe, skip_first=keep_first))
+    clean = [forward_ce(model, tokens, hook, observe) for model in models]
     device = crosscoder.W_dec.device
     x_raw = torch.stack([a.to(device=device, dtype=torch.float32) for a in captured], dim=2)
+    counted = counted_positions(x_raw, keep_first=keep_first, max_norm_ratio=max_norm_ratio)
     f, recon_norm, recon_raw = reconstruct_raw(crosscoder, x_raw)
     for m, model in enumerate(models):
-        meter.add(m, "zero_ablation", *forward_ce(
-            model, tokens, hook, lambda a: splice(a, torch.zeros_like(a), keep_first=keep_first),
-            skip_first=keep_first))
-        meter.add(m, "spliced", *forward_ce(
-            model, tokens, hook, lambda a, m=m: splice(a, recon_raw[:, :, m], keep_first=keep_first),
-            skip_first=keep_first))
-    return {"x_raw": x_raw, "x_norm": crosscoder.normalise(x_raw), "f": f, "recon_norm": recon_norm}
+        meter.add(m, "clean", clean[m], counted)
+        meter.add(m, "zero_ablation", forward_ce(
+            model, tokens, hook, lambda a: splice(a, torch.zeros_like(a), counted)), counted)
+        meter.add(m, "spliced", forward_ce(
+            model, tokens, hook, lambda a, m=m: splice(a, recon_raw[:, :, m], counted)), counted)
+    return {"x_raw": x_raw, "x_norm": crosscoder.normalise(x_raw), "f": f, "recon_norm": recon_norm,
+            "counted": counted}
 
 
 def ce_table_markdown(rows: Sequence[dict]) -> str:

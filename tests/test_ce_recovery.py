@@ -13,6 +13,7 @@ from reasondiff.ce_recovery import (
     CERecoveryMeter,
     ce_recovered,
     ce_recovery_batch,
+    counted_positions,
     forward_ce,
     next_token_ce,
     splice,
@@ -32,22 +33,40 @@ def test_ce_recovered_formula():
     assert math.isnan(ce_recovered(3.0, 3.0, 3.0))  # ablation changes nothing: undefined, not 0/0 noise
 
 
-def test_next_token_ce_shifts_and_skips_the_first_prediction():
+def test_next_token_ce_is_per_prediction_and_shifted():
     logits = torch.randn(2, 5, 11)
     tokens = torch.randint(0, 11, (2, 5))
-    total, n = next_token_ce(logits, tokens, skip_first=False)
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), tokens[:, 1:].reshape(-1), reduction="sum")
-    assert n == 8 and total == pytest.approx(expected.item(), rel=1e-5)
-    total1, n1 = next_token_ce(logits, tokens, skip_first=True)
-    first = torch.nn.functional.cross_entropy(logits[:, 0], tokens[:, 1], reduction="sum")
-    assert n1 == 6 and total1 == pytest.approx(expected.item() - first.item(), rel=1e-5)
+    losses = next_token_ce(logits, tokens)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), tokens[:, 1:].reshape(-1), reduction="none")
+    assert losses.shape == (2, 4)
+    torch.testing.assert_close(losses.reshape(-1), expected)
 
 
-def test_splice_keeps_the_first_position():
+def test_meter_counts_only_the_predictions_of_counted_positions():
+    losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    counted = torch.tensor([[False, True, True, True], [False, False, True, True]])  # last position: no target
+    meter = CERecoveryMeter(("base",))
+    for condition in ("clean", "zero_ablation", "spliced"):
+        meter.add(0, condition, losses, counted)
+    row = meter.rows()[0]
+    assert row["n_tokens"] == 3 and row["ce_clean"] == pytest.approx((2 + 3 + 6) / 3)
+
+
+def test_splice_leaves_the_positions_that_do_not_count():
     acts, recon = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
-    out = splice(acts, recon, keep_first=True)
-    assert torch.equal(out[:, 0], acts[:, 0]) and torch.equal(out[:, 1:], recon[:, 1:])
-    assert torch.equal(splice(acts, recon, keep_first=False), recon)
+    counted = torch.tensor([[False, True, False, True], [False, True, True, True]])
+    out = splice(acts, recon, counted)
+    torch.testing.assert_close(out[counted], recon[counted])
+    torch.testing.assert_close(out[~counted], acts[~counted])
+    assert torch.equal(splice(acts, recon), recon)
+
+
+def test_counted_positions_drop_the_sink_and_massive_tokens():
+    x = torch.ones(2, 6, 2, 4)
+    x[0, 3, 1] *= 40.0  # a massive token in the tuned model only: dropped for both
+    counted = counted_positions(x, keep_first=True, max_norm_ratio=10.0)
+    assert counted[:, 0].logical_not().all() and not counted[0, 3] and int(counted.sum()) == 2 * 5 - 1
+    assert counted_positions(x, keep_first=False, max_norm_ratio=None).all()
 
 
 def exact_crosscoder(d_model: int, scaling_factors) -> CrossCoder:
@@ -92,11 +111,11 @@ def trained_pair(tiny_tokenizer):
     return models, tokens
 
 
-def _ce_rows(models, tokens, crosscoder, keep_first=True):
+def _ce_rows(models, tokens, crosscoder, keep_first=True, max_norm_ratio=None):
     meter = CERecoveryMeter(("base", "tuned"))
     hook = parse_hook(HOOK, 4)
     for half in tokens.split(2):  # two batches: sums must combine
-        ce_recovery_batch(models, half, hook, crosscoder, meter, keep_first=keep_first)
+        ce_recovery_batch(models, half, hook, crosscoder, meter, keep_first=keep_first, max_norm_ratio=max_norm_ratio)
     return meter.rows()
 
 
@@ -137,8 +156,10 @@ def test_spliced_reconstruction_comes_from_the_joint_code(trained_pair):
     captured = []
     with torch.no_grad(), residual_hook(models[1], hook, lambda a: captured.append(a.clone())):
         models[1](input_ids=tokens)
-    total, n = forward_ce(models[0], tokens, hook, lambda a: splice(a, captured[0], keep_first=True), skip_first=True)
-    assert rows[0]["ce_spliced"] == pytest.approx(total / n, abs=1e-4)
+    counted = torch.ones(tokens.shape, dtype=torch.bool)
+    counted[:, 0] = False
+    losses = forward_ce(models[0], tokens, hook, lambda a: splice(a, captured[0], counted))
+    assert rows[0]["ce_spliced"] == pytest.approx(float(losses[:, 1:].mean()), abs=1e-4)
     assert abs(rows[0]["ce_spliced"] - rows[0]["ce_clean"]) > 0.1
 
 
@@ -164,14 +185,37 @@ def test_first_position_is_left_untouched_and_out_of_the_loss(trained_pair):
     assert kept[0]["ce_zero_ablation"] != pytest.approx(replaced[0]["ce_zero_ablation"], abs=1e-3)
 
 
+def test_massive_tokens_are_left_untouched_and_out_of_the_loss(trained_pair, monkeypatch):
+    """With max_norm_ratio, a token the harvest would drop is neither ablated nor spliced and its
+    prediction is not scored: the loss is over fewer tokens and a zero decoder no longer touches it."""
+    import reasondiff.ce_recovery as ce
+
+    models, tokens = trained_pair
+    cc = exact_crosscoder(models[0].config.hidden_size, [1.0, 1.0])
+    with torch.no_grad():
+        cc.W_dec.zero_()
+    real = ce.counted_positions
+
+    def fifth_is_massive(x_raw, **kwargs):  # the tiny models have no massive tokens: plant one
+        x_raw = x_raw.clone()
+        x_raw[:, 5] *= 100.0
+        return real(x_raw, **kwargs)
+
+    monkeypatch.setattr(ce, "counted_positions", fifth_is_massive)
+    dropped = _ce_rows(models, tokens, cc, max_norm_ratio=10.0)
+    kept = _ce_rows(models, tokens, cc, max_norm_ratio=None)
+    assert dropped[0]["n_tokens"] == 4 * 29 and kept[0]["n_tokens"] == 4 * 30
+    assert dropped[0]["ce_zero_ablation"] != pytest.approx(kept[0]["ce_zero_ablation"], abs=1e-4)
+
+
 def test_forward_ce_matches_the_models_own_logits(trained_pair):
     """forward_ce unembeds one context at a time (memory); it must equal the full-logits loss."""
     models, tokens = trained_pair
     with torch.no_grad():
         logits = models[0](input_ids=tokens).logits
-    expected = next_token_ce(logits, tokens, skip_first=True)
-    got = forward_ce(models[0], tokens, parse_hook(HOOK, 4), lambda a: None, skip_first=True)
-    assert got[1] == expected[1] and got[0] == pytest.approx(expected[0], rel=1e-5)
+    expected = next_token_ce(logits, tokens)
+    got = forward_ce(models[0], tokens, parse_hook(HOOK, 4), lambda a: None)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
