@@ -7,9 +7,11 @@ EXP ?= tiny
 ARGS ?=
 # The GPU path of the paper's run; override e.g. `make reproduce HW=t4_16gb`
 HW ?= rtx5070ti_16gb
+# The offline Qwen2.5-0.5B-architecture checkpoint (built by ../shared/tools/offline_qwen.sh)
+QWEN ?= /work/qwen05b
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-full lint demo reproduce finetune bench harvest train analyze pipeline \
+.PHONY: help setup test test-full lint demo reproduce experiment-cpu finetune bench harvest train analyze pipeline \
         sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all clean clean-tiny
 
 help: ## list the targets
@@ -36,6 +38,11 @@ demo: ## the whole pipeline offline on CPU with the embedded tiny model (+exp=ti
 
 reproduce: ## the paper's run: the five stages with +exp=qwen05b on a GPU (HW=rtx5070ti_16gb|t4_16gb)
 	$(PY) -m reasondiff.pipeline +exp=qwen05b hardware=$(HW) $(ARGS)
+
+experiment-cpu: ## experiments/qwen05b_cpu: the five stages on the offline Qwen on CPU (~1.5 h), figures copied next to its README
+	[ -f $(QWEN)/config.json ] || PYTHON=$(PY) ../shared/tools/offline_qwen.sh $(QWEN)
+	$(PY) -m reasondiff.pipeline +exp=qwen05b_cpu model.path=$(QWEN) $(ARGS)
+	$(PY) experiments/qwen05b_cpu/collect.py outputs/qwen05b_cpu
 
 pipeline: ## all stages for EXP (default tiny), skipping finished ones
 	$(PY) -m reasondiff.pipeline +exp=$(EXP) $(ARGS)
