@@ -146,10 +146,15 @@ def load_models(cfg: Config, device: torch.device):
 
 # --- latent selection ----------------------------------------------------------------------------
 
-def extreme_latents(relative_norm: torch.Tensor, classes: list[str], latent_class: str, n: int) -> list[int]:
-    """The n most base-only (lowest r) or most tuned-only (highest r) latents of a class."""
-    idx = [i for i, c in enumerate(classes) if c == latent_class]
-    idx.sort(key=lambda i: relative_norm[i].item(), reverse=latent_class == "tuned_only")
+def extreme_latents(relative_norm: torch.Tensor, side: str, n: int, *, shared_min: float, shared_max: float) -> list[int]:
+    """The n most base-leaning (lowest r, below the shared band) or tuned-leaning (highest r, above
+    it) latents, whatever their class: after a short fine-tune the strict base-/tuned-only classes
+    can be empty while the latents just outside the shared band are the ones worth reading."""
+    if side == "tuned":
+        idx = [i for i, r in enumerate(relative_norm.tolist()) if r > shared_max]
+    else:
+        idx = [i for i, r in enumerate(relative_norm.tolist()) if r < shared_min]
+    idx.sort(key=lambda i: relative_norm[i].item(), reverse=side == "tuned")
     return idx[:n]
 
 
@@ -400,8 +405,9 @@ def run_analyze(cfg: Config, ctx) -> dict[str, Any]:
     thresholds = {"base_only_max": a.base_only_max, "shared_min": a.shared_min, "shared_max": a.shared_max,
                   "tuned_only_min": a.tuned_only_min}
     provisional = classify_latents(relative_norm, **thresholds)
-    candidates = {"base_only": extreme_latents(relative_norm, provisional, "base_only", CANDIDATE_FACTOR * a.n_top_latents),
-                  "tuned_only": extreme_latents(relative_norm, provisional, "tuned_only", CANDIDATE_FACTOR * a.n_top_latents),
+    band = {"shared_min": a.shared_min, "shared_max": a.shared_max}
+    candidates = {"base": extreme_latents(relative_norm, "base", CANDIDATE_FACTOR * a.n_top_latents, **band),
+                  "tuned": extreme_latents(relative_norm, "tuned", CANDIDATE_FACTOR * a.n_top_latents, **band),
                   "shared": sample_latents(provisional, "shared", CANDIDATE_FACTOR * a.n_shared_sample, cfg.seed)}
     tracked = sorted({i for ids in candidates.values() for i in ids})
     scaling = None
@@ -505,8 +511,10 @@ def run_analyze(cfg: Config, ctx) -> dict[str, Any]:
         tops["reasoning"] = (reasoning["top"], reasoning_ctx)
     decode = token_strings(tokenizer)
     sections = {
-        "most base-only latents": latent_cards(live_first(candidates["base_only"], a.n_top_latents), rows, tops, decode, a.html_window),
-        "most tuned-only latents": latent_cards(live_first(candidates["tuned_only"], a.n_top_latents), rows, tops, decode, a.html_window),
+        "most base-leaning latents (lowest relative norm)": latent_cards(
+            live_first(candidates["base"], a.n_top_latents), rows, tops, decode, a.html_window),
+        "most tuned-leaning latents (highest relative norm)": latent_cards(
+            live_first(candidates["tuned"], a.n_top_latents), rows, tops, decode, a.html_window),
         "shared latents (random sample)": latent_cards(live_first(candidates["shared"], a.n_shared_sample), rows, tops, decode, a.html_window),
     }
     intro = (f"Crosscoder {cc_dir} at {hook.name}; {len(general)} held-out general contexts and "

@@ -83,7 +83,7 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     assert any(row["nu_error"] != "" for row in latents if row["class"] == "tuned_only")
 
     page = (out / "latents.html").read_text()
-    assert "most tuned-only latents" in page and "reasoning text" in page and 'class="t peak"' in page
+    assert "most tuned-leaning latents" in page and "reasoning text" in page and 'class="t peak"' in page
     report = (out / "report.md").read_text()
     assert "CE-loss recovery (Table 2)" in report and "| base |" in report and "explained_variance" in report
     assert "relative_norm_hist.png" in report and "latents.html" in report

@@ -75,11 +75,13 @@ def test_relative_norms_must_be_read_from_the_unfolded_decoder():
     assert relative_decoder_norm(W)[2].item() == pytest.approx(0.5)
 
 
-def test_extreme_latents_orders_by_relative_norm():
-    r = torch.tensor([0.05, 0.0, 0.95, 1.0, 0.5, 0.92])
-    classes = classify_latents(r)
-    assert extreme_latents(r, classes, "base_only", 5) == [1, 0]
-    assert extreme_latents(r, classes, "tuned_only", 2) == [3, 2]
+def test_extreme_latents_orders_by_relative_norm_outside_the_shared_band():
+    r = torch.tensor([0.05, 0.0, 0.95, 1.0, 0.5, 0.92, 0.8, 0.25])
+    band = {"shared_min": 0.3, "shared_max": 0.7}
+    assert extreme_latents(r, "base", 5, **band) == [1, 0, 7]  # 0.25 is "other", still base-leaning
+    assert extreme_latents(r, "tuned", 2, **band) == [3, 2]
+    assert extreme_latents(r, "tuned", 10, **band) == [3, 2, 5, 6]
+    assert extreme_latents(torch.tensor([0.4, 0.5, 0.6]), "tuned", 3, **band) == []  # all shared: nothing
 
 
 def test_latent_stats_frequency_and_mean_activation():
