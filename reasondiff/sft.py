@@ -107,7 +107,7 @@ def resume_fingerprint(cfg: Config) -> dict[str, Any]:
     Left out: logging/saving cadence, samples, the hub push and the hardware profile (another micro
     batch gives the same effective batch, so a run may move to another machine and go on)."""
     ft = dataclasses.asdict(cfg.finetune)
-    for key in ("logging_steps", "save_steps", "save_total_limit", "sample_generations",
+    for key in ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "sample_generations",
                 "sample_max_new_tokens", "push_to_hub", "hub_model_id", "save_dtype"):
         ft.pop(key)
     return {"base": cfg.model.path, "revision": cfg.model.revision, "seed": cfg.seed,
@@ -376,6 +376,8 @@ def run_finetune(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str
         artifacts.write_json(ctx.dir / SAMPLES, samples)
     if ft.push_to_hub and trainer.is_world_process_zero():
         push(ctx.dir / MODEL, ft.hub_model_id)
+    if not ft.keep_checkpoints and trainer.is_world_process_zero():
+        shutil.rmtree(checkpoints, ignore_errors=True)
 
     first, final = _mean(losses[: max(1, len(losses) // 10)]), _mean(losses[-max(1, len(losses) // 10):])
     log.info("SFT: %d steps, loss %s; model in %s", trainer.state.global_step,

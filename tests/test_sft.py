@@ -104,7 +104,7 @@ def test_outputs_are_complete_and_loadable(reference_run):
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "length_report.json").read_text())
     assert report["n_rows"] == 16 and report["max_length"] == 256
-    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # limit 2
+    assert not (out / "checkpoints").exists()  # finished: the 7 GB-per-checkpoint optimizer state is gone
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outputs"]["global_step"] == 6 and manifest["outputs"]["gradient_accumulation_steps"] == 2
     assert len(json.loads((out / "samples.json").read_text())) == 1
