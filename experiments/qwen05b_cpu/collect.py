@@ -1,6 +1,6 @@
 """Copy what the write-up cites from a finished run into this folder (figures/, results/).
 
-    python experiments/qwen05b_cpu/collect.py outputs/qwen05b_cpu
+    python experiments/qwen05b_cpu/collect.py outputs/qwen05b_cpu [OUT_DIR]   (default: this folder)
 
 The run's own directory is the source of truth (every number here is a file there); this keeps the
 small, citable part under version control: the PNGs, the result tables and each stage's wall time.
@@ -38,9 +38,13 @@ def collect(run_dir: Path, out_dir: Path = HERE) -> list[Path]:
     for kind, table in (("figures", FIGURES), ("results", TABLES)):
         for stage, names in table.items():
             for name in names:
+                source = run_dir / stage / name
+                if not source.is_file():  # e.g. no Latent Scaling plot when no latent is model-specific
+                    print(f"not in this run: {source}", file=sys.stderr)
+                    continue
                 target = out_dir / kind / (name if kind == "figures" else f"{stage}_{name}")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run_dir / stage / name, target)
+                shutil.copyfile(source, target)
                 written.append(target)
     # latents.csv has a row per latent (~1 MB); keep the model-specific ones, the ones the write-up reads
     with open(run_dir / "analyze" / "latents.csv", newline="") as handle:
@@ -68,7 +72,7 @@ def collect(run_dir: Path, out_dir: Path = HERE) -> list[Path]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    for path in collect(Path(sys.argv[1])):
+    for path in collect(Path(sys.argv[1]), Path(sys.argv[2]).resolve() if len(sys.argv) == 3 else HERE):
         print(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
