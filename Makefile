@@ -39,7 +39,7 @@ demo: ## the whole pipeline offline on CPU with the embedded tiny model (+exp=ti
 reproduce: ## the paper's run: the five stages with +exp=qwen05b on a GPU (HW=rtx5070ti_16gb|t4_16gb)
 	$(PY) -m reasondiff.pipeline +exp=qwen05b hardware=$(HW) $(ARGS)
 
-experiment-cpu: ## experiments/qwen05b_cpu: the five stages on the offline Qwen on CPU (~1.5 h), figures copied next to its README
+experiment-cpu: ## experiments/qwen05b_cpu: the five stages on the offline Qwen on CPU (~1 h on 2 cores), figures copied next to its README
 	[ -f $(QWEN)/config.json ] || PYTHON=$(PY) ../shared/tools/offline_qwen.sh $(QWEN)
 	$(PY) -m reasondiff.pipeline +exp=qwen05b_cpu model.path=$(QWEN) $(ARGS)
 	$(PY) experiments/qwen05b_cpu/collect.py outputs/qwen05b_cpu
