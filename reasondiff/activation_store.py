@@ -271,26 +271,24 @@ def _prefetched(produce, start_batch: int, depth: int) -> Iterator[torch.Tensor]
     results: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
+    def offer(message: tuple) -> None:
+        """Put into the bounded queue, giving up once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                results.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def work() -> None:
         cache: dict[int, torch.Tensor] = {}
         batch = start_batch
         try:
             while not stop.is_set():
-                item = produce(batch, cache)
-                while not stop.is_set():
-                    try:
-                        results.put(("ok", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                offer(("ok", produce(batch, cache)))
                 batch += 1
         except BaseException as err:  # surfaced in the consumer's thread
-            while not stop.is_set():
-                try:
-                    results.put(("error", err), timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+            offer(("error", err))
 
     thread = threading.Thread(target=work, name="activation-prefetch", daemon=True)
     thread.start()
