@@ -75,7 +75,7 @@ sweep-layers: ## multirun harvest over layers (conf/sweep/layers.yaml)
 	$(PY) -m reasondiff.harvest -m +exp=$(EXP) +sweep=layers $(ARGS)
 
 sweep-summary: ## L0 vs fraction of variance unexplained over a train sweep (PNG + CSV)
-	$(PY) -m reasondiff.sweep_summary outputs/$(EXP)/train
+	$(PY) -m reasondiff.train.sweep_summary outputs/$(EXP)/train
 
 bench-all: ## speed benchmarks on the offline Qwen model (QWEN=/dir built by ../shared/tools/offline_qwen.sh)
 	for b in benchmarks/*.py; do $(PY) $$b --model $(QWEN) || exit 1; done

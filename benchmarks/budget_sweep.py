@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/budget_sweep.py --model /work/qwen05b [--questions 4] [--limits 64,128,256,512]
 
-Both arms use the bench stage's own code (reasondiff.generation.HFGenerator, the chat prompt,
+Both arms use the bench stage's own code (reasondiff.bench.generation.HFGenerator, the chat prompt,
 grading); the single pass generates once at the largest limit and scores each limit on its prefix,
 the baseline runs a fresh greedy generation capped at each limit. Prints wall times, tokens
 generated, their ratios, whether every prefix equals the separate run, and the accuracy at each
@@ -24,12 +24,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from reasondiff.bench.generation import HFGenerator, decode_completion  # noqa: E402
+from reasondiff.bench.grading import extract_answer, grade  # noqa: E402
+from reasondiff.bench.prompts import chat_prompt, prompt_ids, select_indices, user_turn  # noqa: E402
 from reasondiff.config import HardwareConfig, ReasoningFormat  # noqa: E402
 from reasondiff.config.bench import PromptTemplates  # noqa: E402
-from reasondiff.generation import HFGenerator, decode_completion  # noqa: E402
-from reasondiff.grading import extract_answer, grade  # noqa: E402
 from reasondiff.models import load_model  # noqa: E402
-from reasondiff.prompts import chat_prompt, prompt_ids, select_indices, user_turn  # noqa: E402
 
 
 def main() -> None:

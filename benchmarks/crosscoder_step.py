@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from reasondiff.config import TrainConfig  # noqa: E402
-from reasondiff.crosscoder import CrossCoder, CrossCoderConfig  # noqa: E402
-from reasondiff.training import CrossCoderTrainer  # noqa: E402
+from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig  # noqa: E402
+from reasondiff.train.trainer import CrossCoderTrainer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

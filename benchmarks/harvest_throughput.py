@@ -24,11 +24,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reasondiff import activation_store as store_io  # noqa: E402
-from reasondiff.activations import PairedHarvester, paired_bridge_activations  # noqa: E402
 from reasondiff.config import HardwareConfig, HarvestConfig  # noqa: E402
-from reasondiff.corpus import ContextStream  # noqa: E402
-from reasondiff.harvesting import StoreWriter  # noqa: E402
+from reasondiff.harvest import store as store_io  # noqa: E402
+from reasondiff.harvest.corpus import ContextStream  # noqa: E402
+from reasondiff.harvest.pairs import PairedHarvester, paired_bridge_activations  # noqa: E402
+from reasondiff.harvest.run import StoreWriter  # noqa: E402
 from reasondiff.models import check_compatible, hooked, load_model, parse_hook  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "wiki_text_sample.jsonl"

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sft_throughput.py --model /work/qwen05b [--max-length 256] [--steps 3]
 
 Both paths train the same model on the same batches (s1K-layout rows tokenized by
-reasondiff.sft_data, cut to --max-length) with AdamW, fp32 master weights and the hardware's
+reasondiff.finetune.data, cut to --max-length) with AdamW, fp32 master weights and the hardware's
 autocast; tokens/s counts the non-padding tokens of the measured steps (after --warmup steps).
 Rows are trimmed (keep_answer) to exactly --max-length so every batch has the same token count.
 The projection for the paper's run (5 epochs of s1K-1.1 at max_length 2048, every row filling its
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from reasondiff.config import FinetuneConfig, ReasoningFormat  # noqa: E402
-from reasondiff.sft_data import build_sft_examples, load_s1k_rows  # noqa: E402
+from reasondiff.finetune.data import build_sft_examples, load_s1k_rows  # noqa: E402
 
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "s1k_schema_sample.jsonl"
 S1K_ROWS, EPOCHS, PAPER_MAX_LENGTH = 1000, 5, 2048
@@ -40,7 +40,7 @@ def make_rows(path: Path | None, n: int) -> list[dict]:
         return load_s1k_rows(FinetuneConfig(dataset=str(path), limit_rows=n))
     from random import Random
 
-    from reasondiff.tiny_data import s1k_row
+    from reasondiff.tiny.data import s1k_row
 
     rng = Random(0)
     return [s1k_row(rng) for _ in range(n)]

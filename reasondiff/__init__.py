@@ -1,3 +1,41 @@
-"""reasondiff: what reasoning fine-tuning changes inside a language model (see README.md)."""
+"""reasondiff: what reasoning fine-tuning changes inside a language model (see README.md).
+
+The package tree is the pipeline: one package per app (`finetune/ bench/ harvest/ train/
+analyze/`, each run as `python -m reasondiff.<app>`), the crosscoder as a library of its own
+(`crosscoder/`), and the foundation they share at the top (config/, stage.py, artifacts.py,
+models.py, hooks.py, ...). The names below are the public API, imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
 
 __version__ = "0.1.0"
+
+
+def lazy_exports(package: str, where: dict[str, str]) -> Callable[[str], Any]:
+    """A PEP 562 module `__getattr__`: `name` comes from module `where[name]` on first use, so
+    importing a package (every `python -m reasondiff.<app> --help`) does not import torch."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(where[name]), name)
+
+    return __getattr__
+
+
+__getattr__ = lazy_exports(__name__, {
+    "load_crosscoder": "reasondiff.crosscoder.model",
+    "CrossCoder": "reasondiff.crosscoder.model",
+    "CrossCoderConfig": "reasondiff.crosscoder.model",
+    "grade": "reasondiff.bench.grading",
+    "extract_answer": "reasondiff.bench.grading",
+    "ActivationStore": "reasondiff.harvest.store",
+    "run_stage": "reasondiff.stage",
+    "Config": "reasondiff.config",
+})
+__all__ = ["ActivationStore", "Config", "CrossCoder", "CrossCoderConfig", "extract_answer", "grade",
+           "lazy_exports", "load_crosscoder", "run_stage"]

@@ -17,7 +17,7 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] = STAGES) -> None:
         run_stage(dataclasses.replace(cfg, stage=stage), stage)
 
 
-main = hydra_app("pipeline")
+main = hydra_app("pipeline", body=run_pipeline)
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,9 @@
 """What every stage app shares: typed config, stable output dir, skip/resume, manifest, signals.
 
-A stage is a plain function `run(cfg, ctx) -> dict` (its manifest's outputs) living in a module
-of its own; `hydra_app(stage)` wraps it into a thin Hydra entry point and `run_stage` is what the
-pipeline and the tests call directly.
+A stage is the package `reasondiff/<stage>/`; its `run.py` holds the recipe `run(cfg, ctx) -> dict`
+(the manifest's outputs), found here by the stage's own name. `hydra_app(stage)` wraps it into a
+thin Hydra entry point (`<stage>/__main__.py`) and `run_stage` is what the pipeline and the tests
+call directly.
 """
 
 from __future__ import annotations
@@ -32,16 +33,6 @@ from reasondiff.tracking import MetricsLogger, init_wandb
 log = logging.getLogger("reasondiff")
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-# stage name -> "module:function"; imported lazily so `--cfg job` and --help stay instant.
-STAGE_FUNCTIONS: dict[str, str] = {
-    "finetune": "reasondiff.sft:run_finetune",
-    "bench": "reasondiff.budget:run_bench",
-    "harvest": "reasondiff.harvesting:run_harvest",
-    "train": "reasondiff.training:run_train",
-    "analyze": "reasondiff.analysis:run_analyze",
-}
-
 
 @dataclass
 class StageContext:
@@ -138,8 +129,8 @@ def preflight(cfg: Config, stage: str) -> None:
 
 
 def stage_function(stage: str) -> Callable[[Config, StageContext], dict[str, Any]]:
-    module, func = STAGE_FUNCTIONS[stage].split(":")
-    return getattr(importlib.import_module(module), func)
+    """`reasondiff.<stage>.run.run`, imported only now so `--cfg job` and --help stay instant."""
+    return importlib.import_module(f"reasondiff.{stage}.run").run
 
 
 def is_main_process() -> bool:
@@ -204,20 +195,16 @@ def _apply_hydra_runtime(cfg: Config) -> Config:
     return cfg
 
 
-def main_for(cfg_node) -> None:
-    """Body of every Hydra app: validate, run, and turn user errors into one line + exit 2."""
+def main_for(cfg_node, body: Callable[[Config], Any] | None = None) -> None:
+    """Body of every Hydra app: validate, run `body(cfg)` (default: this run's stage), and turn
+    user errors into one line + exit 2."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         cfg = _apply_hydra_runtime(to_config(cfg_node))
-        if cfg.stage == "pipeline":
-            from reasondiff.pipeline import run_pipeline
-
-            run_pipeline(cfg)
-        else:
-            run_stage(cfg)
+        (body or run_stage)(cfg)
     except (UserError, ValueError) as err:
         log.error("%s", err)
         if multirun:  # one bad job must not stop the sweep
@@ -234,11 +221,12 @@ def main_for(cfg_node) -> None:
         raise
 
 
-def hydra_app(config_name: str) -> Callable[[], None]:
+def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None) -> Callable[[], None]:
+    """The `main` of an app: conf/<config_name>.yaml composed by Hydra, then `main_for(cfg, body)`."""
     import hydra
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _main(cfg_node) -> None:
-        main_for(cfg_node)
+        main_for(cfg_node, body)
 
     return _main

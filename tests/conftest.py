@@ -75,7 +75,7 @@ def tiny_tuned_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """Generated tiny datasets (corpus, s1k, gsm8k, math500, boolq jsonl) in one folder."""
-    from reasondiff.tiny_data import write_tiny_datasets
+    from reasondiff.tiny.data import write_tiny_datasets
 
     path = tmp_path_factory.mktemp("tiny_data")
     write_tiny_datasets(path, seed=0, n_corpus=300, n_s1k=40, n_eval=12)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from conftest import make_config
 
-from reasondiff.analysis import heldout_contexts
+from reasondiff.analyze.run import heldout_contexts
 
 MARKER = re.compile(r"<<doc(\d+)>>")
 

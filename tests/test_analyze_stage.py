@@ -12,7 +12,7 @@ import torch
 from conftest import make_config
 
 from reasondiff import artifacts
-from reasondiff.crosscoder import CrossCoder, CrossCoderConfig
+from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
 from reasondiff.stage import run_stage
 
 N_LATENTS = 256
@@ -96,7 +96,7 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
 
 def test_killed_analyze_resumes_to_the_same_numbers(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir,
                                                    tiny_world, monkeypatch):
-    import reasondiff.analysis as analysis
+    import reasondiff.analyze.run as analysis
 
     reference = run_stage(analyze_config(tmp_path / "ref", crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world))
     cfg = analyze_config(tmp_path / "run", crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world,

@@ -9,23 +9,7 @@ import re
 import pytest
 import torch
 
-from reasondiff.analysis import (
-    class_count_rows,
-    class_frequency_rows,
-    extreme_latents,
-    latent_rows,
-    pack_texts,
-)
-from reasondiff.crosscoder import fold_scaling_factors
-from reasondiff.geometry import (
-    BASE,
-    TUNED,
-    classify_latents,
-    decoder_cosine,
-    decoder_norms,
-    relative_decoder_norm,
-)
-from reasondiff.latent_contexts import (
+from reasondiff.analyze.contexts import (
     Example,
     LatentCard,
     LatentStats,
@@ -33,7 +17,23 @@ from reasondiff.latent_contexts import (
     render_latents_html,
     window_example,
 )
-from reasondiff.report import build_report, markdown_table, write_csv
+from reasondiff.analyze.report import build_report, markdown_table, write_csv
+from reasondiff.analyze.run import (
+    class_count_rows,
+    class_frequency_rows,
+    extreme_latents,
+    latent_rows,
+    pack_texts,
+)
+from reasondiff.crosscoder.geometry import (
+    BASE,
+    TUNED,
+    classify_latents,
+    decoder_cosine,
+    decoder_norms,
+    relative_decoder_norm,
+)
+from reasondiff.crosscoder.model import fold_scaling_factors
 
 
 def hand_built_decoder() -> torch.Tensor:

@@ -10,8 +10,11 @@ import math
 import pytest
 from conftest import make_config
 
-from reasondiff import budget, generation
-from reasondiff.budget import (
+from reasondiff.bench import generation
+from reasondiff.bench import run as budget
+from reasondiff.bench.generation import Generation, HFGenerator, length_sorted_batches
+from reasondiff.bench.prompts import Question, load_questions, select_indices, user_turn
+from reasondiff.bench.run import (
     GENERATIONS,
     GenerationLog,
     results_table,
@@ -21,8 +24,6 @@ from reasondiff.budget import (
 )
 from reasondiff.config.bench import PromptTemplates
 from reasondiff.errors import UserError
-from reasondiff.generation import Generation, HFGenerator, length_sorted_batches
-from reasondiff.prompts import Question, load_questions, select_indices, user_turn
 from reasondiff.stage import run_stage
 
 # --- pure functions -------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from reasondiff.crosscoder import (
+from reasondiff.crosscoder.geometry import relative_decoder_norm
+from reasondiff.crosscoder.model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     CrossCoder,
@@ -19,7 +20,6 @@ from reasondiff.crosscoder import (
     unfold_scaling_factors,
 )
 from reasondiff.errors import UserError
-from reasondiff.geometry import relative_decoder_norm
 
 
 def _trained_looking(variant: str = "l1", d: int = 8, F: int = 24) -> CrossCoder:

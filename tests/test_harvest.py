@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import make_config
 
-from reasondiff import activation_store as store_io
 from reasondiff import artifacts
-from reasondiff.activation_store import ActivationStore, LiveActivationSource
-from reasondiff.activations import capture
-from reasondiff.corpus import ContextStream, StreamState, heldout_contexts, is_reasoning_context
 from reasondiff.errors import UserError
+from reasondiff.harvest import store as store_io
+from reasondiff.harvest.corpus import ContextStream, StreamState, heldout_contexts, is_reasoning_context
+from reasondiff.harvest.store import ActivationStore, LiveActivationSource
+from reasondiff.hooks import capture
 from reasondiff.models import load_tokenizer, parse_hook
 from reasondiff.stage import run_stage
 

@@ -7,13 +7,8 @@ import copy
 import pytest
 import torch
 
-from reasondiff.activations import (
-    bridge_activations,
-    capture,
-    paired_activations,
-    residual_hook,
-    select_positions,
-)
+from reasondiff.harvest.pairs import bridge_activations, paired_activations
+from reasondiff.hooks import capture, residual_hook, select_positions
 from reasondiff.models import hooked, parse_hook
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.2.hook_resid_mid", "blocks.3.hook_resid_post"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasondiff.crosscoder import CrossCoder, CrossCoderConfig, decoder_norm_sum
-from reasondiff.crosscoder_loss import (
+from reasondiff.crosscoder.loss import (
     ExplainedVarianceMeter,
     aux_k_loss,
     explained_variance,
@@ -18,7 +17,8 @@ from reasondiff.crosscoder_loss import (
     sparsity_penalty,
     update_threshold,
 )
-from reasondiff.training import crosscoder_loss
+from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig, decoder_norm_sum
+from reasondiff.train.trainer import crosscoder_loss
 
 
 def test_decoder_norm_sum_by_hand():

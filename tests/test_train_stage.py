@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
-import types
 
 import pytest
 import torch
 from conftest import make_config
 from safetensors.torch import load_file
 
-import reasondiff
-from reasondiff import artifacts
-from reasondiff.crosscoder import load_crosscoder
+from reasondiff import artifacts, harvest
+from reasondiff.crosscoder.model import load_crosscoder
 from reasondiff.errors import UserError
 from reasondiff.stage import run_stage
-from reasondiff.synthetic import SyntheticSource
-from reasondiff.training import CHECKPOINT_FILE, SUMMARY_FILE
+from reasondiff.train.run import CHECKPOINT_FILE, SUMMARY_FILE
+from reasondiff.train.synthetic import SyntheticSource
 
 SMALL = ("train.data=synthetic", "model.build_tiny=false", "hardware.device=cpu",
          "train.synthetic.d_model=16", "train.synthetic.n_shared=6", "train.synthetic.n_base_only=3",
@@ -145,10 +142,7 @@ class _FakeStore:
 
 
 def test_store_data_reads_harvest_dir_and_its_scaling_factors(tmp_path, monkeypatch):
-    fake = types.ModuleType("reasondiff.activation_store")
-    fake.ActivationStore = _FakeStore
-    monkeypatch.setitem(sys.modules, "reasondiff.activation_store", fake)
-    monkeypatch.setattr(reasondiff, "activation_store", fake, raising=False)
+    monkeypatch.setattr(harvest, "ActivationStore", _FakeStore, raising=False)
     cfg = make_config("+exp=tiny", f"output_root={tmp_path}", "model.build_tiny=false", "hardware.device=cpu",
                       "train.data=store", "train.batch_size=64", "train.n_tokens=640", "train.n_latents=null",
                       "train.expansion_factor=4", "train.eval_tokens=128")
@@ -172,10 +166,7 @@ def test_live_data_uses_the_live_source(tmp_path, monkeypatch, tiny_model_dir, t
             built.append(cfg.harvest.hook)
             super().__init__(None)
 
-    fake = types.ModuleType("reasondiff.activation_store")
-    fake.LiveActivationSource = _Live
-    monkeypatch.setitem(sys.modules, "reasondiff.activation_store", fake)
-    monkeypatch.setattr(reasondiff, "activation_store", fake, raising=False)
+    monkeypatch.setattr(harvest, "LiveActivationSource", _Live, raising=False)
     cfg = make_config("+exp=tiny", f"output_root={tmp_path}", "model.build_tiny=false", "hardware.device=cpu",
                       f"model.path={tiny_model_dir}", f"tuned_model={tiny_tuned_model_dir}",
                       "train.data=live", "train.batch_size=64", "train.n_tokens=640", "train.n_latents=16",

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_config
 
 from reasondiff.stage import run_stage
-from reasondiff.sweep_summary import collect_runs, main, write_sweep_summary
+from reasondiff.train.sweep_summary import collect_runs, main, write_sweep_summary
 
 SMALL = ("train.data=synthetic", "model.build_tiny=false", "hardware.device=cpu", "train.synthetic.d_model=16",
          "train.n_latents=64", "train.batch_size=128", "train.n_tokens=12800", "train.eval_tokens=512",

@@ -1,8 +1,0 @@
-"""`python -m reasondiff.analyze [+exp=NAME] [key=value ...]` — see conf/analyze.yaml and reasondiff/config/analyze.py."""
-
-from reasondiff.stage import hydra_app
-
-main = hydra_app("analyze")
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,533 @@
+"""Stage 5, analyze: what the crosscoder says about reasoning fine-tuning.
+
+Recipe (`run`):
+  1. load the crosscoder (train stage's format) and both models; decoder geometry needs no data:
+     relative decoder norm, cosine, provisional classes;
+  2. one streamed pass over HELD-OUT general text (documents harvest never used): CE recovery per
+     model, activation statistics, top-activating contexts, Latent Scaling sums;
+  3. one pass over reasoning traces (s1K): activation statistics and top contexts there;
+  4. tables (ce_recovery.csv, reconstruction.csv, latents.csv, class_counts.csv, class_frequency.csv,
+     latent_scaling_summary.csv), figures, latents.html and report.md.
+Passes 2-3 checkpoint their streaming sums every `analyze.checkpoint_every` batches; a killed run
+resumes from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from reasondiff import artifacts
+from reasondiff.analyze.ce_recovery import (
+    CE_COLUMNS,
+    CERecoveryMeter,
+    ce_recovery_batch,
+    ce_table_markdown,
+    counted_positions,
+    reconstruct_raw,
+)
+from reasondiff.analyze.contexts import (
+    LatentCard,
+    LatentStats,
+    TopContexts,
+    render_latents_html,
+    token_strings,
+    window_example,
+)
+from reasondiff.analyze.latent_scaling import LatentScaling, beta_columns
+from reasondiff.analyze.report import build_report, write_csv
+from reasondiff.config import Config
+from reasondiff.crosscoder.geometry import (
+    BASE,
+    LATENT_CLASSES,
+    TUNED,
+    classify_latents,
+    decoder_cosine,
+    decoder_norms,
+    relative_decoder_norm,
+)
+from reasondiff.crosscoder.loss import ExplainedVarianceMeter
+from reasondiff.errors import UserError
+from reasondiff.tracking import require_finite
+
+log = logging.getLogger(__name__)
+
+LATENT_COLUMNS = ["latent", "class", "relative_norm", "cosine", "decoder_norm_base", "decoder_norm_tuned",
+                  "freq_general", "freq_reasoning", "mean_activation", "max_activation", *beta_columns()]
+MODEL_NAMES = ("base", "tuned")
+CANDIDATE_FACTOR = 4
+"""Top contexts are tracked for this many times the latents shown (some candidates never fire)."""
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+def crosscoder_dir(cfg: Config) -> Path:
+    return Path(cfg.analyze.crosscoder_dir) if cfg.analyze.crosscoder_dir else cfg.stage_dir("train")
+
+
+def open_harvest(cfg: Config):
+    """The harvest store (its hook, documents used, first-position policy), or None when absent."""
+    harvest_dir = cfg.stage_dir("harvest")
+    if not artifacts.is_complete(harvest_dir):
+        return None
+    from reasondiff import harvest
+
+    return harvest.ActivationStore.open(harvest_dir)
+
+
+def heldout_contexts(cfg: Config, tokenizer, store) -> torch.Tensor:
+    """General-text contexts the crosscoder never trained on: the harvest corpus after the documents
+    harvest used, or `analyze.heldout_corpus` from its start."""
+    from dataclasses import replace
+
+    from reasondiff import harvest
+
+    a = cfg.analyze
+    harvest_cfg, documents_used = cfg.harvest, 0
+    if a.heldout_corpus:
+        harvest_cfg = replace(cfg.harvest, corpus=a.heldout_corpus, reasoning_fraction=0.0, reasoning_corpus=None)
+    elif store is not None:
+        harvest_cfg = replace(cfg.harvest, reasoning_fraction=0.0, reasoning_corpus=None)
+        documents_used = int(store.manifest["documents_used"])
+    else:
+        log.warning("no finished harvest store in %s: cannot tell which corpus documents trained the "
+                    "crosscoder; set analyze.heldout_corpus to text it never saw", cfg.stage_dir("harvest"))
+    return harvest.heldout_contexts(harvest_cfg, tokenizer, a.n_heldout_contexts, a.context_length, documents_used=documents_used)
+
+
+def reasoning_contexts(cfg: Config, tokenizer) -> torch.Tensor | None:
+    """s1K thinking traces packed into contexts (None when no reasoning corpus is configured)."""
+    source = cfg.analyze.reasoning_corpus
+    if not source or cfg.analyze.n_reasoning_contexts == 0:
+        return None
+    from reasondiff import harvest
+
+    return pack_texts(harvest.reasoning_texts(source), tokenizer, cfg.analyze.n_reasoning_contexts,
+                      cfg.analyze.context_length, config_key="analyze.reasoning_corpus")
+
+
+def pack_texts(texts, tokenizer, n_contexts: int, context_length: int, *, config_key: str) -> torch.Tensor:
+    """Concatenate tokenised texts (each ended by EOS) and cut into n contexts of fixed length."""
+    eos = tokenizer.eos_token_id
+    need = n_contexts * context_length
+    buffer: list[int] = []
+    for text in texts:
+        buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            buffer.append(eos)
+        if len(buffer) >= need:
+            break
+    n = len(buffer) // context_length
+    if n == 0:
+        raise UserError(f"{config_key}: not enough text for one context of {context_length} tokens")
+    if n < n_contexts:
+        log.warning("%s: only %d contexts of %d tokens available (asked for %d)", config_key, n, context_length, n_contexts)
+    n = min(n, n_contexts)
+    return torch.tensor(buffer[: n * context_length]).view(n, context_length)
+
+
+def load_models(cfg: Config, device: torch.device):
+    from reasondiff.models import check_compatible, load_model
+
+    base, base_tok = load_model(cfg.model.path, cfg.hardware, config_key="model.path", revision=cfg.model.revision,
+                                device=device, trust_remote_code=cfg.model.trust_remote_code)
+    tuned, tuned_tok = load_model(cfg.tuned_model, cfg.hardware, config_key="tuned_model", device=device,
+                                  trust_remote_code=cfg.model.trust_remote_code)
+    check_compatible(base, tuned, base_tok, tuned_tok)
+    return (base, tuned), base_tok
+
+
+# --- latent selection ----------------------------------------------------------------------------
+
+def extreme_latents(relative_norm: torch.Tensor, side: str, n: int, *, shared_min: float, shared_max: float) -> list[int]:
+    """The n most base-leaning (lowest r, below the shared band) or tuned-leaning (highest r, above
+    it) latents, whatever their class: after a short fine-tune the strict base-/tuned-only classes
+    can be empty while the latents just outside the shared band are the ones worth reading."""
+    if side == "tuned":
+        idx = [i for i, r in enumerate(relative_norm.tolist()) if r > shared_max]
+    else:
+        idx = [i for i, r in enumerate(relative_norm.tolist()) if r < shared_min]
+    idx.sort(key=lambda i: relative_norm[i].item(), reverse=side == "tuned")
+    return idx[:n]
+
+
+def sample_latents(classes: list[str], latent_class: str, n: int, seed: int) -> list[int]:
+    idx = [i for i, c in enumerate(classes) if c == latent_class]
+    return sorted(random.Random(seed).sample(idx, min(n, len(idx))))
+
+
+# --- streamed passes -----------------------------------------------------------------------------
+
+def _flat(t: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] -> [N, ...] over the positions that count (see ce_recovery.counted_positions)."""
+    return t[counted.to(t.device)]
+
+
+def _zero_uncounted(f: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Latents [B, T, F] with the positions that do not count zeroed (they never top a context)."""
+    return f * counted.to(device=f.device, dtype=f.dtype).unsqueeze(-1)
+
+
+class PassState:
+    """The streaming sums of one pass plus how many batches they cover, saved atomically."""
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], parts: dict[str, Any]):
+        self.path, self.fingerprint, self.parts = path, fingerprint, parts
+        self.batches_done = 0
+        self.finished = False
+
+    def try_resume(self) -> None:
+        if not self.path.is_file():
+            return
+        state = torch.load(self.path, weights_only=True)
+        if state.get("fingerprint") != self.fingerprint or set(state["parts"]) != set(self.parts):
+            log.info("%s was written for other settings: starting this pass over", self.path.name)
+            return
+        for name, part in self.parts.items():
+            part.load_state_dict(state["parts"][name])
+        self.batches_done, self.finished = int(state["batches_done"]), bool(state["finished"])
+        log.info("resuming %s after %d batches%s", self.path.name, self.batches_done, " (finished)" if self.finished else "")
+
+    def save(self) -> None:
+        state = {"fingerprint": self.fingerprint, "batches_done": self.batches_done, "finished": self.finished,
+                 "parts": {name: part.state_dict() for name, part in self.parts.items()}}
+        artifacts.atomic_save(self.path, lambda tmp: torch.save(state, tmp))
+
+
+def _fingerprint(cfg: Config, contexts: torch.Tensor, cc_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    weights = cc_dir / "crosscoder.safetensors"
+    stat = weights.stat()
+    digest = hashlib.sha1(contexts.to(torch.int64).numpy().tobytes()).hexdigest()
+    return {"contexts_sha1": digest, "contexts_shape": list(contexts.shape),
+            "batch_size": cfg.hardware.analyze_batch_size, "crosscoder": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns],
+            **extra}
+
+
+def _batches(n: int, batch_size: int, start: int):
+    for b, lo in enumerate(range(0, n, batch_size)):
+        if b >= start:
+            yield b, slice(lo, min(n, lo + batch_size))
+
+
+@torch.no_grad()
+def capture_pair(models, tokens: torch.Tensor, hook) -> list[torch.Tensor]:
+    """Both models' activations at the hook (no intervention)."""
+    from reasondiff.hooks import residual_hook
+
+    captured: list[torch.Tensor] = []
+
+    def observe(acts: torch.Tensor) -> None:
+        captured.append(acts.detach())
+
+    for model in models:
+        with residual_hook(model, hook, observe):
+            model(input_ids=tokens.to(model.device))
+    return captured
+
+
+def _resumable_pass(cfg: Config, state: PassState, n_contexts: int, step, *, desc: str) -> dict:
+    """Run `step(rows)` over the contexts in batches, resuming from and saving to `state`."""
+    state.try_resume()
+    bs = cfg.hardware.analyze_batch_size
+    if not state.finished:
+        for b, rows in tqdm(_batches(n_contexts, bs, state.batches_done), total=math.ceil(n_contexts / bs),
+                            initial=state.batches_done, desc=desc):
+            step(rows)
+            state.batches_done = b + 1
+            if state.batches_done % cfg.analyze.checkpoint_every == 0:
+                state.save()
+        state.finished = True
+        state.save()
+    return state.parts
+
+
+def run_heldout_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, contexts: torch.Tensor, *,
+                     keep_first: bool, max_norm_ratio: float | None, candidates: list[int],
+                     scaling: LatentScaling | None, fingerprint: dict) -> dict:
+    F = crosscoder.cfg.n_latents
+    parts: dict[str, Any] = {"ce": CERecoveryMeter(MODEL_NAMES), "stats": LatentStats(F),
+                             "reconstruction": ExplainedVarianceMeter(),
+                             "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, contexts.shape[1])}
+    if scaling is not None:
+        parts["scaling"] = scaling
+
+    def step(rows: slice) -> None:
+        out = ce_recovery_batch(models, contexts[rows], hook, crosscoder, parts["ce"], keep_first=keep_first,
+                                max_norm_ratio=max_norm_ratio)
+        f, counted = out["f"], out["counted"]
+        parts["stats"].update(_flat(f, counted))
+        parts["reconstruction"].update(_flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
+        parts["top"].update(_zero_uncounted(f, counted), torch.arange(rows.start, rows.stop))
+        if scaling is not None:
+            scaling.update(_flat(f, counted), _flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
+
+    return _resumable_pass(cfg, PassState(ctx_dir / "partial_heldout.pt", fingerprint, parts), len(contexts), step,
+                           desc="held-out text (CE recovery, latents)")
+
+
+def run_reasoning_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, contexts: torch.Tensor, *,
+                       keep_first: bool, max_norm_ratio: float | None, candidates: list[int], fingerprint: dict) -> dict:
+    F = crosscoder.cfg.n_latents
+    parts = {"stats": LatentStats(F), "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, contexts.shape[1])}
+
+    def step(rows: slice) -> None:
+        acts = capture_pair(models, contexts[rows], hook)
+        x_raw = torch.stack([a.to(device=crosscoder.W_dec.device, dtype=torch.float32) for a in acts], dim=2)
+        counted = counted_positions(x_raw, keep_first=keep_first, max_norm_ratio=max_norm_ratio)
+        f, _, _ = reconstruct_raw(crosscoder, x_raw)
+        parts["stats"].update(_flat(f, counted))
+        parts["top"].update(_zero_uncounted(f, counted), torch.arange(rows.start, rows.stop))
+
+    return _resumable_pass(cfg, PassState(ctx_dir / "partial_reasoning.pt", fingerprint, parts), len(contexts), step,
+                           desc="reasoning traces (latents)")
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def _num(x: float) -> float | str:
+    return "" if x != x else x  # NaN -> empty cell, so the CSV reads cleanly in pandas/spreadsheets
+
+
+RECONSTRUCTION_COLUMNS = ("model", "explained_variance", "l0", "n_tokens")
+
+
+def reconstruction_rows(meter: ExplainedVarianceMeter, stats: LatentStats) -> list[dict[str, Any]]:
+    """Held-out fit of the crosscoder: explained variance per model and of both together (1 − FVU),
+    and L0 (active latents per token) — on text the crosscoder never trained on, unlike train's metrics."""
+    l0 = float(stats.n_active.sum()) / max(int(stats.n_tokens), 1)
+    ev = meter.explained_variance().tolist()
+    rows = [{"model": name, "explained_variance": v} for name, v in zip(MODEL_NAMES, ev, strict=True)]
+    rows.append({"model": "both", "explained_variance": 1.0 - meter.fvu()})
+    return [{**row, "l0": l0, "n_tokens": meter.count} for row in rows]
+
+
+def latent_rows(relative_norm, cosine, norms, classes, stats_general: LatentStats, stats_reasoning: LatentStats | None,
+                scaling: LatentScaling | None) -> list[dict[str, Any]]:
+    freq_g, mean_g, max_g = stats_general.frequency(), stats_general.mean_activation(), stats_general.max_activation
+    freq_r = stats_reasoning.frequency() if stats_reasoning is not None else None
+    betas: dict[int, dict[str, float]] = {}
+    if scaling is not None:
+        values = scaling.betas()
+        for j, latent in enumerate(scaling.latents.tolist()):
+            betas[latent] = {k: float(v[j]) for k, v in values.items()}
+    rows = []
+    for i, cls in enumerate(classes):
+        row = {"latent": i, "class": cls, "relative_norm": _num(float(relative_norm[i])), "cosine": _num(float(cosine[i])),
+               "decoder_norm_base": float(norms[i, BASE]), "decoder_norm_tuned": float(norms[i, TUNED]),
+               "freq_general": float(freq_g[i]), "freq_reasoning": _num(float(freq_r[i])) if freq_r is not None else "",
+               "mean_activation": _num(float(mean_g[i])), "max_activation": float(max_g[i])}
+        row.update({k: _num(v) for k, v in betas.get(i, {}).items()})
+        rows.append(row)
+    return rows
+
+
+def class_count_rows(classes: list[str]) -> list[dict[str, Any]]:
+    n = len(classes)
+    return [{"class": c, "n_latents": classes.count(c), "fraction": classes.count(c) / max(n, 1)} for c in LATENT_CLASSES]
+
+
+def class_frequency_rows(classes: list[str], freq_general: torch.Tensor, freq_reasoning: torch.Tensor) -> list[dict[str, Any]]:
+    """Does each class fire more on reasoning traces than on general text?"""
+    rows = []
+    for c in LATENT_CLASSES[:-1]:  # dead latents fire nowhere
+        idx = torch.tensor([i for i, k in enumerate(classes) if k == c], dtype=torch.long)
+        if len(idx) == 0:
+            rows.append({"class": c, "n_latents": 0})
+            continue
+        g, r = freq_general[idx].double(), freq_reasoning[idx].double()
+        rows.append({"class": c, "n_latents": len(idx), "mean_freq_general": float(g.mean()),
+                     "mean_freq_reasoning": float(r.mean()),
+                     "reasoning_over_general": float(r.mean() / g.mean()) if g.mean() > 0 else float("inf"),
+                     "frac_latents_more_on_reasoning": float((r > g).double().mean())})
+    return rows
+
+
+def latent_scaling_summary(classes: list[str], scaling: LatentScaling, specific_ratio_max: float) -> list[dict[str, Any]]:
+    betas = scaling.betas()
+    rows = []
+    for c in ("base_only", "tuned_only"):
+        idx = torch.tensor([j for j, latent in enumerate(scaling.latents.tolist()) if classes[latent] == c], dtype=torch.long)
+        nu_e = betas["nu_error"][idx] if len(idx) else torch.zeros(0, dtype=torch.float64)
+        nu_r = betas["nu_reconstruction"][idx] if len(idx) else torch.zeros(0, dtype=torch.float64)
+        finite = nu_e.isfinite() & nu_r.isfinite()
+        rows.append({"class": c, "n_live_latents": len(idx), "n_with_beta": int(finite.sum()),
+                     "median_nu_error": float(nu_e[finite].median()) if finite.any() else float("nan"),
+                     "median_nu_reconstruction": float(nu_r[finite].median()) if finite.any() else float("nan"),
+                     "n_truly_specific": int((nu_e[finite] <= specific_ratio_max).sum()),
+                     "specific_ratio_max": specific_ratio_max})
+    return rows
+
+
+# --- latents.html --------------------------------------------------------------------------------
+
+def latent_cards(latents: list[int], rows: list[dict], tops: dict[str, tuple[TopContexts, torch.Tensor]],
+                 decode, window: int) -> list[LatentCard]:
+    cards = []
+    for latent in latents:
+        row = rows[latent]
+        facts = {k: row[k] for k in ("relative_norm", "cosine", "freq_general", "freq_reasoning", "mean_activation",
+                                     "nu_error", "nu_reconstruction") if row.get(k, "") != ""}
+        examples = {}
+        for kind, (top, contexts) in tops.items():
+            examples[kind] = [window_example(contexts[c].tolist(), acts, window=window, context=c, decode=decode)
+                              for c, acts in top.examples(latent)]
+        cards.append(LatentCard(latent=latent, latent_class=row["class"], facts=facts, examples=examples))
+    return cards
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def run(cfg: Config, ctx) -> dict[str, Any]:
+    from reasondiff.crosscoder.model import load_crosscoder
+    from reasondiff.models import parse_hook, resolve_device
+
+    a = cfg.analyze
+    device = resolve_device(cfg.hardware)
+    cc_dir = crosscoder_dir(cfg)
+    crosscoder = load_crosscoder(cc_dir, device=device)
+    ctx.inputs.update({"crosscoder_dir": str(cc_dir), "base_model": cfg.model.path, "tuned_model": cfg.tuned_model})
+    train_config = cc_dir / "config.json"
+    if train_config.is_file():
+        ctx.inputs["crosscoder_config"] = artifacts.read_json(train_config)
+
+    # 1. decoder geometry (always on the UNFOLDED decoder: the normalised space)
+    W_dec = crosscoder.W_dec.detach().float().cpu()
+    if W_dec.shape[1] != 2:
+        raise UserError(f"{cc_dir}: crosscoder has {W_dec.shape[1]} models; analyze compares exactly two (base, tuned)")
+    relative_norm, cosine, norms = relative_decoder_norm(W_dec), decoder_cosine(W_dec), decoder_norms(W_dec)
+    thresholds = {"base_only_max": a.base_only_max, "shared_min": a.shared_min, "shared_max": a.shared_max,
+                  "tuned_only_min": a.tuned_only_min}
+    provisional = classify_latents(relative_norm, **thresholds)
+    band = {"shared_min": a.shared_min, "shared_max": a.shared_max}
+    candidates = {"base": extreme_latents(relative_norm, "base", CANDIDATE_FACTOR * a.n_top_latents, **band),
+                  "tuned": extreme_latents(relative_norm, "tuned", CANDIDATE_FACTOR * a.n_top_latents, **band),
+                  "shared": sample_latents(provisional, "shared", CANDIDATE_FACTOR * a.n_shared_sample, cfg.seed)}
+    tracked = sorted({i for ids in candidates.values() for i in ids})
+    scaling = None
+    if a.latent_scaling:
+        specific = [i for i, c in enumerate(provisional) if c in ("base_only", "tuned_only")]
+        own = [BASE if provisional[i] == "base_only" else TUNED for i in specific]
+        scaling = LatentScaling(torch.tensor(specific, dtype=torch.long), torch.tensor(own, dtype=torch.long), W_dec)
+
+    # 2-3. the streamed passes
+    store = open_harvest(cfg)
+    models, tokenizer = load_models(cfg, device)
+    d_model = models[0].config.hidden_size
+    if d_model != crosscoder.cfg.d_model:
+        raise UserError(f"crosscoder in {cc_dir} has d_model {crosscoder.cfg.d_model} but the models have {d_model}: "
+                        "set analyze.crosscoder_dir to one trained on these models")
+    # Where the crosscoder was trained wins: its own config, else the harvest store, else harvest.hook.
+    hook_name = ctx.inputs.get("crosscoder_config", {}).get("hook") or (
+        getattr(store, "hook", None) if store is not None else None) or cfg.harvest.hook
+    hook_name = getattr(hook_name, "name", hook_name)
+    hook = parse_hook(hook_name, models[0].config.num_hidden_layers)
+    keep_first = a.exclude_first_position
+    if keep_first is None:
+        harvested = store.manifest.get("drop_first_position") if store is not None else None
+        keep_first = bool(cfg.harvest.drop_first_position if harvested is None else harvested)
+    if store is not None and getattr(store, "scaling_factors", None) is not None:
+        harvest_factors = torch.as_tensor(store.scaling_factors, dtype=torch.float32).cpu()
+        if not torch.allclose(harvest_factors, crosscoder.scaling_factors.cpu(), rtol=1e-3):
+            log.warning("crosscoder scaling factors %s differ from harvest's %s: using the crosscoder's",
+                        crosscoder.scaling_factors.tolist(), harvest_factors.tolist())
+    # massive-activation tokens: left out exactly as harvest left them out of the training data
+    max_norm_ratio = store.manifest.get("max_norm_ratio") if store is not None else cfg.harvest.max_norm_ratio
+    ctx.inputs.update({"hook": hook.name, "exclude_first_position": keep_first, "max_norm_ratio": max_norm_ratio,
+                       "harvest_documents_used": int(store.manifest["documents_used"]) if store is not None else None})
+
+    general = heldout_contexts(cfg, tokenizer, store)
+    common = {"hook": hook.name, "keep_first": keep_first, "max_norm_ratio": max_norm_ratio, "tracked": tracked}
+    heldout = run_heldout_pass(cfg, ctx.dir, models, crosscoder, hook, general, keep_first=keep_first,
+                               max_norm_ratio=max_norm_ratio, candidates=tracked, scaling=scaling,
+                               fingerprint=_fingerprint(cfg, general, cc_dir, {**common, "scaling": a.latent_scaling}))
+    reasoning_ctx = reasoning_contexts(cfg, tokenizer)
+    reasoning = None
+    if reasoning_ctx is not None:
+        reasoning = run_reasoning_pass(cfg, ctx.dir, models, crosscoder, hook, reasoning_ctx, keep_first=keep_first,
+                                       max_norm_ratio=max_norm_ratio,
+                                       candidates=tracked, fingerprint=_fingerprint(cfg, reasoning_ctx, cc_dir, common))
+    ctx.inputs.update({"n_heldout_contexts": len(general), "n_reasoning_contexts": 0 if reasoning_ctx is None else len(reasoning_ctx),
+                       "context_length": general.shape[1]})
+
+    # 4. tables
+    ce_rows = heldout["ce"].rows()
+    for row in ce_rows:
+        for key in ("ce_clean", "ce_zero_ablation", "ce_spliced"):
+            require_finite(f"{row['model']} {key}", row[key], step=None)
+    write_csv(ctx.dir / "ce_recovery.csv", ce_rows, CE_COLUMNS)
+    artifacts.write_text(ctx.dir / "ce_recovery.md", ce_table_markdown(ce_rows))
+    fit_rows = reconstruction_rows(heldout["reconstruction"], heldout["stats"])
+    write_csv(ctx.dir / "reconstruction.csv", fit_rows, RECONSTRUCTION_COLUMNS)
+    alive = heldout["stats"].n_active > 0
+    if reasoning is not None:
+        alive |= reasoning["stats"].n_active > 0
+    classes = classify_latents(relative_norm, alive=alive, **thresholds)
+    rows = latent_rows(relative_norm, cosine, norms, classes, heldout["stats"],
+                       reasoning["stats"] if reasoning else None, scaling)
+    write_csv(ctx.dir / "latents.csv", rows, LATENT_COLUMNS)
+    counts = class_count_rows(classes)
+    write_csv(ctx.dir / "class_counts.csv", counts, ["class", "n_latents", "fraction"])
+    outputs: dict[str, Any] = {"ce_recovery": ce_rows, "reconstruction": fit_rows, "class_counts": {r["class"]: r["n_latents"] for r in counts}}
+    if reasoning is not None:
+        freq_rows = class_frequency_rows(classes, heldout["stats"].frequency(), reasoning["stats"].frequency())
+        write_csv(ctx.dir / "class_frequency.csv", freq_rows, ["class", "n_latents", "mean_freq_general", "mean_freq_reasoning",
+                                                              "reasoning_over_general", "frac_latents_more_on_reasoning"])
+        outputs["class_frequency"] = freq_rows
+    if scaling is not None:
+        summary = latent_scaling_summary(classes, scaling, a.specific_ratio_max)
+        write_csv(ctx.dir / "latent_scaling_summary.csv", summary, list(summary[0]))
+        outputs["latent_scaling"] = summary
+    ctx.metrics.log({f"ce_recovered_{r['model']}": r["ce_recovered"] for r in ce_rows}
+                    | {f"heldout_explained_variance_{r['model']}": r["explained_variance"] for r in fit_rows}
+                    | {"heldout_l0": fit_rows[0]["l0"]}
+                    | {f"n_{c}": n for c, n in outputs["class_counts"].items()}, step=0)
+
+    # figures
+    from reasondiff.analyze import plots
+
+    live = [i for i, c in enumerate(classes) if c != "dead"]
+    plots.relative_norm_histogram(relative_norm[live].tolist(), ctx.dir / "relative_norm_hist.png", **thresholds)
+    plots.cosine_histogram([float(cosine[i]) for i, c in enumerate(classes) if c == "shared"], ctx.dir / "cosine_hist.png")
+    if scaling is not None and len(scaling.latents):
+        betas = scaling.betas()
+        keep = [j for j, latent in enumerate(scaling.latents.tolist()) if classes[latent] != "dead"]
+        plots.latent_scaling_scatter(betas["nu_error"][keep].tolist(), betas["nu_reconstruction"][keep].tolist(),
+                                     [classes[scaling.latents[j]] for j in keep], ctx.dir / "latent_scaling.png",
+                                     specific_ratio_max=a.specific_ratio_max)
+
+    # latents.html: the most extreme LIVE latents of each kind, and a sample of live shared ones
+    def live_first(ids: list[int], n: int) -> list[int]:
+        return [i for i in ids if classes[i] != "dead"][:n]
+
+    tops = {"general": (heldout["top"], general)}
+    if reasoning is not None:
+        tops["reasoning"] = (reasoning["top"], reasoning_ctx)
+    decode = token_strings(tokenizer)
+    sections = {
+        "most base-leaning latents (lowest relative norm)": latent_cards(
+            live_first(candidates["base"], a.n_top_latents), rows, tops, decode, a.html_window),
+        "most tuned-leaning latents (highest relative norm)": latent_cards(
+            live_first(candidates["tuned"], a.n_top_latents), rows, tops, decode, a.html_window),
+        "shared latents (random sample)": latent_cards(live_first(candidates["shared"], a.n_shared_sample), rows, tops, decode, a.html_window),
+    }
+    intro = (f"Crosscoder {cc_dir} at {hook.name}; {len(general)} held-out general contexts and "
+             f"{0 if reasoning_ctx is None else len(reasoning_ctx)} reasoning contexts of {general.shape[1]} tokens. "
+             "Tokens are shaded by the latent's activation; the outlined token is the context's peak.")
+    artifacts.write_text(ctx.dir / "latents.html", render_latents_html(sections, title=f"{cfg.exp_name}: crosscoder latents",
+                                                                      intro=intro, text_kinds=tuple(tops)))
+
+    # report.md gathers everything above plus the earlier stages' tables and figures
+    artifacts.write_text(ctx.dir / "report.md", build_report(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}",
+                                                               crosscoder_dir=cc_dir))
+    for name in ("partial_heldout.pt", "partial_reasoning.pt"):
+        (ctx.dir / name).unlink(missing_ok=True)
+    log.info("CE recovered: %s", ", ".join(f"{r['model']} {r['ce_recovered']:.1%}" for r in ce_rows))
+    outputs["files"] = sorted(p.name for p in ctx.dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    return outputs

@@ -1,0 +1,92 @@
+"""Benchmark questions: rows of gsm8k / MATH-500 / boolq -> chat prompts and gold references.
+
+Every model sees the same user turn (a per-task template from config) rendered through its own
+chat template, so base and tuned differ only in weights. boolq is asked with its passage when
+the row has one (hub google/boolq) and without when it does not (the question-only slice).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from reasondiff.config import ReasoningFormat
+from reasondiff.config.bench import BenchConfig, PromptTemplates, TaskData
+from reasondiff.data_sources import load_rows, require_fields
+from reasondiff.errors import UserError
+
+# task -> (field holding the question, field holding the gold reference)
+TASK_FIELDS: dict[str, tuple[str, str]] = {
+    "gsm8k": ("question", "answer"),
+    "math500": ("problem", "answer"),
+    "boolq": ("question", "answer"),
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    task: str
+    id: str
+    """Stable within the dataset: MATH's `unique_id`, else the row index."""
+    user_turn: str
+    reference: Any
+    """The gold field as `grading.grade` takes it (gsm8k answer text, MATH answer, boolq bool)."""
+
+
+def user_turn(task: str, row: dict[str, Any], templates: PromptTemplates) -> str:
+    """The task's template with the row's fields put in (literal replace: LaTeX braces stay)."""
+    if task == "boolq":
+        passage = row.get("passage")
+        template = templates.boolq if passage else templates.boolq_no_passage
+        text = template.replace("{passage}", str(passage or "").strip())
+        return text.replace("{question}", str(row["question"]).strip().rstrip("?"))
+    if task == "math500":
+        return templates.math500.replace("{problem}", str(row["problem"]).strip())
+    return templates.gsm8k.replace("{question}", str(row["question"]).strip())
+
+
+def select_indices(n_rows: int, limit: int | None, seed: int) -> list[int]:
+    """A reproducible subset: the same seed gives the same questions for every model and run."""
+    if limit is None or limit >= n_rows:
+        return list(range(n_rows))
+    return sorted(random.Random(seed).sample(range(n_rows), limit))
+
+
+def load_questions(task: str, bench: BenchConfig) -> list[Question]:
+    """The task's questions (seeded `bench.limit` subset), each row checked for its fields."""
+    data: TaskData = bench.data[task]
+    key = f"bench.data.{task}.path"
+    dataset = load_rows(data.path, split=data.split, config_name=data.config_name, config_key=key)
+    if len(dataset) == 0:
+        raise UserError(f"{key}={data.path}: no rows")
+    question_field, reference_field = TASK_FIELDS[task]
+    questions = []
+    for index in select_indices(len(dataset), bench.limit, bench.seed):
+        row = dict(dataset[index])
+        require_fields(row, (question_field, reference_field), index=index, source=f"{key}={data.path}")
+        qid = str(row["unique_id"]) if task == "math500" and row.get("unique_id") else str(index)
+        questions.append(Question(task=task, id=qid, user_turn=user_turn(task, row, bench.prompts),
+                                  reference=row[reference_field]))
+    return questions
+
+
+def chat_prompt(tokenizer, user: str, *, system_prompt: str | None, start_thinking: bool,
+                fmt: ReasoningFormat) -> str:
+    """The full prompt text: chat template with the generation prompt, optionally opening the thinking."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": user}]
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("the model's tokenizer has no chat template; bench prompts go through it "
+                        "(use an instruct/chat model for model.path / tuned_model / bench.models)")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if start_thinking:
+        from reasondiff.s1_layout import thinking_start
+
+        text += thinking_start(fmt)
+    return text
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered prompt; the template already holds any BOS, so none is added twice."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,434 @@
+"""Stage 1 — SFT of the base model on s1K-1.1 with trl's SFTTrainer (paper: Qwen2.5-0.5B-Instruct).
+
+Recipe: validate and tokenize the rows (reasondiff.finetune.data), report overlong rows, check the
+profile fits in memory, train with the experiment's hyper-parameters (resuming the last complete
+trainer checkpoint of a killed run), then write `model/` atomically with the tokenizer and chat
+template, the loss curve (Fig. 2) and a few greedy samples that show whether the layout was learned.
+
+Multi-GPU: `accelerate launch -m reasondiff.finetune ...` runs the same code data-parallel; the
+gradient accumulation is divided by the number of processes so the effective batch stays the
+experiment's.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reasondiff import artifacts
+from reasondiff.config import Config, HardwareConfig, ReasoningFormat
+from reasondiff.errors import UserError
+from reasondiff.finetune.data import (
+    SFTExample,
+    build_sft_examples,
+    load_s1k_rows,
+    summarize_report,
+    to_dataset,
+)
+from reasondiff.finetune.loss_curve import loss_points, plot_loss_curve
+from reasondiff.s1_layout import answer_start, thinking_start
+from reasondiff.stage import deferred_interrupts
+from reasondiff.tracking import MetricsLogger, require_finite
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+FINGERPRINT = "fingerprint.json"
+MODEL = "model"
+LENGTH_REPORT = "length_report.json"
+LOSS_CURVE = "loss_curve.png"
+SAMPLES = "samples.json"
+
+
+# --- pure helpers -----------------------------------------------------------------------------------
+
+def gradient_accumulation(effective_batch_size: int, micro_batch: int, world_size: int = 1) -> int:
+    """Accumulation steps so that micro_batch x steps x processes == the experiment's effective batch."""
+    per_step = micro_batch * world_size
+    if effective_batch_size % per_step:
+        raise UserError(f"finetune.effective_batch_size={effective_batch_size} is not a multiple of "
+                        f"hardware.finetune_micro_batch={micro_batch} x {world_size} process(es); "
+                        "change one of them")
+    return effective_batch_size // per_step
+
+
+def estimate_training_memory_gb(*, n_params: int, n_layers: int, d_model: int, d_ffn: int, seq_len: int,
+                                micro_batch: int, gradient_checkpointing: bool, mixed_precision: bool,
+                                overhead_gb: float = 1.0) -> float:
+    """Rough peak memory of full fine-tuning with AdamW (fp32 master weights), in GB.
+
+    16 bytes/param (weights, grads, two Adam moments) + 2 with autocast's half-precision weight
+    copies; activations of a decoder layer ~ (8 d_model + 4 d_ffn) values per token (norm inputs,
+    q/k/v, attention output, MLP gate/up/activation) — all layers kept, or with checkpointing only
+    the layer inputs plus one layer's recomputation. trl's fused LM head never materialises the
+    full [tokens, vocab] logits, so they fall in the fixed overhead (allocator, CUDA context).
+    """
+    act_bytes = 2 if mixed_precision else 4
+    tokens = seq_len * micro_batch
+    per_layer = (8 * d_model + 4 * d_ffn) * act_bytes * tokens
+    if gradient_checkpointing:
+        activations = n_layers * d_model * act_bytes * tokens + per_layer
+    else:
+        activations = n_layers * per_layer
+    states = n_params * (16 + (2 if mixed_precision else 0))
+    return (states + activations) / 1e9 + overhead_gb
+
+
+def last_complete_checkpoint(directory: Path) -> Path | None:
+    """The newest `checkpoint-N` the trainer finished writing; partial ones (killed mid-save) are removed.
+
+    HF writes a checkpoint in place (no staging dir) and `trainer_state.json` last, so a checkpoint
+    without it is incomplete and resuming from it would crash or silently restart.
+    """
+    if not directory.is_dir():
+        return None
+    found = sorted((p for p in directory.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")
+                    and p.name.split("-", 1)[1].isdigit()), key=lambda p: int(p.name.split("-", 1)[1]))
+    for path in reversed(found):
+        if (path / "trainer_state.json").is_file():
+            return path
+        log.warning("removing incomplete trainer checkpoint %s (killed while saving)", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def resume_fingerprint(cfg: Config) -> dict[str, Any]:
+    """What must match for a trainer checkpoint to be resumed: the model, data and optimisation.
+
+    Left out: logging/saving cadence, samples, the hub push and the hardware profile (another micro
+    batch gives the same effective batch, so a run may move to another machine and go on)."""
+    ft = dataclasses.asdict(cfg.finetune)
+    for key in ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "sample_generations",
+                "sample_max_new_tokens", "push_to_hub", "hub_model_id", "save_dtype"):
+        ft.pop(key)
+    return {"base": cfg.model.path, "revision": cfg.model.revision, "seed": cfg.seed,
+            "format": dataclasses.asdict(cfg.format), "finetune": ft}
+
+
+def check_resume_fingerprint(checkpoints: Path, fingerprint: dict[str, Any], resume: Path | None) -> None:
+    """Refuse to resume checkpoints made with other settings; record the settings of a fresh run.
+
+    A silent resume would continue the old schedule under the new config's name."""
+    path = checkpoints / FINGERPRINT
+    if resume is not None and path.is_file():
+        previous = artifacts.read_json(path)
+        if previous != json.loads(json.dumps(fingerprint)):
+            changed = sorted(key for key in set(previous.get("finetune", {})) | set(fingerprint["finetune"])
+                             if previous.get("finetune", {}).get(key) != fingerprint["finetune"].get(key))
+            changed += [key for key in ("base", "revision", "seed", "format") if previous.get(key) != fingerprint[key]]
+            raise UserError(f"{checkpoints} holds checkpoints of a run with other settings "
+                            f"({', '.join(changed) or 'see ' + str(path)}); re-run with overwrite=true to start "
+                            "over, or restore the old settings to resume")
+    elif resume is not None:
+        log.warning("%s has no %s (made by an older version); resuming without checking its settings",
+                    checkpoints, FINGERPRINT)
+        return
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(path, fingerprint)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-", 1)[1])
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop CSV rows logged after `last_step` (the killed run's steps the resumed run will redo)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if r.get("step") in (None, "") or int(float(r["step"])) <= last_step]
+    with artifacts.atomic_write(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(kept)
+
+
+def precision_flags(hardware: HardwareConfig, device_type: str) -> dict[str, bool]:
+    """Mixed precision from the hardware profile: fp32 master weights, bf16/fp16 autocast."""
+    if hardware.dtype == "float16" and device_type == "cpu":
+        raise UserError("hardware.dtype=float16 needs a GPU (CPU autocast has no fp16 training): "
+                        "use hardware=cpu (float32) or hardware.dtype=bfloat16")
+    return {"bf16": hardware.dtype == "bfloat16", "fp16": hardware.dtype == "float16"}
+
+
+# --- trainer callbacks ------------------------------------------------------------------------------
+
+def _callbacks_module():
+    from transformers import TrainerCallback
+
+    class NonFiniteLossGuard(TrainerCallback):
+        """Stop on a NaN/Inf loss or gradient norm (HF would filter it out of the logs and go on)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm"):
+                if logs and key in logs:
+                    require_finite(f"SFT {key}", float(logs[key]), state.global_step)
+
+    class MetricsToCsv(TrainerCallback):
+        """Training logs -> metrics.csv, one row per logging step."""
+
+        def __init__(self, logger: MetricsLogger):
+            self.logger = logger
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            row = {k: v for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            row["epoch"] = state.epoch
+            self.logger.log(row, step=state.global_step)
+
+    class GracefulStop(TrainerCallback):
+        """First SIGTERM/SIGINT: finish the optimizer step, save a checkpoint there, stop."""
+
+        def __init__(self):
+            self.requested = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return NonFiniteLossGuard, MetricsToCsv, GracefulStop
+
+
+# --- model and tokenizer ----------------------------------------------------------------------------
+
+def set_pad_token(tokenizer, pad_token: str) -> None:
+    """Padding must not be EOS: collators that mask padding would also mask the turn's end token."""
+    if pad_token not in tokenizer.get_vocab():
+        raise UserError(f"finetune.pad_token={pad_token!r} is not in the tokenizer's vocabulary")
+    if pad_token == tokenizer.eos_token:
+        raise UserError(f"finetune.pad_token={pad_token!r} is the EOS token; the model would never learn to stop")
+    tokenizer.pad_token = pad_token
+
+
+def save_dtype_name(setting: str, base_config) -> str:
+    if setting != "auto":
+        return setting
+    dtype = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
+def save_tuned_model(trainer, tokenizer, directory: Path, dtype_name: str) -> None:
+    """`model/` as an HF dir (weights, config, tokenizer, chat template), swapped in atomically."""
+    import torch
+
+    accelerator = trainer.accelerator
+    state_dict = accelerator.get_state_dict(trainer.model)  # collective under FSDP/ZeRO-3: every rank calls it
+    if accelerator.is_main_process:
+        dtype = getattr(torch, dtype_name)
+        model = accelerator.unwrap_model(trainer.model)
+        model.config.dtype = dtype_name
+        model.config.use_cache = True
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        with artifacts.atomic_dir(directory) as staging:
+            model.save_pretrained(staging, state_dict={k: v.to(dtype) for k, v in state_dict.items()})
+            tokenizer.save_pretrained(staging)
+            artifacts.mark_complete(staging)
+    accelerator.wait_for_everyone()
+
+
+def layout_samples(model, tokenizer, questions: Sequence[str], fmt: ReasoningFormat,
+                   max_new_tokens: int) -> list[dict[str, Any]]:
+    """Greedy answers to a few questions and whether each follows the s1 think/answer layout."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for question in questions:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                               add_generation_prompt=True)
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        new = gen[0, ids.shape[1]:].tolist()
+        text = tokenizer.decode(new, skip_special_tokens=False)
+        out.append({
+            "question": question,
+            "generation": text,
+            "starts_with_think": text.startswith(thinking_start(fmt)),
+            "has_answer": answer_start(fmt) in text,
+            "stopped": tokenizer.eos_token_id in new,
+        })
+    return out
+
+
+# --- the stage --------------------------------------------------------------------------------------
+
+def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fine-tune `cfg.model.path` on s1K-1.1 into `ctx.dir/model` (resumes a killed run's checkpoint)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from reasondiff.models import load_model, load_tokenizer, resolve_device
+
+    ft = cfg.finetune
+    device = resolve_device(cfg.hardware)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = gradient_accumulation(ft.effective_batch_size, cfg.hardware.finetune_micro_batch, world_size)
+    precision = precision_flags(cfg.hardware, device.type)
+    ctx.inputs.update({"base_model": cfg.model.path, "dataset": ft.dataset, "split": ft.split,
+                       "trace_source": ft.trace_source})
+
+    tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision)
+    set_pad_token(tokenizer, ft.pad_token)
+    rows = load_s1k_rows(ft)
+    examples, report = build_sft_examples(rows, tokenizer, ft, cfg.format)
+    artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
+    log.info(summarize_report(report))
+    if report["n_overlong"] and ft.overlong_policy == "truncate":
+        log.warning("%d rows are cut at max_length=%d and %d lose their whole answer; "
+                    "finetune.overlong_policy=keep_answer keeps answers (see %s)", report["n_overlong"],
+                    ft.max_length, report["outcome"]["n_answer_fully_cut"], LENGTH_REPORT)
+
+    # fp32 master weights whatever the profile's dtype: bf16 weights would round lr=1e-5 updates away.
+    model, _ = load_model(cfg.model.path, dataclasses.replace(cfg.hardware, dtype="float32"),
+                          revision=cfg.model.revision, device=torch.device("cpu"),
+                          trust_remote_code=cfg.model.trust_remote_code)
+    # the checkpoint's own dtype: the loaded config reports the fp32 we asked for
+    from transformers import AutoConfig
+
+    save_dtype = save_dtype_name(ft.save_dtype, AutoConfig.from_pretrained(cfg.model.path, revision=cfg.model.revision))
+    warn_if_too_big(model, cfg.hardware, ft.max_length, precision)
+
+    checkpoints = ctx.dir / CHECKPOINTS
+    resume = last_complete_checkpoint(checkpoints)
+    check_resume_fingerprint(checkpoints, resume_fingerprint(cfg), resume)
+    truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
+    if resume:
+        log.info("resuming from %s", resume)
+    ctx.inputs["resumed_from"] = str(resume) if resume else None
+
+    NonFiniteLossGuard, MetricsToCsv, GracefulStop = _callbacks_module()
+    stopper = GracefulStop()
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        max_length=ft.max_length,
+        packing=False,
+        learning_rate=ft.learning_rate,
+        weight_decay=ft.weight_decay,
+        num_train_epochs=ft.num_epochs,
+        max_steps=ft.max_steps,
+        warmup_steps=ft.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=ft.lr_scheduler,
+        adam_beta1=ft.adam_beta1,
+        adam_beta2=ft.adam_beta2,
+        per_device_train_batch_size=cfg.hardware.finetune_micro_batch,
+        gradient_accumulation_steps=accumulation,
+        activation_checkpointing=cfg.hardware.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.hardware.gradient_checkpointing else None,
+        use_cpu=device.type == "cpu",
+        **precision,
+        logging_steps=ft.logging_steps,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=ft.save_steps,
+        save_total_limit=ft.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.hardware.dataloader_workers,
+        report_to=["wandb"] if cfg.wandb.mode != "disabled" else "none",
+        run_name=f"{cfg.exp_name}-finetune",
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(examples),
+        processing_class=tokenizer,
+        # metrics.csv is written here, not through ctx.metrics, so that with W&B on the trainer's own
+        # WandbCallback is the only writer to the run (two writers fight over W&B's step counter).
+        callbacks=[NonFiniteLossGuard(), MetricsToCsv(MetricsLogger(ctx.dir)), stopper, *callbacks],
+    )
+    with deferred_interrupts(stopper):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stopper.requested:
+        raise KeyboardInterrupt(f"stopped at step {trainer.state.global_step}; a checkpoint was saved in "
+                                f"{checkpoints} and re-running the same command resumes from it")
+
+    steps, losses = loss_points(trainer.state.log_history)
+    if trainer.is_world_process_zero() and steps:
+        plot_loss_curve(steps, losses, ctx.dir / LOSS_CURVE,
+                        title=f"SFT on s1K-1.1: {cfg.model.name} ({cfg.exp_name})")
+    save_tuned_model(trainer, tokenizer, ctx.dir / MODEL, save_dtype)
+
+    samples = []
+    if ft.sample_generations and trainer.is_world_process_zero():
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        questions = [row["question"] for row in rows[: ft.sample_generations]]
+        samples = layout_samples(unwrapped, tokenizer, questions, cfg.format, ft.sample_max_new_tokens)
+        artifacts.write_json(ctx.dir / SAMPLES, samples)
+    if ft.push_to_hub and trainer.is_world_process_zero():
+        push(ctx.dir / MODEL, ft.hub_model_id)
+    if not ft.keep_checkpoints and trainer.is_world_process_zero():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+    first, final = _mean(losses[: max(1, len(losses) // 10)]), _mean(losses[-max(1, len(losses) // 10):])
+    log.info("SFT: %d steps, loss %s; model in %s", trainer.state.global_step,
+             f"{first:.3f} -> {final:.3f}" if losses else "not logged (finetune.logging_steps > steps)", ctx.dir / MODEL)
+    return {
+        "model": str(ctx.dir / MODEL),
+        "loss_curve": str(ctx.dir / LOSS_CURVE),
+        "length_report": str(ctx.dir / LENGTH_REPORT),
+        "global_step": trainer.state.global_step,
+        "train_rows": len(examples),
+        "first_loss": first,
+        "final_loss": final,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "gradient_accumulation_steps": accumulation,
+        "save_dtype": save_dtype,
+        "layout_rate": _mean([float(s["starts_with_think"] and s["has_answer"]) for s in samples]) if samples else None,
+    }
+
+
+def warn_if_too_big(model, hardware: HardwareConfig, max_length: int, precision: dict[str, bool]) -> float:
+    cfg = model.config
+    estimate = estimate_training_memory_gb(
+        n_params=sum(p.numel() for p in model.parameters()), n_layers=cfg.num_hidden_layers,
+        d_model=cfg.hidden_size, d_ffn=getattr(cfg, "intermediate_size", 4 * cfg.hidden_size), seq_len=max_length,
+        micro_batch=hardware.finetune_micro_batch, gradient_checkpointing=hardware.gradient_checkpointing,
+        mixed_precision=precision["bf16"] or precision["fp16"])
+    if estimate > hardware.memory_gb:
+        log.warning("SFT needs roughly %.1f GB but hardware.memory_gb=%.0f (hardware=%s): expect an out-of-memory "
+                    "error; lower hardware.finetune_micro_batch (gradient accumulation keeps the effective batch), "
+                    "enable hardware.gradient_checkpointing or lower finetune.max_length",
+                    estimate, hardware.memory_gb, hardware.name)
+    else:
+        log.info("SFT memory estimate %.1f GB of %.0f GB (hardware=%s)", estimate, hardware.memory_gb, hardware.name)
+    return estimate
+
+
+def push(model_dir: Path, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    from reasondiff.hub import prepare_hub
+
+    if not prepare_hub():
+        raise UserError(f"finetune.push_to_hub=true but the Hub is unreachable; the model is in {model_dir}")
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, commit_message="reasondiff: SFT on s1K-1.1")
+    log.info("pushed %s to https://huggingface.co/%s", model_dir, repo_id)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+__all__ = ["SFTExample", "estimate_training_memory_gb", "gradient_accumulation", "last_complete_checkpoint",
+           "run"]

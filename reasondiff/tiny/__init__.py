@@ -1,0 +1,16 @@
+"""The embedded tiny world: a small Qwen2-architecture model and generated data, built offline.
+
+`make_tokenizer` / `make_model` give a random tiny model for unit tests; `ensure_tiny_world` builds
+(once, cached under outputs/_tiny/) the pretrained tiny base model and the generated datasets the
+`+exp=tiny` demo runs on. Open model.py first; data.py generates the text.
+"""
+
+from reasondiff.tiny.model import (
+    ensure_tiny_world,
+    make_config,
+    make_model,
+    make_tokenizer,
+    tokenizer_training_texts,
+)
+
+__all__ = ["ensure_tiny_world", "make_config", "make_model", "make_tokenizer", "tokenizer_training_texts"]

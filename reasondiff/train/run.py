@@ -1,0 +1,178 @@
+"""Stage 4 — train the sparse crosscoder on paired activations (`python -m reasondiff.train`).
+
+The recipe: open the data source (harvest's store, the live models, or planted features), build
+the crosscoder with the data's scaling factors, run the training loop (trainer.py holds one step
+and its state), save, evaluate, write summary.json.
+
+A checkpoint holds weights, Adam, scheduler, step, dead-latent counters, RNG and the data
+position; a killed run (Ctrl-C, SIGTERM) saves one at the end of the current step and a re-run
+resumes to exactly the result of an uninterrupted run. A non-finite loss stops the run BEFORE the
+update, so the last checkpoint and the weights stay good.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from reasondiff import artifacts
+from reasondiff.config import Config, TrainConfig
+from reasondiff.crosscoder.model import (
+    WEIGHTS_FILE,
+    CrossCoder,
+    CrossCoderConfig,
+)
+from reasondiff.errors import UserError
+from reasondiff.stage import deferred_interrupts
+from reasondiff.train.trainer import ActivationSource, CrossCoderTrainer, evaluate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+SYNTHETIC_REPORT_FILE = "synthetic_report.json"
+# --- data ------------------------------------------------------------------------------------
+def open_source(cfg: Config, ctx_dir: Path, inputs: dict[str, Any]) -> ActivationSource:
+    data = cfg.train.data
+    if data == "synthetic":
+        from reasondiff.train.synthetic import SyntheticSource
+
+        source = SyntheticSource(cfg.train.synthetic, seed=cfg.seed)
+        source.write_ground_truth(ctx_dir)
+        inputs["data"] = {"synthetic": asdict(cfg.train.synthetic)}
+        return source
+    from reasondiff import harvest  # harvest's public reader, never its internals
+
+    if data == "store":
+        store_dir = cfg.stage_dir("harvest")
+        if not artifacts.is_complete(store_dir):
+            raise UserError(f"no finished activation store in {store_dir}: run the harvest stage first "
+                            "(or train.data=live / train.data=synthetic)")
+        inputs["activations"] = str(store_dir)
+        return harvest.ActivationStore.open(store_dir)
+    inputs["data"] = {"live": cfg.harvest.hook, "base": cfg.model.path, "tuned": cfg.tuned_model}
+    return harvest.LiveActivationSource(cfg)
+
+
+# --- the stage -------------------------------------------------------------------------------
+def crosscoder_config(train: TrainConfig, d_model: int) -> CrossCoderConfig:
+    return CrossCoderConfig(d_model=d_model, n_latents=train.n_latents or train.expansion_factor * d_model,
+                            variant=train.variant, k=train.k, dec_init_norm=train.dec_init_norm)
+
+
+def resume_key(cfg: Config, cc_cfg: CrossCoderConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (the rest — log_every, paths — may change)."""
+    train = asdict(cfg.train)
+    for key in ("log_every", "checkpoint_every", "keep_checkpoint", "compile", "eval_tokens"):
+        train.pop(key)
+    return {"seed": cfg.seed, "train": train, "crosscoder": asdict(cc_cfg)}
+
+
+def run(cfg: Config, ctx) -> dict[str, Any]:
+    tc = cfg.train
+    from reasondiff.models import resolve_device
+
+    device = resolve_device(cfg.hardware)
+    source = open_source(cfg, ctx.dir, ctx.inputs)
+    d_model = int(source.d_model)
+    cc_cfg = crosscoder_config(tc, d_model)
+    total_steps = tc.n_tokens // tc.batch_size
+    n_available = getattr(source, "n_tokens", None)
+    if n_available and tc.n_tokens > n_available:
+        log.warning("train.n_tokens=%d > %d stored tokens: the data is cycled %.1f times",
+                    tc.n_tokens, n_available, tc.n_tokens / n_available)
+    key = resume_key(cfg, cc_cfg)
+    checkpoint = ctx.dir / CHECKPOINT_FILE
+
+    cc = CrossCoder(cc_cfg)
+    with torch.no_grad():
+        cc.scaling_factors.copy_(torch.as_tensor(source.scaling_factors, dtype=torch.float32))
+    trainer = CrossCoderTrainer(cc, tc, total_steps, device)
+    final_done = _final_is_complete(ctx.dir, total_steps)
+    if checkpoint.is_file() and not final_done:
+        trainer.load_checkpoint(checkpoint, key)
+        log.info("resuming from %s at step %d/%d", checkpoint, trainer.step, total_steps)
+    if final_done:
+        trainer.cc = cc = CrossCoder.load(ctx.dir, device=device)
+    else:
+        _train_loop(trainer, source, cfg, ctx, checkpoint, key)
+        cc.save(ctx.dir, extra={"steps": trainer.step, "total_steps": total_steps, "tokens": trainer.step * tc.batch_size,
+                                "hook": cfg.harvest.hook, "data": tc.data, "train": asdict(tc)})
+
+    cc.eval()
+    summary = {"variant": tc.variant, "l1_coeff": tc.l1_coeff, "k": tc.k, "n_latents": cc_cfg.n_latents,
+               "d_model": d_model, "steps": total_steps,
+               "frac_dead": float(trainer.dead_latents().float().mean()),
+               **evaluate(cc, source, batch_size=tc.batch_size, n_tokens=tc.eval_tokens, seed=cfg.seed + 1,
+                          device=device)}
+    outputs: dict[str, Any] = {"crosscoder": str(ctx.dir / WEIGHTS_FILE), "summary": summary}
+    if tc.data == "synthetic":
+        from reasondiff.train.synthetic import recovery_report
+
+        alive = ~trainer.dead_latents().cpu() if not final_done else None
+        report = recovery_report(cc.W_dec.cpu(), cc.scaling_factors.cpu(), source.features, source.kinds, alive=alive)
+        artifacts.write_json(ctx.dir / SYNTHETIC_REPORT_FILE, report)
+        _log_synthetic_report(report)
+        outputs["synthetic_report"] = report
+    artifacts.write_json(ctx.dir / SUMMARY_FILE, summary)
+    log.info("crosscoder: L0 %.1f, FVU %.4f, dead %.1f%% -> %s", summary["l0"], summary["fvu"],
+             100 * summary["frac_dead"], ctx.dir)
+    if checkpoint.is_file() and not tc.keep_checkpoint:
+        checkpoint.unlink()
+    return outputs
+
+
+def _final_is_complete(directory: Path, total_steps: int) -> bool:
+    """A re-run after the final save (but before COMPLETED) only redoes the cheap evaluation."""
+    config = directory / "config.json"
+    return (directory / WEIGHTS_FILE).is_file() and config.is_file() and \
+        artifacts.read_json(config).get("steps") == total_steps
+
+
+def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Config, ctx, checkpoint: Path,
+                key: dict[str, Any]) -> None:
+    tc = cfg.train
+    batches = source.iter_batches(tc.batch_size, seed=cfg.seed, start_batch=trainer.step)
+    started, start_step = time.perf_counter(), trainer.step
+    with deferred_interrupts() as interrupt, tqdm(total=trainer.total_steps, initial=trainer.step,
+                                                  desc="crosscoder", unit="step", mininterval=2.0) as bar:
+        try:
+            while trainer.step < trainer.total_steps:
+                x_raw = next(batches)
+                want = (trainer.step + 1) % tc.log_every == 0 or trainer.step + 1 == trainer.total_steps
+                metrics = trainer.train_step(x_raw, with_metrics=want)
+                bar.update(1)
+                if metrics is not None:
+                    elapsed = time.perf_counter() - started
+                    metrics["tokens_per_second"] = (trainer.step - start_step) * tc.batch_size / max(elapsed, 1e-9)
+                    ctx.metrics.log(metrics, step=trainer.step)
+                    bar.set_postfix(l2=f"{metrics['l2']:.3g}", l0=f"{metrics['l0']:.1f}")
+                if trainer.step % tc.checkpoint_every == 0 and trainer.step < trainer.total_steps:
+                    trainer.save_checkpoint(checkpoint, key)
+                if interrupt.requested:
+                    raise KeyboardInterrupt("interrupt requested")
+        except KeyboardInterrupt:
+            trainer.save_checkpoint(checkpoint, key)
+            log.warning("checkpoint saved at step %d/%d in %s; re-run the same command to resume",
+                        trainer.step, trainer.total_steps, checkpoint)
+            raise
+        except FloatingPointError as err:
+            last = f"the checkpoint in {checkpoint} is intact" if checkpoint.is_file() else "no checkpoint was written yet"
+            raise UserError(f"{err} ({last}); lower train.lr or train.l1_coeff, or check the activations "
+                            "for inf/NaN (harvest stats.json)") from err
+
+
+def _log_synthetic_report(report: dict[str, Any]) -> None:
+    log.info("synthetic recovery: mean max cosine %.3f, classified right %.1f%% (%d distinct latents for %d features)",
+             report["mean_max_cosine"], 100 * report["classified_right"], report["distinct_latents"],
+             report["n_features"])
+    for kind, row in report["per_kind"].items():
+        log.info("  %-10s n=%3d  max cos %.3f  right %.0f%%  relative norm %.2f  decoder cos %.2f", kind, row["n"],
+                 row["mean_max_cosine"], 100 * row["classified_right"], row["mean_relative_norm"],
+                 row["mean_decoder_cosine"])

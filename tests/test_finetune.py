@@ -1,0 +1,246 @@
+"""The finetune stage end to end on the tiny model: outputs, configured length, resume, guards."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import math
+import os
+import signal
+
+import pytest
+import torch
+from conftest import make_config
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from reasondiff import artifacts
+from reasondiff.errors import UserError
+from reasondiff.finetune.run import (
+    _callbacks_module,
+    estimate_training_memory_gb,
+    gradient_accumulation,
+    last_complete_checkpoint,
+    run,
+    save_dtype_name,
+    warn_if_too_big,
+)
+from reasondiff.stage import run_stage
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matmuls on a shared 2-core box: extra threads only spin; restore for other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(root, model_dir, world, *overrides):
+    return make_config(
+        "+exp=tiny", f"output_root={root}", f"model.path={model_dir}", "model.build_tiny=false",
+        f"finetune.dataset={world}/s1k.jsonl", "finetune.limit_rows=16", "finetune.max_steps=6",
+        "finetune.save_steps=2", "finetune.logging_steps=1", "finetune.effective_batch_size=4",
+        "hardware.finetune_micro_batch=2", "finetune.sample_generations=0", "finetune.learning_rate=2e-3",
+        *overrides, config_name="finetune")
+
+
+def _run(cfg, *callbacks):
+    return run_stage(cfg, func=functools.partial(run, callbacks=callbacks))
+
+
+def _metrics_steps(stage_dir):
+    with open(stage_dir / "metrics.csv", newline="") as handle:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle)]
+
+
+class _At(TrainerCallback):
+    """Does `action` when a given global step begins or ends."""
+
+    def __init__(self, event, step, action, record=None):
+        self.event, self.step, self.action, self.record = event, step, action, record
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.event == "begin" and state.global_step == self.step:
+            self.action()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.record is not None:
+            self.record.append(state.global_step)
+        elif self.event == "end" and state.global_step == self.step:
+            self.action()
+
+
+def _interrupt():
+    raise KeyboardInterrupt("test kill")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_model_dir, tiny_world):
+    """An uninterrupted 6-step run (module-scoped: several tests read its outputs)."""
+    root = tmp_path_factory.mktemp("sft_ref")
+    cfg = _cfg(root, tiny_model_dir, tiny_world, "finetune.sample_generations=1", "finetune.sample_max_new_tokens=8")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_outputs_are_complete_and_loadable(reference_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = reference_run
+    assert artifacts.is_complete(out) and artifacts.is_complete(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    assert tokenizer.pad_token == "<|fim_pad|>" != tokenizer.eos_token  # s1: pad is not EOS
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "length_report.json").read_text())
+    assert report["n_rows"] == 16 and report["max_length"] == 256
+    assert not (out / "checkpoints").exists()  # finished: the 7 GB-per-checkpoint optimizer state is gone
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["global_step"] == 6 and manifest["outputs"]["gradient_accumulation_steps"] == 2
+    assert len(json.loads((out / "samples.json").read_text())) == 1
+
+
+def test_loss_falls_and_is_logged_every_step(reference_run):
+    rows = _metrics_steps(reference_run)
+    assert [step for step, _ in rows] == [1, 2, 3, 4, 5, 6]
+    losses = [loss for _, loss in rows]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.5  # nats, in six steps
+
+
+def test_trainer_uses_the_configured_max_length(tmp_path, tiny_model_dir, tiny_world):
+    """trl's old `max_seq_length` was silently ignored; the batches must really be cut at max_length."""
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            seen["max_length"] = args.max_length
+            seen["longest"] = max(batch["input_ids"].shape[1] for batch in train_dataloader)
+
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.max_length=40", "finetune.max_steps=1")
+    out = _run(cfg, Capture())
+    report = json.loads((out / "length_report.json").read_text())
+    assert report["n_overlong"] == 16 and report["tokens"]["min"] > 40  # every row is longer ...
+    assert seen == {"max_length": 40, "longest": 40}  # ... and every batch is cut exactly there
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, tiny_world, reference_run):
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_world)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, _At("end", 3, _interrupt))  # killed after step 3: checkpoint-2 is the last one
+    out = cfg.stage_dir("finetune")
+    assert not artifacts.is_complete(out)
+    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
+
+    trained_steps = []
+    _run(cfg, _At("end", None, None, record=trained_steps))  # the same command again
+    assert trained_steps == [3, 4, 5, 6]  # continued from the checkpoint, not from scratch
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["resumed_from"].endswith("checkpoint-2")
+    assert manifest["outputs"]["global_step"] == 6
+    assert [step for step, _ in _metrics_steps(out)] == [1, 2, 3, 4, 5, 6]  # step 3 not logged twice
+    resumed = load_file(out / "model" / "model.safetensors")
+    reference = load_file(reference_run / "model" / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+    _run(cfg)  # finished: skipped, not retrained
+    assert json.loads((out / "manifest.json").read_text())["finished_at"] == manifest["finished_at"]
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step(tmp_path, tiny_model_dir, tiny_world):
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.save_steps=100")
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 3"):
+        _run(cfg, _At("begin", 2, lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    out = cfg.stage_dir("finetune")
+    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-3"
+    _run(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["resumed_from"].endswith("checkpoint-3")
+    assert manifest["outputs"]["global_step"] == 6
+
+
+def test_resume_with_other_settings_is_refused_and_loses_nothing(tmp_path, tiny_model_dir, tiny_world):
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_world)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, _At("end", 3, _interrupt))
+    out = cfg.stage_dir("finetune")
+    changed = _cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.learning_rate=1e-3")
+    with pytest.raises(UserError, match=r"other settings \(learning_rate\).*overwrite=true"):
+        _run(changed)
+    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"  # nothing deleted
+
+    trained_steps = []  # cadence and hardware are not part of the run's identity: it resumes
+    _run(_cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.logging_steps=2", "hardware.finetune_micro_batch=1"),
+         _At("end", None, None, record=trained_steps))
+    assert trained_steps == [3, 4, 5, 6]
+
+
+def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        if complete:
+            (path / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path).name == "checkpoint-4"
+    assert not (tmp_path / "checkpoint-6").exists()
+    assert last_complete_checkpoint(tmp_path / "absent") is None
+
+
+def test_non_finite_loss_stops_training():
+    guard = _callbacks_module()[0]()
+
+    class State:
+        global_step = 7
+
+    guard.on_log(None, State(), None, logs={"loss": 1.5, "grad_norm": 0.3})
+    with pytest.raises(FloatingPointError, match="loss is nan at step 7"):
+        guard.on_log(None, State(), None, logs={"loss": float("nan")})
+    with pytest.raises(FloatingPointError, match="grad_norm is inf"):
+        guard.on_log(None, State(), None, logs={"loss": 1.0, "grad_norm": float("inf")})
+
+
+def test_gradient_accumulation_makes_up_the_effective_batch():
+    paper = make_config("+exp=qwen05b", config_name="finetune")
+    assert gradient_accumulation(paper.finetune.effective_batch_size, paper.hardware.finetune_micro_batch) == 4
+    t4 = make_config("+exp=qwen05b", "hardware=t4_16gb", config_name="finetune")
+    assert gradient_accumulation(t4.finetune.effective_batch_size, t4.hardware.finetune_micro_batch) == 8
+    assert gradient_accumulation(8, 2, world_size=2) == 2  # accelerate launch on 2 GPUs
+    with pytest.raises(UserError, match="hardware.finetune_micro_batch=3"):
+        gradient_accumulation(8, 3)
+
+
+def test_memory_estimate_separates_fitting_profiles():
+    qwen = dict(n_params=494_032_768, n_layers=24, d_model=896, d_ffn=4864, seq_len=2048, micro_batch=2)
+    paper = estimate_training_memory_gb(**qwen, gradient_checkpointing=True, mixed_precision=True)
+    no_ckpt_fp32 = estimate_training_memory_gb(**qwen, gradient_checkpointing=False, mixed_precision=False)
+    assert 9 < paper < 16 < no_ckpt_fp32  # the paper fit on a 16 GB 5070 Ti with checkpointing only
+    assert estimate_training_memory_gb(**{**qwen, "micro_batch": 4}, gradient_checkpointing=True,
+                                       mixed_precision=True) > paper
+
+
+def test_a_profile_that_cannot_fit_warns_up_front(tiny_model, caplog):
+    cfg = make_config("+exp=tiny", "hardware.memory_gb=0.5", config_name="finetune")
+    with caplog.at_level(logging.WARNING, logger="reasondiff.finetune.run"):
+        estimate = warn_if_too_big(tiny_model, cfg.hardware, 2048, {"bf16": False, "fp16": False})
+    assert estimate > 0.5 and "hardware.memory_gb=0" in caplog.text
+
+
+def test_saved_dtype_follows_the_base_checkpoint():
+    from types import SimpleNamespace
+
+    assert save_dtype_name("auto", SimpleNamespace(dtype=torch.bfloat16)) == "bfloat16"
+    assert save_dtype_name("auto", SimpleNamespace(dtype="float16")) == "float16"
+    assert save_dtype_name("auto", SimpleNamespace()) == "float32"
+    assert save_dtype_name("float32", SimpleNamespace(dtype="bfloat16")) == "float32"
