@@ -78,6 +78,7 @@ def load_model(path: str, hardware: HardwareConfig, *, config_key: str = "model.
     path = _check_path(path, config_key)
     tokenizer = load_tokenizer(path, config_key=config_key, revision=revision)
     device = device or resolve_device(hardware)
+    warn_if_slow_dtype(hardware.dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, revision=revision, dtype=DTYPES[hardware.dtype],
@@ -88,6 +89,14 @@ def load_model(path: str, hardware: HardwareConfig, *, config_key: str = "model.
                         f"offline? set {config_key} to a local directory") from err
     model.to(device).eval()
     return model, tokenizer
+
+
+def warn_if_slow_dtype(dtype: str, device: torch.device) -> None:
+    from reasondiff.config.common import cpu_has_native_bf16
+
+    if dtype == "bfloat16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("hardware.dtype=bfloat16 on a CPU without native bf16 (no avx512_bf16/AMX): matmuls are "
+                    "emulated, ~100x slower than float32 here; use hardware.dtype=float32 or auto")
 
 
 def _first_line(err: BaseException) -> str:

@@ -98,3 +98,28 @@ def test_cli_missing_local_model_path_fails_with_one_line(tmp_path):
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "model.path" in error_lines[0] and str(missing) in error_lines[0]
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_auto_dtype_picks_bf16_on_cpu_only_where_the_cpu_has_it(monkeypatch, native_bf16, expected):
+    from reasondiff.config import common
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native_bf16)
+    cfg = make_config("hardware.dtype=auto", "hardware.device=cpu", config_name="finetune")
+    assert cfg.hardware.dtype == expected  # resolved at start-up: manifests record the real dtype
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
+    import torch
+
+    from reasondiff import models
+    from reasondiff.config import common
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        models.warn_if_slow_dtype("bfloat16", torch.device("cpu"))
+    assert "100x slower" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        models.warn_if_slow_dtype("float32", torch.device("cpu"))
+    assert caplog.text == ""

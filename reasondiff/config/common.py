@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
@@ -36,7 +38,9 @@ class HardwareConfig:
     device: str = "auto"
     """"auto" picks cuda when available, else cpu."""
     dtype: str = "float32"
-    """Weights/compute precision for every model the stages load (T4 has no bfloat16: use float16)."""
+    """Weights/compute precision for every model the stages load (T4 has no bfloat16: use float16).
+    auto = bfloat16 on a GPU that has it (else float16), and on a CPU with native bf16 (avx512_bf16 /
+    AMX), else float32: emulated bf16 matmuls are ~100x slower than fp32 on an AVX2-only CPU."""
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     memory_gb: float = 16.0
@@ -51,7 +55,9 @@ class HardwareConfig:
     """torch intra-op threads on CPU (None = torch's default); set it when other jobs share the cores."""
 
     def __post_init__(self) -> None:
-        check_choice("hardware.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_choice("hardware.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        if self.dtype == "auto":  # resolved here, so manifests and fingerprints record the real dtype
+            self.dtype = auto_dtype(self.device)
         check_choice("hardware.attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2"))
         for key in ("finetune_micro_batch", "bench_batch_size", "harvest_batch_size", "analyze_batch_size"):
             if getattr(self, key) < 1:
@@ -79,3 +85,24 @@ class ReasoningFormat:
     answer_prefix: str = "Answer: "
     final_answer_prompt: str = "Final Answer:"
     """What budget forcing appends after closing the thinking at the token limit."""
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (avx512_bf16 or AMX); unknown platforms count as no."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def auto_dtype(device: str) -> str:
+    """The fastest precision that is numerically safe for `device` ("auto", "cpu", "cuda[:n]")."""
+    import torch
+
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
