@@ -9,6 +9,7 @@ the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -116,8 +117,28 @@ def is_complete(directory: str | os.PathLike) -> bool:
     return (Path(directory) / COMPLETED).is_file()
 
 
-def mark_complete(directory: str | os.PathLike) -> None:
-    write_text(Path(directory) / COMPLETED, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+def mark_complete(directory: str | os.PathLike, record: dict[str, Any] | None = None) -> None:
+    """Write `COMPLETED` (last): a small JSON record — when, and for a stage its fingerprint and
+    artifact id (reasondiff.fingerprint), so that downstream stages can tell a redone input."""
+    record = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(record or {})}
+    write_text(Path(directory) / COMPLETED, json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_marker(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The `COMPLETED` record, None when the directory is not complete. Markers written before
+    records existed (a bare timestamp) read as {"finished_at": <text>, "legacy": True}."""
+    path = Path(directory) / COMPLETED
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        record = {"finished_at": text.strip(), "legacy": True}
+    return record
 
 
 def clear_complete(directory: str | os.PathLike) -> None:
@@ -165,15 +186,52 @@ class DiskSpaceError(RuntimeError):
     pass
 
 
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    return shutil.disk_usage(existing_ancestor(path)).free
+
+
 def ensure_free_space(directory: str | os.PathLike, bytes_needed: int, what: str) -> None:
     """Refuse up front, not when the disk fills halfway through a shard."""
-    directory = Path(directory)
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
+    probe = existing_ancestor(directory)
     free = shutil.disk_usage(probe).free
     if bytes_needed > free:
         raise DiskSpaceError(
-            f"{what} needs about {bytes_needed / 1e9:.2f} GB but {probe} has {free / 1e9:.2f} GB free; "
+            f"disk full at {probe}: {what} needs about {bytes_needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free; "
             "free space or lower the token count"
         )
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# What libraries say when a write hits a full or read-only disk without raising a plain OSError:
+# torch.save ("unexpected pos ... PytorchStreamWriter failed writing file"), safetensors (Rust io
+# errors), numpy/pyarrow wrapping the OSError text.
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "storagefull", "os error 28",
+                   "unexpected pos", "failed writing file")
+_READ_ONLY_TEXT = ("read-only file system", "readonlyfilesystem", "os error 30")
+
+
+def disk_error_kind(error: BaseException) -> str | None:
+    """"full" or "read-only" when `error` (or anything in its cause/context chain) is a write that
+    failed for lack of space or a read-only filesystem; None otherwise."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return "full"
+        if isinstance(current, OSError) and current.errno == errno.EROFS:
+            return "read-only"
+        text = str(current).lower()
+        if any(marker in text for marker in _READ_ONLY_TEXT):
+            return "read-only"
+        if any(marker in text for marker in _DISK_FULL_TEXT):
+            return "full"
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,20 +1,67 @@
-"""`python -m reasondiff.pipeline +exp=NAME`: the five stages in order, skipping finished ones."""
+"""`python -m reasondiff.pipeline +exp=NAME`: the five stages in order.
+
+Before any work the pipeline plans every stage (reasondiff.stage.decide): a finished stage with the
+same settings and inputs is skipped; one whose input stage will be redone is stale and redone; a
+partial one is resumed; a finished or partial one made with other settings stops the pipeline, with
+every such stage and key named at once. Then the inputs of all the stages that will run are checked
+together (a missing model or data file is reported before hours of earlier stages). It ends by
+printing the path of report.md.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
+from reasondiff import preflight
 from reasondiff.config import STAGES, Config
-from reasondiff.stage import hydra_app, run_stage
+from reasondiff.errors import UserError
+from reasondiff.preflight import prepare_tiny_world
+from reasondiff.stage import Decision, decide, execute, follow_runs, hydra_app
 
 log = logging.getLogger("reasondiff")
 
 
-def run_pipeline(cfg: Config, stages: tuple[str, ...] = STAGES) -> None:
+def plan(cfg: Config, stages: tuple[str, ...] = STAGES) -> list[tuple[str, Decision]]:
+    """What each stage will do, decided before any of them runs; raises one UserError naming every
+    stage that would refuse (settings changed) and every input that is missing."""
+    pending: set[Path] = set()
+    planned, refusals = [], []
     for stage in stages:
+        stage_cfg = follow_runs(dataclasses.replace(cfg, stage=stage))
+        try:
+            decision = decide(stage_cfg, stage, pending=pending)
+        except UserError as err:
+            refusals.append(str(err))
+            continue
+        if decision.action != "skip":
+            pending.add(stage_cfg.stage_dir(stage).absolute())
+        planned.append((stage, decision))
+    if refusals:
+        raise UserError("pipeline: nothing was run: " + " | ".join(refusals)
+                        + " (overwrite=true redoes every stage; or redo a stage alone with overwrite=true and the "
+                        "pipeline then redoes only the stages after it)")
+    working = [(follow_runs(dataclasses.replace(cfg, stage=s)), s) for s, d in planned if d.action != "skip"]
+    if working:
+        prepare_tiny_world(*working[0])
+        preflight.check(working, produced=pending)
+    return planned
+
+
+def run_pipeline(cfg: Config, stages: tuple[str, ...] = STAGES) -> Path | None:
+    planned = plan(cfg, stages)
+    log.info("pipeline: %s", ", ".join(f"{s} {d.action}" + (f" ({d.reason})" if d.reason and d.action == "redo"
+                                                             else "") for s, d in planned))
+    for stage, _ in planned:
         log.info("pipeline: %s", stage)
-        run_stage(dataclasses.replace(cfg, stage=stage), stage)
+        execute(dataclasses.replace(cfg, stage=stage), stage)
+    report = dataclasses.replace(cfg, stage="analyze").stage_dir("analyze") / "report.md"
+    if "analyze" in stages and report.is_file():
+        log.info("pipeline: report in %s", report)
+        print(f"report: {report}")
+        return report
+    return None
 
 
 main = hydra_app("pipeline", body=run_pipeline)

@@ -9,6 +9,7 @@ call directly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -25,14 +26,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from reasondiff import artifacts
-from reasondiff.config import Config, to_config
+from reasondiff import artifacts, fingerprint, preflight, runs
+from reasondiff.config import CONF_DIR, Config, to_config
 from reasondiff.errors import UserError
-from reasondiff.tracking import MetricsLogger, init_wandb
+from reasondiff.fingerprint import Fingerprint
+from reasondiff.locking import StageLock
+from reasondiff.tracking import MetricsLogger, finish_wandb, init_wandb
 
 log = logging.getLogger("reasondiff")
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 @dataclass
 class StageContext:
@@ -104,30 +106,6 @@ def deferred_interrupts(stop: Any | None = None) -> Iterator[Any]:
             signal.signal(sig, handler)
 
 
-def models_needed(cfg: Config, stage: str) -> dict[str, str]:
-    """config key -> model path for the models `stage` will load (checked before any work)."""
-    needed = {}
-    uses_base = stage in ("finetune", "harvest", "analyze") or (stage == "train" and cfg.train.data == "live")
-    uses_tuned = stage in ("harvest", "analyze") or (stage == "train" and cfg.train.data == "live")
-    if stage == "bench":
-        uses_base, uses_tuned = "base" in cfg.bench.models, "tuned" in cfg.bench.models
-    if uses_base and not cfg.model.build_tiny:
-        needed["model.path"] = cfg.model.path
-    if uses_tuned:
-        needed["tuned_model"] = cfg.tuned_model
-    return needed
-
-
-def preflight(cfg: Config, stage: str) -> None:
-    from reasondiff.models import check_local_path
-
-    for key, path in models_needed(cfg, stage).items():
-        if key == "tuned_model" and path == str(cfg.stage_dir("finetune") / "model") and not artifacts.is_complete(cfg.stage_dir("finetune")):
-            raise UserError(f"tuned_model={path}: the finetune stage has not finished; run it first "
-                            "(python -m reasondiff.finetune ...) or set tuned_model=<hub id or local dir>")
-        check_local_path(path, key)
-
-
 def stage_function(stage: str) -> Callable[[Config, StageContext], dict[str, Any]]:
     """`reasondiff.<stage>.run.run`, imported only now so `--cfg job` and --help stay instant."""
     return importlib.import_module(f"reasondiff.{stage}.run").run
@@ -138,33 +116,163 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# --- skip, resume, refuse or redo ------------------------------------------------------------------
+@dataclass
+class Decision:
+    action: str
+    """run (nothing there yet) | resume (partial work, same settings) | skip (finished, same settings
+    and inputs) | redo (overwrite=true, or stale: an input was redone since)."""
+    fingerprint: Fingerprint
+    reason: str = ""
+
+
+BOOKKEEPING = {".hydra", fingerprint.FINGERPRINT_FILE, "metrics.csv", "wandb", artifacts.MANIFEST, artifacts.COMPLETED}
+"""What run_stage itself writes into a stage directory: a directory holding nothing else holds no work."""
+
+
+def holds_work(directory: Path) -> bool:
+    return directory.is_dir() and any(p.name not in BOOKKEEPING for p in directory.iterdir())
+
+
+def follow_runs(cfg: Config) -> Config:
+    """A named run reads the finetune run of its own name when there is one (tuned_model's default
+    points at the main run)."""
+    if cfg.run and Path(cfg.tuned_model) == cfg.exp_dir / "finetune" / "model":
+        sibling = cfg.exp_dir / runs.dir_name("finetune", cfg.run)
+        if sibling.is_dir():
+            return dataclasses.replace(cfg, tuned_model=str(sibling / "model"))
+    return cfg
+
+
+def current_fingerprint(cfg: Config, stage: str) -> Fingerprint:
+    return Fingerprint(settings=fingerprint.settings(cfg, stage), upstream=preflight.upstream_ids(cfg, stage))
+
+
+def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozenset()) -> Decision:
+    """Compare this run's fingerprint with the one recorded in the stage directory. Raises a
+    one-line UserError naming every changed key when the settings differ. `pending`: upstream
+    directories that will be (re)done before this stage runs (the pipeline's plan)."""
+    out_dir = cfg.stage_dir(stage)
+    current = current_fingerprint(cfg, stage)
+    if cfg.overwrite:
+        return Decision("redo", current, "overwrite=true")
+    old = fingerprint.recorded(out_dir)
+    finished = artifacts.is_complete(out_dir)
+    if not finished and not holds_work(out_dir):
+        return Decision("run", current)
+    if old is None:
+        log.warning("%s: %s was made by an older reasondiff without a fingerprint: %s without checking its settings",
+                    stage, out_dir, "keeping it" if finished else "resuming it")
+        return Decision("skip" if finished else "resume", current)
+    defaults = fingerprint.flatten(Config())
+    tolerate = () if finished else fingerprint.RESUME_TOLERANT.get(stage, ())
+    changes = fingerprint.changed_keys(old.settings, current.settings, defaults=defaults, tolerate=tolerate)
+    if changes:
+        raise fingerprint.refusal(stage, out_dir, changes, finished=finished)
+    pending_names = {preflight.relative_name(cfg, p) for p in pending}
+    stale = [name for name in sorted(set(old.upstream) | set(current.upstream))
+             if old.upstream.get(name) != current.upstream.get(name) or name in pending_names]
+    stale += [n for n in (preflight.relative_name(cfg, d) for d in preflight.upstream_dirs(cfg, stage))
+              if n in pending_names and n not in stale]
+    if stale:
+        return Decision("redo", current, f"stale: {', '.join(stale)} {'was' if len(stale) == 1 else 'were'} redone "
+                                         f"since this {'result' if finished else 'partial run'} read "
+                                         f"{'it' if len(stale) == 1 else 'them'}")
+    return Decision("skip" if finished else "resume", current)
+
+
+def verify_finished(cfg: Config, stage: str, directory: Path) -> str | None:
+    """A stage may check its finished output on the skip path (`verify_finished(cfg, dir)` in its
+    run.py, e.g. harvest's shard checksums); a problem reopens the stage, whose resume repairs it."""
+    check = getattr(importlib.import_module(f"reasondiff.{stage}.run"), "verify_finished", None)
+    return check(cfg, directory) if check is not None else None
+
+
+# --- running -----------------------------------------------------------------------------------------
+def preflight_stage(cfg: Config, stage: str) -> None:
+    preflight.prepare_tiny_world(cfg, stage)
+    preflight.check([(cfg, stage)])
+
+
+def disk_error(err: BaseException, cfg: Config, stage: str, directory: Path) -> UserError | None:
+    """A write that hit a full or read-only filesystem, as one line (the work saved so far is kept)."""
+    kind = artifacts.disk_error_kind(err)
+    if kind is None:
+        return None
+    where = artifacts.existing_ancestor(directory)
+    if kind == "read-only":
+        return UserError(f"read-only filesystem at {where}: {stage} cannot write its outputs; set output_root "
+                         "to a writable directory")
+    need = preflight.disk_needed(cfg, stage)
+    free = artifacts.free_bytes(directory) / 1e9
+    needed = f"about {need[0] / 1e9:.2f} GB needed" if need else "more space needed"
+    return UserError(f"disk full at {where}: {needed}, {free:.2f} GB free; the work saved so far is kept — free "
+                     "space and re-run the same command to resume")
+
+
+@dataclass
+class Outcome:
+    directory: Path
+    status: str
+    """done | skipped"""
+
+
 def run_stage(cfg: Config, stage: str | None = None,
               func: Callable[[Config, StageContext], dict[str, Any]] | None = None) -> Path:
-    """Run one stage into its stable directory, or skip it when already complete."""
+    """Run one stage into its stable directory, or skip it when finished with the same settings."""
+    return execute(cfg, stage, func).directory
+
+
+def execute(cfg: Config, stage: str | None = None,
+            func: Callable[[Config, StageContext], dict[str, Any]] | None = None) -> Outcome:
     stage = stage or cfg.stage
+    cfg = follow_runs(cfg)
     out_dir = cfg.stage_dir(stage)
     main = is_main_process()
-    if artifacts.is_complete(out_dir) and not cfg.overwrite:
-        log.info("%s: already complete in %s (overwrite=true redoes it)", stage, out_dir)
-        return out_dir
-    preflight(cfg, stage)
-    if cfg.overwrite and out_dir.exists() and main:
+    try:
+        with StageLock(out_dir, wait=cfg.wait_for_lock) if main else contextlib.nullcontext():
+            return _execute_locked(cfg, stage, func, out_dir, main)
+    except Exception as err:
+        converted = disk_error(err, cfg, stage, out_dir)
+        if converted is not None:
+            raise converted from err
+        raise
+
+
+def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool) -> Outcome:
+    decision = decide(cfg, stage)
+    if decision.action == "skip":
+        problem = verify_finished(cfg, stage, out_dir)
+        if problem is None:
+            log.info("%s: already complete in %s with the same settings (overwrite=true redoes it)", stage, out_dir)
+            return Outcome(out_dir, "skipped")
+        log.warning("%s: %s; reopening it to repair it", stage, problem)
+        decision = Decision("resume", decision.fingerprint, problem)
+        if main:
+            artifacts.clear_complete(out_dir)
+    elif decision.action == "redo" and decision.reason != "overwrite=true":
+        log.warning("%s: %s: redoing %s", stage, decision.reason, out_dir)
+    elif decision.action == "resume":
+        log.info("%s: resuming the partial run in %s (same settings)", stage, out_dir)
+    preflight_stage(cfg, stage)
+    if decision.action == "redo" and out_dir.exists() and main:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.hardware.cpu_threads:
         import torch
 
         torch.set_num_threads(cfg.hardware.cpu_threads)
-    if cfg.model.build_tiny and not (stage == "train" and cfg.train.data == "synthetic"):
-        from reasondiff.tiny import ensure_tiny_world
-
-        ensure_tiny_world(cfg.model.path, seed=cfg.seed)
+    name = cfg.run_of(stage)
     if main:
+        fingerprint.write(out_dir, stage, decision.fingerprint, name)
         artifacts.write_text(out_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        if name:
+            runs.record_run(cfg.exp_dir, out_dir.name, {"stage": stage, "run": name,
+                                                        "overrides": list(RUN_OVERRIDES)})
     seed_everything(cfg.seed)
     func = func or stage_function(stage)
     run = None if not main else init_wandb(cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
-                     group=cfg.wandb.group or cfg.exp_name, name=f"{cfg.exp_name}-{stage}",
+                     group=cfg.wandb.group or cfg.exp_name, name=f"{cfg.exp_name}-{out_dir.name}",
                      config=asdict(cfg), directory=out_dir)
     ctx = StageContext(cfg=cfg, dir=out_dir, metrics=MetricsLogger(out_dir, run=run), wandb_run=run)
     start = time.perf_counter()
@@ -172,61 +280,115 @@ def run_stage(cfg: Config, stage: str | None = None,
         with sigterm_as_interrupt():
             outputs = func(cfg, ctx) or {}
         if not main:
-            return out_dir
+            return Outcome(out_dir, "done")
+        record = {"stage": stage, "run": name, "fingerprint": decision.fingerprint.digest,
+                  "artifact_id": fingerprint.new_artifact_id(decision.fingerprint)}
         manifest = artifacts.build_manifest(stage, inputs=ctx.inputs, outputs=outputs, seed=cfg.seed,
-                                            wall_seconds=time.perf_counter() - start)
+                                            wall_seconds=time.perf_counter() - start,
+                                            extra={**record, "settings": decision.fingerprint.settings,
+                                                   "upstream": decision.fingerprint.upstream})
         artifacts.write_json(out_dir / artifacts.MANIFEST, manifest)
-        artifacts.mark_complete(out_dir)
+        artifacts.mark_complete(out_dir, record)
         log.info("%s: done in %.1fs -> %s", stage, time.perf_counter() - start, out_dir)
+    except Exception:
+        if main and not holds_work(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)  # a failed run leaves no directory that looks like a run
+        raise
     finally:
         if run is not None:
-            run.finish()
-    return out_dir
+            finish_wandb(run)
+    return Outcome(out_dir, "done")
+
+
+RUN_OVERRIDES: list[str] = []
+"""The command-line overrides of this process's run (recorded in runs.json with a run's name)."""
 
 
 def _apply_hydra_runtime(cfg: Config) -> Config:
+    """A multirun job is a separate run named after its overrides (`train@l1_coeff=4`), a sibling of
+    the main run; the command line's overrides are kept for runs.json."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.stage_subdir:
-            cfg.stage_subdir = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+        overrides = list(hydra_cfg.overrides.task)
+        RUN_OVERRIDES[:] = overrides
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            cfg.run = runs.join(cfg.run, runs.name_from_overrides(cfg.stage, overrides))
     return cfg
+
+
+def _run_app_stage(cfg: Config) -> Outcome:
+    return execute(cfg)
 
 
 def main_for(cfg_node, body: Callable[[Config], Any] | None = None) -> None:
     """Body of every Hydra app: validate, run `body(cfg)` (default: this run's stage), and turn
-    user errors into one line + exit 2."""
+    user errors into one line + exit 2. In a multirun, a failing job is logged and recorded for
+    the sweep's tally (reasondiff.sweeps), and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from reasondiff.sweeps import one_line, record_outcome
+
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    status, error, run_dir = "failed", None, None
     try:
         cfg = _apply_hydra_runtime(to_config(cfg_node))
-        (body or run_stage)(cfg)
+        if body is None:
+            outcome = _run_app_stage(cfg)
+            run_dir, status = str(outcome.directory), "skipped" if outcome.status == "skipped" else "ok"
+        else:
+            body(cfg)
+            status = "ok"
     except (UserError, ValueError) as err:
-        log.error("%s", err)
+        error = one_line(err)
+        log.error("%s", error)
         if multirun:  # one bad job must not stop the sweep
             return
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        error = "interrupted"
         log.warning("interrupted: partial work is saved; re-run the same command to resume")
         sys.exit(130)
-    except Exception:
+    except Exception as err:
+        error = one_line(err)
         if multirun:
             log.exception("job failed; the sweep continues")
             return
         raise
+    finally:
+        if multirun:
+            record_outcome(status, run_dir=run_dir, error=error)
 
 
 def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None) -> Callable[[], None]:
-    """The `main` of an app: conf/<config_name>.yaml composed by Hydra, then `main_for(cfg, body)`."""
+    """The `main` of an app: conf/<config_name>.yaml composed by Hydra, then `main_for(cfg, body)`.
+    Before Hydra parses the command line: our `--help`, the typo check, `run=` quoting (cli.py)."""
     import hydra
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _main(cfg_node) -> None:
         main_for(cfg_node, body)
 
-    return _main
+    def entry() -> None:
+        from reasondiff import cli
+
+        argv = sys.argv[1:]
+        if cli.help_requested(argv):
+            try:
+                print(cli.app_help(config_name, [a for a in argv if a not in ("--help", "-h")]))
+            except Exception as err:  # a bad override alongside --help
+                print(f"error: {cli.one_line_error(err)}", file=sys.stderr)
+                sys.exit(2)
+            sys.exit(0)
+        problem = cli.unknown_key(config_name, argv)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        sys.argv[1:] = cli.quote_run_values(argv)
+        _main()
+
+    return entry

@@ -44,6 +44,11 @@ class MetricsLogger:
         with open(self.path, "a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=self._columns).writerow(row)
 
+    def truncate(self, last_step: int) -> int:
+        """Drop rows logged after `last_step`: a run killed after its last checkpoint logged steps
+        that the resumed run does again (kill -9 leaves no chance to clean up). Returns rows dropped."""
+        return truncate_metrics(self.path, last_step)
+
     def _rewrite_with_columns(self, columns: list[str]) -> None:
         rows = []
         if self.path.exists():
@@ -57,6 +62,35 @@ class MetricsLogger:
         self._columns = columns
 
 
+def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
+    """Keep the rows of a metrics CSV with step <= `last_step` (rows without a step stay)."""
+    from reasondiff import artifacts
+
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if r.get("step") in (None, "") or _step(r["step"]) <= last_step]
+    if len(kept) == len(rows):
+        return 0
+    with artifacts.atomic_write(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(kept)
+    log.info("%s: dropped %d rows logged after step %d (redone by this resumed run)", path, len(rows) - len(kept),
+             last_step)
+    return len(rows) - len(kept)
+
+
+def _step(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:  # a torn row: drop it
+        return math.inf
+
+
 def init_wandb(mode: str, *, project: str, entity: str | None, group: str | None, name: str,
                config: dict[str, Any], directory: str | os.PathLike) -> Any:
     """Start a W&B run, or return None when disabled."""
@@ -68,8 +102,25 @@ def init_wandb(mode: str, *, project: str, entity: str | None, group: str | None
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    return wandb.init(mode=mode, project=project, entity=entity, group=group, name=name, config=config,
-                      dir=str(directory), reinit="finish_previous")
+    run = wandb.init(mode=mode, project=project, entity=entity, group=group, name=name, config=config,
+                     dir=str(directory), reinit="finish_previous")
+    if mode == "offline":
+        log.info("W&B offline run in %s; upload it later with: wandb sync %s", offline_dir(run), offline_dir(run))
+    return run
+
+
+def offline_dir(run: Any) -> str:
+    """The directory `wandb sync` takes (the run's files live in <it>/files)."""
+    return str(Path(run.dir).parent)
+
+
+def finish_wandb(run: Any) -> None:
+    offline = getattr(getattr(run, "settings", None), "mode", None) == "offline" or \
+        getattr(getattr(run, "settings", None), "_offline", False)
+    where = offline_dir(run) if offline else None
+    run.finish()
+    if where:
+        log.info("W&B offline run saved in %s: wandb sync %s uploads it", where, where)
 
 
 def require_finite(name: str, value: float, step: int | None = None) -> None:

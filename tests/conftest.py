@@ -83,6 +83,8 @@ def tiny_world(tmp_path_factory) -> Path:
 
 
 def make_config(*overrides: str, config_name: str = "train") -> Config:
-    """Compose an app's config exactly as the CLI would, then validate it."""
+    """Compose an app's config exactly as the CLI would (run=a=b quoted as the CLI does), then validate it."""
+    from reasondiff.cli import quote_run_values
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_config(compose(config_name=config_name, overrides=list(overrides)))
+        return to_config(compose(config_name=config_name, overrides=quote_run_values(list(overrides))))

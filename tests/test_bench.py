@@ -189,7 +189,7 @@ def test_local_data_and_a_missing_field_names_row_and_field(tmp_path, shared_dat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "a", "answer": "#### 1"}\n{"question": "b"}\n')
     cfg = make_config(f"bench.data.gsm8k.path={bad}", config_name="bench")
-    with pytest.raises(UserError, match=r"row 1 has no field\(s\) answer"):
+    with pytest.raises(UserError, match=r"gsm8k.path=.*bad.jsonl: line 2 has no field answer"):
         load_questions("gsm8k", cfg.bench)
 
 

@@ -177,7 +177,7 @@ def test_resume_with_other_settings_is_refused_and_loses_nothing(tmp_path, tiny_
         _run(cfg, _At("end", 3, _interrupt))
     out = cfg.stage_dir("finetune")
     changed = _cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.learning_rate=1e-3")
-    with pytest.raises(UserError, match=r"other settings \(learning_rate\).*overwrite=true"):
+    with pytest.raises(UserError, match=r"other settings \(finetune.learning_rate=0.002; you asked 0.001\).*overwrite=true"):
         _run(changed)
     assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"  # nothing deleted
 

@@ -102,7 +102,7 @@ def test_missing_field_names_the_row_and_the_field(tmp_path):
     bad = _row()
     del bad["deepseek_attempt"]
     source = _write(tmp_path / "bad.jsonl", [_row(), _row(), bad])
-    with pytest.raises(UserError, match=r"row 2 .*deepseek_attempt"):
+    with pytest.raises(UserError, match=r"bad.jsonl: line 3 has no field deepseek_attempt"):
         load_s1k_rows(FinetuneConfig(dataset=source))
 
 

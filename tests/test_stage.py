@@ -16,8 +16,8 @@ from reasondiff.stage import run_stage
 
 @pytest.fixture
 def cfg(tmp_path):
-    # model.build_tiny=false: these tests exercise the contract, not the tiny world
-    return make_config("+exp=tiny", f"output_root={tmp_path}", "model.build_tiny=false", "train.data=store",
+    # model.build_tiny=false, synthetic data: these tests exercise the contract, not the stage's inputs
+    return make_config("+exp=tiny", f"output_root={tmp_path}", "model.build_tiny=false", "train.data=synthetic",
                        config_name="train")
 
 
@@ -36,7 +36,7 @@ def test_stage_writes_manifest_config_and_marker(cfg):
     manifest = artifacts.read_json(out / "manifest.json")
     assert manifest["outputs"] == {"result": "result.txt"} and manifest["inputs"] == {"activations": "somewhere"}
     assert manifest["seed"] == cfg.seed and manifest["wall_seconds"] >= 0
-    assert (out / ".hydra" / "config.yaml").read_text().count("l1_coeff") == 1
+    assert "  l1_coeff: 2.0\n" in (out / ".hydra" / "config.yaml").read_text()
     assert (out / "metrics.csv").read_text().splitlines() == ["step,loss", "1,1.5"]
     assert artifacts.is_complete(out)
 
@@ -76,15 +76,17 @@ def test_sigterm_takes_the_interrupt_path(cfg):
     assert not artifacts.is_complete(cfg.stage_dir("train"))
 
 
-def test_multirun_jobs_get_their_own_subdir(cfg):
-    job = dataclasses.replace(cfg, stage_subdir="train.l1_coeff=4")
-    assert job.stage_dir("train") == cfg.stage_dir("train") / "train.l1_coeff=4"
-    assert job.stage_dir("harvest") == cfg.stage_dir("harvest")  # inputs still come from the stable dirs
+def test_named_runs_are_siblings_of_the_main_run(cfg):
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data="store"))
+    job = dataclasses.replace(cfg, run="l1_coeff=4")
+    assert job.stage_dir("train") == cfg.stage_dir("train").parent / "train@l1_coeff=4"
+    assert job.stage_dir("harvest") == cfg.stage_dir("harvest")  # no harvest@l1_coeff=4: the main run is read
 
 
 def test_synthetic_validation_never_replaces_the_real_crosscoder(cfg):
     synthetic = make_config("+exp=tiny", "train.data=synthetic")
-    assert synthetic.stage_dir("train").name == "synthetic"
+    assert synthetic.stage_dir("train").name == "train@synthetic"
+    assert synthetic.stage_dir("train").parent == make_config("+exp=tiny").stage_dir("train").parent
 
 
 def test_missing_base_model_fails_before_any_work(cfg):

@@ -60,7 +60,7 @@ def _send_sigterm(x):
 def test_stage_writes_crosscoder_summary_and_metrics(tmp_path, variant):
     cfg = small_config(tmp_path, f"train.variant={variant}", "train.k=4", "train.threshold_start_step=5")
     out = run_stage(cfg)
-    assert out == tmp_path / "tiny" / "train" / "synthetic" and artifacts.is_complete(out)
+    assert out == tmp_path / "tiny" / "train@synthetic" and artifacts.is_complete(out)
     cc = load_crosscoder(out)
     assert cc.cfg.n_latents == 48 and cc.cfg.d_model == 16 and cc.cfg.variant == variant
     torch.testing.assert_close(cc.scaling_factors, SyntheticSource(cfg.train.synthetic, seed=0).scaling_factors)
@@ -103,8 +103,9 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch):
     _interrupting_source(monkeypatch, 5, _raise_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg)
-    with pytest.raises(UserError, match="different train config"):
+    with pytest.raises(UserError, match=r"partial run made with other settings \(train.l1_coeff=2.0; you asked 3.0\)"):
         run_stage(small_config(tmp_path, "train.l1_coeff=3.0"))
+    assert (cfg.stage_dir("train") / CHECKPOINT_FILE).is_file()  # refused: nothing lost
 
 
 def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
@@ -158,7 +159,7 @@ def test_store_data_reads_harvest_dir_and_its_scaling_factors(tmp_path, monkeypa
     assert out == tmp_path / "tiny" / "train"
 
 
-def test_live_data_uses_the_live_source(tmp_path, monkeypatch, tiny_model_dir, tiny_tuned_model_dir):
+def test_live_data_uses_the_live_source(tmp_path, monkeypatch, tiny_model_dir, tiny_tuned_model_dir, tiny_world):
     built = []
 
     class _Live(_FakeStore):
@@ -169,6 +170,7 @@ def test_live_data_uses_the_live_source(tmp_path, monkeypatch, tiny_model_dir, t
     monkeypatch.setattr(harvest, "LiveActivationSource", _Live, raising=False)
     cfg = make_config("+exp=tiny", f"output_root={tmp_path}", "model.build_tiny=false", "hardware.device=cpu",
                       f"model.path={tiny_model_dir}", f"tuned_model={tiny_tuned_model_dir}",
+                      f"harvest.corpus={tiny_world}/corpus.jsonl", "harvest.reasoning_fraction=0",
                       "train.data=live", "train.batch_size=64", "train.n_tokens=640", "train.n_latents=16",
                       "train.eval_tokens=128")
     out = run_stage(cfg)

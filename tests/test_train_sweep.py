@@ -1,4 +1,4 @@
-"""Sweep configs compose, each job gets its own directory, and the summary has one point per run."""
+"""Sweep configs compose, each job is a sibling run, and the summary has one labelled point per run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import csv
 import pytest
 from conftest import make_config
 
+from reasondiff import artifacts
 from reasondiff.stage import run_stage
-from reasondiff.train.sweep_summary import collect_runs, main, write_sweep_summary
+from reasondiff.train.sweep_summary import MAIN, collect_runs, main, write_sweep_summary
 
 SMALL = ("train.data=synthetic", "model.build_tiny=false", "hardware.device=cpu", "train.synthetic.d_model=16",
          "train.n_latents=64", "train.batch_size=128", "train.n_tokens=12800", "train.eval_tokens=512",
@@ -20,25 +21,46 @@ def test_sweep_configs_compose():
     assert make_config("+exp=tiny", "+sweep=l1_coeff").train.variant == "l1"
 
 
-def test_summary_has_one_point_per_run_and_l0_falls_with_l1_coeff(tmp_path, capsys):
-    dirs = []
-    for coeff in (0.5, 8.0):
+def test_summary_labels_the_main_run_omits_what_does_not_apply_and_adds_ce(tmp_path, capsys):
+    dirs = [run_stage(make_config("+exp=tiny", f"output_root={tmp_path}", *SMALL, "train.l1_coeff=2.0"))]
+    for coeff in (0.5, 2.0, 8.0):  # λ=2 is both the main run's and a sweep job's
         cfg = make_config("+exp=tiny", f"output_root={tmp_path}", *SMALL, f"train.l1_coeff={coeff}",
-                          f"stage_subdir=l1_coeff_{coeff}")
+                          f"run=l1_coeff={coeff:g}")
         dirs.append(run_stage(cfg))
-    assert len(set(dirs)) == 2 and all(d.parent == tmp_path / "tiny" / "train" / "synthetic" for d in dirs)
-    train_dir = tmp_path / "tiny" / "train"
-    (train_dir / "unfinished").mkdir()
-    (train_dir / "unfinished" / "summary.json").write_text("{}")  # no COMPLETED: ignored
-    rows = collect_runs(train_dir)
-    assert [r["l1_coeff"] for r in rows] == [8.0, 0.5]  # sorted by L0: the larger penalty is sparser
-    assert rows[0]["l0"] < rows[1]["l0"] and rows[0]["fvu"] > rows[1]["fvu"]
-    csv_path, png_path = write_sweep_summary(train_dir)
+    exp_dir = tmp_path / "tiny"
+    assert [d.name for d in dirs] == ["train@synthetic", "train@synthetic+l1_coeff=0.5", "train@synthetic+l1_coeff=2",
+                                      "train@synthetic+l1_coeff=8"]
+    assert all(d.parent == exp_dir for d in dirs)  # siblings, none inside another
+    (exp_dir / "train@unfinished").mkdir()
+    (exp_dir / "train@unfinished" / "summary.json").write_text("{}")  # no COMPLETED: ignored
+    # an analysed job contributes CE recovered (what analyze@<run> wrote)
+    analyzed = exp_dir / "analyze@synthetic+l1_coeff=8"
+    artifacts.write_text(analyzed / "ce_recovery.csv", "model,ce_recovered\nbase,0.91\ntuned,0.87\n")
+    artifacts.mark_complete(analyzed)
+
+    rows = collect_runs(exp_dir)
+    assert sorted(r["run"] for r in rows) == ["synthetic", "synthetic+l1_coeff=0.5", "synthetic+l1_coeff=2",
+                                              "synthetic+l1_coeff=8"]
+    sweep = [r for r in rows if "+" in r["run"]]
+    assert [r["l1_coeff"] for r in sweep] == [8.0, 2.0, 0.5]  # sorted by L0: the larger penalty is sparser
+    assert sweep[0]["l0"] < sweep[-1]["l0"] and sweep[0]["fvu"] > sweep[-1]["fvu"]
+    assert all(r["k"] is None for r in rows)  # k is not an L1 setting
+    assert (sweep[0]["ce_recovered_base"], sweep[0]["ce_recovered_tuned"]) == (0.91, 0.87)
+    assert all(r.get("ce_recovered_base") is None for r in rows[1:] if r["run"] != "synthetic+l1_coeff=8")
+    csv_path, png_path = write_sweep_summary(exp_dir)
+    assert csv_path.parent == exp_dir  # outside every run: no overwrite=true of a run removes it
     with open(csv_path, newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == 2
+        table = list(csv.DictReader(handle))
+    assert len(table) == 4 and {r["k"] for r in table} == {""}
     assert png_path.stat().st_size > 1000
-    main([str(train_dir)])
-    assert "l0,fvu" in capsys.readouterr().out
+    main([str(exp_dir / "train@synthetic")])  # a run dir works too (its experiment is summarised)
+    assert "ce_recovered_base" in capsys.readouterr().out
+
+
+def test_main_run_is_labelled_main(tmp_path):
+    run_stage(make_config("+exp=tiny", f"output_root={tmp_path}", *SMALL[1:], "train.data=synthetic"))
+    (tmp_path / "tiny" / "train@synthetic").rename(tmp_path / "tiny" / "train")
+    assert [r["run"] for r in collect_runs(tmp_path / "tiny")] == [MAIN]
 
 
 def test_summary_of_an_empty_dir_is_a_clear_error(tmp_path):

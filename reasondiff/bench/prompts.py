@@ -57,7 +57,8 @@ def load_questions(task: str, bench: BenchConfig) -> list[Question]:
     """The task's questions (seeded `bench.limit` subset), each row checked for its fields."""
     data: TaskData = bench.data[task]
     key = f"bench.data.{task}.path"
-    dataset = load_rows(data.path, split=data.split, config_name=data.config_name, config_key=key)
+    dataset = load_rows(data.path, split=data.split, config_name=data.config_name, config_key=key,
+                        fields=TASK_FIELDS[task])
     if len(dataset) == 0:
         raise UserError(f"{key}={data.path}: no rows")
     question_field, reference_field = TASK_FIELDS[task]

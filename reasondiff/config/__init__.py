@@ -19,13 +19,17 @@ from reasondiff.config.bench import BenchConfig, TaskData
 from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningFormat, WandbConfig
 from reasondiff.config.finetune import FinetuneConfig
 from reasondiff.config.harvest import HarvestConfig
+from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
+from reasondiff.runs import check_run_name, dir_name, join
 
 STAGES = ("finetune", "bench", "harvest", "train", "analyze")
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+"""The Hydra config directory of the apps (conf/)."""
 
 __all__ = [
     "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig",
-    "ModelConfig", "ReasoningFormat", "STAGES", "SyntheticConfig", "TaskData", "TrainConfig",
+    "ModelConfig", "ReasoningFormat", "STAGES", "SweepGrids", "SyntheticConfig", "TaskData", "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
 
@@ -36,12 +40,18 @@ class Config:
     """Artifacts go to <output_root>/<exp_name>/<stage>/ (stable paths, so stages chain)."""
     output_root: str = "outputs"
     seed: int = 0
+    """Seed of every RNG (recorded in manifest.json)."""
     overwrite: bool = False
-    """Redo a stage whose output is already complete (default: skip it)."""
+    """Redo this run of the stage from scratch, removing only this run's directory (default: skip a
+    finished run, resume a partial one, refuse one made with other settings)."""
+    run: str = ""
+    """Name of a separate run: writes <stage>@<run>/ beside the main run and reads each upstream
+    stage's run of the same name when there is one (else its main run). Multirun jobs are named
+    after their overrides (train@l1_coeff=4)."""
+    wait_for_lock: bool = False
+    """When another run holds this stage's directory, wait for it instead of refusing."""
     stage: str = ""
     """Set by each app's primary config; which section this run executes."""
-    stage_subdir: str = ""
-    """Extra path under the stage dir; multirun jobs set it to Hydra's override dirname."""
     model: ModelConfig = field(default_factory=ModelConfig)
     tuned_model: str = "${output_root}/${exp_name}/finetune/model"
     """The fine-tuned model: by default the finetune stage's output; any hub id / local dir works."""
@@ -53,21 +63,30 @@ class Config:
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    sweeps: SweepGrids = field(default_factory=SweepGrids)
 
     def __post_init__(self) -> None:
         if self.stage and self.stage not in STAGES + ("pipeline",):
             raise ValueError(f"stage must be one of {STAGES + ('pipeline',)}, got {self.stage!r}")
+        check_run_name(self.run)
 
     @property
     def exp_dir(self) -> Path:
         return Path(self.output_root) / self.exp_name
 
+    def run_of(self, stage: str) -> str:
+        """The run of `stage` this config writes (its own stage) or reads (an upstream stage: the
+        run named like this one when it exists, else the main run)."""
+        # a synthetic validation run must never replace the real crosscoder
+        kind = "synthetic" if stage == "train" and self.train.data == "synthetic" else ""
+        if stage == self.stage or not self.run:
+            return join(kind, self.run) if stage == self.stage else kind
+        named = join(kind, self.run)
+        return named if (self.exp_dir / dir_name(stage, named)).is_dir() else kind
+
     def stage_dir(self, stage: str) -> Path:
-        """Stable artifact directory of `stage` (multirun jobs get their own subdirectory)."""
-        base = self.exp_dir / stage
-        if stage == "train" and self.train.data == "synthetic":
-            base = base / "synthetic"  # a validation run must never replace the real crosscoder
-        return base / self.stage_subdir if self.stage_subdir and stage == self.stage else base
+        """Stable artifact directory of `stage`: outputs/<exp>/<stage>[@<run>]/ (see `run_of`)."""
+        return self.exp_dir / dir_name(stage, self.run_of(stage))
 
 
 def register_configs() -> None:

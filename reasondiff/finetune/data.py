@@ -38,7 +38,8 @@ IGNORE_INDEX = -100
 
 def load_s1k_rows(cfg: FinetuneConfig) -> list[dict[str, Any]]:
     """The rows SFT trains on (hub id or local file), validated: a bad row fails with its index."""
-    dataset = load_rows(cfg.dataset, split=cfg.split, config_key="finetune.dataset")
+    dataset = load_rows(cfg.dataset, split=cfg.split, config_key="finetune.dataset",
+                        fields=("question", *TRACE_FIELDS[cfg.trace_source]))
     if cfg.limit_rows is not None:
         dataset = dataset.select(range(min(cfg.limit_rows, len(dataset))))
     rows = [dict(row) for row in dataset]

@@ -12,7 +12,6 @@ experiment's.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -36,12 +35,11 @@ from reasondiff.finetune.data import (
 from reasondiff.finetune.loss_curve import loss_points, plot_loss_curve
 from reasondiff.s1_layout import answer_start, thinking_start
 from reasondiff.stage import deferred_interrupts
-from reasondiff.tracking import MetricsLogger, require_finite
+from reasondiff.tracking import MetricsLogger, require_finite, truncate_metrics
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-FINGERPRINT = "fingerprint.json"
 MODEL = "model"
 LENGTH_REPORT = "length_report.json"
 LOSS_CURVE = "loss_curve.png"
@@ -82,75 +80,49 @@ def estimate_training_memory_gb(*, n_params: int, n_layers: int, d_model: int, d
     return (states + activations) / 1e9 + overhead_gb
 
 
-def last_complete_checkpoint(directory: Path) -> Path | None:
-    """The newest `checkpoint-N` the trainer finished writing; partial ones (killed mid-save) are removed.
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a trainer checkpoint cannot be resumed (None when it can).
 
-    HF writes a checkpoint in place (no staging dir) and `trainer_state.json` last, so a checkpoint
-    without it is incomplete and resuming from it would crash or silently restart.
-    """
+    HF writes a checkpoint in place (no staging dir) and `trainer_state.json` last: without it, or
+    with it torn (a kill or a full disk mid-write), the checkpoint is incomplete."""
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"{state.name} is torn ({err})"
+    return None
+
+
+def last_complete_checkpoint(directory: Path) -> Path | None:
+    """The newest `checkpoint-N` the trainer finished writing; incomplete ones (killed mid-save, a
+    torn trainer_state.json) are removed, so the resume never dies on them."""
     if not directory.is_dir():
         return None
     found = sorted((p for p in directory.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")
                     and p.name.split("-", 1)[1].isdigit()), key=lambda p: int(p.name.split("-", 1)[1]))
     for path in reversed(found):
-        if (path / "trainer_state.json").is_file():
+        problem = checkpoint_problem(path)
+        if problem is None:
             return path
-        log.warning("removing incomplete trainer checkpoint %s (killed while saving)", path)
+        log.warning("removing incomplete trainer checkpoint %s (%s: killed while saving)", path, problem)
         shutil.rmtree(path, ignore_errors=True)
     return None
-
-
-def resume_fingerprint(cfg: Config) -> dict[str, Any]:
-    """What must match for a trainer checkpoint to be resumed: the model, data and optimisation.
-
-    Left out: logging/saving cadence, samples, the hub push and the hardware profile (another micro
-    batch gives the same effective batch, so a run may move to another machine and go on)."""
-    ft = dataclasses.asdict(cfg.finetune)
-    for key in ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "sample_generations",
-                "sample_max_new_tokens", "push_to_hub", "hub_model_id", "save_dtype"):
-        ft.pop(key)
-    return {"base": cfg.model.path, "revision": cfg.model.revision, "seed": cfg.seed,
-            "format": dataclasses.asdict(cfg.format), "finetune": ft}
-
-
-def check_resume_fingerprint(checkpoints: Path, fingerprint: dict[str, Any], resume: Path | None) -> None:
-    """Refuse to resume checkpoints made with other settings; record the settings of a fresh run.
-
-    A silent resume would continue the old schedule under the new config's name."""
-    path = checkpoints / FINGERPRINT
-    if resume is not None and path.is_file():
-        previous = artifacts.read_json(path)
-        if previous != json.loads(json.dumps(fingerprint)):
-            changed = sorted(key for key in set(previous.get("finetune", {})) | set(fingerprint["finetune"])
-                             if previous.get("finetune", {}).get(key) != fingerprint["finetune"].get(key))
-            changed += [key for key in ("base", "revision", "seed", "format") if previous.get(key) != fingerprint[key]]
-            raise UserError(f"{checkpoints} holds checkpoints of a run with other settings "
-                            f"({', '.join(changed) or 'see ' + str(path)}); re-run with overwrite=true to start "
-                            "over, or restore the old settings to resume")
-    elif resume is not None:
-        log.warning("%s has no %s (made by an older version); resuming without checking its settings",
-                    checkpoints, FINGERPRINT)
-        return
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(path, fingerprint)
 
 
 def checkpoint_step(path: Path) -> int:
     return int(path.name.split("-", 1)[1])
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop CSV rows logged after `last_step` (the killed run's steps the resumed run will redo)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns, rows = reader.fieldnames or [], list(reader)
-    kept = [r for r in rows if r.get("step") in (None, "") or int(float(r["step"])) <= last_step]
-    with artifacts.atomic_write(path, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(kept)
+def first_non_finite(model) -> str | None:
+    """Name of the first parameter holding NaN/Inf (None when all are finite)."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            return name
+    return None
 
 
 def precision_flags(hardware: HardwareConfig, device_type: str) -> dict[str, bool]:
@@ -167,12 +139,21 @@ def _callbacks_module():
     from transformers import TrainerCallback
 
     class NonFiniteLossGuard(TrainerCallback):
-        """Stop on a NaN/Inf loss or gradient norm (HF would filter it out of the logs and go on)."""
+        """Stop on a NaN/Inf loss or gradient norm (HF would filter it out of the logs and go on).
+        The loss is only seen on logging steps, so before every save (and at the last step) the
+        weights themselves are checked: no checkpoint and no model/ ever holds NaN/Inf."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             for key in ("loss", "grad_norm"):
                 if logs and key in logs:
                     require_finite(f"SFT {key}", float(logs[key]), state.global_step)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if model is not None and (control.should_save or state.global_step >= state.max_steps):
+                bad = first_non_finite(model)
+                if bad is not None:
+                    raise FloatingPointError(f"SFT weight {bad} is not finite at step {state.global_step} "
+                                             "(caught before it could be saved)")
 
     class MetricsToCsv(TrainerCallback):
         """Training logs -> metrics.csv, one row per logging step."""
@@ -306,9 +287,9 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     save_dtype = save_dtype_name(ft.save_dtype, AutoConfig.from_pretrained(cfg.model.path, revision=cfg.model.revision))
     warn_if_too_big(model, cfg.hardware, ft.max_length, precision)
 
+    # settings of a resumed run were checked by the stage runner (reasondiff.fingerprint)
     checkpoints = ctx.dir / CHECKPOINTS
     resume = last_complete_checkpoint(checkpoints)
-    check_resume_fingerprint(checkpoints, resume_fingerprint(cfg), resume)
     truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)
@@ -353,10 +334,17 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         processing_class=tokenizer,
         # metrics.csv is written here, not through ctx.metrics, so that with W&B on the trainer's own
         # WandbCallback is the only writer to the run (two writers fight over W&B's step counter).
-        callbacks=[NonFiniteLossGuard(), MetricsToCsv(MetricsLogger(ctx.dir)), stopper, *callbacks],
+        # the guard after the stopper: a save the stopper asks for is checked too
+        callbacks=[MetricsToCsv(MetricsLogger(ctx.dir)), stopper, NonFiniteLossGuard(), *callbacks],
     )
-    with deferred_interrupts(stopper):
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        with deferred_interrupts(stopper):
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except FloatingPointError as err:
+        good = last_complete_checkpoint(checkpoints)
+        kept = f"the last good checkpoint {good} is kept" if good else "no checkpoint was saved yet"
+        raise UserError(f"{err}; {kept} — lower finetune.learning_rate or check finetune.dataset, then re-run "
+                        "(overwrite=true to start over)") from err
     if stopper.requested:
         raise KeyboardInterrupt(f"stopped at step {trainer.state.global_step}; a checkpoint was saved in "
                                 f"{checkpoints} and re-running the same command resumes from it")

@@ -38,7 +38,8 @@ def iter_texts(source: str, *, split: str = "train", text_column: str = "text", 
                config_key: str = "harvest.corpus", skip: int = 0) -> Iterator[str]:
     """Documents of a hub dataset (streamed, never fully downloaded) or a local file, in order.
     `skip` documents are passed over first (empty documents count: positions are row indices)."""
-    rows = load_rows(source, split=split, config_name=config_name, streaming=True, config_key=config_key)
+    rows = load_rows(source, split=split, config_name=config_name, streaming=True, config_key=config_key,
+                     fields=[text_column])
     for index, row in enumerate(itertools.islice(rows, skip, None), start=skip):
         if index == skip:
             require_fields(row, [text_column], index=index, source=f"{config_key}={source}")
@@ -54,7 +55,7 @@ def reasoning_text(row: dict) -> str:
 def reasoning_texts(source: str, *, split: str = "train", config_key: str = "harvest.reasoning_corpus",
                     skip: int = 0) -> Iterator[str]:
     """s1K-style rows (hub id or local file) as question + thinking trace + attempt text."""
-    rows = load_rows(source, split=split, streaming=True, config_key=config_key)
+    rows = load_rows(source, split=split, streaming=True, config_key=config_key, fields=REASONING_FIELDS)
     for index, row in enumerate(itertools.islice(rows, skip, None), start=skip):
         require_fields(row, REASONING_FIELDS, index=index, source=f"{config_key}={source}")
         yield reasoning_text(row)

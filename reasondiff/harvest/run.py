@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,49 +34,43 @@ from reasondiff.harvest.store import STATS, STORE_MANIFEST, ActivationStore
 log = logging.getLogger(__name__)
 
 
-def store_fingerprint(cfg: Config, d_model: int) -> dict[str, Any]:
-    """What must match for a partial store to be resumed (anything that changes the rows)."""
-    h = asdict(cfg.harvest)
-    for key in ("n_tokens", "stats_sample_tokens", "backend", "live_buffer_tokens"):
-        h.pop(key)
-    return {"base": cfg.model.path, "tuned": cfg.tuned_model, "dtype": cfg.hardware.dtype,
-            "d_model": d_model, "harvest": h}
-
-
 class StoreWriter:
     """Appends shards to a store directory and keeps store.json in step with the shards on disk.
 
     Shards are written by one background thread (the next batch's forward overlaps the disk write);
     store.json lists a shard only once its files are in place, so a kill never lists a partial shard."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, manifest: dict[str, Any], on_written=None) -> None:
         self.directory, self.manifest = directory, manifest
+        self.on_written = on_written
+        """Called with the manifest after each shard is in place (metrics rows: written, not queued)."""
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self._pending: Future | None = None
 
     @classmethod
-    def open(cls, directory: Path, header: dict[str, Any]) -> StoreWriter:
-        """Resume the partial store in `directory` when its fingerprint matches, else start one."""
+    def open(cls, directory: Path, header: dict[str, Any], *, full_check: bool = False) -> StoreWriter:
+        """Resume the partial store in `directory` (the stage runner already checked that it was made
+        with these settings), keeping its shards up to the first damaged one; else start one."""
         path = directory / STORE_MANIFEST
         manifest = {**header, "format_version": store_io.FORMAT_VERSION, "complete": False, "shards": []}
         if path.is_file():
-            previous = artifacts.read_json(path)
-            if previous["shards"] and previous.get("fingerprint") != header["fingerprint"]:
-                raise UserError(f"{directory} holds a partial harvest made with other settings "
-                                f"(models, hook, corpus, dtype...); use overwrite=true to start over")
-            shards = previous["shards"]
-            bad = {index for index, _ in store_io.check_shards(directory, shards, full=False)}
-            if bad:  # atomic writes make this rare (a disk error); restart from the first bad shard
+            shards = artifacts.read_json(path)["shards"]
+            bad = {index for index, _ in store_io.check_shards(directory, shards, full=full_check)}
+            if bad:  # atomic writes make this rare (a disk error, a bad sector): rewrite from the first bad shard
                 first = min(bad)
-                log.warning("harvest: shard %d of the partial store is damaged; re-harvesting from it", first)
+                log.warning("harvest: shard %d of the store is damaged; re-harvesting from it", first)
                 shards = [s for s in shards if s["index"] < first]
-            manifest["shards"] = shards if previous.get("fingerprint") == header["fingerprint"] else []
-            if manifest["shards"]:
+            manifest["shards"] = shards
+            if shards:  # the totals the header resets: a store resumed after its last shard keeps them
+                last = shards[-1]["stream_state"]
+                manifest.update(n_tokens=sum(s["n_tokens"] for s in shards), documents_used=last["documents_used"],
+                                contexts_used=last["contexts"],
+                                n_massive_dropped=shards[-1].get("massive_dropped_total", 0))
                 log.info("harvest: resuming after shard %d (%d tokens already stored)", shards[-1]["index"],
-                         sum(s["n_tokens"] for s in shards))
+                         manifest["n_tokens"])
         writer = cls(directory, manifest)
         writer._remove_strays()
-        artifacts.write_json(path, manifest)  # the fingerprint is on disk before any shard
+        artifacts.write_json(path, manifest)
         return writer
 
     def _remove_strays(self) -> None:
@@ -115,6 +108,8 @@ class StoreWriter:
             self.manifest.update(n_tokens=self.n_tokens, documents_used=state.documents_used,
                                  contexts_used=state.contexts, n_massive_dropped=n_massive_dropped)
             artifacts.write_json(self.directory / STORE_MANIFEST, self.manifest)
+            if self.on_written is not None:
+                self.on_written(self.manifest)
 
         self._pending = self._pool.submit(write)
 
@@ -129,6 +124,18 @@ class StoreWriter:
         self._pool.shutdown(wait=True)
 
 
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """Checked when a finished harvest is run again: damaged shards (sizes; checksums of stores up to
+    store.FULL_VERIFY_MAX_BYTES) reopen the stage, whose resume rewrites them from the first bad one."""
+    manifest = directory / STORE_MANIFEST
+    if not manifest.is_file():
+        return f"{STORE_MANIFEST} is missing"
+    shards = artifacts.read_json(manifest)["shards"]
+    full = sum(s["acts"]["bytes"] for s in shards) <= store_io.FULL_VERIFY_MAX_BYTES
+    problems = store_io.check_shards(directory, shards, full=full)
+    return "bad activation shard(s): " + "; ".join(p for _, p in problems) if problems else None
+
+
 def estimate_bytes(n_tokens: int, d_model: int, store_dtype: str) -> int:
     return n_tokens * store_io.bytes_per_token(d_model, store_dtype) + 2**20
 
@@ -139,7 +146,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     d_model = store_io.d_model_of(base)
     stream_description = ContextStream(h, tokenizer).describe(tokenizer)
     header = {
-        "fingerprint": store_fingerprint(cfg, d_model), "d_model": d_model, "hook": hook.name,
+        "d_model": d_model, "hook": hook.name,
         "store_dtype": h.store_dtype, "layout": "[n_tokens, 2, d_model], index 0 = base, 1 = tuned",
         "models": {"base": cfg.model.path, "tuned": cfg.tuned_model, "base_name": cfg.model.name,
                    "dtype": cfg.hardware.dtype},
@@ -147,7 +154,10 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         "max_norm_ratio": h.max_norm_ratio, "backend": h.backend, "n_tokens_requested": h.n_tokens,
         "n_tokens": 0, "documents_used": 0, "contexts_used": 0, "n_massive_dropped": 0,
     }
-    writer = StoreWriter.open(ctx.dir, header)
+    # settings of a resumed store were checked by the stage runner (reasondiff.fingerprint); a store
+    # reopened to repair it (verify_finished found a bad shard) gets every shard hashed
+    writer = StoreWriter.open(ctx.dir, header, full_check=(ctx.dir / STATS).is_file())
+    ctx.metrics.truncate(writer.n_tokens)  # rows of shards a kill -9 lost are logged again
     ctx.inputs.update(base_model=cfg.model.path, tuned_model=cfg.tuned_model, hook=hook.name,
                       corpus=h.corpus, reasoning_corpus=h.reasoning_corpus if h.reasoning_fraction else None)
     remaining = h.n_tokens - writer.n_tokens
@@ -196,16 +206,21 @@ def _harvest_loop(cfg: Config, ctx, writer: StoreWriter, harvester: PairedHarves
     buffered = 0
     started, at_start = time.perf_counter(), stored
 
+    def written(manifest: dict[str, Any]) -> None:  # in the writer thread, once the shard is on disk
+        elapsed = time.perf_counter() - started
+        ctx.metrics.log({"tokens": manifest["n_tokens"],
+                         "tokens_per_second": (manifest["n_tokens"] - at_start) / max(elapsed, 1e-9),
+                         "documents_used": manifest["documents_used"], "massive_dropped": manifest["n_massive_dropped"]},
+                        step=manifest["n_tokens"])
+
+    writer.on_written = written
+
     def flush() -> None:
         nonlocal acts_parts, token_parts, buffered, stored
         writer.add(np.concatenate(acts_parts), torch.cat(token_parts).numpy(), stream.state(),
                    harvester.n_massive_dropped)
         stored += buffered
         acts_parts, token_parts, buffered = [], [], 0
-        elapsed = time.perf_counter() - started
-        ctx.metrics.log({"tokens": stored, "tokens_per_second": (stored - at_start) / max(elapsed, 1e-9),
-                         "documents_used": stream.documents_used, "massive_dropped": harvester.n_massive_dropped},
-                        step=stored)
 
     with tqdm(total=h.n_tokens, initial=stored, unit="tok", unit_scale=True, desc=f"harvest {harvester.hook.name}",
               mininterval=1.0, smoothing=0.1) as bar:

@@ -175,7 +175,8 @@ class ActivationStore:
         problems = check_shards(directory, manifest["shards"], full=full)
         if problems:
             raise UserError(f"{directory}: bad activation shard(s): " + "; ".join(p for _, p in problems)
-                            + ". Re-run the harvest stage: it rewrites shards from the first bad one")
+                            + ". Re-run the harvest stage (the same command): it finds the bad shards and rewrites them "
+                            "from the first bad one")
         stats = artifacts.read_json(directory / STATS) if (directory / STATS).is_file() else None
         return cls(directory=directory, manifest=manifest, stats=stats)
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 SYNTHETIC_REPORT_FILE = "synthetic_report.json"
+FINAL_COUNTERS_FILE = "final_counters.pt"
+"""Tokens since each latent last fired, at the end of training (dead latents)."""
 # --- data ------------------------------------------------------------------------------------
 def open_source(cfg: Config, ctx_dir: Path, inputs: dict[str, Any]) -> ActivationSource:
     data = cfg.train.data
@@ -66,14 +68,6 @@ def crosscoder_config(train: TrainConfig, d_model: int) -> CrossCoderConfig:
                             variant=train.variant, k=train.k, dec_init_norm=train.dec_init_norm)
 
 
-def resume_key(cfg: Config, cc_cfg: CrossCoderConfig) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed (the rest — log_every, paths — may change)."""
-    train = asdict(cfg.train)
-    for key in ("log_every", "checkpoint_every", "keep_checkpoint", "compile", "eval_tokens"):
-        train.pop(key)
-    return {"seed": cfg.seed, "train": train, "crosscoder": asdict(cc_cfg)}
-
-
 def run(cfg: Config, ctx) -> dict[str, Any]:
     tc = cfg.train
     from reasondiff.models import resolve_device
@@ -87,7 +81,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if n_available and tc.n_tokens > n_available:
         log.warning("train.n_tokens=%d > %d stored tokens: the data is cycled %.1f times",
                     tc.n_tokens, n_available, tc.n_tokens / n_available)
-    key = resume_key(cfg, cc_cfg)
+    # settings of a resumed run were checked by the stage runner (reasondiff.fingerprint)
     checkpoint = ctx.dir / CHECKPOINT_FILE
 
     cc = CrossCoder(cc_cfg)
@@ -96,14 +90,21 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     trainer = CrossCoderTrainer(cc, tc, total_steps, device)
     final_done = _final_is_complete(ctx.dir, total_steps)
     if checkpoint.is_file() and not final_done:
-        trainer.load_checkpoint(checkpoint, key)
+        trainer.load_checkpoint(checkpoint)
         log.info("resuming from %s at step %d/%d", checkpoint, trainer.step, total_steps)
+    if not final_done:  # rows a killed run logged after its last checkpoint are done again
+        ctx.metrics.truncate(trainer.step)
     if final_done:
         trainer.cc = cc = CrossCoder.load(ctx.dir, device=device)
+        _load_final_counters(trainer, ctx.dir)
     else:
-        _train_loop(trainer, source, cfg, ctx, checkpoint, key)
+        _train_loop(trainer, source, cfg, ctx, checkpoint)
+        # the dead-latent counters first: a kill after the weights must not leave them to a fresh trainer
+        artifacts.atomic_save(ctx.dir / FINAL_COUNTERS_FILE,
+                              lambda tmp: torch.save(trainer.tokens_since_fired.cpu(), tmp))
         cc.save(ctx.dir, extra={"steps": trainer.step, "total_steps": total_steps, "tokens": trainer.step * tc.batch_size,
-                                "hook": cfg.harvest.hook, "data": tc.data, "train": asdict(tc)})
+                                "hook": _hook_name(source) or cfg.harvest.hook, "data": tc.data,
+                                "train": asdict(tc)})
 
     cc.eval()
     summary = {"variant": tc.variant, "l1_coeff": tc.l1_coeff, "k": tc.k, "n_latents": cc_cfg.n_latents,
@@ -115,7 +116,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if tc.data == "synthetic":
         from reasondiff.train.synthetic import recovery_report
 
-        alive = ~trainer.dead_latents().cpu() if not final_done else None
+        alive = ~trainer.dead_latents().cpu()
         report = recovery_report(cc.W_dec.cpu(), cc.scaling_factors.cpu(), source.features, source.kinds, alive=alive)
         artifacts.write_json(ctx.dir / SYNTHETIC_REPORT_FILE, report)
         _log_synthetic_report(report)
@@ -128,6 +129,22 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     return outputs
 
 
+def _hook_name(source) -> str | None:
+    """Where the activations came from: the store's own hook (a harvest@hook=... run), not the config's."""
+    hook = getattr(source, "hook", None)
+    return getattr(hook, "name", hook)
+
+
+def _load_final_counters(trainer: CrossCoderTrainer, directory: Path) -> None:
+    """The dead-latent counters of the finished training (summary.json's frac_dead, the synthetic
+    report's live latents), saved just before the final weights."""
+    path = directory / FINAL_COUNTERS_FILE
+    if not path.is_file():
+        raise UserError(f"{directory}: the final crosscoder has no {FINAL_COUNTERS_FILE} (written by an older version "
+                        "or damaged): its dead-latent counts are unknown; set overwrite=true to retrain")
+    trainer.tokens_since_fired.copy_(torch.load(path, map_location="cpu", weights_only=True))
+
+
 def _final_is_complete(directory: Path, total_steps: int) -> bool:
     """A re-run after the final save (but before COMPLETED) only redoes the cheap evaluation."""
     config = directory / "config.json"
@@ -135,8 +152,7 @@ def _final_is_complete(directory: Path, total_steps: int) -> bool:
         artifacts.read_json(config).get("steps") == total_steps
 
 
-def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Config, ctx, checkpoint: Path,
-                key: dict[str, Any]) -> None:
+def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Config, ctx, checkpoint: Path) -> None:
     tc = cfg.train
     batches = source.iter_batches(tc.batch_size, seed=cfg.seed, start_batch=trainer.step)
     started, start_step = time.perf_counter(), trainer.step
@@ -154,11 +170,11 @@ def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Confi
                     ctx.metrics.log(metrics, step=trainer.step)
                     bar.set_postfix(l2=f"{metrics['l2']:.3g}", l0=f"{metrics['l0']:.1f}")
                 if trainer.step % tc.checkpoint_every == 0 and trainer.step < trainer.total_steps:
-                    trainer.save_checkpoint(checkpoint, key)
+                    trainer.save_checkpoint(checkpoint)
                 if interrupt.requested:
                     raise KeyboardInterrupt("interrupt requested")
         except KeyboardInterrupt:
-            trainer.save_checkpoint(checkpoint, key)
+            trainer.save_checkpoint(checkpoint)
             log.warning("checkpoint saved at step %d/%d in %s; re-run the same command to resume",
                         trainer.step, trainer.total_steps, checkpoint)
             raise

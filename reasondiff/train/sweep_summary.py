@@ -1,10 +1,15 @@
-"""Sweep summary: L0 vs fraction of variance unexplained, one point per finished train run.
+"""Sweep summary: one row per finished train run of an experiment — L0, FVU and, once the run is
+analysed, CE recovered — and the sparsity / fidelity trade-off plots (L0 vs FVU, L0 vs CE recovered:
+the Pareto plot SAEBench and SAELens draw).
 
-`python -m reasondiff.train -m +exp=tiny +sweep=l1_coeff` writes each job to
-`outputs/<exp>/train/<override-dirname>/` with a `summary.json`; this collects them into
-`sweep_summary.csv` and `sweep_summary.png` (the sparsity / reconstruction trade-off curve):
+`python -m reasondiff.train -m +exp=tiny +sweep=l1_coeff` writes each job beside the main run
+(`outputs/<exp>/train@l1_coeff=4/`, with a `summary.json`); `python -m reasondiff.analyze +exp=tiny
+run=l1_coeff=4` analyses one into `analyze@l1_coeff=4/`. This collects them into
+`outputs/<exp>/sweep_summary.csv` and `.png`. The main run (`train/`) is labelled `main` and drawn
+apart from the sweep's curve, so a λ it shares with a sweep job is not a duplicate point; fields
+that do not apply to a run are left empty (k for an L1 run, λ for a BatchTopK one).
 
-    python -m reasondiff.train.sweep_summary outputs/tiny/train        # or: make sweep-summary EXP=tiny
+    python -m reasondiff.train.sweep_summary outputs/tiny            # or: make sweep-summary EXP=tiny
 """
 
 from __future__ import annotations
@@ -17,42 +22,79 @@ from pathlib import Path
 from typing import Any
 
 from reasondiff import artifacts
+from reasondiff.runs import dir_name, split_dir_name
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("run", "variant", "l1_coeff", "k", "n_latents", "l0", "fvu", "explained_variance_base",
-           "explained_variance_tuned", "frac_dead", "steps")
+MAIN = "main"
+COLUMNS = ("run", "data", "variant", "l1_coeff", "k", "n_latents", "l0", "fvu", "ce_recovered_base",
+           "ce_recovered_tuned", "explained_variance_base", "explained_variance_tuned", "frac_dead", "steps")
 
 
-def collect_runs(train_dir: str | Path) -> list[dict[str, Any]]:
-    """Every COMPLETED run under `train_dir` (any depth) with its summary.json, sorted by L0."""
-    train_dir = Path(train_dir)
+def experiment_dir(path: str | Path) -> Path:
+    """Accepts the experiment dir (outputs/tiny) or, as before, a train run dir (outputs/tiny/train)."""
+    path = Path(path)
+    return path.parent if split_dir_name(path.name)[0] == "train" else path
+
+
+def _ce_recovered(exp_dir: Path, run: str) -> dict[str, float]:
+    """CE recovered per model from the analyze run of the same name (empty when not analysed)."""
+    analyze = exp_dir / dir_name("analyze", run)
+    table = analyze / "ce_recovery.csv"
+    if not artifacts.is_complete(analyze) or not table.is_file():
+        return {}
+    out: dict[str, float] = {}
+    with open(table, newline="") as handle:
+        for row in csv.DictReader(handle):
+            model = row.get("model")
+            if model in ("base", "tuned") and f"ce_recovered_{model}" not in out and row.get("ce_recovered"):
+                out[f"ce_recovered_{model}"] = float(row["ce_recovered"])
+    return out
+
+
+def collect_runs(path: str | Path) -> list[dict[str, Any]]:
+    """Every COMPLETED train run of the experiment (`train/` and its siblings `train@*/`), sorted by L0."""
+    exp_dir = experiment_dir(path)
     rows = []
-    for summary in sorted(train_dir.rglob("summary.json")):
-        run_dir = summary.parent
-        if not artifacts.is_complete(run_dir):
+    for run_dir in sorted(exp_dir.glob("train*")):
+        stage, run = split_dir_name(run_dir.name)
+        summary = run_dir / "summary.json"
+        if stage != "train" or not summary.is_file() or not artifacts.is_complete(run_dir):
             continue
         data = artifacts.read_json(summary)
-        run = str(run_dir.relative_to(train_dir)) if run_dir != train_dir else "."
-        rows.append({"run": run, **{k: data.get(k) for k in COLUMNS if k != "run"}})
+        config = artifacts.read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+        row = {k: data.get(k) for k in COLUMNS}
+        row.update(run=run or MAIN, data=config.get("data") or ("synthetic" if run.startswith("synthetic") else "store"),
+                   **_ce_recovered(exp_dir, run))
+        if row["variant"] == "l1":
+            row["k"] = None  # not an L1 crosscoder's setting
+        elif row["variant"] == "batchtopk":
+            row["l1_coeff"] = None
+        rows.append(row)
     return sorted(rows, key=lambda row: (row["l0"] is None, row["l0"]))
 
 
-def write_sweep_summary(train_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Write sweep_summary.csv + sweep_summary.png (log-L0 vs FVU) into `out_dir` (default: train_dir)."""
-    rows = collect_runs(train_dir)
+def write_sweep_summary(path: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Write sweep_summary.csv + sweep_summary.png into `out_dir` (default: the experiment dir)."""
+    rows = collect_runs(path)
     if not rows:
-        raise FileNotFoundError(f"no finished train runs (summary.json + COMPLETED) under {train_dir}")
-    out_dir = Path(out_dir or train_dir)
+        raise FileNotFoundError(f"no finished train runs (summary.json + COMPLETED) in {experiment_dir(path)}/train*")
+    out_dir = Path(out_dir or experiment_dir(path))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
     csv_path = out_dir / "sweep_summary.csv"
     artifacts.write_text(csv_path, buffer.getvalue())
     png_path = out_dir / "sweep_summary.png"
     _plot(rows, png_path)
     return csv_path, png_path
+
+
+def _label(row: dict[str, Any]) -> str:
+    if row["variant"] == "l1" and row.get("l1_coeff") is not None:
+        return f"λ={row['l1_coeff']:g}"
+    return f"k={row['k']}" if row.get("k") is not None else str(row["run"])
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -61,34 +103,49 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for variant, marker in (("l1", "o"), ("batchtopk", "s")):
-        points = [r for r in rows if r["variant"] == variant]
-        if not points:
-            continue
-        ax.plot([r["l0"] for r in points], [r["fvu"] for r in points], marker=marker, linestyle="-", label=variant)
-        for r in points:
-            label = f"λ={r['l1_coeff']:g}" if variant == "l1" else f"k={r['k']}"
-            ax.annotate(label, (r["l0"], r["fvu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("L0 (active latents per token)")
-    ax.set_ylabel("fraction of variance unexplained")
-    ax.set_title("crosscoder sweep: sparsity vs reconstruction")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    with_ce = any(r.get("ce_recovered_base") is not None for r in rows)
+    panels = [("fvu", "fraction of variance unexplained")]
+    if with_ce:
+        panels.append(("ce_recovered", "CE loss recovered"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (metric, ylabel) in zip(axes[0], panels, strict=True):
+        for data in dict.fromkeys(r["data"] for r in rows):
+            for variant, marker in (("l1", "o"), ("batchtopk", "s")):
+                sweep = [r for r in rows if r["variant"] == variant and r["data"] == data and r["run"] != MAIN
+                         and not (data == "synthetic" and r["run"] == "synthetic")]
+                main = [r for r in rows if r["variant"] == variant and r["data"] == data and r not in sweep]
+                for model, style in ((("base", "-"), ("tuned", "--")) if metric == "ce_recovered" else ((None, "-"),)):
+                    key = f"ce_recovered_{model}" if model else metric
+                    points = [r for r in sweep if r.get(key) is not None]
+                    suffix = f" {model}" if model else ""
+                    if points:
+                        ax.plot([r["l0"] for r in points], [r[key] for r in points], marker=marker, linestyle=style,
+                                label=f"{variant} sweep ({data}){suffix}")
+                        for r in points:
+                            ax.annotate(_label(r), (r["l0"], r[key]), textcoords="offset points", xytext=(4, 4),
+                                        fontsize=8)
+                    for r in (r for r in main if r.get(key) is not None):
+                        ax.scatter([r["l0"]], [r[key]], marker="*", s=160, zorder=3, edgecolor="black",
+                                   label=f"main run {_label(r)} ({data}){suffix}")
+        ax.set_xscale("log")
+        ax.set_xlabel("L0 (active latents per token)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("crosscoder sweep: sparsity vs fidelity")
     artifacts.atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("train_dir", nargs="?", default="outputs/tiny/train",
-                        help="a train stage directory holding one sub-directory per sweep job")
-    parser.add_argument("--out", default=None, help="where to write the csv/png (default: train_dir)")
+    parser.add_argument("exp_dir", nargs="?", default="outputs/tiny",
+                        help="an experiment directory (outputs/<exp>) holding train/ and its train@*/ runs")
+    parser.add_argument("--out", default=None, help="where to write the csv/png (default: exp_dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        csv_path, png_path = write_sweep_summary(args.train_dir, args.out)
+        csv_path, png_path = write_sweep_summary(args.exp_dir, args.out)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from err
     log.info("wrote %s and %s", csv_path, png_path)

@@ -157,7 +157,7 @@ class CrossCoderTrainer:
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------
-    def state_dict(self, resume_key: dict[str, Any]) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "data_position": {"start_batch": self.step},
@@ -168,18 +168,19 @@ class CrossCoderTrainer:
             "tokens_since_fired": self.tokens_since_fired.cpu(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "resume_key": resume_key,
         }
 
-    def save_checkpoint(self, path: Path, resume_key: dict[str, Any]) -> None:
-        state = self.state_dict(resume_key)
+    def save_checkpoint(self, path: Path) -> None:
+        state = self.state_dict()
         artifacts.atomic_save(path, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self, path: Path, resume_key: dict[str, Any]) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("resume_key") != resume_key:
-            raise UserError(f"{path} was written by a different train config or data "
-                            f"({state.get('resume_key')} vs {resume_key}): set overwrite=true to start over")
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a checkpoint (the stage runner already checked it was made with these settings)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torn by a full disk or a kill outside atomic_save: name the file
+            raise UserError(f"{path}: unreadable train checkpoint ({str(err).splitlines()[0] if str(err) else err}); "
+                            "delete it to start over, or set overwrite=true") from err
         self.cc.load_state_dict(state["crosscoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,255 @@
+"""What a stage's result depends on, recorded with it: its settings and the upstream artifacts it read.
+
+A stage's *settings* are the config keys it reads — its own section taken whole (so keys added
+later are fingerprinted without anyone remembering to), plus the shared keys that change its
+results (`seed`, `model.*`, `tuned_model`, `format.*`, `hardware.dtype`, ...) — minus the keys
+listed in `COSMETIC`, whose change provably leaves the results identical. Its *upstream* is the
+artifact id of every stage directory it read (the tuned model, the activation store, the
+crosscoder): a fresh id is drawn each time a stage finishes, so any redo of an upstream stage makes
+its readers stale.
+
+`run_stage` writes both to `<stage dir>/fingerprint.json` when work starts, and the hash with
+the artifact id into `COMPLETED` and `manifest.json` when it ends. A re-run compares:
+same settings and upstream -> skip (or resume partial work); other settings -> refuse, naming each
+changed key with both values; same settings, redone upstream -> stale, redo. Resuming partial work
+tolerates the keys in `RESUME_TOLERANT` (they only affect work done after the resume point, or the
+stage keeps its own finer-grained fingerprint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reasondiff import artifacts
+from reasondiff.errors import UserError
+from reasondiff.runs import name_from_overrides
+
+log = logging.getLogger("reasondiff")
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+MODEL_KEYS = ("model", "hardware.dtype", "hardware.attn_implementation")
+"""What every stage that runs a language model reads besides its section (the weights, the precision)."""
+
+COSMETIC: dict[str, str] = {
+    # where and how a run executes, never what it computes
+    "model.name": "a display label in tables and figure titles",
+    "model.build_tiny": "where the model comes from, not what it is (model.path is fingerprinted)",
+    "hardware.name": "a label of the hardware profile",
+    "hardware.device": "the same computation on another device (floating-point rounding may differ)",
+    "hardware.memory_gb": "only used to warn up front when a setting cannot fit",
+    "hardware.gradient_checkpointing": "recomputes the same activations in the backward pass",
+    "hardware.finetune_micro_batch": "gradient accumulation keeps the effective batch (finetune.effective_batch_size)",
+    "hardware.bench_batch_size": "each question is generated greedily on its own row; padding is masked",
+    "hardware.harvest_batch_size": "each context's activations do not depend on the other contexts",
+    "hardware.analyze_batch_size": "the passes accumulate sums over contexts",
+    "hardware.dataloader_workers": "how batches are loaded, not which",
+    "hardware.cpu_threads": "how many cores compute the same thing",
+    "finetune.logging_steps": "how often the loss is logged",
+    "finetune.save_steps": "how often a resumable checkpoint is saved",
+    "finetune.save_total_limit": "how many checkpoints are kept while training",
+    "finetune.keep_checkpoints": "whether checkpoints are deleted after a finished run",
+    "finetune.push_to_hub": "where a finished model is uploaded",
+    "finetune.hub_model_id": "where a finished model is uploaded",
+    "bench.vllm_gpu_memory_utilization": "memory reserved by vLLM",
+    "train.log_every": "how often metrics are logged",
+    "train.checkpoint_every": "how often a resumable checkpoint is saved",
+    "train.keep_checkpoint": "whether checkpoint.pt is deleted after a finished run",
+    "train.compile": "torch.compile of the same forward and loss",
+    "analyze.checkpoint_every": "how often the streamed sums are saved",
+}
+"""Keys never fingerprinted, each with the reason its change leaves the results identical."""
+
+RESUME_TOLERANT: dict[str, tuple[str, ...]] = {
+    # used only after the resume point
+    "finetune": ("finetune.sample_generations", "finetune.sample_max_new_tokens", "finetune.save_dtype"),
+    # a store may grow, stats are computed at the end, both backends give the same activations
+    "harvest": ("harvest.n_tokens", "harvest.stats_sample_tokens", "harvest.backend"),
+    "train": ("train.eval_tokens",),
+    # every generations.jsonl row carries its own fingerprint: rows of other settings are kept but unused
+    "bench": ("*",),
+    # each streamed pass keeps its own fingerprint and starts over when it differs
+    "analyze": ("*",),
+}
+"""Keys that may change between a kill and the resume of a PARTIAL run (a finished run is
+still compared on every key)."""
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train.l1_coeff": 2.0, ...} from a (nested) dataclass or dict; lists stay values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: _jsonable(obj)}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _selected(key: str, prefixes: Iterable[str]) -> bool:
+    return any(p == "*" or key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def reads(cfg, stage: str) -> tuple[str, ...]:
+    """Config keys (or sections) `stage` reads, before the cosmetic ones are taken out."""
+    if stage == "finetune":
+        return ("seed", "format", "finetune", *MODEL_KEYS)
+    if stage == "bench":
+        models = cfg.bench.models
+        extra = (("model",) if "base" in models else ()) + (("tuned_model",) if "tuned" in models else ())
+        return ("seed", "format", "bench", "hardware.dtype", "hardware.attn_implementation", *extra)
+    if stage == "harvest":
+        return ("seed", "harvest", "tuned_model", *MODEL_KEYS)
+    if stage == "train":
+        if cfg.train.data == "live":
+            return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS)
+        return ("seed", "train")
+    if stage == "analyze":
+        return ("seed", "analyze", "tuned_model", *MODEL_KEYS, "harvest.corpus", "harvest.corpus_split",
+                "harvest.corpus_config", "harvest.text_column", "harvest.hook", "harvest.drop_first_position",
+                "harvest.max_norm_ratio")
+    # a stage this module does not know yet: its section and the models, to be safe
+    return ("seed", stage, "tuned_model", *MODEL_KEYS)
+
+
+def _excluded(cfg, stage: str, key: str) -> bool:
+    if key in COSMETIC:
+        return True
+    if stage == "train" and cfg.train.data != "synthetic" and key.startswith("train.synthetic."):
+        return True  # planted-feature settings only apply to train.data=synthetic
+    return stage == "harvest" and key == "harvest.live_buffer_tokens"  # train.data=live only
+
+
+def settings(cfg, stage: str) -> dict[str, Any]:
+    """The fingerprinted settings of `stage` under `cfg`: dotted key -> value. Paths inside
+    output_root are written relative to it, so a moved outputs/ tree keeps its fingerprints."""
+    wanted = reads(cfg, stage)
+    flat = flatten(cfg)
+    root = str(Path(cfg.output_root)).rstrip("/") + "/"
+    out = {}
+    for key, value in flat.items():
+        if _selected(key, wanted) and not _excluded(cfg, stage, key):
+            if isinstance(value, str) and value.startswith(root):
+                value = "<output_root>/" + value[len(root):]
+            out[key] = value
+    return out
+
+
+@dataclass
+class Fingerprint:
+    settings: dict[str, Any]
+    upstream: dict[str, str] = field(default_factory=dict)
+    """Upstream stage directory (relative to output_root) -> its artifact id when this run read it."""
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps({"settings": self.settings, "upstream": self.upstream}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fingerprint": self.digest, "settings": self.settings, "upstream": self.upstream}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fingerprint:
+        return cls(settings=dict(data.get("settings", {})), upstream=dict(data.get("upstream", {})))
+
+
+def new_artifact_id(fingerprint: Fingerprint) -> str:
+    """Drawn once per finished run: a redo with the same settings still gets a new id, so every
+    reader of the old result becomes stale (weights differ across machines even at equal settings)."""
+    return hashlib.sha256(f"{fingerprint.digest}-{uuid.uuid4().hex}".encode()).hexdigest()[:16]
+
+
+def artifact_id(directory: Path) -> str | None:
+    """The artifact id of a finished stage directory (None when not finished); markers of older
+    versions get a stable id from their text."""
+    marker = artifacts.read_marker(directory)
+    if marker is None:
+        return None
+    if marker.get("artifact_id"):
+        return str(marker["artifact_id"])
+    return "legacy-" + hashlib.sha256(json.dumps(marker, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def recorded(directory: Path) -> Fingerprint | None:
+    path = Path(directory) / FINGERPRINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Fingerprint.from_json(artifacts.read_json(path))
+    except (ValueError, OSError):
+        return None  # unreadable: treated like a directory of an older version
+
+
+def write(directory: Path, stage: str, fingerprint: Fingerprint, run: str) -> None:
+    artifacts.write_json(Path(directory) / FINGERPRINT_FILE, {"stage": stage, "run": run, **fingerprint.to_json()})
+
+
+# --- comparing -------------------------------------------------------------------------------------
+_ABSENT = object()
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], *, defaults: dict[str, Any],
+                 tolerate: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every key whose value differs. A key the old record lacks
+    (added to the schema since) counts as changed only when the new value is not its default; a key
+    the schema dropped is ignored."""
+    tolerate = tuple(tolerate)
+    changes = []
+    for key in sorted(new):
+        if _selected(key, tolerate):
+            continue
+        before = old.get(key, _ABSENT)
+        after = new[key]
+        if before is _ABSENT:
+            if after != defaults.get(key, _ABSENT):
+                changes.append((key, "(unset)", after))
+        elif before != after:
+            changes.append((key, before, after))
+    return changes
+
+
+def stale_inputs(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """Upstream directories redone (or gone) since the recorded run read them."""
+    return sorted(name for name in old if new.get(name) != old[name])
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else json.dumps(value)
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> tuple[str, str]:
+    """("train.l1_coeff=2.0", "4.0") for one change; joined by ", " for several."""
+    return (", ".join(f"{k}={_show(a)}" for k, a, _ in changes),
+            ", ".join(_show(b) for _, _, b in changes))
+
+
+def suggested_run(stage: str, changes: list[tuple[str, Any, Any]]) -> str:
+    """The run name a job with these overrides would get (what `run=` a separate run could use)."""
+    return name_from_overrides(stage, [f"{k}={_show(b)}" for k, _, b in changes])
+
+
+def refusal(stage: str, directory: Path, changes: list[tuple[str, Any, Any]], *, finished: bool) -> UserError:
+    before, after = describe_changes(changes)
+    separate = f"run={suggested_run(stage, changes)}"
+    if finished:
+        return UserError(f"{stage}: finished with {before}; you asked {after} ({directory}) — overwrite=true to "
+                         f"redo it there, or {separate} for a separate run beside it")
+    return UserError(f"{stage}: {directory} holds a partial run made with other settings ({before}; you asked "
+                     f"{after}) — the old settings resume it, overwrite=true starts it over, or {separate} makes "
+                     "a separate run beside it")

@@ -1,0 +1,372 @@
+"""Everything a run needs, checked before any work and reported together.
+
+`stage_inputs(cfg, stage)` lists what a stage reads — models, datasets, the directories of earlier
+stages — each with the config key that names it. `check(cfg, stages)` then checks them all and
+raises ONE UserError listing every problem (a missing local model, a hub id that is neither cached
+nor reachable, an empty or malformed data file, an unfinished upstream stage), plus the settings that
+cannot fit the model (a token limit beyond its context, a hook past its last layer) and the disk
+space the stage will need. The same list tells `run_stage` which upstream artifacts a result
+depends on (reasondiff.fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reasondiff import artifacts
+from reasondiff.errors import UserError
+from reasondiff.fingerprint import FINGERPRINT_FILE
+from reasondiff.runs import split_dir_name
+
+log = logging.getLogger("reasondiff")
+
+@dataclass(frozen=True)
+class Input:
+    key: str
+    """The config key that names it (what the user changes)."""
+    value: str
+    kind: str
+    """model | dataset | stage (a directory an earlier stage writes) | crosscoder (a train-format dir)."""
+    stage: str | None = None
+    """kind=stage: which stage writes it."""
+    optional: bool = False
+    """Read when present (analyze reads harvest's store for its metadata when there is one)."""
+
+
+def _stages() -> tuple[str, ...]:
+    from reasondiff.config import STAGES
+
+    return STAGES
+
+
+def stage_inputs(cfg, stage: str) -> list[Input]:
+    """What `stage` reads under `cfg` (a new stage adds its line here)."""
+    model = Input("model.path", cfg.model.path, "model")
+    tuned = Input("tuned_model", cfg.tuned_model, "model")
+    if stage == "finetune":
+        return [model, Input("finetune.dataset", cfg.finetune.dataset, "dataset")]
+    if stage == "bench":
+        models = [model if m == "base" else tuned if m == "tuned" else Input("bench.models", m, "model")
+                  for m in cfg.bench.models]
+        return models + [Input(f"bench.data.{t}.path", cfg.bench.data[t].path, "dataset") for t in cfg.bench.tasks]
+    corpora = [Input("harvest.corpus", cfg.harvest.corpus, "dataset")]
+    if cfg.harvest.reasoning_fraction > 0 and cfg.harvest.reasoning_corpus:
+        corpora.append(Input("harvest.reasoning_corpus", cfg.harvest.reasoning_corpus, "dataset"))
+    if stage == "harvest":
+        return [model, tuned, *corpora]
+    if stage == "train":
+        if cfg.train.data == "store":
+            return [Input("train.data=store", str(cfg.stage_dir("harvest")), "stage", "harvest")]
+        return [model, tuned, *corpora] if cfg.train.data == "live" else []
+    if stage == "analyze":
+        a = cfg.analyze
+        crosscoder = Path(a.crosscoder_dir) if a.crosscoder_dir else cfg.stage_dir("train")
+        inputs = [Input("analyze.crosscoder_dir", str(crosscoder), "crosscoder", "train"), model, tuned,
+                  Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),
+                  Input("analyze.heldout_corpus", a.heldout_corpus, "dataset") if a.heldout_corpus else corpora[0]]
+        if a.reasoning_corpus and a.n_reasoning_contexts:
+            inputs.append(Input("analyze.reasoning_corpus", a.reasoning_corpus, "dataset"))
+        return inputs
+    return [model, tuned]
+
+
+# --- where inputs come from -----------------------------------------------------------------------
+def owning_stage_dir(cfg, path: str | Path) -> Path | None:
+    """The stage directory (finished or not) holding `path`: `<output_root>/<exp>/<stage>[@run]/...`,
+    or any directory a stage wrote (it has a fingerprint.json or manifest.json)."""
+    from reasondiff.models import looks_local
+
+    if not looks_local(str(path)):
+        return None
+    path = Path(path)
+    root = Path(cfg.output_root).absolute()
+    for candidate in (path, *path.parents):
+        if (candidate / FINGERPRINT_FILE).is_file() or (candidate / artifacts.MANIFEST).is_file():
+            return candidate
+        if candidate.absolute().parent.parent == root and split_dir_name(candidate.name)[0] in _stages():
+            return candidate
+    return None
+
+
+def upstream_dirs(cfg, stage: str) -> list[Path]:
+    dirs = []
+    for item in stage_inputs(cfg, stage):
+        found = Path(item.value) if item.kind == "stage" else owning_stage_dir(cfg, item.value) \
+            if item.kind in ("model", "crosscoder") else None
+        if found is not None and found not in dirs:
+            dirs.append(found)
+    return dirs
+
+
+def relative_name(cfg, directory: Path) -> str:
+    try:
+        return str(directory.absolute().relative_to(Path(cfg.output_root).absolute()))
+    except ValueError:
+        return str(directory.absolute())
+
+
+def upstream_ids(cfg, stage: str) -> dict[str, str]:
+    """{upstream dir (relative to output_root): artifact id} of the finished upstream stages."""
+    from reasondiff.fingerprint import artifact_id
+
+    ids = {}
+    for directory in upstream_dirs(cfg, stage):
+        found = artifact_id(directory)
+        if found is not None:
+            ids[relative_name(cfg, directory)] = found
+    return ids
+
+
+def prepare_tiny_world(cfg, stage: str) -> None:
+    """Build the embedded tiny model and data (model.build_tiny) — only at its own place: a mistyped
+    model.path must fail, not receive a freshly built tiny model."""
+    if not cfg.model.build_tiny or (stage == "train" and cfg.train.data == "synthetic"):
+        return
+    default = Path(cfg.output_root) / "_tiny" / "base_model"
+    path = Path(cfg.model.path)
+    if path.absolute() != default.absolute():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.path={cfg.model.path}: no such model directory (model.build_tiny=true builds the "
+                            f"tiny model only at {default}; set model.build_tiny=false to use another model)")
+        return
+    from reasondiff.tiny import ensure_tiny_world
+
+    ensure_tiny_world(cfg.model.path, seed=cfg.seed)
+
+
+# --- the checks -----------------------------------------------------------------------------------
+def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
+    from reasondiff.models import looks_local
+
+    owner = owning_stage_dir(cfg, item.value)
+    if owner is not None and owner.absolute() in produced:
+        return None
+    if owner is not None and not artifacts.is_complete(owner):
+        stage = split_dir_name(owner.name)[0]
+        if stage in _stages():
+            return (f"{item.key}={item.value}: the {stage} stage has not finished in {owner}; run it first "
+                    f"(python -m reasondiff.{stage} ...) or set {item.key} to a hub id or a local model directory")
+    if looks_local(item.value):
+        local = Path(item.value).expanduser()
+        if not local.exists():
+            return f"{item.key}={item.value}: no such local directory (set {item.key} to a hub id or an HF model dir)"
+        if not (local / "config.json").is_file():
+            return f"{item.key}={item.value}: not a Hugging Face model directory (no config.json)"
+        return None
+    if _hub_file(item.value, "config.json", cfg.model.revision if item.key == "model.path" else None) is None \
+            and not _hub_up():
+        return f"{item.key}={item.value}: not in the Hugging Face cache and the Hub is unreachable (set {item.key} " \
+               "to a local model directory)"
+    return None
+
+
+def _dataset_problem(item: Input) -> str | None:
+    from reasondiff.data_sources import validate_local
+    from reasondiff.models import looks_local
+
+    if looks_local(item.value):
+        try:
+            validate_local(item.value, item.key)
+        except UserError as err:
+            return str(err)
+        return None
+    if not _hub_up() and not _dataset_cached(item.value):
+        return f"{item.key}={item.value}: not in the Hugging Face cache and the Hub is unreachable (set {item.key} " \
+               "to a local file)"
+    return None
+
+
+def _stage_problem(cfg, item: Input, produced: set[Path]) -> str | None:
+    directory = Path(item.value)
+    if item.optional or directory.absolute() in produced or artifacts.is_complete(directory):
+        return None
+    if item.kind == "crosscoder" and owning_stage_dir(cfg, directory) is None:
+        # any directory in the train stage's format (e.g. converted from dictionary_learning)
+        missing = [f for f in ("crosscoder.safetensors", "config.json") if not (directory / f).is_file()]
+        return f"{item.key}={directory}: no {' or '.join(missing)} there" if missing else None
+    return f"{item.key}: no finished {item.stage} run in {directory}; run the {item.stage} stage first"
+
+
+def _hub_up() -> bool:
+    from reasondiff.hub import prepare_hub
+
+    return prepare_hub()
+
+
+def _hub_file(repo: str, filename: str, revision: str | None) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename, revision=revision)
+    except Exception:  # an invalid repo id is reported when it is loaded
+        return None
+    return found if isinstance(found, str) else None
+
+
+def _dataset_cached(repo: str) -> bool:
+    try:
+        import datasets.config
+        import huggingface_hub.constants as hub
+    except ImportError:
+        return False
+    org_name = repo.replace("/", "--")
+    return (Path(hub.HF_HUB_CACHE) / f"datasets--{org_name}").is_dir() or \
+        any(Path(datasets.config.HF_DATASETS_CACHE).glob(f"{repo.replace('/', '___')}*"))
+
+
+def model_config(cfg, path: str, revision: str | None = None) -> dict[str, Any] | None:
+    """config.json of a local model dir or a cached hub model (None when unavailable)."""
+    from reasondiff.models import looks_local
+
+    file = Path(path) / "config.json" if looks_local(path) else _hub_file(path, "config.json", revision)
+    if file is None or not Path(file).is_file():
+        return None
+    try:
+        return json.loads(Path(file).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    return config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
+
+
+def shape_problems(cfg, stage: str) -> list[str]:
+    """Settings that cannot fit the model (read from its config.json, no weights loaded)."""
+    config = model_config(cfg, cfg.model.path, cfg.model.revision)
+    if config is None:
+        return []
+    config = _text_config(config)
+    n_layers, context = config.get("num_hidden_layers"), config.get("max_position_embeddings")
+    problems = []
+    hook_used = stage == "harvest" or (stage == "train" and cfg.train.data == "live")
+    if hook_used and n_layers:
+        from reasondiff.models import parse_hook
+
+        try:
+            parse_hook(cfg.harvest.hook, int(n_layers))
+        except UserError as err:
+            problems.append(f"{err} (model.path={cfg.model.path} has {n_layers} layers)")
+    if not context:
+        return problems
+    if stage == "bench":
+        extra = cfg.bench.forced_answer_tokens if cfg.bench.mode == "forced" else 0
+        longest = max(cfg.bench.token_limits)
+        if longest + extra >= context:
+            problems.append(f"bench.token_limits={cfg.bench.token_limits}: {longest} generated tokens"
+                            f"{f' + {extra} forced' if extra else ''} do not fit the {context}-position context "
+                            f"of model.path={cfg.model.path} (with the prompt); lower bench.token_limits")
+    for key, value, used in (("harvest.context_length", cfg.harvest.context_length, hook_used),
+                             ("analyze.context_length", cfg.analyze.context_length, stage == "analyze"),
+                             ("finetune.max_length", cfg.finetune.max_length, stage == "finetune")):
+        if used and value > context:
+            problems.append(f"{key}={value} is longer than the {context}-position context of "
+                            f"model.path={cfg.model.path}")
+    return problems
+
+
+def disk_needed(cfg, stage: str) -> tuple[int, str] | None:
+    """Bytes a stage will write at most (checkpoints included), when it can be told up front.
+    (harvest checks its own, since it knows how much of a partial store is already on disk.)"""
+    if stage == "finetune":
+        n_params = _n_params(cfg.model.path)
+        if n_params is None:
+            return None
+        # trainer checkpoints: fp32 weights + two fp32 Adam moments (12 B/param), save_total_limit of
+        # them plus the one being written; then model/ in at most fp32
+        checkpoints = 0 if cfg.finetune.save_steps <= 0 else (cfg.finetune.save_total_limit + 1) * 12 * n_params
+        return checkpoints + 4 * n_params, "finetune (trainer checkpoints + model/)"
+    if stage == "train":
+        d_model = _train_d_model(cfg)
+        if d_model is None:
+            return None
+        n_latents = cfg.train.n_latents or cfg.train.expansion_factor * d_model
+        params = 2 * 2 * d_model * n_latents + n_latents + 2 * d_model
+        # checkpoint.pt (weights + Adam moments) and crosscoder.safetensors, fp32
+        return 16 * params + 2**20, "train (checkpoint.pt + crosscoder.safetensors)"
+    return None
+
+
+def _n_params(path: str) -> int | None:
+    from reasondiff.models import looks_local
+
+    if not looks_local(path) or not Path(path).is_dir():
+        return None
+    files = list(Path(path).glob("*.safetensors"))
+    if not files:
+        return None
+    header_bytes = 0
+    dtype_bytes = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+    n = 0
+    for file in files:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        header_bytes += size
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in entry["shape"]:
+                count *= dim
+            n += count if dtype_bytes.get(entry["dtype"]) else 0
+    return n or None
+
+
+def _train_d_model(cfg) -> int | None:
+    if cfg.train.data == "synthetic":
+        return cfg.train.synthetic.d_model
+    if cfg.train.data == "store":
+        store = cfg.stage_dir("harvest") / "store.json"
+        try:
+            return int(json.loads(store.read_text())["d_model"])
+        except (OSError, KeyError, ValueError):
+            return None
+    config = model_config(cfg, cfg.model.path, cfg.model.revision)
+    return _text_config(config).get("hidden_size") if config else None
+
+
+def problems(checks: list[tuple[Any, str]], *, produced: set[Path] | None = None, disk: bool = True) -> list[str]:
+    """Every problem of the (config, stage) pairs, each once. `produced`: stage directories an
+    earlier stage of the same run will write (not required to exist yet)."""
+    produced = {p.absolute() for p in (produced or set())}
+    found: list[str] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(problem: str | None) -> None:
+        if problem and problem not in found:
+            found.append(problem)
+
+    for cfg, stage in checks:
+        for item in stage_inputs(cfg, stage):
+            if (item.key, item.value) in seen:
+                continue
+            seen.add((item.key, item.value))
+            if item.kind == "model":
+                add(_model_problem(cfg, item, produced))
+            elif item.kind == "dataset":
+                add(_dataset_problem(item))
+            else:
+                add(_stage_problem(cfg, item, produced))
+        for problem in shape_problems(cfg, stage):
+            add(problem)
+        need = disk_needed(cfg, stage) if disk else None
+        if need is not None:
+            free = artifacts.free_bytes(cfg.stage_dir(stage))
+            if need[0] > free:
+                add(f"disk full at {artifacts.existing_ancestor(cfg.stage_dir(stage))}: {need[1]} needs about "
+                    f"{need[0] / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
+    return found
+
+
+def check(checks: list[tuple[Any, str]], *, produced: set[Path] | None = None, disk: bool = True) -> None:
+    """Raise ONE UserError listing every problem of the (config, stage) pairs."""
+    found = problems(checks, produced=produced, disk=disk)
+    if len(found) == 1:
+        raise UserError(found[0])
+    if found:
+        raise UserError(f"{len(found)} problems: " + " | ".join(f"({i}) {p}" for i, p in enumerate(found, start=1)))

@@ -1,0 +1,145 @@
+"""Multirun sweeps that report: grids checked before the first job, a tally and an exit code at the end.
+
+`SweepReport` is a Hydra callback (registered for every app in conf/common.yaml):
+- `on_multirun_start` expands the sweep into its jobs (as Hydra's basic sweeper will), composes each
+  job's config and checks it against the experiment — a token limit beyond the model's context, a
+  hook past its last layer, a missing input — refusing the whole sweep in one line before any job;
+- each job records its outcome (ok / failed / skipped, with the one-line error) in its Hydra job
+  directory (`record_outcome`, called by the app's main);
+- `on_multirun_end` prints the tally and exits non-zero when any job failed or left no outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("reasondiff")
+
+OUTCOME_FILE = "outcome.json"
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    return first if not first or type(err).__name__ in ("UserError", "ValueError") else f"{type(err).__name__}: {first}"
+
+
+def record_outcome(status: str, *, run_dir: str | None = None, error: str | None = None) -> None:
+    """Called inside a multirun job: write its outcome into the job's Hydra output directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from reasondiff import artifacts
+
+    hydra_cfg = HydraConfig.get()
+    outcome = {"status": status, "run_dir": run_dir, "error": error, "job": int(hydra_cfg.job.num),
+               "overrides": list(hydra_cfg.overrides.task)}
+    artifacts.write_json(Path(hydra_cfg.runtime.output_dir) / OUTCOME_FILE, outcome)
+
+
+def expand_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The override list of every job, as Hydra's basic sweeper builds them (None for other sweepers)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    target = str(config.hydra.sweeper.get("_target_", ""))
+    if not target.endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def grid_problems(config_name: str, jobs: list[list[str]]) -> list[str]:
+    """What would make jobs fail before doing any work, checked on each job's composed config."""
+    from hydra import compose
+
+    from reasondiff import artifacts, preflight, runs
+    from reasondiff.config import STAGES, to_config
+
+    problems: list[str] = []
+    built = False
+    for job in jobs:
+        cfg = to_config(compose(config_name=config_name, overrides=job))
+        cfg.run = runs.join(cfg.run, runs.name_from_overrides(cfg.stage, job))
+        stages = list(STAGES) if cfg.stage == "pipeline" else [cfg.stage]
+        if not built:
+            preflight.prepare_tiny_world(cfg, stages[0])  # what the first job would do anyway
+            built = True
+        checks = [(cfg, s) for s in stages if not artifacts.is_complete(cfg.stage_dir(s))]
+        if cfg.stage == "pipeline":
+            checks = checks[:1]  # later stages read what earlier ones write
+        problems += [p for p in preflight.problems(checks, disk=False) if p not in problems]
+    return problems
+
+
+def tally(sweep_dir: Path, expected: int | None) -> tuple[list[dict[str, Any]], int]:
+    """The recorded outcomes under `sweep_dir` (by job number) and how many jobs left none."""
+    outcomes = []
+    for path in sorted(Path(sweep_dir).rglob(OUTCOME_FILE)):
+        try:
+            outcomes.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    outcomes.sort(key=lambda o: o.get("job", 0))
+    missing = max(0, (expected or len(outcomes)) - len(outcomes))
+    return outcomes, missing
+
+
+def format_tally(outcomes: list[dict[str, Any]], missing: int) -> str:
+    counts = {s: sum(o["status"] == s for o in outcomes) for s in ("ok", "failed", "skipped")}
+    failed = counts["failed"] + missing
+    lines = [f"sweep: {len(outcomes) + missing} jobs — {counts['ok']} ok, {failed} failed, "
+             f"{counts['skipped']} skipped (already complete)"]
+    for outcome in outcomes:
+        where = Path(outcome["run_dir"]).name if outcome.get("run_dir") else " ".join(outcome.get("overrides", []))
+        if outcome["status"] == "failed":
+            lines.append(f"  failed  #{outcome.get('job')} {where}: {outcome.get('error')}")
+        else:
+            lines.append(f"  {outcome['status']:<7} #{outcome.get('job')} {where}")
+    if missing:
+        lines.append(f"  failed  {missing} job(s) recorded no outcome (killed?)")
+    return "\n".join(lines)
+
+
+class SweepReport(Callback):
+    def __init__(self, check_grid: bool = True) -> None:
+        self.check_grid = check_grid
+        self.expected: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        jobs = expand_jobs(config)
+        self.expected = len(jobs) if jobs is not None else None
+        if not jobs or not self.check_grid:
+            return
+        config_name = kwargs.get("config_name") or str(config.hydra.job.config_name)
+        from reasondiff.errors import UserError
+
+        try:
+            problems = grid_problems(config_name, jobs)
+        except (UserError, ValueError) as err:
+            problems = [str(err)]
+        if problems:
+            grids = ", ".join(f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items())
+            message = (f"sweep refused before its first job ({len(jobs)} jobs{': ' + grids if grids else ''}): "
+                       + " | ".join(problems)
+                       + " — change the grid (sweeps.* of the experiment, or the swept keys) to fit the model")
+            log.error("%s", message)
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        outcomes, missing = tally(Path(str(config.hydra.sweep.dir)), self.expected)
+        report = format_tally(outcomes, missing)
+        failed = missing + sum(o["status"] == "failed" for o in outcomes)
+        log.info("%s", report)
+        print(report, file=sys.stderr if failed else sys.stdout)
+        if failed:
+            sys.exit(1)
