@@ -26,12 +26,25 @@ COMPLETED = "COMPLETED"
 MANIFEST = "manifest.json"
 
 
+def _file_mode() -> int:
+    """What open() would give a new file (0666 minus the umask): mkstemp's 0600 would make every
+    artifact unreadable to the rest of a team sharing outputs/."""
+    umask = 0o022
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                umask = int(line.split()[1], 8)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a staging file next to `path`; on success fsync and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, _file_mode())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -73,6 +86,8 @@ def atomic_save(path: str | os.PathLike, save_fn) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, _file_mode())
     os.close(fd)
     try:
         save_fn(tmp)
@@ -197,13 +212,21 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(existing_ancestor(path)).free
 
 
+def human_bytes(n: float) -> str:
+    """1.23 GB, 45.6 MB, 789 kB: disk messages readable for a 50 GB store and a tiny test alike."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size or unit == "kB":
+            return f"{n / size:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{n:.0f} B"
+
+
 def ensure_free_space(directory: str | os.PathLike, bytes_needed: int, what: str) -> None:
     """Refuse up front, not when the disk fills halfway through a shard."""
     probe = existing_ancestor(directory)
     free = shutil.disk_usage(probe).free
     if bytes_needed > free:
         raise DiskSpaceError(
-            f"disk full at {probe}: {what} needs about {bytes_needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free; "
+            f"disk full at {probe}: {what} needs about {human_bytes(bytes_needed)}, {human_bytes(free)} free; "
             "free space or lower the token count"
         )
 

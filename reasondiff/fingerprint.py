@@ -241,7 +241,8 @@ def describe_changes(changes: list[tuple[str, Any, Any]]) -> tuple[str, str]:
 
 def suggested_run(stage: str, changes: list[tuple[str, Any, Any]]) -> str:
     """The run name a job with these overrides would get (what `run=` a separate run could use)."""
-    return name_from_overrides(stage, [f"{k}={_show(b)}" for k, _, b in changes])
+    return name_from_overrides(stage, [f"{k}={b:g}" if isinstance(b, float) else f"{k}={_show(b)}"
+                                       for k, _, b in changes])
 
 
 def refusal(stage: str, directory: Path, changes: list[tuple[str, Any, Any]], *, finished: bool) -> UserError:

@@ -270,8 +270,8 @@ def shape_problems(cfg, stage: str) -> list[str]:
 
 
 def disk_needed(cfg, stage: str) -> tuple[int, str] | None:
-    """Bytes a stage will write at most (checkpoints included), when it can be told up front.
-    (harvest checks its own, since it knows how much of a partial store is already on disk.)"""
+    """Bytes a stage will write at most (checkpoints included), when it can be told up front
+    (harvest checks again once it knows how much of a partial store is already on disk)."""
     if stage == "finetune":
         n_params = _n_params(cfg.model.path)
         if n_params is None:
@@ -288,6 +288,13 @@ def disk_needed(cfg, stage: str) -> tuple[int, str] | None:
         params = 2 * 2 * d_model * n_latents + n_latents + 2 * d_model
         # checkpoint.pt (weights + Adam moments) and crosscoder.safetensors, fp32
         return 16 * params + 2**20, "train (checkpoint.pt + crosscoder.safetensors)"
+    if stage == "harvest":
+        config = model_config(cfg, cfg.model.path, cfg.model.revision)
+        d_model = _text_config(config).get("hidden_size") if config else None
+        if not d_model:
+            return None
+        itemsize = 4 if cfg.harvest.store_dtype == "float32" else 2
+        return cfg.harvest.n_tokens * (2 * d_model * itemsize + 4), "harvest (activation shards)"
     return None
 
 
@@ -354,12 +361,12 @@ def problems(checks: list[tuple[Any, str]], *, produced: set[Path] | None = None
                 add(_stage_problem(cfg, item, produced))
         for problem in shape_problems(cfg, stage):
             add(problem)
-        need = disk_needed(cfg, stage) if disk else None
+        need = disk_needed(cfg, stage) if disk and stage != "harvest" else None
         if need is not None:
             free = artifacts.free_bytes(cfg.stage_dir(stage))
             if need[0] > free:
                 add(f"disk full at {artifacts.existing_ancestor(cfg.stage_dir(stage))}: {need[1]} needs about "
-                    f"{need[0] / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
+                    f"{artifacts.human_bytes(need[0])}, {artifacts.human_bytes(free)} free")
     return found
 
 

@@ -130,8 +130,17 @@ BOOKKEEPING = {".hydra", fingerprint.FINGERPRINT_FILE, "metrics.csv", "wandb", a
 """What run_stage itself writes into a stage directory: a directory holding nothing else holds no work."""
 
 
-def holds_work(directory: Path) -> bool:
-    return directory.is_dir() and any(p.name not in BOOKKEEPING for p in directory.iterdir())
+def holds_work(directory: Path, stage: str | None = None) -> bool:
+    """Whether a stage directory holds work worth resuming: anything beyond the bookkeeping and the
+    files the stage declares cheap to write again (`PREPARED_FILES` in its run.py, e.g. train's
+    synthetic ground truth, written before the first step)."""
+    if not directory.is_dir():
+        return False
+    prepared: tuple[str, ...] = ()
+    if stage is not None:
+        with contextlib.suppress(ImportError):
+            prepared = tuple(getattr(importlib.import_module(f"reasondiff.{stage}.run"), "PREPARED_FILES", ()))
+    return any(p.name not in BOOKKEEPING and p.name not in prepared for p in directory.iterdir())
 
 
 def follow_runs(cfg: Config) -> Config:
@@ -158,7 +167,7 @@ def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozense
         return Decision("redo", current, "overwrite=true")
     old = fingerprint.recorded(out_dir)
     finished = artifacts.is_complete(out_dir)
-    if not finished and not holds_work(out_dir):
+    if not finished and not holds_work(out_dir, stage):
         return Decision("run", current)
     if old is None:
         log.warning("%s: %s was made by an older reasondiff without a fingerprint: %s without checking its settings",
@@ -204,9 +213,9 @@ def disk_error(err: BaseException, cfg: Config, stage: str, directory: Path) -> 
         return UserError(f"read-only filesystem at {where}: {stage} cannot write its outputs; set output_root "
                          "to a writable directory")
     need = preflight.disk_needed(cfg, stage)
-    free = artifacts.free_bytes(directory) / 1e9
-    needed = f"about {need[0] / 1e9:.2f} GB needed" if need else "more space needed"
-    return UserError(f"disk full at {where}: {needed}, {free:.2f} GB free; the work saved so far is kept — free "
+    free = artifacts.human_bytes(artifacts.free_bytes(directory))
+    needed = f"{need[1]} needs about {artifacts.human_bytes(need[0])}" if need else "more space needed"
+    return UserError(f"disk full at {where}: {needed}, {free} free; the work saved so far is kept — free "
                      "space and re-run the same command to resume")
 
 
@@ -291,7 +300,7 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool) ->
         artifacts.mark_complete(out_dir, record)
         log.info("%s: done in %.1fs -> %s", stage, time.perf_counter() - start, out_dir)
     except Exception:
-        if main and not holds_work(out_dir):
+        if main and not holds_work(out_dir, stage) and artifacts.disk_error_kind(sys.exc_info()[1]) is None:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed run leaves no directory that looks like a run
         raise
     finally:
@@ -315,7 +324,10 @@ def _apply_hydra_runtime(cfg: Config) -> Config:
         overrides = list(hydra_cfg.overrides.task)
         RUN_OVERRIDES[:] = overrides
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            cfg.run = runs.join(cfg.run, runs.name_from_overrides(cfg.stage, overrides))
+            from reasondiff.sweeps import SWEPT_KEYS_ENV, job_run_name
+
+            swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k] or None
+            cfg.run = runs.join(cfg.run, job_run_name(cfg.stage, overrides, swept))
     return cfg
 
 
@@ -336,6 +348,7 @@ def main_for(cfg_node, body: Callable[[Config], Any] | None = None) -> None:
     status, error, run_dir = "failed", None, None
     try:
         cfg = _apply_hydra_runtime(to_config(cfg_node))
+        run_dir = str(cfg.stage_dir(cfg.stage)) if cfg.stage != "pipeline" else None
         if body is None:
             outcome = _run_app_stage(cfg)
             run_dir, status = str(outcome.directory), "skipped" if outcome.status == "skipped" else "ok"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,18 +44,39 @@ def record_outcome(status: str, *, run_dir: str | None = None, error: str | None
     artifacts.write_json(Path(hydra_cfg.runtime.output_dir) / OUTCOME_FILE, outcome)
 
 
-def expand_jobs(config: DictConfig) -> list[list[str]] | None:
-    """The override list of every job, as Hydra's basic sweeper builds them (None for other sweepers)."""
+SWEPT_KEYS_ENV = "REASONDIFF_SWEPT_KEYS"
+"""Set at the start of a multirun: the keys it sweeps, which name each job's run (train@l1_coeff=4);
+the overrides every job shares (+exp, ARGS) are in the fingerprint, not in the name."""
+
+
+def _sweep_overrides(config: DictConfig):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    return OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    return [o.key_or_group for o in _sweep_overrides(config) if o.is_sweep_override()]
+
+
+def expand_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The override list of every job, as Hydra's basic sweeper builds them (None for other sweepers)."""
     target = str(config.hydra.sweeper.get("_target_", ""))
     if not target.endswith("BasicSweeper"):
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    return [job for batch in BasicSweeper.split_arguments(_sweep_overrides(config), None) for job in batch]
+
+
+def job_run_name(stage: str, overrides: list[str], swept: list[str] | None) -> str:
+    """A job's run name: its values of the swept keys (all its overrides when they are unknown)."""
+    from reasondiff.runs import name_from_overrides
+
+    if swept:
+        overrides = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] in swept]
+    return name_from_overrides(stage, overrides)
 
 
 def grid_problems(config_name: str, jobs: list[list[str]]) -> list[str]:
@@ -66,9 +88,10 @@ def grid_problems(config_name: str, jobs: list[list[str]]) -> list[str]:
 
     problems: list[str] = []
     built = False
+    swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k] or None
     for job in jobs:
         cfg = to_config(compose(config_name=config_name, overrides=job))
-        cfg.run = runs.join(cfg.run, runs.name_from_overrides(cfg.stage, job))
+        cfg.run = runs.join(cfg.run, job_run_name(cfg.stage, job, swept))
         stages = list(STAGES) if cfg.stage == "pipeline" else [cfg.stage]
         if not built:
             preflight.prepare_tiny_world(cfg, stages[0])  # what the first job would do anyway
@@ -115,6 +138,7 @@ class SweepReport(Callback):
         self.expected: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
         jobs = expand_jobs(config)
         self.expected = len(jobs) if jobs is not None else None
         if not jobs or not self.check_grid:
@@ -139,7 +163,6 @@ class SweepReport(Callback):
         outcomes, missing = tally(Path(str(config.hydra.sweep.dir)), self.expected)
         report = format_tally(outcomes, missing)
         failed = missing + sum(o["status"] == "failed" for o in outcomes)
-        log.info("%s", report)
         print(report, file=sys.stderr if failed else sys.stdout)
         if failed:
             sys.exit(1)

@@ -127,4 +127,4 @@ def require_finite(name: str, value: float, step: int | None = None) -> None:
     """Raise instead of letting a NaN/Inf loss be filtered out of the logs."""
     if not math.isfinite(value):
         where = f" at step {step}" if step is not None else ""
-        raise FloatingPointError(f"{name} is {value}{where}: stopping (the last good checkpoint is kept)")
+        raise FloatingPointError(f"{name} is {value}{where}: stopping")

@@ -146,7 +146,7 @@ def test_refuses_up_front_when_the_disk_cannot_hold_the_store(cfg, monkeypatch):
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 0, 10**5))
-    with pytest.raises(UserError, match="needs about .* GB .*harvest.n_tokens"):
+    with pytest.raises(UserError, match=r"^disk full at .*needs about 3.1 MB, 100.0 kB free.*harvest.n_tokens"):
         run_stage(cfg)
     assert not list(cfg.stage_dir("harvest").glob("shard_*"))
 

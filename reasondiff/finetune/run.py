@@ -39,6 +39,9 @@ from reasondiff.tracking import MetricsLogger, require_finite, truncate_metrics
 
 log = logging.getLogger(__name__)
 
+PREPARED_FILES = ("length_report.json",)
+"""Written before training: a run that failed with only it holds no work."""
+
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 LENGTH_REPORT = "length_report.json"

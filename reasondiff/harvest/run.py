@@ -33,6 +33,9 @@ from reasondiff.harvest.store import STATS, STORE_MANIFEST, ActivationStore
 
 log = logging.getLogger(__name__)
 
+PREPARED_FILES = (STORE_MANIFEST,)
+"""store.json is written before the first shard: a run that failed with only it holds no work."""
+
 
 class StoreWriter:
     """Appends shards to a store directory and keeps store.json in step with the shards on disk.

@@ -34,6 +34,9 @@ from reasondiff.train.trainer import ActivationSource, CrossCoderTrainer, evalua
 
 log = logging.getLogger(__name__)
 
+PREPARED_FILES = ("ground_truth.safetensors",)
+"""Written before the first step (train.data=synthetic): a run that failed with only these holds no work."""
+
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 SYNTHETIC_REPORT_FILE = "synthetic_report.json"
