@@ -74,8 +74,8 @@ sweep-limits: ## multirun over token-limit grids (conf/sweep/token_limits.yaml)
 sweep-layers: ## multirun harvest over layers (conf/sweep/layers.yaml)
 	$(PY) -m reasondiff.harvest -m +exp=$(EXP) +sweep=layers $(ARGS)
 
-sweep-summary: ## L0 vs fraction of variance unexplained over a train sweep (PNG + CSV)
-	$(PY) -m reasondiff.train.sweep_summary outputs/$(EXP)/train
+sweep-summary: ## L0 vs FVU and CE recovered over the train runs of EXP (outputs/EXP/sweep_summary.csv + .png)
+	$(PY) -m reasondiff.train.sweep_summary outputs/$(EXP)
 
 bench-all: ## speed benchmarks on the offline Qwen model (QWEN=/dir built by ../shared/tools/offline_qwen.sh)
 	for b in benchmarks/*.py; do $(PY) $$b --model $(QWEN) || exit 1; done

@@ -48,9 +48,12 @@ COSMETIC: dict[str, str] = {
     "hardware.memory_gb": "only used to warn up front when a setting cannot fit",
     "hardware.gradient_checkpointing": "recomputes the same activations in the backward pass",
     "hardware.finetune_micro_batch": "gradient accumulation keeps the effective batch (finetune.effective_batch_size)",
-    "hardware.bench_batch_size": "each question is generated greedily on its own row; padding is masked",
-    "hardware.harvest_batch_size": "each context's activations do not depend on the other contexts",
-    "hardware.analyze_batch_size": "the passes accumulate sums over contexts",
+    "hardware.bench_batch_size": "each question is generated greedily on its own row, padding masked (equal up to "
+                                 "floating-point rounding)",
+    "hardware.harvest_batch_size": "each context's activations do not depend on the other contexts (unless "
+                                   "harvest.max_norm_ratio is set: its median is the batch's, so then it counts)",
+    "hardware.analyze_batch_size": "the passes accumulate sums over contexts (unless harvest.max_norm_ratio is set: "
+                                   "its median is the batch's, so then it counts)",
     "hardware.dataloader_workers": "how batches are loaded, not which",
     "hardware.cpu_threads": "how many cores compute the same thing",
     "finetune.logging_steps": "how often the loss is logged",
@@ -112,20 +115,27 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
         extra = (("model",) if "base" in models else ()) + (("tuned_model",) if "tuned" in models else ())
         return ("seed", "format", "bench", "hardware.dtype", "hardware.attn_implementation", *extra)
     if stage == "harvest":
-        return ("seed", "harvest", "tuned_model", *MODEL_KEYS)
+        return ("seed", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
     if stage == "train":
         if cfg.train.data == "live":
-            return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS)
+            return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
         return ("seed", "train")
     if stage == "analyze":
-        return ("seed", "analyze", "tuned_model", *MODEL_KEYS, "harvest.corpus", "harvest.corpus_split",
+        return ("seed", "analyze", "tuned_model", *MODEL_KEYS, "hardware.analyze_batch_size", "harvest.corpus",
+                "harvest.corpus_split",
                 "harvest.corpus_config", "harvest.text_column", "harvest.hook", "harvest.drop_first_position",
                 "harvest.max_norm_ratio")
     # a stage this module does not know yet: its section and the models, to be safe
     return ("seed", stage, "tuned_model", *MODEL_KEYS)
 
 
+BATCH_MEDIAN_KEYS = ("hardware.harvest_batch_size", "hardware.analyze_batch_size")
+"""Batch sizes that choose the batch whose median norm drops massive-activation tokens."""
+
+
 def _excluded(cfg, stage: str, key: str) -> bool:
+    if key in BATCH_MEDIAN_KEYS and cfg.harvest.max_norm_ratio is not None:
+        return False
     if key in COSMETIC:
         return True
     if stage == "train" and cfg.train.data != "synthetic" and key.startswith("train.synthetic."):

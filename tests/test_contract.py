@@ -334,3 +334,16 @@ def test_decisions_of_a_plain_config(tmp_path):
     run_stage(cfg)
     assert decide(cfg, "train").action == "skip"
     assert decide(dataclasses.replace(cfg, overwrite=True), "train").action == "redo"
+
+
+def test_a_batch_size_counts_where_it_picks_the_median_of_the_massive_activation_filter():
+    plain = fingerprint.settings(make_config("+exp=tiny", config_name="harvest"), "harvest")
+    filtered = fingerprint.settings(make_config("+exp=tiny", "harvest.max_norm_ratio=10", config_name="harvest"),
+                                    "harvest")
+    assert "hardware.harvest_batch_size" not in plain and filtered["hardware.harvest_batch_size"] == 4
+
+
+def test_the_docs_list_every_cosmetic_key_with_its_reason():
+    page = (REPO / "docs" / "runs.md").read_text()
+    for key in fingerprint.COSMETIC:
+        assert f"`{key}`" in page, key

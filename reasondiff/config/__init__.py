@@ -39,6 +39,7 @@ class Config:
     exp_name: str = "tiny"
     """Artifacts go to <output_root>/<exp_name>/<stage>/ (stable paths, so stages chain)."""
     output_root: str = "outputs"
+    """Root of every experiment's artifacts (outputs/ under the working directory)."""
     seed: int = 0
     """Seed of every RNG (recorded in manifest.json)."""
     overwrite: bool = False

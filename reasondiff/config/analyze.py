@@ -18,7 +18,9 @@ class AnalyzeConfig:
     n_heldout_contexts: int = 64
     """Held-out general-text contexts for CE recovery, latent statistics and Latent Scaling."""
     n_reasoning_contexts: int = 64
+    """Reasoning-trace contexts for the per-class firing comparison (0 skips them)."""
     context_length: int = 1024
+    """Tokens per analysis context."""
     exclude_first_position: bool | None = None
     """Leave position 0 untouched in every intervention and out of every statistic (Qwen's first
     position is an attention sink with a huge norm). None = follow harvest.drop_first_position,
@@ -26,6 +28,7 @@ class AnalyzeConfig:
     shared_min: float = 0.3
     """Relative decoder norm r in [shared_min, shared_max] = shared latent (the paper: 0.3-0.7)."""
     shared_max: float = 0.7
+    """Upper end of the shared band of relative decoder norms (paper: 0.7)."""
     base_only_max: float = 0.1
     """r <= base_only_max = base-only latent (r = ||d_tuned|| / (||d_base|| + ||d_tuned||))."""
     tuned_only_min: float = 0.9

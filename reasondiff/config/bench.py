@@ -41,7 +41,9 @@ class PromptTemplates:
     replaced literally, so LaTeX braces such as `\\boxed{}` need no escaping."""
 
     gsm8k: str = "{question}\n\n" + _MATH_INSTRUCTION
+    """gsm8k rows ({question})."""
     math500: str = "{problem}\n\n" + _MATH_INSTRUCTION
+    """MATH-500 rows ({problem})."""
     boolq: str = "{passage}\n\nQuestion: {question}?\n\n" + _BOOLQ_INSTRUCTION
     """boolq rows with a passage (hub google/boolq)."""
     boolq_no_passage: str = "Question: {question}?\n\n" + _BOOLQ_INSTRUCTION
@@ -60,8 +62,11 @@ class BenchConfig:
     models: list[str] = field(default_factory=lambda: ["base", "tuned"])
     """Which models to sweep: "base" (model.path), "tuned" (tuned_model), or any hub id / local path."""
     tasks: list[str] = field(default_factory=lambda: ["gsm8k", "math500", "boolq"])
+    """Which tasks to sweep: gsm8k, math500, boolq."""
     data: dict[str, TaskData] = field(default_factory=_default_tasks)
+    """Per task: where its rows come from (bench.data.gsm8k.path=/file.jsonl works offline)."""
     prompts: PromptTemplates = field(default_factory=PromptTemplates)
+    """Per task: the user turn template."""
     token_limits: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048])
     """Budgets of generated tokens. One greedy generation at the largest serves every limit."""
     limit: int | None = None
@@ -81,6 +86,7 @@ class BenchConfig:
     system_prompt: str | None = None
     """System turn for every prompt; None keeps the chat template's default."""
     vllm_gpu_memory_utilization: float = 0.85
+    """bench.backend=vllm: fraction of GPU memory vLLM may take."""
 
     def __post_init__(self) -> None:
         check_choice("bench.mode", self.mode, ("prefix", "forced"))

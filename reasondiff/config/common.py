@@ -28,6 +28,7 @@ class ModelConfig:
     build_tiny: bool = False
     """Build the embedded tiny model at `path` when it does not exist yet (offline demo)."""
     trust_remote_code: bool = False
+    """Allow model code from the hub repo (only for architectures transformers lacks)."""
 
 
 @dataclass
@@ -35,6 +36,7 @@ class HardwareConfig:
     """What the machine can do: precision and memory knobs. Science lives in the stage configs."""
 
     name: str = "cpu"
+    """Label of the hardware profile (hardware=NAME selects one)."""
     device: str = "auto"
     """"auto" picks cuda when available, else cpu."""
     dtype: str = "float32"
@@ -42,15 +44,21 @@ class HardwareConfig:
     auto = bfloat16 on a GPU that has it (else float16), and on a CPU with native bf16 (avx512_bf16 /
     AMX), else float32: emulated bf16 matmuls are ~100x slower than fp32 on an AVX2-only CPU."""
     attn_implementation: str = "sdpa"
+    """Attention kernel: sdpa (default), eager, or flash_attention_2 (GPU, optional package)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in SFT's backward pass: less memory, ~30% more time, same result."""
     memory_gb: float = 16.0
     """Accelerator (or RAM, on cpu) memory; used to warn up front when a setting cannot fit."""
     finetune_micro_batch: int = 2
     """Per-device SFT batch; gradient accumulation makes up the experiment's effective batch."""
     bench_batch_size: int = 16
+    """Questions generated at once (left-padded, masked batches: equal results up to float rounding)."""
     harvest_batch_size: int = 8
+    """Contexts run through both models at once."""
     analyze_batch_size: int = 8
+    """Held-out contexts per batch of the analysis passes."""
     dataloader_workers: int = 0
+    """DataLoader worker processes for SFT (0 = load in the main process)."""
     cpu_threads: int | None = None
     """torch intra-op threads on CPU (None = torch's default); set it when other jobs share the cores."""
 
@@ -69,8 +77,11 @@ class WandbConfig:
     mode: str = "disabled"
     """`online` logs to wandb.ai, `offline` writes runs to disk for `wandb sync`; never prompts."""
     project: str = "reasondiff"
+    """W&B project."""
     entity: str | None = None
+    """W&B team or user (None = your default)."""
     group: str | None = None
+    """W&B group (None = exp_name, so one experiment's stages group together)."""
 
     def __post_init__(self) -> None:
         check_choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
@@ -81,8 +92,11 @@ class ReasoningFormat:
     """The s1 layout of an assistant turn; SFT writes it and budget forcing in bench reuses it."""
 
     think_delimiter: str = "<|im_start|>think"
+    """What opens the thinking in an assistant turn (s1: <|im_start|>think)."""
     answer_delimiter: str = "<|im_start|>answer"
+    """What closes the thinking and opens the answer (s1: <|im_start|>answer)."""
     answer_prefix: str = "Answer: "
+    """Written after the answer delimiter, before the final answer."""
     final_answer_prompt: str = "Final Answer:"
     """What budget forcing appends after closing the thinking at the token limit."""
 

@@ -12,27 +12,39 @@ class FinetuneConfig:
     dataset: str = "simplescaling/s1K-1.1"
     """Hub id, or a local .jsonl/.json/.parquet file with the s1K-1.1 columns."""
     split: str = "train"
+    """Hub split (ignored for local files)."""
     trace_source: str = "deepseek"
     """Which s1K-1.1 trace/attempt pair becomes the assistant turn."""
     limit_rows: int | None = None
     """Use only the first N rows (debug, CPU runs)."""
     max_length: int = 2048
+    """Tokens per SFT example (paper: 2048); longer rows follow overlong_policy."""
     overlong_policy: str = "truncate"
     """truncate = paper (cuts the answer away); drop the row; keep_answer trims the thinking's middle."""
     learning_rate: float = 1e-5
+    """Peak learning rate of AdamW (paper: 1e-5)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay (paper: 1e-4)."""
     num_epochs: float = 5.0
+    """Passes over the data (paper: 5)."""
     max_steps: int = -1
     """> 0 overrides num_epochs (smoke runs, benchmarks)."""
     warmup_ratio: float = 0.05
+    """Fraction of the steps with linear warm-up (paper: 0.05)."""
     lr_scheduler: str = "cosine"
+    """transformers scheduler name after warm-up (paper: cosine)."""
     adam_beta1: float = 0.9
+    """AdamW beta1 (paper: 0.9)."""
     adam_beta2: float = 0.95
+    """AdamW beta2 (paper: 0.95)."""
     effective_batch_size: int = 8
     """Sequences per optimizer step (paper: 2 per device x 4 accumulation); hardware sets the micro batch."""
     logging_steps: int = 1
+    """Log the loss every this many optimizer steps (metrics.csv, Fig. 2)."""
     save_steps: int = 50
+    """Save a resumable trainer checkpoint every this many optimizer steps."""
     save_total_limit: int = 2
+    """Trainer checkpoints kept while training (older ones are deleted)."""
     keep_checkpoints: bool = False
     """Keep the trainer checkpoints after a finished run (weights + Adam state in fp32: ~7 GB each for
     Qwen2.5-0.5B); by default only model/ stays, since a finished stage never resumes."""
@@ -44,8 +56,11 @@ class FinetuneConfig:
     """After training, greedily answer this many training questions and record whether the output
     follows the think/answer layout (samples.json); 0 skips it."""
     sample_max_new_tokens: int = 256
+    """Most tokens of each layout sample."""
     push_to_hub: bool = False
+    """Upload model/ to the Hugging Face Hub when done (needs hub_model_id and a login)."""
     hub_model_id: str | None = None
+    """Hub repo for push_to_hub (user/name)."""
 
     def __post_init__(self) -> None:
         check_choice("finetune.trace_source", self.trace_source, ("deepseek", "gemini"))

@@ -12,13 +12,17 @@ class HarvestConfig:
     corpus: str = "jbrinkma/pile-500k"
     """Hub dataset id (streamed) or local .jsonl/.json/.parquet/.csv/.txt."""
     corpus_split: str = "train"
+    """Hub split of the corpus (ignored for local files)."""
     corpus_config: str | None = None
     """Hub dataset config name (ignored for local files)."""
     text_column: str = "text"
+    """Field holding each document's text."""
     reasoning_corpus: str | None = None
     """Optional s1K-style dataset mixed in (question + thinking trace + attempt), by `reasoning_fraction` of contexts."""
     reasoning_split: str = "train"
+    """Hub split of the reasoning corpus."""
     reasoning_fraction: float = 0.0
+    """Fraction of contexts taken from reasoning_corpus (0 = none)."""
     context_length: int = 1024
     """Tokens per context: documents are joined by <|endoftext|> and cut into windows of this length."""
     n_tokens: int = 50_000_000
@@ -31,6 +35,7 @@ class HarvestConfig:
     """Drop tokens whose activation norm, in either model, exceeds this multiple of the batch median
     (massive activations; dictionary_learning uses 10). None keeps every token."""
     store_dtype: str = "bfloat16"
+    """dtype of the stored activations: bfloat16 (half the disk), float16 or float32."""
     shard_tokens: int = 1_048_576
     """Tokens per shard (a shard holds whole contexts, so it may exceed this by one batch)."""
     stats_sample_tokens: int = 100_000

@@ -12,14 +12,21 @@ class SyntheticConfig:
     """Planted features for `train.data=synthetic` (recovery check with known ground truth)."""
 
     d_model: int = 64
+    """Width of the planted activations."""
     n_shared: int = 48
+    """Features both models have with the same direction."""
     n_base_only: int = 16
+    """Features only the base model has."""
     n_tuned_only: int = 16
+    """Features only the tuned model has."""
     n_rotated: int = 16
     """Shared features whose tuned direction is rotated away from the base one."""
     firing_probability: float = 0.02
+    """Probability that a feature fires on a token."""
     noise_std: float = 0.01
+    """Gaussian noise added to every activation."""
     n_tokens: int = 400_000
+    """Planted tokens generated (the stream cycles over them)."""
     rotated_cosine: float = 0.5
     """Cosine between the base and tuned directions of a rotated feature."""
     tuned_scale: float = 2.0
@@ -39,23 +46,35 @@ class TrainConfig:
     data: str = "store"
     """store = harvest's shards; live = run both models on the fly; synthetic = planted features."""
     variant: str = "l1"
+    """l1 (the paper: L1 penalty weighted by decoder norms) or batchtopk (Minder et al. 2025)."""
     n_latents: int | None = None
     """None = expansion_factor x d_model (d_model read from the data)."""
     expansion_factor: int = 16
+    """Latents per residual dimension when n_latents is None (paper: 16)."""
     l1_coeff: float = 2.0
+    """λ, the sparsity penalty's weight at the end of its warm-up (paper: 2)."""
     k: int = 100
     """batchtopk: active latents per token, on average over the batch."""
     aux_k_coeff: float = 1.0 / 32
+    """batchtopk: weight of the AuxK loss on dead latents (Gao et al. 2024: 1/32)."""
     lr: float = 5e-5
+    """Adam learning rate (paper: 5e-5)."""
     batch_size: int = 4096
+    """Tokens per optimizer step (paper: 4096)."""
     n_tokens: int = 50_000_000
     """Training tokens; steps = n_tokens // batch_size."""
     l1_warmup_frac: float = 0.05
+    """λ ramps linearly from 0 over this fraction of the steps (paper: 0.05)."""
     lr_decay_start_frac: float = 0.8
+    """The lr is constant until this fraction of the steps, then decays linearly to 0."""
     dec_init_norm: float = 0.08
+    """Initial norm of each decoder row (replication: 0.08; training is sensitive to it)."""
     grad_clip: float = 1.0
+    """Gradient-norm clip."""
     log_every: int = 100
+    """Log metrics every this many steps."""
     checkpoint_every: int = 1000
+    """Save checkpoint.pt (resumable) every this many steps."""
     keep_checkpoint: bool = False
     """Keep checkpoint.pt (weights + Adam state, ~4x the crosscoder) after a finished run."""
     compile: bool = False
