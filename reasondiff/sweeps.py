@@ -90,7 +90,12 @@ def grid_problems(config_name: str, jobs: list[list[str]]) -> list[str]:
     built = False
     swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k] or None
     for job in jobs:
-        cfg = to_config(compose(config_name=config_name, overrides=job))
+        try:
+            cfg = to_config(compose(config_name=config_name, overrides=job))
+        except Exception as err:  # a value the schema rejects (ValueError) or Hydra cannot compose
+            if one_line(err) not in problems:
+                problems.append(one_line(err))
+            continue
         cfg.run = runs.join(cfg.run, job_run_name(cfg.stage, job, swept))
         stages = list(STAGES) if cfg.stage == "pipeline" else [cfg.stage]
         if not built:

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, make_config
@@ -347,3 +348,27 @@ def test_the_docs_list_every_cosmetic_key_with_its_reason():
     page = (REPO / "docs" / "runs.md").read_text()
     for key in fingerprint.COSMETIC:
         assert f"`{key}`" in page, key
+
+
+@pytest.mark.slow
+def test_every_make_sweep_target_runs_on_the_tiny_experiment(tmp_path, tiny_model_dir, tiny_tuned_model_dir, tiny_world):
+    """`make sweep-*` end to end with the tiny experiment's grids (sizes shrunk through ARGS), then
+    `make sweep-summary`: every job finishes, each target exits 0 with a tally."""
+    shrink = [f"output_root={tmp_path}", "model.build_tiny=false", f"model.path={tiny_model_dir}",
+              f"tuned_model={tiny_tuned_model_dir}", f"harvest.corpus={tiny_world}/corpus.jsonl",
+              f"harvest.reasoning_corpus={tiny_world}/s1k.jsonl", "harvest.n_tokens=1000", "harvest.shard_tokens=500",
+              "harvest.stats_sample_tokens=200", "bench.limit=2", "hardware.bench_batch_size=2",
+              *(f"bench.data.{t}.path={tiny_world}/{t}.jsonl" for t in ("gsm8k", "math500", "boolq")),
+              "train.data=synthetic", "train.synthetic.d_model=16", "train.n_latents=32", "train.batch_size=64",
+              "train.n_tokens=640", "train.eval_tokens=128", "hardware.device=cpu"]
+    env = {**_subprocess_env(), "VENV": str(Path(sys.executable).parent.parent)}
+    for target, jobs in (("sweep-l1", 5), ("sweep-k", 4), ("sweep-limits", 3), ("sweep-layers", 3)):
+        result = subprocess.run(["make", "-s", target, f"ARGS={' '.join(shrink)}"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, (target, result.stderr[-3000:])
+        assert f"sweep: {jobs} jobs — {jobs} ok, 0 failed" in result.stdout, (target, result.stdout[-2000:])
+    exp = tmp_path / "tiny"
+    assert len(list(exp.glob("train@synthetic+l1_coeff=*"))) == 5 and len(list(exp.glob("harvest@hook=*"))) == 3
+    summary = subprocess.run([sys.executable, "-m", "reasondiff.train.sweep_summary", str(exp)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert summary.returncode == 0 and (exp / "sweep_summary.png").is_file(), summary.stderr[-2000:]

@@ -107,7 +107,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     panels = [("fvu", "fraction of variance unexplained")]
     if with_ce:
         panels.append(("ce_recovered", "CE loss recovered"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False, sharex=True)
     for ax, (metric, ylabel) in zip(axes[0], panels, strict=True):
         for data in dict.fromkeys(r["data"] for r in rows):
             for variant, marker in (("l1", "o"), ("batchtopk", "s")):
