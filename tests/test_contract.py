@@ -108,6 +108,7 @@ def test_a_stage_fingerprints_its_own_section_and_the_keys_that_change_its_resul
 # --- upstream redo -> stale downstream ---------------------------------------------------------------
 def _fake_harvest(cfg, ctx):
     artifacts.write_text(ctx.dir / "store.json", json.dumps({"d_model": 16}))
+    artifacts.write_text(ctx.dir / "shard_00000.acts.npy", "work worth resuming")
     return {}
 
 
