@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,14 @@ from reasondiff.stage import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+SUBPROCESS_HOME = Path(tempfile.mkdtemp(prefix="reasondiff-test-home-"))
+"""HOME of the apps tests start as subprocesses: caches (matplotlib, HF) never land in the repo."""
+
+
+def app_env(**extra: str) -> dict[str, str]:
+    """A minimal, offline environment for running an app in a subprocess from the repo root."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1", "HOME": str(SUBPROCESS_HOME),
+            "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1", **extra}
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, app_env, make_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
@@ -77,7 +77,7 @@ def test_invalid_choice_names_the_key(override, key):
 
 def _run_app(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(REPO)})
+                          env=app_env())
 
 
 def test_cli_prints_the_resolved_paper_config_offline():

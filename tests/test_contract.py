@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, app_env, make_config
 
 from reasondiff import artifacts, fingerprint
 from reasondiff.errors import UserError
@@ -35,8 +35,7 @@ def small(tmp_path, *overrides):
 
 
 def _subprocess_env() -> dict:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1", "HOME": str(REPO),
-            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return app_env()
 
 
 def _run_app(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

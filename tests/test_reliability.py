@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_config
+from conftest import REPO, app_env, make_config
 from test_finetune import _At, _cfg, _run
 from test_harvest import _contents, harvest_config
 from test_train_stage import _interrupting_source, small_config
@@ -43,8 +43,7 @@ def _csv_steps(path: Path) -> list[float]:
 
 
 def _env() -> dict:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1", "HOME": str(REPO),
-            "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    return app_env()
 
 
 # --- a small disk: a real tmpfs when we may mount one, else writes that fail as a full disk does ------
