@@ -11,7 +11,7 @@ HW ?= rtx5070ti_16gb
 QWEN ?= /work/qwen05b
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-full lint demo reproduce experiment-cpu finetune bench harvest train analyze pipeline \
+.PHONY: help setup test test-full lint demo reproduce experiment-cpu finetune bench harvest scan train analyze pipeline \
         sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all clean clean-tiny
 
 help: ## list the targets
@@ -55,6 +55,9 @@ bench: ## stage 2: token-budget sweeps on gsm8k / MATH-500 / boolq
 
 harvest: ## stage 3: paired residual activations
 	$(PY) -m reasondiff.harvest +exp=$(EXP) $(ARGS)
+
+scan: ## which layer did the fine-tune change? per-layer representation change + activation patching, recommended hook
+	$(PY) -m reasondiff.scan +exp=$(EXP) $(ARGS)
 
 train: ## stage 4: sparse crosscoder
 	$(PY) -m reasondiff.train +exp=$(EXP) $(ARGS)

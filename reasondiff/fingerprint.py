@@ -68,6 +68,7 @@ COSMETIC: dict[str, str] = {
     "train.keep_checkpoint": "whether checkpoint.pt is deleted after a finished run",
     "train.compile": "torch.compile of the same forward and loss",
     "analyze.checkpoint_every": "how often the streamed sums are saved",
+    "scan.checkpoint_every": "how often the streamed sums are saved",
 }
 """Keys never fingerprinted, each with the reason its change leaves the results identical."""
 
@@ -81,6 +82,7 @@ RESUME_TOLERANT: dict[str, tuple[str, ...]] = {
     "bench": ("*",),
     # each streamed pass keeps its own fingerprint and starts over when it differs
     "analyze": ("*",),
+    "scan": ("*",),
 }
 """Keys that may change between a kill and the resume of a PARTIAL run (a finished run is
 still compared on every key)."""
@@ -125,6 +127,17 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
                 "harvest.corpus_split",
                 "harvest.corpus_config", "harvest.text_column", "harvest.hook", "harvest.drop_first_position",
                 "harvest.max_norm_ratio")
+    if stage == "scan":
+        # CKA's minibatch and the massive-activation median are per context: no batch size counts
+        harvest = ("harvest.drop_first_position", "harvest.max_norm_ratio")
+        if not cfg.scan.general_corpus:
+            harvest += ("harvest.corpus", "harvest.corpus_split", "harvest.corpus_config", "harvest.text_column")
+        else:
+            harvest += ("harvest.text_column",)
+        reasoning = ()
+        if cfg.scan.n_reasoning_contexts:
+            reasoning = ("format", "finetune.trace_source") + (() if cfg.scan.reasoning_corpus else ("finetune.dataset",))
+        return ("seed", "scan", "tuned_model", *MODEL_KEYS, *harvest, *reasoning)
     # a stage this module does not know yet: its section and the models, to be safe
     return ("seed", stage, "tuned_model", *MODEL_KEYS)
 

@@ -71,6 +71,14 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
         if a.reasoning_corpus and a.n_reasoning_contexts:
             inputs.append(Input("analyze.reasoning_corpus", a.reasoning_corpus, "dataset"))
         return inputs
+    if stage == "scan":
+        sc = cfg.scan
+        inputs = [model, tuned, Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),
+                  Input("scan.general_corpus", sc.general_corpus, "dataset") if sc.general_corpus else corpora[0]]
+        if sc.n_reasoning_contexts:
+            inputs.append(Input("scan.reasoning_corpus", sc.reasoning_corpus, "dataset") if sc.reasoning_corpus
+                          else Input("finetune.dataset", cfg.finetune.dataset, "dataset"))
+        return inputs
     return [model, tuned]
 
 

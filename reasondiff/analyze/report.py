@@ -18,7 +18,7 @@ from typing import Any
 
 from reasondiff import artifacts
 
-STAGE_ORDER = ("finetune", "bench", "harvest", "train", "analyze")
+STAGE_ORDER = ("finetune", "bench", "harvest", "scan", "train", "analyze")
 
 
 def _format(value: Any, fmt: str | None) -> str:
@@ -121,6 +121,20 @@ def _crosscoder_line(crosscoder_dir: Path) -> str:
     return f"Crosscoder: `{crosscoder_dir}` ({facts})."
 
 
+def _scan_section(scan_dir: Path, start: Path, exp: str) -> str:
+    """The layer scan's figure and recommendation (stage scan, docs/scan.md)."""
+    head = "## Layer scan: where the fine-tune acts\n"
+    figure, recommendation = scan_dir / "scan.png", scan_dir / "recommendation.json"
+    if not (figure.is_file() and recommendation.is_file()):
+        return head + _missing("the layer scan", f"python -m reasondiff.scan +exp={exp}")
+    found = artifacts.read_json(recommendation)
+    follow_up = "".join(f"{command}\n" for command in found.get("follow_up", []))
+    return (head + f"{found['line']}\n\n" + (f"```bash\n{follow_up}```\n\n" if follow_up else "")
+            + _figure(figure, start, "Layer scan: fraction of KL(base ‖ tuned) closed by patching each residual "
+                                     "layer, and representation change per layer")
+            + f"\nPer-layer numbers: [scan.csv]({_rel(scan_dir / 'scan.csv', start)}).\n")
+
+
 def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir: Path | None = None) -> str:
     """The report's markdown; every path in it is relative to `analyze_dir` (where it is written)."""
     exp_dir, analyze_dir = Path(exp_dir), Path(analyze_dir)
@@ -141,6 +155,8 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
                else _missing("the benchmark summary", f"python -m reasondiff.bench +exp={exp}"))
     for png in sorted(bench.glob("*.png")) if bench.is_dir() else []:
         out.append(_figure(png, analyze_dir, png.stem.replace("_", " ")))
+
+    out.append(_scan_section(exp_dir / "scan", analyze_dir, exp))
 
     out.append("## Crosscoder reconstruction: CE-loss recovery (Table 2)\n")
     ce = analyze_dir / "ce_recovery.csv"

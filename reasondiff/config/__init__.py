@@ -19,17 +19,18 @@ from reasondiff.config.bench import BenchConfig, TaskData
 from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningFormat, WandbConfig
 from reasondiff.config.finetune import FinetuneConfig
 from reasondiff.config.harvest import HarvestConfig
+from reasondiff.config.scan import ScanConfig
 from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
 from reasondiff.runs import check_run_name, dir_name, join
 
-STAGES = ("finetune", "bench", "harvest", "train", "analyze")
+STAGES = ("finetune", "bench", "harvest", "scan", "train", "analyze")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 """The Hydra config directory of the apps (conf/)."""
 
 __all__ = [
     "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig",
-    "ModelConfig", "ReasoningFormat", "STAGES", "SweepGrids", "SyntheticConfig", "TaskData", "TrainConfig",
+    "ModelConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig", "TaskData", "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
 
@@ -62,6 +63,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     sweeps: SweepGrids = field(default_factory=SweepGrids)

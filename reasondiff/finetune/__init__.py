@@ -3,4 +3,17 @@
 Reads: the base model (`model.path`) and s1K-1.1 (`finetune.dataset`, hub id or local file).
 Writes: outputs/<exp>/finetune/: model/ (HF dir + tokenizer), checkpoints/, metrics.csv, loss_curve.png, samples.json.
 Open run.py first (the recipe), then data.py (the s1 layout, loss masks, overlong policies).
+
+The names below are finetune's public reader of its own layout, what other stages may use to feed
+a model text exactly as SFT tokenized it (scan). Imported on first use.
 """
+
+from reasondiff import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    "TRACE_FIELDS": "reasondiff.finetune.data",
+    "tokenize_example": "reasondiff.finetune.data",
+    "trim_thinking_middle": "reasondiff.finetune.data",
+    "validate_row": "reasondiff.finetune.data",
+})
+__all__ = ["TRACE_FIELDS", "tokenize_example", "trim_thinking_middle", "validate_row"]

@@ -1,0 +1,97 @@
+"""The scan figure: per-layer curves on every text, saved as PNG and PDF (matplotlib, Agg backend).
+
+(a) causal effect: fraction of KL(base || tuned) closed by patching each residual layer, per text and
+direction, with the threshold and the recommended layer; (b) relative change of the residual stream;
+(c) linear CKA and cosine of the residual stream; (d) relative change of each block's attention and
+MLP outputs. Built from the rows of scan.csv, so it can be redrawn from the CSV alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from reasondiff import artifacts
+
+TEXT_COLORS = {"general": "#1f5fa8", "reasoning": "#b8460b", "reasoning_answer": "#2b7a2b"}
+TEXT_LABELS = {"general": "general text", "reasoning": "reasoning (all tokens)", "reasoning_answer": "reasoning (answer tokens)"}
+DIRECTION_STYLES = {"tuned_into_base": ("-", "tuned → base"), "base_into_tuned": ("--", "base → tuned")}
+
+
+def _series(rows: Sequence[dict], text: str, site: str, column: str) -> tuple[list[int], list[float]]:
+    pts = [(int(r["layer"]), _float(r.get(column))) for r in rows if r["text"] == text and r["site"] == site]
+    pts = [(x, y) for x, y in sorted(pts) if math.isfinite(y)]
+    return [x for x, _ in pts], [y for _, y in pts]
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshold: float,
+                recommended_layer: int | None, title: str = "") -> list[Path]:
+    """Draw the four panels; write `path_png` and the same figure as .pdf next to it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    texts = [t for t in TEXT_COLORS if any(r["text"] == t for r in rows)]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    (ax_kl, ax_rel), (ax_cka, ax_comp) = axes
+    for text in texts:
+        color = TEXT_COLORS[text]
+        for direction, (style, label) in DIRECTION_STYLES.items():
+            x, y = _series(rows, text, "resid", f"closed_{direction}")
+            if x:
+                ax_kl.plot(x, y, style, marker="o", ms=3, color=color, label=f"{TEXT_LABELS[text]}, {label}")
+        x, y = _series(rows, text, "resid", "relative_change")
+        ax_rel.plot(x, y, "-", marker="o", ms=3, color=color, label=TEXT_LABELS[text])
+        x, y = _series(rows, text, "resid", "cka")
+        ax_cka.plot(x, y, "-", marker="o", ms=3, color=color, label=f"{TEXT_LABELS[text]}, CKA")
+        x, y = _series(rows, text, "resid", "cosine")
+        ax_cka.plot(x, y, ":", color=color, label=f"{TEXT_LABELS[text]}, cosine")
+        for site, style in (("attn_out", "--"), ("mlp_out", "-")):
+            x, y = _series(rows, text, site, "relative_change")
+            if x:
+                ax_comp.plot(x, y, style, marker=".", color=color, label=f"{TEXT_LABELS[text]}, {site}")
+
+    ax_kl.axhline(threshold, color="#888888", lw=0.8, ls=":")
+    ax_kl.text(0, threshold, f" large = {threshold:.0%}", va="bottom", fontsize=8, color="#555555")
+    if recommended_layer is not None:
+        for ax in (ax_kl, ax_rel, ax_cka):
+            ax.axvline(recommended_layer, color="#aa0000", lw=0.8, alpha=0.6)
+        ax_kl.text(recommended_layer, 0.02, f" recommended: layer {recommended_layer}", color="#aa0000", fontsize=8)
+    ax_kl.set_ylim(-0.05, 1.05)
+    ax_kl.set_ylabel("fraction of KL(base ‖ tuned) closed")
+    ax_kl.set_title("(a) causal effect: residual stream patched at layer L")
+    ax_rel.set_ylabel("mean ‖h_tuned − h_base‖ / ‖h_base‖")
+    ax_rel.set_title("(b) residual stream: relative change")
+    ax_cka.set_ylabel("similarity")
+    ax_cka.set_title("(c) residual stream: linear CKA (solid), cosine (dotted)")
+    ax_comp.set_ylabel("mean ‖o_tuned − o_base‖ / ‖o_base‖")
+    ax_comp.set_title("(d) block outputs: MLP (solid), attention (dashed)")
+    for ax in (ax_cka, ax_comp):
+        ax.set_xlabel(f"layer (residual: 0 = embeddings … {n_layers} = final; blocks 0 … {n_layers - 1})")
+    empty = {ax_kl: "no fraction to show: patching off, or KL(base ‖ tuned) ≈ 0 (identical models)",
+             ax_comp: "block outputs not compared (scan.component_sites=false)"}
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        elif ax in empty:
+            ax.text(0.5, 0.5, empty[ax], transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
+    ax_kl.set_xlim(-0.5, n_layers + 0.5)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = []
+    for path, fmt in ((path_png, "png"), (path_png.with_suffix(".pdf"), "pdf")):
+        artifacts.atomic_save(path, lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=130, bbox_inches="tight", format=fmt))
+        out.append(path)
+    plt.close(fig)
+    return out

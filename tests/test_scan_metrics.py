@@ -1,0 +1,163 @@
+"""The scan's maths: CKA, KL and the fraction of KL a patch closes, against definitions written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reasondiff.scan.meters import PatchMeter, RepresentationMeter, resid_hook_name, sites_of
+from reasondiff.scan.recommend import first_large_layer, largest_step, recommend
+from reasondiff.scan.similarity import (
+    MinibatchCKA,
+    cosine,
+    fraction_closed,
+    hsic_unbiased,
+    kl_divergence,
+    linear_cka,
+    relative_change,
+)
+
+
+def hsic_song_gram(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Song et al. 2012, Eq. 5, transcribed literally on n x n Gram matrices (no centring):
+    [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))."""
+    x, y = x.double(), y.double()
+    n = x.shape[0]
+    K, L = x @ x.T, y @ y.T
+    K.fill_diagonal_(0)
+    L.fill_diagonal_(0)
+    one = torch.ones(n, dtype=torch.float64)
+    value = torch.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ K @ L @ one)
+    return float(value / (n * (n - 3)))
+
+
+def biased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Kornblith et al. 2019, Eq. for linear CKA: ||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F) on centred columns."""
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+def test_feature_space_hsic_equals_the_gram_matrix_definition():
+    x, y = torch.randn(40, 7), torch.randn(40, 5)
+    y = y + 0.5 * x[:, :5]
+    assert hsic_unbiased(x, y).item() == pytest.approx(hsic_song_gram(x, y), rel=1e-9)
+    # the estimator is translation invariant (the implementation centres; the definition does not)
+    assert hsic_unbiased(x + 3.0, y - 2.0).item() == pytest.approx(hsic_song_gram(x + 3.0, y - 2.0), rel=1e-9)
+
+
+def test_cka_of_identical_representations_is_one_and_invariant_to_rotation_scale_and_shift():
+    x = torch.randn(200, 16)
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))
+    y = torch.randn(200, 16) + x
+    reference = linear_cka(x, y)
+    assert linear_cka(x, (y.double() @ q)) == pytest.approx(reference, abs=1e-9)
+    assert linear_cka(x * 7.5 + 4.0, y) == pytest.approx(reference, abs=1e-9)
+    assert linear_cka(x.double() @ q, x) == pytest.approx(1.0, abs=1e-9)
+    # not invariant to an anisotropic linear map: that would make it blind to real changes
+    assert linear_cka(x, x * torch.linspace(0.1, 3.0, 16)) < 0.99
+
+
+def test_cka_separates_related_from_independent_representations():
+    x = torch.randn(500, 32)
+    assert linear_cka(x, torch.randn(500, 32)) == pytest.approx(0.0, abs=0.05)  # debiased: ~0, not ~d/n
+    assert linear_cka(x, x + 0.1 * torch.randn(500, 32)) > 0.98
+    # with many tokens the debiased estimate agrees with the plain (biased) CKA on related data
+    y = x @ torch.randn(32, 32) * 0.3 + x
+    assert linear_cka(x, y) == pytest.approx(biased_linear_cka(x, y), abs=0.02)
+
+
+def test_minibatch_cka_averages_hsic_terms_over_batches():
+    x, y = torch.randn(90, 6), torch.randn(90, 6)
+    y = y + x
+    meter = MinibatchCKA(2)
+    parts = [(0, 30), (30, 60), (60, 90)]
+    for lo, hi in parts:
+        meter.update(1, x[lo:hi], y[lo:hi])
+    meter.update(1, x[:3], y[:3])  # fewer than 4 tokens: skipped, never a division by zero
+    xy = sum(hsic_song_gram(x[lo:hi], y[lo:hi]) for lo, hi in parts)
+    xx = sum(hsic_song_gram(x[lo:hi], x[lo:hi]) for lo, hi in parts)
+    yy = sum(hsic_song_gram(y[lo:hi], y[lo:hi]) for lo, hi in parts)
+    value = meter.value()
+    assert math.isnan(value[0])  # a site with no batch has no CKA
+    assert value[1].item() == pytest.approx(xy / math.sqrt(xx * yy), rel=1e-9)
+    restored = MinibatchCKA(2)
+    restored.load_state_dict(meter.state_dict())
+    assert torch.equal(restored.value().nan_to_num(), value.nan_to_num())
+
+
+def test_relative_change_and_cosine():
+    base = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    tuned = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    assert relative_change(base, tuned).tolist() == pytest.approx([0.0, math.sqrt(5.0)])
+    assert cosine(base, tuned).tolist() == pytest.approx([1.0, 0.0])
+    zero = torch.zeros(1, 2)  # e.g. an embedding's padding row: equal rows are unchanged, not undefined
+    assert relative_change(zero, zero).tolist() == [0.0] and cosine(zero, zero).tolist() == [1.0]
+    assert cosine(zero, torch.ones(1, 2)).tolist() == [0.0] and relative_change(zero, torch.ones(1, 2)).tolist() == [math.inf]
+
+
+def test_kl_divergence_matches_torch_and_handles_zero_probabilities():
+    logp = torch.log_softmax(torch.randn(5, 11), dim=-1)
+    logq = torch.log_softmax(torch.randn(5, 11), dim=-1)
+    expected = torch.nn.functional.kl_div(logq, logp, log_target=True, reduction="none").sum(-1)
+    assert torch.allclose(kl_divergence(logp, logq), expected, atol=1e-6)
+    assert torch.allclose(kl_divergence(logp, logp), torch.zeros(5))
+    p = torch.tensor([[0.0, 0.5, 0.5]]).log()  # log 0 = -inf must contribute 0, not NaN
+    q = torch.tensor([[0.2, 0.4, 0.4]]).log()
+    assert kl_divergence(p, q).item() == pytest.approx(math.log(0.5 / 0.4))
+
+
+def test_fraction_closed():
+    assert fraction_closed(0.0, 2.0) == 1.0  # the patch removes the whole difference
+    assert fraction_closed(2.0, 2.0) == 0.0  # the patch changes nothing
+    assert fraction_closed(0.5, 2.0) == 0.75
+    assert math.isnan(fraction_closed(0.0, 0.0))  # identical models: nothing to close
+    assert math.isnan(fraction_closed(0.0, 1e-9, min_gap=1e-6))
+
+
+def test_meters_sum_over_batches_and_round_trip():
+    sites = sites_of(2, components=True)
+    assert [s.hook for s in sites][:3] == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    assert len(sites) == 3 + 2 + 2
+    meter = RepresentationMeter(sites)
+    a, b = torch.randn(10, 4), torch.randn(10, 4)
+    meter.update(0, a, 2 * a)
+    meter.update(0, b, 2 * b)
+    meter.update(1, a, a)
+    row = meter.rows()[0]
+    assert row["n_tokens"] == 20 and row["relative_change"] == pytest.approx(1.0) and row["cosine"] == pytest.approx(1.0)
+    assert row["cka"] == pytest.approx(1.0)
+    assert meter.rows()[1]["relative_change"] == 0.0 and math.isnan(meter.rows()[2]["cka"])
+    patch = PatchMeter(["tuned_into_base", "base_into_tuned"], n_layers=2)
+    patch.update_gap(torch.tensor([1.0, 3.0]))
+    patch.update_patched("tuned_into_base", 2, torch.tensor([0.0, 0.0]))
+    patch.update_patched("tuned_into_base", 0, torch.tensor([1.0, 3.0]))
+    patch.update_patched("tuned_into_base", 1, torch.tensor([1.0, 0.0]))
+    again = PatchMeter(["tuned_into_base", "base_into_tuned"], n_layers=2)
+    again.load_state_dict(patch.state_dict())
+    fractions = again.fractions(min_kl=0.0)
+    assert fractions["tuned_into_base"] == [0.0, 0.75, 1.0]
+    assert fractions["base_into_tuned"] == [1.0, 1.0, 1.0]  # nothing patched -> KL 0 summed
+    assert again.mean_gap() == 2.0
+    with pytest.raises(ValueError):
+        PatchMeter(["base_into_tuned"], n_layers=2).load_state_dict(patch.state_dict())
+
+
+def test_recommendation_rule():
+    fractions = [0.0, 0.1, 0.45, 0.8, 0.9, 1.0]
+    assert first_large_layer(fractions, 0.5) == 3
+    assert first_large_layer([math.nan, 0.6], 0.5) == 1
+    assert first_large_layer([0.1, 0.2], 0.5) is None
+    assert largest_step(fractions) == (2, pytest.approx(0.35))
+    rec = recommend(fractions, threshold=0.5, text="reasoning", direction="tuned_into_base", n_layers=5,
+                    exp_name="x", mean_kl=0.3, min_kl=1e-6)
+    assert rec.hook == "blocks.3.hook_resid_pre" and rec.layer == 3 and rec.largest_step_block == 2
+    assert "blocks.3.hook_resid_pre" in rec.line and any("harvest.hook=" in c for c in rec.follow_up)
+    final = recommend([0.0, 0.0, 1.0], threshold=0.5, text="general", direction="tuned_into_base", n_layers=2,
+                      exp_name="x", mean_kl=0.3, min_kl=1e-6)
+    assert final.hook == resid_hook_name(2, 2) == "blocks.1.hook_resid_post"
+    same = recommend([math.nan] * 3, threshold=0.5, text="general", direction="tuned_into_base", n_layers=2,
+                     exp_name="x", mean_kl=0.0, min_kl=1e-6)
+    assert same.hook is None and same.follow_up == [] and "agree" in same.line
