@@ -155,6 +155,18 @@ def test_identical_models_give_no_recommendation_and_no_nan_crash(tmp_path, tiny
     assert recommendation["hook"] is None and "agree" in recommendation["line"]
 
 
+def test_representation_only_scan(tmp_path, tiny_model_dir, tiny_tuned_model_dir, tiny_world):
+    out = run_stage(scan_config(tmp_path, tiny_model_dir, tiny_tuned_model_dir, tiny_world, "scan.patch_contexts=0",
+                                "scan.n_reasoning_contexts=0"))
+    rows = read_rows(out / "scan.csv")
+    assert {r["text"] for r in rows} == {"general"}
+    assert all(r["closed_tuned_into_base"] == "" for r in rows)
+    assert all(value(r, "relative_change") > 0 for r in rows)  # two differently initialised models
+    recommendation = artifacts.read_json(out / "recommendation.json")
+    assert recommendation["hook"] is None and "patching was off" in recommendation["line"]
+    assert (out / "scan.pdf").is_file()
+
+
 def test_killed_scan_resumes_to_the_same_numbers(tmp_path, tiny_model_dir, tiny_tuned_model_dir, tiny_world, monkeypatch):
     import reasondiff.scan.passes as passes
 
@@ -189,3 +201,25 @@ def test_bad_scan_settings_fail_at_start_naming_the_key():
         make_config("scan.directions=[tuned_into_base,sideways]", config_name="scan")
     with pytest.raises(Exception, match="scan.large_effect"):
         make_config("scan.large_effect=1.5", config_name="scan")
+
+
+@pytest.mark.slow
+def test_real_qwen_scan_runs_end_to_end_on_the_fine_tunes_layout(tmp_path, shared_data):
+    """The real architecture and chat template (offline Qwen, REASONDIFF_QWEN) as both models: the
+    unembedding check passes, the s1 layout renders, every number is the identical-model value."""
+    import os
+
+    qwen = Path(os.environ.get("REASONDIFF_QWEN", "/work/qwen05b"))
+    if not (qwen / "config.json").is_file():
+        pytest.skip(f"needs a Qwen2.5-0.5B-architecture model dir at REASONDIFF_QWEN={qwen}")
+    cfg = make_config(
+        f"output_root={tmp_path}", "exp_name=q", "hardware=cpu", "hardware.dtype=float32", f"model.path={qwen}",
+        "model.build_tiny=false", f"tuned_model={qwen}", f"harvest.corpus={shared_data / 'wiki_text_sample.jsonl'}",
+        f"finetune.dataset={shared_data / 's1k_schema_sample.jsonl'}", "scan.n_general_contexts=1",
+        "scan.n_reasoning_contexts=1", "scan.context_length=192", "scan.patch_contexts=1",
+        "scan.directions=[tuned_into_base]", "scan.component_sites=false", config_name="scan")
+    out = run_stage(cfg)
+    rows = read_rows(out / "scan.csv")
+    assert len(rows) == 3 * 25  # general, reasoning, reasoning_answer x 25 residual layers
+    assert all(value(r, "relative_change") == 0.0 and value(r, "kl_base_tuned") == 0.0 for r in rows)
+    assert artifacts.read_json(out / "recommendation.json")["hook"] is None

@@ -14,6 +14,8 @@ from reasondiff.scan.similarity import (
     cosine,
     fraction_closed,
     hsic_unbiased,
+    hsic_unbiased_batched,
+    hsic_unbiased_terms,
     kl_divergence,
     linear_cka,
     relative_change,
@@ -39,12 +41,35 @@ def biased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
-def test_feature_space_hsic_equals_the_gram_matrix_definition():
-    x, y = torch.randn(40, 7), torch.randn(40, 5)
-    y = y + 0.5 * x[:, :5]
-    assert hsic_unbiased(x, y).item() == pytest.approx(hsic_song_gram(x, y), rel=1e-9)
+@pytest.mark.parametrize("n", [40, 10])  # more tokens than features (d x d products) and fewer (Gram matrices)
+def test_hsic_equals_the_gram_matrix_definition(n):
+    x, y = torch.randn(n, 17), torch.randn(n, 15)
+    y = y + 0.5 * x[:, :15]
+    for a, b in ((x, y), (x, x), (y, y)):
+        assert hsic_unbiased(a, b).item() == pytest.approx(hsic_song_gram(a, b), rel=1e-9)
+    assert hsic_unbiased_terms(x, y).tolist() == pytest.approx(
+        [hsic_song_gram(x, y), hsic_song_gram(x, x), hsic_song_gram(y, y)], rel=1e-9)
     # the estimator is translation invariant (the implementation centres; the definition does not)
     assert hsic_unbiased(x + 3.0, y - 2.0).item() == pytest.approx(hsic_song_gram(x + 3.0, y - 2.0), rel=1e-9)
+
+
+@pytest.mark.parametrize("width", [8, 40])  # T = 20 above and below the width: both product forms
+def test_masked_batched_hsic_equals_each_context_alone(width):
+    x, y = torch.randn(3, 20, width), torch.randn(3, 20, width + 1)
+    mask = torch.rand(3, 20) > 0.3
+    mask[2, 3:] = False  # 3 tokens: undefined, NaN
+    hsic, n = hsic_unbiased_batched(x, y, mask)
+    assert n.tolist() == mask.sum(1).tolist()
+    for b in range(2):
+        rows = mask[b]
+        expected = [hsic_song_gram(x[b][rows], y[b][rows]), hsic_song_gram(x[b][rows], x[b][rows]),
+                    hsic_song_gram(y[b][rows], y[b][rows])]
+        assert hsic[b].tolist() == pytest.approx(expected, rel=1e-9)
+    assert hsic[2].isnan().all()
+    meter = MinibatchCKA(1)
+    meter.update_batched(0, x, y, mask)
+    assert int(meter.batches[0]) == 2  # the 3-token context is skipped
+    assert meter.xy[0].item() == pytest.approx(float(hsic[:2, 0].sum()), rel=1e-12)
 
 
 def test_cka_of_identical_representations_is_one_and_invariant_to_rotation_scale_and_shift():

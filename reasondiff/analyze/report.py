@@ -2,7 +2,7 @@
 
 The report reads only files (never in-memory results), so it can be rebuilt at any time from the
 stage directories, and a missing stage shows up as a line saying what to run rather than an error.
-Sections: fine-tuning loss (Fig. 2), benchmarks (Table 1, Figs. 3-4), crosscoder reconstruction
+Sections: fine-tuning loss (Fig. 2), benchmarks (Table 1, Figs. 3-4), the layer scan, crosscoder reconstruction
 (Table 2), decoder geometry (Figs. 5-6), model-specific latents (frequencies, Latent Scaling),
 and the configuration each stage ran with.
 """

@@ -52,14 +52,20 @@ class RepresentationMeter:
         self.n_tokens = torch.zeros(n, dtype=torch.long)
         self.cka = MinibatchCKA(n)
 
-    def update(self, site: int, base: torch.Tensor, tuned: torch.Tensor) -> None:
-        """Add the tokens [n, d] of one batch at `site` (rows already selected)."""
-        if base.shape[0] == 0:
+    def update(self, site: int, base: torch.Tensor, tuned: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Add one batch at `site`: activations [B, T, d] with the positions `keep` [B, T] counted
+        (default all); each context is one CKA minibatch. [n, d] is one context of n tokens."""
+        if base.dim() == 2:
+            base, tuned = base[None], tuned[None]
+        if keep is None:
+            keep = torch.ones(base.shape[:2], dtype=torch.bool)
+        keep = keep.to(base.device)
+        if not keep.any():
             return
-        self.sum_relative_change[site] += relative_change(base, tuned).sum().cpu()
-        self.sum_cosine[site] += cosine(base, tuned).sum().cpu()
-        self.n_tokens[site] += base.shape[0]
-        self.cka.update(site, base, tuned)
+        self.sum_relative_change[site] += relative_change(base[keep], tuned[keep]).sum().cpu()
+        self.sum_cosine[site] += cosine(base[keep], tuned[keep]).sum().cpu()
+        self.n_tokens[site] += int(keep.sum())
+        self.cka.update_batched(site, base, tuned, keep)
 
     def rows(self) -> list[dict]:
         n = self.n_tokens.double()

@@ -126,10 +126,7 @@ def representation_pass(models, texts: ScanTexts, sites: list[Site], state_path:
                     source = "attn_out" if site.kind == "attn_out" else "mlp_out"
                     a, b = getattr(base, source)[site.layer], getattr(tuned, source)[site.layer]
                     keep = keep_resid[site.layer + 1]
-                keep = keep & mask
-                for context in range(a.shape[0]):  # one context = one CKA minibatch
-                    row = keep[context]
-                    meters[view].update(index, a[context][row], b[context][row])
+                meters[view].update(index, a, b, keep & mask)  # one context = one CKA minibatch
 
     return resumable_pass(PassState(state_path, fingerprint, meters), len(texts), batch_size, step,
                           checkpoint_every=checkpoint_every, desc=f"scan {texts.name}: representations")
@@ -163,9 +160,11 @@ def patch_pass(models, texts: ScanTexts, directions: list[str], state_path: Path
             recipient, donor = DIRECTION_MODELS[direction]
             for layer, final in patched_final_residuals(models[recipient], runs[recipient].layer_kwargs,
                                                         runs[donor].resid):
-                logp = unembed[recipient].logprobs(final[mask])
                 # both fractions measure what is left of the gap KL(base || tuned)
-                kl = kl_divergence(logp, logp_tuned) if direction == "tuned_into_base" else kl_divergence(logp_base, logp)
+                if direction == "tuned_into_base":
+                    kl = unembed[recipient].kl_to(final[mask], logp_tuned, patched_first=True)
+                else:
+                    kl = unembed[recipient].kl_to(final[mask], logp_base, patched_first=False)
                 for view, sel in selections.items():
                     meters[view].update_patched(direction, layer, kl[sel])
 

@@ -31,6 +31,7 @@ import torch
 
 from reasondiff.errors import UserError
 from reasondiff.hooks import base_transformer, decoder_layers
+from reasondiff.scan.similarity import kl_divergence
 
 
 @dataclass
@@ -133,9 +134,10 @@ def patched_final_residuals(recipient, layer_kwargs: list[dict[str, Any]],
 
 
 class Unembedding:
-    """The final norm + unembedding of a causal LM as log-probabilities, in chunks of positions."""
+    """The final norm + unembedding of a causal LM as log-probabilities, in chunks of positions (a
+    [positions, vocabulary] float32 tensor is 0.6 MB per position for Qwen's 151936 tokens)."""
 
-    def __init__(self, model, chunk_positions: int = 512) -> None:
+    def __init__(self, model, chunk_positions: int = 64) -> None:
         inner = base_transformer(model)
         self.norm = getattr(inner, "norm", None)
         self.head = model.get_output_embeddings()
@@ -152,6 +154,17 @@ class Unembedding:
             logits = self.head(self.norm(final_resid[lo:lo + self.chunk]))
             parts.append(torch.log_softmax(logits.float(), dim=-1))
         return torch.cat(parts) if parts else torch.zeros(0, self.head.weight.shape[0])
+
+    @torch.no_grad()
+    def kl_to(self, final_resid: torch.Tensor, reference: torch.Tensor, *, patched_first: bool) -> torch.Tensor:
+        """[n] KL(p || reference) (patched_first) or KL(reference || p) per position, p being this
+        model's distribution from `final_resid` [n, d]; chunked so no [n, vocabulary] tensor is made."""
+        out = []
+        for lo in range(0, final_resid.shape[0], self.chunk):
+            logp = self.logprobs(final_resid[lo:lo + self.chunk])
+            ref = reference[lo:lo + self.chunk]
+            out.append(kl_divergence(logp, ref) if patched_first else kl_divergence(ref, logp))
+        return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()
