@@ -177,12 +177,12 @@ def test_recommendation_rule():
     assert first_large_layer([0.1, 0.2], 0.5) is None
     assert largest_step(fractions) == (2, pytest.approx(0.35))
     rec = recommend(fractions, threshold=0.5, text="reasoning", direction="tuned_into_base", n_layers=5,
-                    exp_name="x", mean_kl=0.3, min_kl=1e-6)
+                    exp_args="+exp=x", mean_kl=0.3, min_kl=1e-6)
     assert rec.hook == "blocks.3.hook_resid_pre" and rec.layer == 3 and rec.largest_step_block == 2
     assert "blocks.3.hook_resid_pre" in rec.line and any("harvest.hook=" in c for c in rec.follow_up)
     final = recommend([0.0, 0.0, 1.0], threshold=0.5, text="general", direction="tuned_into_base", n_layers=2,
-                      exp_name="x", mean_kl=0.3, min_kl=1e-6)
+                      exp_args="+exp=x", mean_kl=0.3, min_kl=1e-6)
     assert final.hook == resid_hook_name(2, 2) == "blocks.1.hook_resid_post"
     same = recommend([math.nan] * 3, threshold=0.5, text="general", direction="tuned_into_base", n_layers=2,
-                     exp_name="x", mean_kl=0.0, min_kl=1e-6)
+                     exp_args="+exp=x", mean_kl=0.0, min_kl=1e-6)
     assert same.hook is None and same.follow_up == [] and "agree" in same.line

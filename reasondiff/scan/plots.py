@@ -65,10 +65,11 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
     if recommended_layer is not None:
         for ax in (ax_kl, ax_rel, ax_cka):
             ax.axvline(recommended_layer, color="#aa0000", lw=0.8, alpha=0.6)
-        ax_kl.text(recommended_layer, 0.02, f" recommended: layer {recommended_layer}", color="#aa0000", fontsize=8)
+
     ax_kl.set_ylim(-0.05, 1.05)
     ax_kl.set_ylabel("fraction of KL(base ‖ tuned) closed")
-    ax_kl.set_title("(a) causal effect: residual stream patched at layer L")
+    recommended = f" (recommended: {recommended_layer})" if recommended_layer is not None else ""
+    ax_kl.set_title(f"(a) causal effect: residual stream patched at layer L{recommended}")
     ax_rel.set_ylabel("mean ‖h_tuned − h_base‖ / ‖h_base‖")
     ax_rel.set_title("(b) residual stream: relative change")
     ax_cka.set_ylabel("similarity")

@@ -56,18 +56,20 @@ def largest_step(fractions: list[float]) -> tuple[int | None, float | None]:
     return max(steps, key=lambda s: s[1])
 
 
-def follow_up_commands(exp_name: str, hook: str, layer: int, n_layers: int) -> list[str]:
+def follow_up_commands(exp_args: str, hook: str, layer: int, n_layers: int) -> list[str]:
+    """Harvest/train/analyze sweeps around `layer` (sibling runs: the main run is left alone)."""
     around = sorted({max(0, layer - 2), min(layer, n_layers - 1), min(layer + 2, n_layers - 1)})
     grid = ",".join(f"blocks.{i}.hook_resid_pre" for i in around)
-    return [f"python -m reasondiff.harvest -m +exp={exp_name} harvest.hook={grid}",
-            f"python -m reasondiff.train -m +exp={exp_name} harvest.hook={grid}",
-            f"python -m reasondiff.analyze -m +exp={exp_name} harvest.hook={grid}",
+    return [f"python -m reasondiff.harvest -m {exp_args} harvest.hook={grid}",
+            f"python -m reasondiff.train -m {exp_args} harvest.hook={grid}",
+            f"python -m reasondiff.analyze -m {exp_args} harvest.hook={grid}",
             f"# or the paper's grid: -m +sweep=layers; or the main run at this hook: harvest.hook={hook}"]
 
 
 def recommend(fractions: list[float], *, threshold: float, text: str, direction: str, n_layers: int,
-              exp_name: str, mean_kl: float, min_kl: float) -> Recommendation:
-    """The recommendation from one curve of fractions over residual layers 0..N."""
+              exp_args: str, mean_kl: float, min_kl: float) -> Recommendation:
+    """The recommendation from one curve of fractions over residual layers 0..N; `exp_args` is what
+    selects the experiment on a command line (`+exp=qwen05b`)."""
     block, step = largest_step(fractions)
     common = {"text": text, "direction": direction, "threshold": threshold, "largest_step_block": block,
               "largest_step": step}
@@ -91,4 +93,4 @@ def recommend(fractions: list[float], *, threshold: float, text: str, direction:
             f"patch closes >= {threshold:.0%} of KL(base || tuned) on {text.replace('_', ' ')} text "
             f"({fractions[layer]:.0%} there{step_text}).")
     return Recommendation(hook=hook, layer=layer, closed=fractions[layer], line=line,
-                          follow_up=follow_up_commands(exp_name, hook, layer, n_layers), **common)
+                          follow_up=follow_up_commands(exp_args, hook, layer, n_layers), **common)

@@ -134,7 +134,16 @@ def recommendation_of(rows: list[dict[str, Any]], cfg: Config, n_layers: int) ->
                                    "or scan.directions=[])."), fractions
     mean_kl = resid[0].get("kl_base_tuned", math.nan) if resid else math.nan
     return recommend(fractions, threshold=s.large_effect, text=text, direction=direction, n_layers=n_layers,
-                     exp_name=cfg.exp_name, mean_kl=mean_kl, min_kl=s.min_kl), fractions
+                     exp_args=experiment_args(cfg), mean_kl=mean_kl, min_kl=s.min_kl), fractions
+
+
+def experiment_args(cfg: Config) -> str:
+    """`+exp=NAME` when an experiment file of that name exists, else a placeholder plus exp_name."""
+    from reasondiff.stage import CONF_DIR
+
+    if (CONF_DIR / "exp" / f"{cfg.exp_name}.yaml").is_file():
+        return f"+exp={cfg.exp_name}"
+    return f"+exp=<experiment> exp_name={cfg.exp_name}"
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
