@@ -1,4 +1,4 @@
-"""`python -m reasondiff.pipeline +exp=NAME`: the five stages in order.
+"""`python -m reasondiff.pipeline +exp=NAME`: the stages in order (config.STAGES).
 
 Before any work the pipeline plans every stage (reasondiff.stage.decide): a finished stage with the
 same settings and inputs is skipped; one whose input stage will be redone is stale and redone; a

@@ -134,7 +134,7 @@ def test_a_change_planted_in_one_mlp_is_found_at_its_layer(tmp_path, tiny_model,
     recommendation = artifacts.read_json(out / "recommendation.json")
     assert recommendation["hook"] == f"blocks.{planted + 1}.hook_resid_pre"
     assert recommendation["largest_step_block"] == planted
-    assert f"harvest.hook=blocks.{planted + 1}.hook_resid_pre" in " ".join(recommendation["follow_up"])
+    assert f"run=hook=blocks.{planted + 1}.hook_resid_pre" in " ".join(recommendation["follow_up"])
 
     from reasondiff.analyze.report import build_report
 

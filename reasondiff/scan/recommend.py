@@ -57,13 +57,16 @@ def largest_step(fractions: list[float]) -> tuple[int | None, float | None]:
 
 
 def follow_up_commands(exp_args: str, hook: str, layer: int, n_layers: int) -> list[str]:
-    """Harvest/train/analyze sweeps around `layer` (sibling runs: the main run is left alone)."""
+    """A harvest sweep around `layer`, then train and analyze on the recommended hook's sibling run
+    (docs/runs.md: a run named R reads the upstream runs named R; the main run is left alone)."""
     around = sorted({max(0, layer - 2), min(layer, n_layers - 1), min(layer + 2, n_layers - 1)})
     grid = ",".join(f"blocks.{i}.hook_resid_pre" for i in around)
+    if hook not in grid.split(","):
+        grid += f",{hook}"
     return [f"python -m reasondiff.harvest -m {exp_args} harvest.hook={grid}",
-            f"python -m reasondiff.train -m {exp_args} harvest.hook={grid}",
-            f"python -m reasondiff.analyze -m {exp_args} harvest.hook={grid}",
-            f"# or the paper's grid: -m +sweep=layers; or the main run at this hook: harvest.hook={hook}"]
+            f"python -m reasondiff.train {exp_args} run=hook={hook}",
+            f"python -m reasondiff.analyze {exp_args} run=hook={hook}",
+            f"# +sweep=layers sweeps the experiment's grid (sweeps.layers); harvest.hook={hook} moves the main run"]
 
 
 def recommend(fractions: list[float], *, threshold: float, text: str, direction: str, n_layers: int,
