@@ -22,6 +22,7 @@ class ScanConfig:
     None = `finetune.dataset` (the traces the fine-tune learned from; point this at held-out traces
     to measure how far the change generalises). Fields follow `finetune.trace_source`."""
     reasoning_split: str = "train"
+    """Split of a hub `scan.reasoning_corpus` (ignored for local files)."""
     n_general_contexts: int = 16
     """General-text contexts of `context_length` tokens (representation metrics and clean KL on all)."""
     n_reasoning_contexts: int = 16
