@@ -24,13 +24,16 @@ APP_TITLES = {
     "finetune": "stage 1: SFT of the base model on s1K-1.1 (trl)",
     "bench": "stage 2: token-budget sweeps, accuracy and time per token limit",
     "harvest": "stage 3: paired residual activations of the base and tuned models",
+    "scan": "after harvest: where the fine-tune changed the model, layer by layer (representation change, "
+            "activation patching), and the hook to harvest",
     "train": "stage 4: sparse crosscoder on the paired activations",
     "analyze": "stage 5: CE recovery, decoder norms, latents, report.md",
     "pipeline": "every stage in order: skips finished ones, redoes stale ones",
 }
 SWEEPS_OF = {"train": ("l1_coeff", "k"), "bench": ("token_limits",), "harvest": ("layers",)}
 HARDWARE_OF = {"finetune": ("finetune_micro_batch", "gradient_checkpointing"), "bench": ("bench_batch_size",),
-               "harvest": ("harvest_batch_size",), "analyze": ("analyze_batch_size",), "train": ()}
+               "harvest": ("harvest_batch_size",), "scan": ("analyze_batch_size",), "analyze": ("analyze_batch_size",),
+               "train": ()}
 HARDWARE_SHARED = ("name", "device", "dtype", "attn_implementation", "memory_gb", "dataloader_workers", "cpu_threads")
 
 

@@ -270,6 +270,7 @@ def shape_problems(cfg, stage: str) -> list[str]:
                             f"of model.path={cfg.model.path} (with the prompt); lower bench.token_limits")
     for key, value, used in (("harvest.context_length", cfg.harvest.context_length, hook_used),
                              ("analyze.context_length", cfg.analyze.context_length, stage == "analyze"),
+                             ("scan.context_length", cfg.scan.context_length, stage == "scan"),
                              ("finetune.max_length", cfg.finetune.max_length, stage == "finetune")):
         if used and value > context:
             problems.append(f"{key}={value} is longer than the {context}-position context of "
