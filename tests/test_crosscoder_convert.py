@@ -298,3 +298,11 @@ def test_cli(tmp_path):
     done = run(INTEROP / "kissane", tmp_path / "k", "--scaling-factors", "0.57734591,0.22914210")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "k" / "config.json").read_text())["converted_from"]["format"] == "kissane"
+
+
+def test_analyze_points_a_foreign_crosscoder_at_convert(tmp_path):
+    from reasondiff.analyze.run import check_crosscoder_format
+
+    with pytest.raises(UserError, match="holds a dictionary_learning crosscoder: convert it first"):
+        check_crosscoder_format(INTEROP / "fork_batchtopk")
+    check_crosscoder_format(convert(INTEROP / "fork_batchtopk", tmp_path / "ok"))  # converted: fine

@@ -136,7 +136,7 @@ def frequency_histogram(frequency: Sequence[float], classes: Sequence[str], path
         ax.legend(fontsize=8)
     ax.set_xlabel("log10 firing frequency (fraction of held-out general-text tokens)")
     ax.set_ylabel("latents")
-    ax.set_title(title or f"Latent firing frequency per class ({int((~live).sum())} never fired)")
+    ax.set_title(title or f"Latent firing frequency per class ({int((~live).sum())} never fired on this text)")
     return _save(fig, path)
 
 
@@ -158,8 +158,12 @@ def training_curves(rows: Sequence[dict], path: Path, *, title: str = "") -> Pat
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
-    for ax, (key, label, log_y) in zip(axes[0], panels, strict=True):
+    n_cols = min(3, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, label, log_y) in zip(axes.flat, panels, strict=False):
         columns = [key] if key in frame else sorted(c for c in frame if c.startswith(key + "_"))
         for column in columns:
             ax.plot(frame["step"], frame[column], lw=1.2, label=column.removeprefix(key + "_") if column != key else None)

@@ -188,7 +188,13 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
     curves = analyze_dir / "training_curves.png"
     if curves.is_file():
         out.append(_figure(curves, analyze_dir, "Training curves (train/metrics.csv, on training batches)"))
-    train_metrics = (Path(crosscoder_dir) if crosscoder_dir is not None else exp_dir / "train") / "metrics.csv"
+    train_dir = Path(crosscoder_dir) if crosscoder_dir is not None else exp_dir / "train"
+    if (train_dir / "summary.json").is_file():
+        summary = artifacts.read_json(train_dir / "summary.json")
+        keys = ("l0", "fvu", "explained_variance_base", "explained_variance_tuned", "frac_dead", "eval_tokens")
+        out.append(f"\ntrain's final evaluation ({summary.get('eval_source', 'on training data')}):\n\n"
+                   + markdown_table([{k: summary.get(k) for k in keys}], keys, floatfmt={"eval_tokens": "d"}))
+    train_metrics = train_dir / "metrics.csv"
     if train_metrics.is_file() and (rows := read_csv_rows(train_metrics)):
         out.append("\nLast logged training metrics (on the training batch):\n\n" + markdown_table(rows[-1:]))
 
