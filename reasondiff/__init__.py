@@ -31,11 +31,15 @@ __getattr__ = lazy_exports(__name__, {
     "load_crosscoder": "reasondiff.crosscoder.model",
     "CrossCoder": "reasondiff.crosscoder.model",
     "CrossCoderConfig": "reasondiff.crosscoder.model",
+    "to_dictionary_learning": "reasondiff.crosscoder.convert",
+    "from_dictionary_learning": "reasondiff.crosscoder.convert",
+    "to_kissane": "reasondiff.crosscoder.convert",
+    "from_kissane": "reasondiff.crosscoder.convert",
     "grade": "reasondiff.bench.grading",
     "extract_answer": "reasondiff.bench.grading",
     "ActivationStore": "reasondiff.harvest.store",
     "run_stage": "reasondiff.stage",
     "Config": "reasondiff.config",
 })
-__all__ = ["ActivationStore", "Config", "CrossCoder", "CrossCoderConfig", "extract_answer", "grade",
-           "lazy_exports", "load_crosscoder", "run_stage"]
+__all__ = ["ActivationStore", "Config", "CrossCoder", "CrossCoderConfig", "extract_answer", "from_dictionary_learning",
+           "from_kissane", "grade", "lazy_exports", "load_crosscoder", "run_stage", "to_dictionary_learning", "to_kissane"]

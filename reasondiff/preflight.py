@@ -195,7 +195,9 @@ def _stage_problem(cfg, item: Input, produced: set[Path]) -> str | None:
     if item.kind == "crosscoder" and owning_stage_dir(cfg, directory) is None:
         # any directory in the train stage's format (e.g. converted from dictionary_learning)
         missing = [f for f in ("crosscoder.safetensors", "config.json") if not (directory / f).is_file()]
-        return f"{item.key}={directory}: no {' or '.join(missing)} there" if missing else None
+        foreign = any((directory / f).is_file() for f in ("model.safetensors", "cfg.json"))
+        hint = f" (another tool's crosscoder? `python -m reasondiff.convert {directory} OUT` first)" if foreign else ""
+        return f"{item.key}={directory}: no {' or '.join(missing)} there{hint}" if missing else None
     return f"{item.key}: no finished {item.stage} run in {directory}; run the {item.stage} stage first"
 
 

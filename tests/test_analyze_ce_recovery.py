@@ -1,24 +1,35 @@
-"""CE-loss recovery: the formula, and splicing on real (tiny) models — an exact crosscoder recovers
-everything, a crosscoder that reconstructs nothing recovers nothing, and forgetting to undo the
-scaling factors is caught."""
+"""CE-loss recovery under both conventions: the formulas, the bootstrap, and splicing on real (tiny)
+models. The `paper` convention is checked against the model's OWN loss (HF `labels=`, the mean over
+every next-token prediction, like TransformerLens `return_type="loss"` in Kissane's code) with the
+hook set by hand; an exact crosscoder recovers everything, one that reconstructs nothing recovers
+nothing (sink_preserving) but something under `paper` (its clean sink), forgetting to undo the scaling
+factors is caught, and right padding changes no number."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reasondiff.analyze.ce_recovery import (
+    CONVENTIONS,
+    SUMS,
     CERecoveryMeter,
+    bootstrap_intervals,
     ce_recovered,
     ce_recovery_batch,
     counted_positions,
-    forward_ce,
-    next_token_ce,
+    final_hidden,
+    log_probs,
+    metrics_from_sums,
+    score_runs,
     splice,
 )
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
+from reasondiff.hooks import residual_hook
 from reasondiff.models import parse_hook
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -31,25 +42,51 @@ def test_ce_recovered_formula():
     assert ce_recovered(2.0, 10.0, 10.0) == 0.0
     assert ce_recovered(2.0, 10.0, 12.0) == pytest.approx(-0.25)  # worse than ablating: negative
     assert math.isnan(ce_recovered(3.0, 3.0, 3.0))  # ablation changes nothing: undefined, not 0/0 noise
+    np.testing.assert_allclose(ce_recovered(np.array([2.0, 1.0]), np.array([10.0, 3.0]), np.array([4.0, 2.0])), [0.75, 0.5])
 
 
-def test_next_token_ce_is_per_prediction_and_shifted():
-    logits = torch.randn(2, 5, 11)
-    tokens = torch.randint(0, 11, (2, 5))
-    losses = next_token_ce(logits, tokens)
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), tokens[:, 1:].reshape(-1), reduction="none")
-    assert losses.shape == (2, 4)
-    torch.testing.assert_close(losses.reshape(-1), expected)
+def test_metrics_are_ratios_of_sums_over_predictions():
+    # two contexts: (n, ce_clean, ce_zero, ce_spliced, kl_zero, kl_spliced) sums
+    per_context = np.array([[10, 20.0, 60.0, 30.0, 5.0, 1.0], [30, 30.0, 150.0, 40.0, 9.0, 3.0]])
+    m = metrics_from_sums(per_context.sum(0))
+    assert m["ce_clean"] == pytest.approx(50 / 40) and m["ce_zero_ablation"] == pytest.approx(210 / 40)
+    assert m["ce_recovered"] == pytest.approx((210 - 70) / (210 - 50))  # token-weighted, not a mean of ratios
+    assert m["delta_ce"] == pytest.approx((70 - 50) / 40) and m["kl_spliced"] == pytest.approx(4 / 40)
+    assert m["kl_zero_ablation"] == pytest.approx(14 / 40)
 
 
-def test_meter_counts_only_the_predictions_of_counted_positions():
-    losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    counted = torch.tensor([[False, True, True, True], [False, False, True, True]])  # last position: no target
-    meter = CERecoveryMeter(("base",))
-    for condition in ("clean", "zero_ablation", "spliced"):
-        meter.add(0, condition, losses, counted)
-    row = meter.rows()[0]
-    assert row["n_tokens"] == 3 and row["ce_clean"] == pytest.approx((2 + 3 + 6) / 3)
+def test_bootstrap_intervals_over_contexts():
+    rng = np.random.default_rng(0)
+    n = rng.integers(50, 100, size=40).astype(float)
+    clean = n * 2.0 + rng.normal(0, 5, 40)
+    per_context = np.stack([n, clean, n * 6.0, n * 2.4 + rng.normal(0, 5, 40), n * 0.5, n * 0.1], axis=1)
+    point = metrics_from_sums(per_context.sum(0))
+    ci = bootstrap_intervals(per_context, n_resamples=2000, seed=1)
+    for key in ("ce_recovered", "ce_clean", "ce_spliced", "delta_ce"):
+        low, high = ci[key]
+        assert low < point[key] < high, key
+    assert ci["ce_zero_ablation"][0] == pytest.approx(6.0) == ci["ce_zero_ablation"][1]  # no spread, no width
+    assert ci == bootstrap_intervals(per_context, n_resamples=2000, seed=1)  # seeded: reproducible
+    narrow = bootstrap_intervals(np.repeat(per_context, 16, axis=0), n_resamples=2000, seed=1)
+    assert narrow["ce_clean"][1] - narrow["ce_clean"][0] < 0.5 * (ci["ce_clean"][1] - ci["ce_clean"][0])
+    assert all(math.isnan(v) for pair in bootstrap_intervals(per_context[:1], n_resamples=100, seed=0).values()
+               for v in pair)  # one context: no interval
+
+
+def test_meter_keeps_per_context_sums_and_resumes():
+    meter = CERecoveryMeter(3, ("base",))
+    values = {key: torch.tensor([1.0, 2.0]) * (i + 1) for i, key in enumerate(SUMS)}
+    meter.add(torch.tensor([0, 2]), 0, "paper", values)
+    meter.add(torch.tensor([2]), 0, "paper", {key: torch.tensor([3.0]) * (i + 1) for i, key in enumerate(SUMS)})
+    assert meter.sums[:, 0, CONVENTIONS.index("paper"), 0].tolist() == [1.0, 0.0, 5.0]
+    again = CERecoveryMeter(3, ("base",))
+    again.load_state_dict(meter.state_dict())
+    paper = [r for r in again.rows(n_bootstrap=50) if r["convention"] == "paper"]
+    assert paper == [r for r in meter.rows(n_bootstrap=50) if r["convention"] == "paper"]  # the seeded bootstrap too
+    row = next(r for r in meter.rows(n_bootstrap=0) if r["convention"] == "paper")
+    assert (row["n_tokens"], row["n_contexts"]) == (6, 2)
+    with pytest.raises(ValueError):
+        CERecoveryMeter(4, ("base",)).load_state_dict(meter.state_dict())
 
 
 def test_splice_leaves_the_positions_that_do_not_count():
@@ -61,19 +98,22 @@ def test_splice_leaves_the_positions_that_do_not_count():
     assert torch.equal(splice(acts, recon), recon)
 
 
-def test_counted_positions_drop_the_sink_and_massive_tokens():
+def test_counted_positions_drop_the_sink_massive_tokens_and_padding():
     x = torch.ones(2, 6, 2, 4)
     x[0, 3, 1] *= 40.0  # a massive token in the tuned model only: dropped for both
     counted = counted_positions(x, keep_first=True, max_norm_ratio=10.0)
     assert counted[:, 0].logical_not().all() and not counted[0, 3] and int(counted.sum()) == 2 * 5 - 1
     assert counted_positions(x, keep_first=False, max_norm_ratio=None).all()
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    assert counted_positions(x, keep_first=False, max_norm_ratio=None, valid=valid).equal(valid)
 
 
 def exact_crosscoder(d_model: int, scaling_factors) -> CrossCoder:
     """A crosscoder that reconstructs any pair exactly: latents ±e_i per model (ReLU(x) − ReLU(−x) = x)."""
-    F = 4 * d_model
-    cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_latents=F))
-    W_enc, W_dec = torch.zeros(2, d_model, F), torch.zeros(F, 2, d_model)
+    F_ = 4 * d_model
+    cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_latents=F_))
+    W_enc, W_dec = torch.zeros(2, d_model, F_), torch.zeros(F_, 2, d_model)
     for m in range(2):
         for sign_index, sign in enumerate((1.0, -1.0)):
             for i in range(d_model):
@@ -111,12 +151,58 @@ def trained_pair(tiny_tokenizer):
     return models, tokens
 
 
-def _ce_rows(models, tokens, crosscoder, keep_first=True, max_norm_ratio=None):
-    meter = CERecoveryMeter(("base", "tuned"))
+def _ce_rows(models, tokens, crosscoder, keep_first=True, max_norm_ratio=None, valid=None, batch=2):
+    meter = CERecoveryMeter(tokens.shape[0], ("base", "tuned"))
     hook = parse_hook(HOOK, 4)
-    for half in tokens.split(2):  # two batches: sums must combine
-        ce_recovery_batch(models, half, hook, crosscoder, meter, keep_first=keep_first, max_norm_ratio=max_norm_ratio)
-    return meter.rows()
+    for lo in range(0, tokens.shape[0], batch):  # batches: per-context sums must combine
+        rows = slice(lo, lo + batch)
+        ce_recovery_batch(models, tokens[rows], hook, crosscoder, meter, context_index=torch.arange(tokens.shape[0])[rows],
+                          keep_first=keep_first, max_norm_ratio=max_norm_ratio,
+                          valid=None if valid is None else valid[rows])
+    return {(r["convention"], r["model"]): r for r in meter.rows(n_bootstrap=200)}
+
+
+def _own_loss(model, tokens, fn=None):
+    """The model's own mean next-token loss over every prediction, with `fn` at the hook (by hand)."""
+    with torch.no_grad(), residual_hook(model, parse_hook(HOOK, 4), fn or (lambda a: None)):
+        out = model(input_ids=tokens, labels=tokens)
+    return out
+
+
+def test_paper_convention_is_the_models_own_mean_loss_with_the_hook_set_by_hand(trained_pair):
+    """Kissane's code: ce = model loss over all B·(T−1) predictions; zero ablation `act[:] = 0`;
+    splice `act[:, 1:] = recon`. Checked against HF's own `labels=` loss, run independently."""
+    models, tokens = trained_pair
+    cc = exact_crosscoder(models[0].config.hidden_size, FACTORS)
+    with torch.no_grad():
+        cc.W_dec.mul_(0.5)  # a half reconstruction: spliced sits between clean and ablated
+    rows = _ce_rows(models, tokens, cc)
+    captured = []
+    for model in models:
+        with torch.no_grad(), residual_hook(model, parse_hook(HOOK, 4), lambda a: captured.append(a.clone())):
+            model(input_ids=tokens)
+    for m, (name, model) in enumerate(zip(("base", "tuned"), models, strict=True)):
+        row = rows[("paper", name)]
+        assert row["n_tokens"] == 4 * 31  # every prediction, the one made at position 0 included
+        clean = _own_loss(model, tokens)
+        zero = _own_loss(model, tokens, lambda a: torch.zeros_like(a))
+        half = 0.5 * captured[m]
+
+        def spliced_fn(a, half=half):
+            a = a.clone()
+            a[:, 1:] = half[:, 1:]  # position 0 (BOS) kept clean
+            return a
+
+        spliced = _own_loss(model, tokens, spliced_fn)
+        assert row["ce_clean"] == pytest.approx(float(clean.loss), abs=1e-5)
+        assert row["ce_zero_ablation"] == pytest.approx(float(zero.loss), abs=1e-5)
+        assert row["ce_spliced"] == pytest.approx(float(spliced.loss), abs=1e-5)
+        assert row["delta_ce"] == pytest.approx(float(spliced.loss - clean.loss), abs=1e-5)
+        # KL(clean ‖ zero) per prediction from the full logits
+        p, q = (torch.log_softmax(o.logits[:, :-1].float(), -1) for o in (clean, zero))
+        kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1).mean()
+        assert row["kl_zero_ablation"] == pytest.approx(float(kl), rel=1e-4)
+        assert 0 < row["ce_recovered"] < 1 and row["kl_spliced"] > 0
 
 
 def test_exact_crosscoder_recovers_all_of_the_ce_with_scaling_factors_undone(trained_pair):
@@ -125,69 +211,83 @@ def test_exact_crosscoder_recovers_all_of_the_ce_with_scaling_factors_undone(tra
     # Factors far from 1: splicing the NORMALISED reconstruction (factors not undone) would be off
     # by 10x / 0.1x and this test would fail (see the next test).
     rows = _ce_rows(models, tokens, exact_crosscoder(d, FACTORS))
-    for row in rows:
+    for (convention, _), row in rows.items():
         assert row["ce_zero_ablation"] - row["ce_clean"] > 1.0, row  # the hook matters
         assert row["ce_spliced"] == pytest.approx(row["ce_clean"], abs=1e-3)
         assert row["ce_recovered"] == pytest.approx(1.0, abs=1e-3)
-        assert row["n_tokens"] == 4 * 30  # 32 positions, minus the last, minus the sink position 0
+        assert row["kl_spliced"] == pytest.approx(0.0, abs=1e-4) and row["kl_zero_ablation"] > 0.1
+        assert row["n_tokens"] == 4 * (31 if convention == "paper" else 30)  # sink_preserving: sink excluded
+        assert row["ce_recovered_ci_low"] <= row["ce_recovered_ci_high"]
 
 
 def test_forgetting_to_undo_the_scaling_factors_is_caught(trained_pair):
     models, tokens = trained_pair
-    d = models[0].config.hidden_size
-    cc = exact_crosscoder(d, FACTORS)
+    cc = exact_crosscoder(models[0].config.hidden_size, FACTORS)
     cc.denormalise = lambda x_norm: x_norm  # the classic bug: splice the normalised reconstruction
     rows = _ce_rows(models, tokens, cc)
-    assert all(abs(row["ce_recovered"] - 1.0) > 0.02 for row in rows), rows
+    assert all(abs(row["ce_recovered"] - 1.0) > 0.02 for row in rows.values()), rows
 
 
 def test_spliced_reconstruction_comes_from_the_joint_code(trained_pair):
     """A crosscoder whose base reconstruction is read off the TUNED model's activations: the base
     model must then receive exactly the tuned model's activations (the code is of the pair)."""
-    from reasondiff.hooks import residual_hook
-
     models, tokens = trained_pair
-    d = models[0].config.hidden_size
-    cc = exact_crosscoder(d, [1.0, 1.0])
+    cc = exact_crosscoder(models[0].config.hidden_size, [1.0, 1.0])
     with torch.no_grad():
         cc.W_dec.copy_(cc.W_dec.flip(1))  # latents reading model m decode into model 1-m
     rows = _ce_rows(models, tokens, cc)
-    hook = parse_hook(HOOK, 4)
     captured = []
-    with torch.no_grad(), residual_hook(models[1], hook, lambda a: captured.append(a.clone())):
+    with torch.no_grad(), residual_hook(models[1], parse_hook(HOOK, 4), lambda a: captured.append(a.clone())):
         models[1](input_ids=tokens)
     counted = torch.ones(tokens.shape, dtype=torch.bool)
     counted[:, 0] = False
-    losses = forward_ce(models[0], tokens, hook, lambda a: splice(a, captured[0], counted))
-    assert rows[0]["ce_spliced"] == pytest.approx(float(losses[:, 1:].mean()), abs=1e-4)
-    assert abs(rows[0]["ce_spliced"] - rows[0]["ce_clean"]) > 0.1
+    hidden = final_hidden(models[0], tokens, parse_hook(HOOK, 4), lambda a: splice(a, captured[0], counted))
+    with torch.no_grad():
+        losses = -log_probs(models[0], hidden[:, 1:-1].reshape(-1, hidden.shape[-1])).gather(
+            -1, tokens[:, 2:].reshape(-1, 1))
+    row = rows[("sink_preserving", "base")]
+    assert row["ce_spliced"] == pytest.approx(float(losses.mean()), abs=1e-4)
+    assert abs(row["ce_spliced"] - row["ce_clean"]) > 0.1
 
 
-def test_a_crosscoder_that_reconstructs_nothing_recovers_nothing(trained_pair):
+def test_a_crosscoder_that_reconstructs_nothing(trained_pair):
+    """sink_preserving: splicing zeros where ablation zeros, so nothing is recovered. paper: the
+    splice keeps the sink clean while the ablation zeroes it too, so a crosscoder that reconstructs
+    nothing still 'recovers' something: the inflation the two conventions differ by."""
     models, tokens = trained_pair
     cc = exact_crosscoder(models[0].config.hidden_size, [2.0, 2.0])
     with torch.no_grad():
         cc.W_dec.zero_()
-    for row in _ce_rows(models, tokens, cc):
-        assert row["ce_spliced"] == pytest.approx(row["ce_zero_ablation"], abs=1e-5)
-        assert row["ce_recovered"] == pytest.approx(0.0, abs=1e-5)
+    rows = _ce_rows(models, tokens, cc)
+    for name in ("base", "tuned"):
+        sink = rows[("sink_preserving", name)]
+        assert sink["ce_spliced"] == pytest.approx(sink["ce_zero_ablation"], abs=1e-5)
+        assert sink["ce_recovered"] == pytest.approx(0.0, abs=1e-5)
+        assert sink["kl_spliced"] == pytest.approx(sink["kl_zero_ablation"], rel=1e-5)
+        assert rows[("paper", name)]["ce_recovered"] > 0.01
 
 
-def test_first_position_is_left_untouched_and_out_of_the_loss(trained_pair):
+def test_first_position_policy_changes_only_the_sink_preserving_convention(trained_pair):
     models, tokens = trained_pair
     cc = exact_crosscoder(models[0].config.hidden_size, [1.0, 1.0])
     with torch.no_grad():
         cc.W_dec.zero_()
     kept = _ce_rows(models, tokens, cc, keep_first=True)
     replaced = _ce_rows(models, tokens, cc, keep_first=False)
-    assert kept[0]["n_tokens"] == 4 * 30 and replaced[0]["n_tokens"] == 4 * 31
-    # Zeroing the sink position too changes the ablated loss: the two conventions differ.
-    assert kept[0]["ce_zero_ablation"] != pytest.approx(replaced[0]["ce_zero_ablation"], abs=1e-3)
+    assert kept[("sink_preserving", "base")]["n_tokens"] == 4 * 30
+    assert replaced[("sink_preserving", "base")]["n_tokens"] == 4 * 31
+    # zeroing the sink too makes sink_preserving's ablation the paper's
+    assert replaced[("sink_preserving", "base")]["ce_zero_ablation"] == pytest.approx(
+        replaced[("paper", "base")]["ce_zero_ablation"], abs=1e-6)
+    assert kept[("sink_preserving", "base")]["ce_zero_ablation"] != pytest.approx(
+        replaced[("sink_preserving", "base")]["ce_zero_ablation"], abs=1e-3)
+    for key in ("ce_clean", "ce_zero_ablation", "ce_spliced", "kl_spliced"):  # the paper's numbers do not move
+        assert kept[("paper", "base")][key] == pytest.approx(replaced[("paper", "base")][key], abs=1e-6)
 
 
 def test_massive_tokens_are_left_untouched_and_out_of_the_loss(trained_pair, monkeypatch):
     """With max_norm_ratio, a token the harvest would drop is neither ablated nor spliced and its
-    prediction is not scored: the loss is over fewer tokens and a zero decoder no longer touches it."""
+    prediction is not scored under sink_preserving; the paper convention touches and scores it."""
     import reasondiff.analyze.ce_recovery as ce
 
     models, tokens = trained_pair
@@ -204,24 +304,49 @@ def test_massive_tokens_are_left_untouched_and_out_of_the_loss(trained_pair, mon
     monkeypatch.setattr(ce, "counted_positions", fifth_is_massive)
     dropped = _ce_rows(models, tokens, cc, max_norm_ratio=10.0)
     kept = _ce_rows(models, tokens, cc, max_norm_ratio=None)
-    assert dropped[0]["n_tokens"] == 4 * 29 and kept[0]["n_tokens"] == 4 * 30
-    assert dropped[0]["ce_zero_ablation"] != pytest.approx(kept[0]["ce_zero_ablation"], abs=1e-4)
+    assert dropped[("sink_preserving", "base")]["n_tokens"] == 4 * 29
+    assert kept[("sink_preserving", "base")]["n_tokens"] == 4 * 30
+    assert dropped[("sink_preserving", "base")]["ce_zero_ablation"] != pytest.approx(
+        kept[("sink_preserving", "base")]["ce_zero_ablation"], abs=1e-4)
+    assert dropped[("paper", "base")]["ce_spliced"] == pytest.approx(kept[("paper", "base")]["ce_spliced"], abs=1e-6)
 
 
-def test_forward_ce_matches_the_models_own_logits(trained_pair):
-    """forward_ce unembeds one context at a time (memory); it must equal the full-logits loss."""
+def test_right_padding_changes_no_number(trained_pair):
+    """A context padded to a longer batch gives the sums it gives alone (padding is after every real
+    token, out of every mask)."""
     models, tokens = trained_pair
+    cc = exact_crosscoder(models[0].config.hidden_size, FACTORS)
     with torch.no_grad():
-        logits = models[0](input_ids=tokens).logits
-    expected = next_token_ce(logits, tokens)
-    got = forward_ce(models[0], tokens, parse_hook(HOOK, 4), lambda a: None)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        cc.W_dec.mul_(0.7)
+    short = tokens[:2, :20]
+    alone = _ce_rows(models, short, cc)
+    padded = torch.cat([short, torch.full((2, 12), 7)], dim=1)
+    valid = torch.zeros(2, 32, dtype=torch.bool)
+    valid[:, :20] = True
+    together = _ce_rows(models, padded, cc, valid=valid)
+    for key, row in alone.items():
+        for metric in ("n_tokens", "ce_clean", "ce_zero_ablation", "ce_spliced", "kl_spliced", "kl_zero_ablation"):
+            assert together[key][metric] == pytest.approx(row[metric], abs=1e-5), (key, metric)
+
+
+def test_scoring_in_chunks_is_exact(trained_pair):
+    models, tokens = trained_pair
+    hook = parse_hook(HOOK, 4)
+    clean = final_hidden(models[0], tokens, hook, lambda a: None)
+    zero = final_hidden(models[0], tokens, hook, lambda a: torch.zeros_like(a))
+    whole = score_runs(models[0], tokens, clean, {"zero": zero}, chunk=10_000)
+    pieces = score_runs(models[0], tokens, clean, {"zero": zero}, chunk=7)  # chunks straddle contexts
+    torch.testing.assert_close(pieces[0], whole[0])
+    torch.testing.assert_close(pieces[1]["zero"], whole[1]["zero"])
+    torch.testing.assert_close(pieces[2]["zero"], whole[2]["zero"])
+    assert (whole[2]["zero"] >= -1e-6).all()  # a KL divergence
 
 
 @pytest.mark.slow
 def test_exact_crosscoder_on_the_real_qwen_architecture():
-    """Qwen2.5-0.5B (d_model 896, massive first-position activations): an exact crosscoder with
-    factors != 1 recovers the CE of both models; the 'tuned' one is the base with perturbed MLPs."""
+    """Qwen2.5-0.5B (d_model 896, massive first-position activations, 152k vocabulary): an exact
+    crosscoder with factors != 1 recovers the CE of both models under both conventions; the 'tuned'
+    one is the base with perturbed MLPs. fp32 on CPU, 512-token contexts (the real Table 2 run)."""
     import os
 
     from reasondiff.config import HardwareConfig
@@ -236,11 +361,12 @@ def test_exact_crosscoder_on_the_real_qwen_architecture():
     with torch.no_grad():
         for layer in tuned.model.layers[10:16]:
             layer.mlp.down_proj.weight.mul_(1.5)
-    text = "The derivative of x^2 is 2x, so the slope of the tangent at x = 3 is 6. " * 4
-    tokens = torch.tensor([tokenizer(text)["input_ids"][:48]] * 2)
-    meter = CERecoveryMeter(("base", "tuned"))
+    text = "The derivative of x^2 is 2x, so the slope of the tangent at x = 3 is 6. " * 40
+    tokens = torch.tensor([tokenizer(text)["input_ids"][:512]] * 2)
+    meter = CERecoveryMeter(2, ("base", "tuned"))
     ce_recovery_batch([base, tuned], tokens, parse_hook("blocks.14.hook_resid_pre", 24),
-                      exact_crosscoder(896, [0.05, 0.02]), meter, keep_first=True)
-    for row in meter.rows():
+                      exact_crosscoder(896, [0.05, 0.02]), meter, context_index=torch.arange(2), keep_first=True,
+                      max_norm_ratio=10.0)
+    for row in meter.rows(n_bootstrap=100):
         assert row["ce_zero_ablation"] - row["ce_clean"] > 1.0, row
         assert row["ce_recovered"] == pytest.approx(1.0, abs=1e-3), row

@@ -29,7 +29,10 @@ def crosscoder_dir(tmp_path_factory) -> Path:
         cc.W_enc.copy_(cc.W_dec.permute(1, 2, 0) * 3)
         cc.b_enc.fill_(-0.05)
         cc.scaling_factors.copy_(torch.tensor([2.0, 0.5]))
-    return cc.save(tmp_path_factory.mktemp("crosscoder"))
+    out = cc.save(tmp_path_factory.mktemp("crosscoder"))
+    (out / "metrics.csv").write_text("step,loss,l2,l1,l0,frac_dead,explained_variance_base,explained_variance_tuned\n"
+                                     "50,9.0,6.0,1.5,80.0,0.0,0.80,0.70\n100,5.0,3.0,1.0,40.0,0.1,0.90,0.85\n")
+    return out
 
 
 def analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):
@@ -53,28 +56,51 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     assert artifacts.is_complete(out)
     for name in ("ce_recovery.csv", "ce_recovery.md", "reconstruction.csv", "latents.csv", "class_counts.csv", "class_frequency.csv",
                  "latent_scaling_summary.csv", "relative_norm_hist.png", "cosine_hist.png", "latent_scaling.png",
-                 "latents.html", "report.md", "manifest.json"):
+                 "decoder_norms.png", "frequency_hist.png", "training_curves.png", "scaling_factors.csv", "latents.html",
+                 "report.md",
+                 "manifest.json"):
         assert (out / name).is_file(), name
     assert not list(out.glob("partial_*.pt"))
 
     ce = read_rows(out / "ce_recovery.csv")
-    assert [row["model"] for row in ce] == ["base", "tuned"]
+    assert [(r["text"], r["convention"], r["model"]) for r in ce] == [
+        (t, c, m) for t in ("general", "reasoning") for c in ("paper", "sink_preserving") for m in ("base", "tuned")]
+    by = {(r["text"], r["convention"], r["model"]): r for r in ce}
+    for m in ("base", "tuned"):
+        assert int(by[("general", "paper", m)]["n_tokens"]) == 6 * 47  # every prediction
+        assert int(by[("general", "sink_preserving", m)]["n_tokens"]) == 6 * 46  # sink position out too
+        reasoning = [by[("reasoning", c, m)] for c in ("paper", "sink_preserving")]
+        n_conversations = int(reasoning[0]["n_contexts"])
+        assert 1 <= n_conversations <= 4 and int(reasoning[0]["n_tokens"]) - int(reasoning[1]["n_tokens"]) == n_conversations
     for row in ce:
-        assert int(row["n_tokens"]) == 6 * 46  # first position (sink) and last (no target) excluded
-        assert all(math.isfinite(float(row[k])) for k in ("ce_clean", "ce_zero_ablation", "ce_spliced"))
+        assert all(math.isfinite(float(row[k])) for k in ("ce_clean", "ce_zero_ablation", "ce_spliced", "delta_ce"))
+        assert float(row["kl_spliced"]) >= 0 and float(row["kl_zero_ablation"]) >= 0
+        assert float(row["delta_ce"]) == pytest.approx(float(row["ce_spliced"]) - float(row["ce_clean"]))
+        assert float(row["ce_clean_ci_low"]) <= float(row["ce_clean"]) <= float(row["ce_clean_ci_high"])
 
     latents = read_rows(out / "latents.csv")
     assert len(latents) == N_LATENTS
     classes = [row["class"] for row in latents]
     assert set(classes[:40]) <= {"tuned_only", "dead"} and "tuned_only" in classes[:40]
     assert set(classes[40:80]) <= {"base_only", "dead"} and "base_only" in classes[40:80]
+    for row in latents:  # Minder et al.'s Δ beside r: its own function of the two norms
+        n_base, n_tuned = float(row["decoder_norm_base"]), float(row["decoder_norm_tuned"])
+        assert float(row["delta_norm"]) == pytest.approx(0.5 * ((n_tuned - n_base) / max(n_base, n_tuned) + 1), abs=1e-6)
     fit = read_rows(out / "reconstruction.csv")
-    assert [row["model"] for row in fit] == ["base", "tuned", "both"]
-    assert all(float(row["explained_variance"]) <= 1 and int(row["n_tokens"]) == 6 * 47 for row in fit)
+    assert [(row["text"], row["model"]) for row in fit] == [(t, m) for t in ("general", "reasoning")
+                                                            for m in ("base", "tuned", "both")]
+    assert all(float(row["explained_variance"]) <= 1 for row in fit)
+    assert all(int(row["n_tokens"]) == 6 * 47 for row in fit if row["text"] == "general")
     # L0 on held-out text is the sum of every latent's firing frequency there
     assert float(fit[0]["l0"]) == pytest.approx(sum(float(row["freq_general"]) for row in latents), rel=1e-6)
-    counts = {row["class"]: int(row["n_latents"]) for row in read_rows(out / "class_counts.csv")}
-    assert sum(counts.values()) == N_LATENTS and counts["tuned_only"] == classes.count("tuned_only")
+    counts = read_rows(out / "class_counts.csv")
+    assert sum(int(r["n_latents"]) for r in counts) == N_LATENTS == sum(int(r["n_latents_delta"]) for r in counts)
+    by_class = {r["class"]: r for r in counts}
+    assert int(by_class["tuned_only"]["n_latents"]) == classes.count("tuned_only")
+    assert int(by_class["shared"]["n_latents_delta"]) == [row["class_delta"] for row in latents].count("shared")
+    factors = read_rows(out / "scaling_factors.csv")
+    assert [(r["model"], float(r["scaling_factor"]), float(r["relative_to_base"])) for r in factors] == \
+        [("base", 2.0, 1.0), ("tuned", 0.5, 0.25)]
     for row in latents:
         assert (float(row["freq_general"]) == 0 and float(row["freq_reasoning"]) == 0) == (row["class"] == "dead")
         has_beta = row["beta_error_tuned"] != ""
@@ -85,13 +111,17 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     page = (out / "latents.html").read_text()
     assert "most tuned-leaning latents" in page and "reasoning text" in page and 'class="t peak"' in page
     report = (out / "report.md").read_text()
-    assert "CE-loss recovery (Table 2)" in report and "| base |" in report and "explained_variance" in report
-    assert "relative_norm_hist.png" in report and "latents.html" in report
+    assert "CE-loss recovery (Table 2)" in report and "| general | paper | base |" in report
+    assert "| reasoning | sink_preserving | tuned |" in report and "explained_variance" in report
+    assert "Ratio tuned / base = **0.25**" in report and "n_latents_delta" in report
+    for figure in ("relative_norm_hist.png", "decoder_norms.png", "frequency_hist.png", "training_curves.png"):
+        assert f"]({figure})" in report
+    assert "latents.html" in report
     assert "python -m reasondiff.finetune +exp=t" in report  # missing stages are named, not fatal
     manifest = artifacts.read_json(out / "manifest.json")
     assert manifest["inputs"]["crosscoder_dir"] == str(crosscoder_dir)
     assert manifest["inputs"]["exclude_first_position"] is True
-    assert [r["model"] for r in manifest["outputs"]["ce_recovery"]] == ["base", "tuned"]
+    assert len(manifest["outputs"]["ce_recovery"]) == 8
 
 
 def test_killed_analyze_resumes_to_the_same_numbers(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir,
@@ -103,21 +133,22 @@ def test_killed_analyze_resumes_to_the_same_numbers(tmp_path, crosscoder_dir, ti
                          "analyze.checkpoint_every=1")
     real_batch, calls = analysis.ce_recovery_batch, []
 
-    def dies_on_third_batch(*args, **kwargs):
+    def dies_in_the_reasoning_pass(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 3 + 2:  # three general batches, then the second reasoning one
             raise KeyboardInterrupt("killed")
         return real_batch(*args, **kwargs)
 
-    monkeypatch.setattr(analysis, "ce_recovery_batch", dies_on_third_batch)
+    monkeypatch.setattr(analysis, "ce_recovery_batch", dies_in_the_reasoning_pass)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg)
     out = cfg.stage_dir("analyze")
     assert not artifacts.is_complete(out)
-    assert torch.load(out / "partial_heldout.pt", weights_only=True)["batches_done"] == 2
+    assert torch.load(out / "partial_general.pt", weights_only=True)["finished"]
+    assert torch.load(out / "partial_reasoning.pt", weights_only=True)["batches_done"] == 1
     calls.clear()
     run_stage(cfg)
-    assert len(calls) == 1  # only the third and last batch was recomputed
+    assert len(calls) == 1  # only the second and last reasoning batch was recomputed
     assert read_rows(out / "ce_recovery.csv") == read_rows(reference / "ce_recovery.csv")
     assert read_rows(out / "latents.csv") == read_rows(reference / "latents.csv")
     assert read_rows(out / "reconstruction.csv") == read_rows(reference / "reconstruction.csv")

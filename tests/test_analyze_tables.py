@@ -23,14 +23,15 @@ from reasondiff.analyze.run import (
     class_frequency_rows,
     extreme_latents,
     latent_rows,
-    pack_texts,
 )
 from reasondiff.crosscoder.geometry import (
     BASE,
     TUNED,
     classify_latents,
+    classify_latents_delta,
     decoder_cosine,
     decoder_norms,
+    delta_norm,
     relative_decoder_norm,
 )
 from reasondiff.crosscoder.model import fold_scaling_factors
@@ -64,6 +65,28 @@ def test_relative_norm_cosine_and_classes_on_hand_built_decoder():
     assert classify_latents(r, alive=alive)[2] == "dead"
     # The thresholds are configurable: widen "shared" to swallow latent 3.
     assert classify_latents(r, shared_min=0.2)[3] == "shared"
+
+
+def test_delta_is_minders_function_of_the_norms_not_one_minus_r():
+    """Δ = ½((‖d_t‖ − ‖d_b‖)/max + 1) with Minder et al.'s strict bins: for ρ = ‖d_t‖/‖d_b‖ = 6, r = 6/7
+    is 'other' but Δ = 11/12 is tuned-only; for ρ = 2, r = 2/3 is shared but Δ = 3/4 is 'other'."""
+    e = torch.eye(4)
+    ratios = [0.0, 1.0, 6.0, 2.0, 1 / 6, 1.1, float("inf")]
+    W = torch.zeros(len(ratios), 2, 4)
+    for i, rho in enumerate(ratios):
+        W[i, BASE], W[i, TUNED] = (0.0, 1.0) if rho == float("inf") else (1.0, rho) if rho <= 1 else (1.0 / rho, 1.0)
+        W[i, BASE], W[i, TUNED] = W[i, BASE, 0] * e[0], W[i, TUNED, 0] * e[1]
+    delta, r = delta_norm(W), relative_decoder_norm(W)
+    expected = [0.0, 0.5, 11 / 12, 0.75, 1 / 12, 1 - 1 / 2.2, 1.0]
+    assert delta.tolist() == pytest.approx(expected)
+    assert r.tolist() == pytest.approx([0.0, 0.5, 6 / 7, 2 / 3, 1 / 7, 1.1 / 2.1, 1.0])
+    assert not torch.allclose(delta, 1 - r) and not torch.allclose(delta, r)
+    assert classify_latents(r) == ["base_only", "shared", "other", "shared", "other", "shared", "tuned_only"]
+    assert classify_latents_delta(delta) == ["base_only", "shared", "tuned_only", "other", "base_only", "shared",
+                                             "tuned_only"]
+    alive = torch.tensor([True] * 6 + [False])
+    assert classify_latents_delta(delta, alive=alive)[-1] == "dead"
+    assert math.isnan(delta_norm(torch.zeros(1, 2, 4))[0])
 
 
 def test_relative_norms_must_be_read_from_the_unfolded_decoder():
@@ -152,12 +175,6 @@ def test_latent_rows_and_class_tables():
     assert freq["base_only"]["mean_freq_reasoning"] == 0.0
 
 
-def test_pack_texts_cuts_fixed_length_contexts(tiny_tokenizer):
-    contexts = pack_texts(["one two three four five six"] * 50, tiny_tokenizer, 3, 16, config_key="analyze.reasoning_corpus")
-    assert contexts.shape == (3, 16)
-    assert (contexts == tiny_tokenizer.eos_token_id).any()
-
-
 def test_markdown_table_formats():
     table = markdown_table([{"model": "base", "ce_recovered": 0.91234, "n_tokens": 1000.0, "x": "a|b"}],
                            floatfmt={"ce_recovered": ".1%", "n_tokens": "d"})
@@ -167,15 +184,23 @@ def test_markdown_table_formats():
 def test_report_gathers_what_exists_and_names_what_is_missing(tmp_path):
     exp = tmp_path / "myexp"
     analyze, bench = exp / "analyze", exp / "bench"
-    write_csv(analyze / "ce_recovery.csv", [{"model": "base", "ce_clean": 2.0, "ce_zero_ablation": 6.0, "ce_spliced": 2.4,
-                                             "ce_recovered": 0.9, "n_tokens": 100}],
-              ["model", "ce_clean", "ce_zero_ablation", "ce_spliced", "ce_recovered", "n_tokens"])
+    from reasondiff.analyze.ce_recovery import CE_COLUMNS
+
+    row = {"text": "general", "convention": "paper", "model": "base", "ce_clean": 2.0, "ce_zero_ablation": 6.0,
+           "ce_spliced": 2.4, "ce_recovered": 0.9, "ce_recovered_ci_low": 0.85, "ce_recovered_ci_high": 0.93,
+           "delta_ce": 0.4, "kl_spliced": 0.1, "kl_zero_ablation": 3.0, "n_tokens": 100, "n_contexts": 4}
+    write_csv(analyze / "ce_recovery.csv", [row], CE_COLUMNS)
+    write_csv(analyze / "scaling_factors.csv", [{"model": "base", "scaling_factor": 0.5, "relative_to_base": 1.0},
+                                                {"model": "tuned", "scaling_factor": 0.25, "relative_to_base": 0.5}],
+              ["model", "scaling_factor", "relative_to_base", "mean_norm"])
     write_csv(bench / "summary.csv", [{"task": "gsm8k", "model": "tuned", "accuracy": 0.5}], ["task", "model", "accuracy"])
     (bench / "accuracy_vs_limit.png").write_bytes(b"\x89PNG")
     (bench / ".hydra").mkdir(parents=True)
     (bench / ".hydra" / "config.yaml").write_text("model:\n  path: m\nbench:\n  limit: 3\nharvest:\n  n_tokens: 9\n")
     report = build_report(exp, analyze, title="R")
-    assert "| base | 2 | 6 | 2.4 | 90.0% | 100 |" in report
+    assert "| general | paper | base | 90.0% [85.0%, 93.0%] | 2.0000 | 6.0000 | 2.4000 | 0.4000 | 0.1000 | 3.0000 | 100 |" \
+        in report
+    assert "Ratio tuned / base = **0.5**" in report
     assert "| gsm8k | tuned | 0.5 |" in report
     assert "](../bench/accuracy_vs_limit.png)" in report
     assert "python -m reasondiff.finetune +exp=myexp" in report  # Fig. 2 missing: says what to run

@@ -35,7 +35,11 @@ def test_summary_labels_the_main_run_omits_what_does_not_apply_and_adds_ce(tmp_p
     (exp_dir / "train@unfinished" / "summary.json").write_text("{}")  # no COMPLETED: ignored
     # an analysed job contributes CE recovered (what analyze@<run> wrote)
     analyzed = exp_dir / "analyze@synthetic+l1_coeff=8"
-    artifacts.write_text(analyzed / "ce_recovery.csv", "model,ce_recovered\nbase,0.91\ntuned,0.87\n")
+    artifacts.write_text(analyzed / "ce_recovery.csv",  # the sweep reads the paper's convention on general text
+                         "text,convention,model,ce_recovered\n"
+                         "general,sink_preserving,base,0.5\ngeneral,sink_preserving,tuned,0.4\n"
+                         "general,paper,base,0.91\ngeneral,paper,tuned,0.87\n"
+                         "reasoning,paper,base,0.7\nreasoning,paper,tuned,0.6\n")
     artifacts.mark_complete(analyzed)
 
     rows = collect_runs(exp_dir)

@@ -1,7 +1,9 @@
 """Figures of the analyze stage (matplotlib, Agg backend: no display needed), each saved atomically.
 
 Fig. 5: relative decoder norm histogram; Fig. 6: cosine of shared latents' decoder pairs;
-plus the Latent Scaling scatter (ν_error vs ν_reconstruction of model-specific latents).
+plus the Latent Scaling scatter (ν_error vs ν_reconstruction of model-specific latents), what a
+crosscoder researcher looks at first — ‖d_base‖ vs ‖d_tuned‖ per latent, the firing-frequency
+histogram per class — and the training curves from train's metrics.csv.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 
 from reasondiff import artifacts
 
-CLASS_COLORS = {"base_only": "#1f5fa8", "tuned_only": "#b8460b", "shared": "#2b7a2b", "other": "#888888"}
+CLASS_COLORS = {"base_only": "#1f5fa8", "tuned_only": "#b8460b", "shared": "#2b7a2b", "other": "#888888",
+                "designated_shared": "#7b3fa0", "dead": "#cccccc"}
 
 
 def _pyplot():
@@ -83,4 +86,94 @@ def latent_scaling_scatter(nu_error: Sequence[float], nu_reconstruction: Sequenc
     ax.set_ylabel("ν_reconstruction")
     ax.set_title("Latent Scaling of model-specific latents")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def decoder_norm_scatter(norm_base: Sequence[float], norm_tuned: Sequence[float], classes: Sequence[str], path: Path, *,
+                         shared_min: float, shared_max: float, base_only_max: float, tuned_only_min: float) -> Path:
+    """‖d_base‖ vs ‖d_tuned‖ per latent on log axes, coloured by class; the diagonal lines are the
+    class boundaries of r (‖d_tuned‖ / ‖d_base‖ = r / (1 − r))."""
+    plt = _pyplot()
+    x, y, classes = np.asarray(norm_base, dtype=float), np.asarray(norm_tuned, dtype=float), np.asarray(classes)
+    positive = np.r_[x[x > 0], y[y > 0]]
+    floor = positive.min() / 2 if len(positive) else 1e-6  # a zero norm (fully model-specific) sits on the axis
+    x, y = np.maximum(x, floor), np.maximum(y, floor)
+    fig, ax = plt.subplots(figsize=(5.4, 5.0))
+    for cls in (*CLASS_COLORS, *sorted(set(classes) - set(CLASS_COLORS))):
+        keep = classes == cls
+        if keep.any():
+            ax.scatter(x[keep], y[keep], s=6, alpha=0.6, color=CLASS_COLORS.get(cls, "#000000"), label=f"{cls} ({keep.sum()})",
+                       rasterized=True)
+    lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+    span = np.array([lo, hi])
+    for r, style in ((base_only_max, ":"), (shared_min, "--"), (0.5, "-"), (shared_max, "--"), (tuned_only_min, ":")):
+        ax.plot(span, span * r / (1 - r), color="k", lw=0.6, ls=style, alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo / 1.5, hi * 1.5)
+    ax.set_ylim(lo / 1.5, hi * 1.5)
+    ax.set_xlabel("||d_base||  (decoder norm, normalised space)")
+    ax.set_ylabel("||d_tuned||")
+    ax.set_title("Decoder norms per latent (lines: r = 0.1, 0.3, 0.5, 0.7, 0.9)")
+    ax.legend(fontsize=7, markerscale=2)
+    return _save(fig, path)
+
+
+def frequency_histogram(frequency: Sequence[float], classes: Sequence[str], path: Path, *, title: str = "") -> Path:
+    """log10 of each live latent's firing frequency, one histogram per class (dead latents never fire)."""
+    plt = _pyplot()
+    freq, classes = np.asarray(frequency, dtype=float), np.asarray(classes)
+    live = freq > 0
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    if live.any():
+        logf = np.log10(freq[live])
+        bins = np.linspace(np.floor(logf.min()), 0, 41)
+        for cls in (c for c in CLASS_COLORS if c != "dead"):
+            keep = (classes[live] == cls)
+            if keep.any():
+                ax.hist(logf[keep], bins=bins, histtype="step", lw=1.5, color=CLASS_COLORS[cls],
+                        label=f"{cls} ({keep.sum()})")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("log10 firing frequency (fraction of held-out general-text tokens)")
+    ax.set_ylabel("latents")
+    ax.set_title(title or f"Latent firing frequency per class ({int((~live).sum())} never fired on this text)")
+    return _save(fig, path)
+
+
+TRAINING_PANELS = (("l2", "L2 (reconstruction loss)", True), ("l1", "L1 (sparsity penalty)", True),
+                   ("l0", "L0 (active latents per token)", True), ("explained_variance", "explained variance", False),
+                   ("frac_dead", "fraction of dead latents", False))
+
+
+def training_curves(rows: Sequence[dict], path: Path, *, title: str = "") -> Path | None:
+    """L2, L1, L0, explained variance per model and dead fraction against the training step, from
+    train's metrics.csv rows (None when there is nothing to draw)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(list(rows)).apply(pd.to_numeric, errors="coerce")
+    if frame.empty or "step" not in frame:
+        return None
+    frame = frame.dropna(subset=["step"]).sort_values("step")
+    panels = [p for p in TRAINING_PANELS if p[0] in frame or any(c.startswith(p[0] + "_") for c in frame)]
+    if not panels:
+        return None
+    plt = _pyplot()
+    n_cols = min(3, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, label, log_y) in zip(axes.flat, panels, strict=False):
+        columns = [key] if key in frame else sorted(c for c in frame if c.startswith(key + "_"))
+        for column in columns:
+            ax.plot(frame["step"], frame[column], lw=1.2, label=column.removeprefix(key + "_") if column != key else None)
+        if log_y and (frame[columns] > 0).all().all():
+            ax.set_yscale("log")
+        if len(columns) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "crosscoder training (train/metrics.csv, on training batches)", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)

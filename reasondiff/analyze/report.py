@@ -2,9 +2,11 @@
 
 The report reads only files (never in-memory results), so it can be rebuilt at any time from the
 stage directories, and a missing stage shows up as a line saying what to run rather than an error.
-Sections: fine-tuning loss (Fig. 2), benchmarks (Table 1, Figs. 3-4), the layer scan, crosscoder reconstruction
-(Table 2), decoder geometry (Figs. 5-6), model-specific latents (frequencies, Latent Scaling),
-and the configuration each stage ran with.
+Sections: fine-tuning loss (Fig. 2), benchmarks (Table 1, Figs. 3-4), the layer scan, the crosscoder (scaling
+factors, training curves), its reconstruction (Table 2 under both conventions, with KL and 95%
+intervals, on general and reasoning text), decoder geometry (Figs. 5-6, ‖d_base‖ vs ‖d_tuned‖, class
+counts by r and by Δ), model-specific latents (frequencies, Latent Scaling), and the configuration
+each stage ran with.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reasondiff import artifacts
+from reasondiff.analyze.ce_recovery import METRICS
 
 STAGE_ORDER = ("finetune", "bench", "harvest", "scan", "train", "analyze")
 
@@ -66,6 +69,38 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[s
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+CE_MARKDOWN_COLUMNS = ("text", "convention", "model", "ce_recovered", "ce_clean", "ce_zero_ablation", "ce_spliced",
+                       "delta_ce", "kl_spliced", "kl_zero_ablation", "n_tokens")
+
+
+def format_ce_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """ce_recovery.csv rows with every metric as `value [low, high]` (the 95% bootstrap interval;
+    CE recovered as a percentage, the rest in nats)."""
+
+    def fmt(value, spec: str) -> str:
+        value = math.nan if value in ("", None) else float(value)
+        return "nan" if value != value else format(value, spec)
+
+    out = []
+    for row in rows:
+        shown = {k: str(row.get(k, "")) for k in ("text", "convention", "model")}
+        for key in METRICS:
+            if key not in row:
+                continue
+            spec = ".1%" if key == "ce_recovered" else ".4f"
+            low, high = fmt(row.get(f"{key}_ci_low"), spec), fmt(row.get(f"{key}_ci_high"), spec)
+            shown[key] = fmt(row[key], spec) + ("" if low == "nan" else f" [{low}, {high}]")
+        shown["n_tokens"] = str(row.get("n_tokens", ""))
+        out.append(shown)
+    return out
+
+
+def ce_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Table 2: CE recovered with its 95% interval, the three losses, ΔCE and the two KLs (nats)."""
+    columns = [c for c in CE_MARKDOWN_COLUMNS if not rows or c in rows[0] or c in ("text", "convention")]
+    return markdown_table(format_ce_rows(rows), columns, floatfmt={k: ".4f" for k in METRICS} | {"n_tokens": "d"})
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -158,12 +193,38 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
 
     out.append(_scan_section(exp_dir / "scan", analyze_dir, exp))
 
-    out.append("## Crosscoder reconstruction: CE-loss recovery (Table 2)\n")
+    out.append("## The crosscoder\n")
+    factors = analyze_dir / "scaling_factors.csv"
+    if factors.is_file():
+        rows = read_csv_rows(factors)
+        ratio = float(rows[1]["relative_to_base"]) if len(rows) > 1 else math.nan
+        out.append("Per-model norm scaling factors (raw activation × factor = the crosscoder's input; harvest "
+                   f"makes each model's mean norm √d_model). Ratio tuned / base = **{ratio:.4g}**.\n\n")
+        out.append(_csv_section(factors, analyze_dir, floatfmt={"scaling_factor": ".5g", "relative_to_base": ".4g"}))
+    curves = analyze_dir / "training_curves.png"
+    if curves.is_file():
+        out.append(_figure(curves, analyze_dir, "Training curves (train/metrics.csv, on training batches)"))
+    train_dir = Path(crosscoder_dir) if crosscoder_dir is not None else exp_dir / "train"
+    if (train_dir / "summary.json").is_file():
+        summary = artifacts.read_json(train_dir / "summary.json")
+        keys = ("l0", "fvu", "explained_variance_base", "explained_variance_tuned", "frac_dead", "eval_tokens")
+        out.append(f"\ntrain's final evaluation ({summary.get('eval_source', 'on training data')}):\n\n"
+                   + markdown_table([{k: summary.get(k) for k in keys}], keys, floatfmt={"eval_tokens": "d"}))
+    train_metrics = train_dir / "metrics.csv"
+    if train_metrics.is_file() and (rows := read_csv_rows(train_metrics)):
+        out.append("\nLast logged training metrics (on the training batch):\n\n" + markdown_table(rows[-1:]))
+
+    out.append("\n## Crosscoder reconstruction: CE-loss recovery (Table 2)\n")
     ce = analyze_dir / "ce_recovery.csv"
     if ce.is_file():
-        out.append("CE recovered = (L_zero − L_spliced) / (L_zero − L_clean) on held-out text; each model's "
-                   "reconstruction comes from the joint code of both models, scaling factors undone.\n\n")
-        out.append(_csv_section(ce, analyze_dir, floatfmt={"ce_recovered": ".1%", "n_tokens": "d"}))
+        out.append("CE recovered = (L_zero − L_spliced) / (L_zero − L_clean); each model's reconstruction comes from "
+                   "the joint code of both models, scaling factors undone. Convention `paper` is Kissane & Nanda's "
+                   "code behind the paper's Table 2 (splice positions 1:, zero-ablate every position, every "
+                   "prediction scored); `sink_preserving` touches and scores only the positions the crosscoder "
+                   "stands in for (docs/analyze.md). ΔCE = L_spliced − L_clean and KL(clean ‖ ·) are in nats per "
+                   "prediction; brackets: 95% bootstrap intervals over contexts. `general` = held-out text, "
+                   "`reasoning` = s1K conversations in the fine-tune's chat layout.\n\n")
+        out.append(ce_table_markdown(read_csv_rows(ce)) + f"\nSource: [{ce.name}]({_rel(ce, analyze_dir)})\n")
     else:
         out.append(_missing("CE recovery", f"python -m reasondiff.analyze +exp={exp}"))
     fit = analyze_dir / "reconstruction.csv"
@@ -171,16 +232,21 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
         out.append("\nOn the same held-out tokens: explained variance of each model's activations (in the "
                    "crosscoder's normalised space; `both` = 1 − FVU) and L0, active latents per token.\n\n")
         out.append(_csv_section(fit, analyze_dir, floatfmt={"explained_variance": ".3f", "l0": ".1f", "n_tokens": "d"}))
-    train_metrics = exp_dir / "train" / "metrics.csv"
-    if train_metrics.is_file() and (rows := read_csv_rows(train_metrics)):
-        out.append("\nLast logged training metrics (on the training batch):\n\n" + markdown_table(rows[-1:]))
 
     out.append("\n## Decoder geometry (Figs. 5-6)\n")
     counts = analyze_dir / "class_counts.csv"
-    out.append(_csv_section(counts, analyze_dir) if counts.is_file()
-               else _missing("latent classes", f"python -m reasondiff.analyze +exp={exp}"))
+    if counts.is_file():
+        out.append("Latents per class by the relative decoder norm r = ‖d_tuned‖ / (‖d_base‖ + ‖d_tuned‖) (the paper's "
+                   "bands) and, in the `_delta` columns, by Minder et al.'s Δ = ½((‖d_tuned‖ − ‖d_base‖) / "
+                   "max(‖d_base‖, ‖d_tuned‖) + 1) with their bins (Δ < 0.1, |Δ − ½| < 0.1, Δ > 0.9): a different "
+                   "function of the norms, so the counts differ.\n\n")
+        out.append(_csv_section(counts, analyze_dir, floatfmt={"fraction": ".3f", "fraction_delta": ".3f"}))
+    else:
+        out.append(_missing("latent classes", f"python -m reasondiff.analyze +exp={exp}"))
     for name, caption in (("relative_norm_hist.png", "Fig. 5: relative decoder norm of live latents"),
-                          ("cosine_hist.png", "Fig. 6: decoder cosine of shared latents")):
+                          ("cosine_hist.png", "Fig. 6: decoder cosine of shared latents"),
+                          ("decoder_norms.png", "‖d_base‖ vs ‖d_tuned‖ per latent (log axes), coloured by class"),
+                          ("frequency_hist.png", "Firing frequency (log10) per latent class, held-out general text")):
         if (analyze_dir / name).is_file():
             out.append(_figure(analyze_dir / name, analyze_dir, caption))
 
@@ -198,7 +264,7 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
         if (analyze_dir / "latent_scaling.png").is_file():
             out.append(_figure(analyze_dir / "latent_scaling.png", analyze_dir, "Latent Scaling ratios"))
     for name, what in (("latents.html", "top-activating contexts, token-highlighted"),
-                       ("latents.csv", "every latent: relative norm, cosine, class, frequencies, β, ν")):
+                       ("latents.csv", "every latent: class by r and by Δ, relative norm r, Δ, cosine, frequencies, β, ν")):
         if (analyze_dir / name).is_file():
             out.append(f"- [{name}]({name}): {what}\n")
 

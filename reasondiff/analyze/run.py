@@ -3,18 +3,19 @@
 Recipe (`run`):
   1. load the crosscoder (train stage's format) and both models; decoder geometry needs no data:
      relative decoder norm, cosine, provisional classes;
-  2. one streamed pass over HELD-OUT general text (documents harvest never used): CE recovery per
-     model, activation statistics, top-activating contexts, Latent Scaling sums;
-  3. one pass over reasoning traces (s1K): activation statistics and top contexts there;
+  2. one streamed pass over HELD-OUT general text (documents harvest never used): CE/KL recovery per
+     model under both conventions, explained variance, activation statistics, top-activating
+     contexts, Latent Scaling sums;
+  3. the same pass over reasoning conversations in the fine-tune's layout (chat template, s1 think /
+     answer delimiters; texts.py), without Latent Scaling;
   4. tables (ce_recovery.csv, reconstruction.csv, latents.csv, class_counts.csv, class_frequency.csv,
-     latent_scaling_summary.csv), figures, latents.html and report.md.
-Passes 2-3 checkpoint their streaming sums every `analyze.checkpoint_every` batches; a killed run
-resumes from there.
+     latent_scaling_summary.csv, scaling_factors.csv), figures, latents.html and report.md.
+Passes 2-3 checkpoint their streaming sums (per context, so bootstrap intervals survive a resume)
+every `analyze.checkpoint_every` batches; a killed run resumes from there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -29,9 +30,6 @@ from reasondiff.analyze.ce_recovery import (
     CE_COLUMNS,
     CERecoveryMeter,
     ce_recovery_batch,
-    ce_table_markdown,
-    counted_positions,
-    reconstruct_raw,
 )
 from reasondiff.analyze.contexts import (
     LatentCard,
@@ -42,15 +40,18 @@ from reasondiff.analyze.contexts import (
     window_example,
 )
 from reasondiff.analyze.latent_scaling import LatentScaling, beta_columns
-from reasondiff.analyze.report import build_report, write_csv
+from reasondiff.analyze.report import build_report, ce_table_markdown, read_csv_rows, write_csv
+from reasondiff.analyze.texts import Contexts, reasoning_conversations
 from reasondiff.config import Config
 from reasondiff.crosscoder.geometry import (
     BASE,
     LATENT_CLASSES,
     TUNED,
     classify_latents,
+    classify_latents_delta,
     decoder_cosine,
     decoder_norms,
+    delta_norm,
     relative_decoder_norm,
 )
 from reasondiff.crosscoder.loss import ExplainedVarianceMeter
@@ -59,9 +60,11 @@ from reasondiff.tracking import require_finite
 
 log = logging.getLogger(__name__)
 
-LATENT_COLUMNS = ["latent", "class", "relative_norm", "cosine", "decoder_norm_base", "decoder_norm_tuned",
+LATENT_COLUMNS = ["latent", "class", "class_delta", "relative_norm", "delta_norm", "cosine", "decoder_norm_base",
+                  "decoder_norm_tuned",
                   "freq_general", "freq_reasoning", "mean_activation", "max_activation", *beta_columns()]
 MODEL_NAMES = ("base", "tuned")
+TEXTS = ("general", "reasoning")
 CANDIDATE_FACTOR = 4
 """Top contexts are tracked for this many times the latents shown (some candidates never fire)."""
 
@@ -70,6 +73,20 @@ CANDIDATE_FACTOR = 4
 
 def crosscoder_dir(cfg: Config) -> Path:
     return Path(cfg.analyze.crosscoder_dir) if cfg.analyze.crosscoder_dir else cfg.stage_dir("train")
+
+
+def check_crosscoder_format(directory: Path) -> None:
+    """A crosscoder in another tool's format is converted first (its normaliser must be folded in)."""
+    from reasondiff.crosscoder.convert import detect_format
+
+    if directory.is_dir() and not (directory / "crosscoder.safetensors").is_file():
+        try:
+            fmt = detect_format(directory)
+        except UserError:
+            return  # not a crosscoder at all: load_crosscoder names what is missing
+        raise UserError(f"analyze.crosscoder_dir={directory} holds a {fmt} crosscoder: convert it first, "
+                        f"`python -m reasondiff.convert {directory} OUT` (add --scaling-factors for Kissane's), "
+                        "and set analyze.crosscoder_dir=OUT")
 
 
 def open_harvest(cfg: Config):
@@ -102,35 +119,20 @@ def heldout_contexts(cfg: Config, tokenizer, store) -> torch.Tensor:
     return harvest.heldout_contexts(harvest_cfg, tokenizer, a.n_heldout_contexts, a.context_length, documents_used=documents_used)
 
 
-def reasoning_contexts(cfg: Config, tokenizer) -> torch.Tensor | None:
-    """s1K thinking traces packed into contexts (None when no reasoning corpus is configured)."""
+def reasoning_contexts(cfg: Config, tokenizer) -> Contexts | None:
+    """s1K conversations in the fine-tune's layout, one per context (None when none are configured)."""
     source = cfg.analyze.reasoning_corpus
     if not source or cfg.analyze.n_reasoning_contexts == 0:
         return None
-    from reasondiff import harvest
+    from reasondiff.analyze.texts import trace_fields
+    from reasondiff.data_sources import load_rows
 
-    return pack_texts(harvest.reasoning_texts(source), tokenizer, cfg.analyze.n_reasoning_contexts,
-                      cfg.analyze.context_length, config_key="analyze.reasoning_corpus")
-
-
-def pack_texts(texts, tokenizer, n_contexts: int, context_length: int, *, config_key: str) -> torch.Tensor:
-    """Concatenate tokenised texts (each ended by EOS) and cut into n contexts of fixed length."""
-    eos = tokenizer.eos_token_id
-    need = n_contexts * context_length
-    buffer: list[int] = []
-    for text in texts:
-        buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            buffer.append(eos)
-        if len(buffer) >= need:
-            break
-    n = len(buffer) // context_length
-    if n == 0:
-        raise UserError(f"{config_key}: not enough text for one context of {context_length} tokens")
-    if n < n_contexts:
-        log.warning("%s: only %d contexts of %d tokens available (asked for %d)", config_key, n, context_length, n_contexts)
-    n = min(n, n_contexts)
-    return torch.tensor(buffer[: n * context_length]).view(n, context_length)
+    key = "analyze.reasoning_corpus"
+    fields = ("question", *trace_fields(cfg.finetune.trace_source))
+    rows = load_rows(source, split="train", streaming=True, config_key=key, fields=fields)
+    return reasoning_conversations(rows, tokenizer, cfg.format, n_contexts=cfg.analyze.n_reasoning_contexts,
+                                   context_length=cfg.analyze.context_length,
+                                   trace_source=cfg.finetune.trace_source, config_key=f"{key}={source}")
 
 
 def load_models(cfg: Config, device: torch.device):
@@ -201,11 +203,10 @@ class PassState:
         artifacts.atomic_save(self.path, lambda tmp: torch.save(state, tmp))
 
 
-def _fingerprint(cfg: Config, contexts: torch.Tensor, cc_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def _fingerprint(cfg: Config, texts: Contexts, cc_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     weights = cc_dir / "crosscoder.safetensors"
     stat = weights.stat()
-    digest = hashlib.sha1(contexts.to(torch.int64).numpy().tobytes()).hexdigest()
-    return {"contexts_sha1": digest, "contexts_shape": list(contexts.shape),
+    return {"contexts_sha1": texts.digest(), "contexts_shape": list(texts.input_ids.shape),
             "batch_size": cfg.hardware.analyze_batch_size, "crosscoder": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns],
             **extra}
 
@@ -214,22 +215,6 @@ def _batches(n: int, batch_size: int, start: int):
     for b, lo in enumerate(range(0, n, batch_size)):
         if b >= start:
             yield b, slice(lo, min(n, lo + batch_size))
-
-
-@torch.no_grad()
-def capture_pair(models, tokens: torch.Tensor, hook) -> list[torch.Tensor]:
-    """Both models' activations at the hook (no intervention)."""
-    from reasondiff.hooks import residual_hook
-
-    captured: list[torch.Tensor] = []
-
-    def observe(acts: torch.Tensor) -> None:
-        captured.append(acts.detach())
-
-    for model in models:
-        with residual_hook(model, hook, observe):
-            model(input_ids=tokens.to(model.device))
-    return captured
 
 
 def _resumable_pass(cfg: Config, state: PassState, n_contexts: int, step, *, desc: str) -> dict:
@@ -248,19 +233,26 @@ def _resumable_pass(cfg: Config, state: PassState, n_contexts: int, step, *, des
     return state.parts
 
 
-def run_heldout_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, contexts: torch.Tensor, *,
-                     keep_first: bool, max_norm_ratio: float | None, candidates: list[int],
-                     scaling: LatentScaling | None, fingerprint: dict) -> dict:
+def partial_file(ctx_dir: Path, text: str) -> Path:
+    return ctx_dir / f"partial_{text}.pt"
+
+
+def run_text_pass(cfg: Config, ctx_dir: Path, texts: Contexts, models, crosscoder, hook, *, keep_first: bool,
+                  max_norm_ratio: float | None, candidates: list[int], scaling: LatentScaling | None,
+                  fingerprint: dict) -> dict:
+    """One streamed pass over `texts`: CE/KL recovery (both conventions, per-context sums), held-out
+    explained variance, latent statistics, top contexts and (general text) Latent Scaling sums."""
     F = crosscoder.cfg.n_latents
-    parts: dict[str, Any] = {"ce": CERecoveryMeter(MODEL_NAMES), "stats": LatentStats(F),
+    parts: dict[str, Any] = {"ce": CERecoveryMeter(len(texts), MODEL_NAMES), "stats": LatentStats(F),
                              "reconstruction": ExplainedVarianceMeter(),
-                             "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, contexts.shape[1])}
+                             "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, texts.length)}
     if scaling is not None:
         parts["scaling"] = scaling
 
     def step(rows: slice) -> None:
-        out = ce_recovery_batch(models, contexts[rows], hook, crosscoder, parts["ce"], keep_first=keep_first,
-                                max_norm_ratio=max_norm_ratio)
+        out = ce_recovery_batch(models, texts.input_ids[rows], hook, crosscoder, parts["ce"],
+                                context_index=torch.arange(rows.start, rows.stop), keep_first=keep_first,
+                                max_norm_ratio=max_norm_ratio, valid=texts.valid[rows])
         f, counted = out["f"], out["counted"]
         parts["stats"].update(_flat(f, counted))
         parts["reconstruction"].update(_flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
@@ -268,25 +260,9 @@ def run_heldout_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, conte
         if scaling is not None:
             scaling.update(_flat(f, counted), _flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
 
-    return _resumable_pass(cfg, PassState(ctx_dir / "partial_heldout.pt", fingerprint, parts), len(contexts), step,
-                           desc="held-out text (CE recovery, latents)")
-
-
-def run_reasoning_pass(cfg: Config, ctx_dir: Path, models, crosscoder, hook, contexts: torch.Tensor, *,
-                       keep_first: bool, max_norm_ratio: float | None, candidates: list[int], fingerprint: dict) -> dict:
-    F = crosscoder.cfg.n_latents
-    parts = {"stats": LatentStats(F), "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, contexts.shape[1])}
-
-    def step(rows: slice) -> None:
-        acts = capture_pair(models, contexts[rows], hook)
-        x_raw = torch.stack([a.to(device=crosscoder.W_dec.device, dtype=torch.float32) for a in acts], dim=2)
-        counted = counted_positions(x_raw, keep_first=keep_first, max_norm_ratio=max_norm_ratio)
-        f, _, _ = reconstruct_raw(crosscoder, x_raw)
-        parts["stats"].update(_flat(f, counted))
-        parts["top"].update(_zero_uncounted(f, counted), torch.arange(rows.start, rows.stop))
-
-    return _resumable_pass(cfg, PassState(ctx_dir / "partial_reasoning.pt", fingerprint, parts), len(contexts), step,
-                           desc="reasoning traces (latents)")
+    what = "held-out general text" if texts.name == "general" else "reasoning conversations"
+    return _resumable_pass(cfg, PassState(partial_file(ctx_dir, texts.name), fingerprint, parts), len(texts), step,
+                           desc=f"{what} (CE/KL recovery, latents)")
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -295,21 +271,21 @@ def _num(x: float) -> float | str:
     return "" if x != x else x  # NaN -> empty cell, so the CSV reads cleanly in pandas/spreadsheets
 
 
-RECONSTRUCTION_COLUMNS = ("model", "explained_variance", "l0", "n_tokens")
+RECONSTRUCTION_COLUMNS = ("text", "model", "explained_variance", "l0", "n_tokens")
 
 
-def reconstruction_rows(meter: ExplainedVarianceMeter, stats: LatentStats) -> list[dict[str, Any]]:
+def reconstruction_rows(meter: ExplainedVarianceMeter, stats: LatentStats, text: str = "general") -> list[dict[str, Any]]:
     """Held-out fit of the crosscoder: explained variance per model and of both together (1 − FVU),
     and L0 (active latents per token) — on text the crosscoder never trained on, unlike train's metrics."""
     l0 = float(stats.n_active.sum()) / max(int(stats.n_tokens), 1)
     ev = meter.explained_variance().tolist()
     rows = [{"model": name, "explained_variance": v} for name, v in zip(MODEL_NAMES, ev, strict=True)]
     rows.append({"model": "both", "explained_variance": 1.0 - meter.fvu()})
-    return [{**row, "l0": l0, "n_tokens": meter.count} for row in rows]
+    return [{"text": text, **row, "l0": l0, "n_tokens": meter.count} for row in rows]
 
 
 def latent_rows(relative_norm, cosine, norms, classes, stats_general: LatentStats, stats_reasoning: LatentStats | None,
-                scaling: LatentScaling | None) -> list[dict[str, Any]]:
+                scaling: LatentScaling | None, *, delta=None, classes_delta=None) -> list[dict[str, Any]]:
     freq_g, mean_g, max_g = stats_general.frequency(), stats_general.mean_activation(), stats_general.max_activation
     freq_r = stats_reasoning.frequency() if stats_reasoning is not None else None
     betas: dict[int, dict[str, float]] = {}
@@ -319,7 +295,9 @@ def latent_rows(relative_norm, cosine, norms, classes, stats_general: LatentStat
             betas[latent] = {k: float(v[j]) for k, v in values.items()}
     rows = []
     for i, cls in enumerate(classes):
-        row = {"latent": i, "class": cls, "relative_norm": _num(float(relative_norm[i])), "cosine": _num(float(cosine[i])),
+        row = {"latent": i, "class": cls, "class_delta": classes_delta[i] if classes_delta is not None else "",
+               "relative_norm": _num(float(relative_norm[i])),
+               "delta_norm": _num(float(delta[i])) if delta is not None else "", "cosine": _num(float(cosine[i])),
                "decoder_norm_base": float(norms[i, BASE]), "decoder_norm_tuned": float(norms[i, TUNED]),
                "freq_general": float(freq_g[i]), "freq_reasoning": _num(float(freq_r[i])) if freq_r is not None else "",
                "mean_activation": _num(float(mean_g[i])), "max_activation": float(max_g[i])}
@@ -328,9 +306,19 @@ def latent_rows(relative_norm, cosine, norms, classes, stats_general: LatentStat
     return rows
 
 
-def class_count_rows(classes: list[str]) -> list[dict[str, Any]]:
+CLASS_COUNT_COLUMNS = ["class", "n_latents", "fraction", "n_latents_delta", "fraction_delta"]
+
+
+def class_count_rows(classes: list[str], classes_delta: list[str] | None = None) -> list[dict[str, Any]]:
+    """Latents per class by r (the paper's bands) and, beside them, by Minder et al.'s Δ bins."""
     n = len(classes)
-    return [{"class": c, "n_latents": classes.count(c), "fraction": classes.count(c) / max(n, 1)} for c in LATENT_CLASSES]
+    rows = []
+    for c in LATENT_CLASSES:
+        row = {"class": c, "n_latents": classes.count(c), "fraction": classes.count(c) / max(n, 1)}
+        if classes_delta is not None:
+            row.update(n_latents_delta=classes_delta.count(c), fraction_delta=classes_delta.count(c) / max(n, 1))
+        rows.append(row)
+    return rows
 
 
 def class_frequency_rows(classes: list[str], freq_general: torch.Tensor, freq_reasoning: torch.Tensor) -> list[dict[str, Any]]:
@@ -347,6 +335,18 @@ def class_frequency_rows(classes: list[str], freq_general: torch.Tensor, freq_re
                      "reasoning_over_general": float(r.mean() / g.mean()) if g.mean() > 0 else float("inf"),
                      "frac_latents_more_on_reasoning": float((r > g).double().mean())})
     return rows
+
+
+SCALING_FACTOR_COLUMNS = ("model", "scaling_factor", "relative_to_base", "mean_norm")
+
+
+def scaling_factor_rows(scaling_factors: torch.Tensor, harvest_stats: dict | None) -> list[dict[str, Any]]:
+    """Each model's norm scaling factor (raw activation × factor = the crosscoder's input) and its
+    ratio to the base model's; `mean_norm` is harvest's mean raw activation norm when known."""
+    s = [float(v) for v in scaling_factors]
+    mean_norm = (harvest_stats or {}).get("mean_norm") or [""] * len(s)
+    return [{"model": name, "scaling_factor": s[m], "relative_to_base": s[m] / s[0], "mean_norm": mean_norm[m]}
+            for m, name in enumerate(MODEL_NAMES)]
 
 
 def latent_scaling_summary(classes: list[str], scaling: LatentScaling, specific_ratio_max: float) -> list[dict[str, Any]]:
@@ -367,17 +367,20 @@ def latent_scaling_summary(classes: list[str], scaling: LatentScaling, specific_
 
 # --- latents.html --------------------------------------------------------------------------------
 
-def latent_cards(latents: list[int], rows: list[dict], tops: dict[str, tuple[TopContexts, torch.Tensor]],
+def latent_cards(latents: list[int], rows: list[dict], tops: dict[str, tuple[TopContexts, Contexts]],
                  decode, window: int) -> list[LatentCard]:
     cards = []
     for latent in latents:
         row = rows[latent]
-        facts = {k: row[k] for k in ("relative_norm", "cosine", "freq_general", "freq_reasoning", "mean_activation",
-                                     "nu_error", "nu_reconstruction") if row.get(k, "") != ""}
+        facts = {k: row[k] for k in ("relative_norm", "delta_norm", "cosine", "freq_general", "freq_reasoning",
+                                     "mean_activation", "nu_error", "nu_reconstruction") if row.get(k, "") != ""}
         examples = {}
-        for kind, (top, contexts) in tops.items():
-            examples[kind] = [window_example(contexts[c].tolist(), acts, window=window, context=c, decode=decode)
-                              for c, acts in top.examples(latent)]
+        for kind, (top, texts) in tops.items():
+            examples[kind] = []
+            for c, acts in top.examples(latent):
+                n = int(texts.valid[c].sum())  # padding never shown
+                examples[kind].append(window_example(texts.input_ids[c, :n].tolist(), acts[:n], window=window, context=c,
+                                                     decode=decode))
         cards.append(LatentCard(latent=latent, latent_class=row["class"], facts=facts, examples=examples))
     return cards
 
@@ -391,6 +394,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     a = cfg.analyze
     device = resolve_device(cfg.hardware)
     cc_dir = crosscoder_dir(cfg)
+    check_crosscoder_format(cc_dir)
     crosscoder = load_crosscoder(cc_dir, device=device)
     ctx.inputs.update({"crosscoder_dir": str(cc_dir), "base_model": cfg.model.path, "tuned_model": cfg.tuned_model})
     train_config = cc_dir / "config.json"
@@ -402,6 +406,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if W_dec.shape[1] != 2:
         raise UserError(f"{cc_dir}: crosscoder has {W_dec.shape[1]} models; analyze compares exactly two (base, tuned)")
     relative_norm, cosine, norms = relative_decoder_norm(W_dec), decoder_cosine(W_dec), decoder_norms(W_dec)
+    delta = delta_norm(W_dec)
     thresholds = {"base_only_max": a.base_only_max, "shared_min": a.shared_min, "shared_max": a.shared_max,
                   "tuned_only_min": a.tuned_only_min}
     provisional = classify_latents(relative_norm, **thresholds)
@@ -442,41 +447,52 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     ctx.inputs.update({"hook": hook.name, "exclude_first_position": keep_first, "max_norm_ratio": max_norm_ratio,
                        "harvest_documents_used": int(store.manifest["documents_used"]) if store is not None else None})
 
-    general = heldout_contexts(cfg, tokenizer, store)
+    texts = {"general": Contexts.packed("general", heldout_contexts(cfg, tokenizer, store))}
+    reasoning_texts = reasoning_contexts(cfg, tokenizer)
+    if reasoning_texts is not None:
+        texts["reasoning"] = reasoning_texts
     common = {"hook": hook.name, "keep_first": keep_first, "max_norm_ratio": max_norm_ratio, "tracked": tracked}
-    heldout = run_heldout_pass(cfg, ctx.dir, models, crosscoder, hook, general, keep_first=keep_first,
-                               max_norm_ratio=max_norm_ratio, candidates=tracked, scaling=scaling,
-                               fingerprint=_fingerprint(cfg, general, cc_dir, {**common, "scaling": a.latent_scaling}))
-    reasoning_ctx = reasoning_contexts(cfg, tokenizer)
-    reasoning = None
-    if reasoning_ctx is not None:
-        reasoning = run_reasoning_pass(cfg, ctx.dir, models, crosscoder, hook, reasoning_ctx, keep_first=keep_first,
-                                       max_norm_ratio=max_norm_ratio,
-                                       candidates=tracked, fingerprint=_fingerprint(cfg, reasoning_ctx, cc_dir, common))
-    ctx.inputs.update({"n_heldout_contexts": len(general), "n_reasoning_contexts": 0 if reasoning_ctx is None else len(reasoning_ctx),
-                       "context_length": general.shape[1]})
+    passes: dict[str, dict] = {}
+    for name, text in texts.items():
+        with_scaling = scaling if name == "general" else None
+        passes[name] = run_text_pass(
+            cfg, ctx.dir, text, models, crosscoder, hook, keep_first=keep_first, max_norm_ratio=max_norm_ratio,
+            candidates=tracked, scaling=with_scaling,
+            fingerprint=_fingerprint(cfg, text, cc_dir, {**common, "scaling": with_scaling is not None}))
+    general, reasoning = passes["general"], passes.get("reasoning")
+    ctx.inputs.update({"n_heldout_contexts": len(texts["general"]),
+                       "n_reasoning_contexts": len(texts["reasoning"]) if reasoning is not None else 0,
+                       "context_length": texts["general"].length})
 
     # 4. tables
-    ce_rows = heldout["ce"].rows()
+    ce_rows = [row for name, parts in passes.items()
+               for row in parts["ce"].rows(text=name, n_bootstrap=a.bootstrap_samples, seed=cfg.seed)]
     for row in ce_rows:
         for key in ("ce_clean", "ce_zero_ablation", "ce_spliced"):
-            require_finite(f"{row['model']} {key}", row[key], step=None)
+            require_finite(f"{row['text']} {row['convention']} {row['model']} {key}", row[key], step=None)
     write_csv(ctx.dir / "ce_recovery.csv", ce_rows, CE_COLUMNS)
     artifacts.write_text(ctx.dir / "ce_recovery.md", ce_table_markdown(ce_rows))
-    fit_rows = reconstruction_rows(heldout["reconstruction"], heldout["stats"])
+    fit_rows = [row for name, parts in passes.items()
+                for row in reconstruction_rows(parts["reconstruction"], parts["stats"], name)]
     write_csv(ctx.dir / "reconstruction.csv", fit_rows, RECONSTRUCTION_COLUMNS)
-    alive = heldout["stats"].n_active > 0
+    write_csv(ctx.dir / "scaling_factors.csv", scaling_factor_rows(crosscoder.scaling_factors.cpu(),
+                                                                   store.stats if store is not None else None),
+              SCALING_FACTOR_COLUMNS)
+    alive = general["stats"].n_active > 0
     if reasoning is not None:
         alive |= reasoning["stats"].n_active > 0
     classes = classify_latents(relative_norm, alive=alive, **thresholds)
-    rows = latent_rows(relative_norm, cosine, norms, classes, heldout["stats"],
-                       reasoning["stats"] if reasoning else None, scaling)
+    classes_delta = classify_latents_delta(delta, alive=alive)
+    rows = latent_rows(relative_norm, cosine, norms, classes, general["stats"],
+                       reasoning["stats"] if reasoning else None, scaling, delta=delta, classes_delta=classes_delta)
     write_csv(ctx.dir / "latents.csv", rows, LATENT_COLUMNS)
-    counts = class_count_rows(classes)
-    write_csv(ctx.dir / "class_counts.csv", counts, ["class", "n_latents", "fraction"])
-    outputs: dict[str, Any] = {"ce_recovery": ce_rows, "reconstruction": fit_rows, "class_counts": {r["class"]: r["n_latents"] for r in counts}}
+    counts = class_count_rows(classes, classes_delta)
+    write_csv(ctx.dir / "class_counts.csv", counts, CLASS_COUNT_COLUMNS)
+    outputs: dict[str, Any] = {"ce_recovery": ce_rows, "reconstruction": fit_rows,
+                               "class_counts": {r["class"]: r["n_latents"] for r in counts},
+                               "class_counts_delta": {r["class"]: r["n_latents_delta"] for r in counts}}
     if reasoning is not None:
-        freq_rows = class_frequency_rows(classes, heldout["stats"].frequency(), reasoning["stats"].frequency())
+        freq_rows = class_frequency_rows(classes, general["stats"].frequency(), reasoning["stats"].frequency())
         write_csv(ctx.dir / "class_frequency.csv", freq_rows, ["class", "n_latents", "mean_freq_general", "mean_freq_reasoning",
                                                               "reasoning_over_general", "frac_latents_more_on_reasoning"])
         outputs["class_frequency"] = freq_rows
@@ -484,17 +500,23 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         summary = latent_scaling_summary(classes, scaling, a.specific_ratio_max)
         write_csv(ctx.dir / "latent_scaling_summary.csv", summary, list(summary[0]))
         outputs["latent_scaling"] = summary
-    ctx.metrics.log({f"ce_recovered_{r['model']}": r["ce_recovered"] for r in ce_rows}
-                    | {f"heldout_explained_variance_{r['model']}": r["explained_variance"] for r in fit_rows}
+    ctx.metrics.log({f"ce_recovered_{r['text']}_{r['convention']}_{r['model']}": r["ce_recovered"] for r in ce_rows}
+                    | {f"heldout_explained_variance_{r['text']}_{r['model']}": r["explained_variance"] for r in fit_rows}
                     | {"heldout_l0": fit_rows[0]["l0"]}
                     | {f"n_{c}": n for c, n in outputs["class_counts"].items()}, step=0)
 
     # figures
     from reasondiff.analyze import plots
 
-    live = [i for i, c in enumerate(classes) if c != "dead"]
+    live = [i for i, c in enumerate(classes) if c not in ("dead", "designated_shared")]
     plots.relative_norm_histogram(relative_norm[live].tolist(), ctx.dir / "relative_norm_hist.png", **thresholds)
     plots.cosine_histogram([float(cosine[i]) for i, c in enumerate(classes) if c == "shared"], ctx.dir / "cosine_hist.png")
+    plots.decoder_norm_scatter(norms[:, BASE].tolist(), norms[:, TUNED].tolist(), classes, ctx.dir / "decoder_norms.png",
+                               **thresholds)
+    plots.frequency_histogram(general["stats"].frequency().tolist(), classes, ctx.dir / "frequency_hist.png")
+    metrics_csv = cc_dir / "metrics.csv"
+    if metrics_csv.is_file():
+        plots.training_curves(read_csv_rows(metrics_csv), ctx.dir / "training_curves.png")
     if scaling is not None and len(scaling.latents):
         betas = scaling.betas()
         keep = [j for j, latent in enumerate(scaling.latents.tolist()) if classes[latent] != "dead"]
@@ -506,9 +528,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     def live_first(ids: list[int], n: int) -> list[int]:
         return [i for i in ids if classes[i] != "dead"][:n]
 
-    tops = {"general": (heldout["top"], general)}
-    if reasoning is not None:
-        tops["reasoning"] = (reasoning["top"], reasoning_ctx)
+    tops = {name: (parts["top"], texts[name]) for name, parts in passes.items()}
     decode = token_strings(tokenizer)
     sections = {
         "most base-leaning latents (lowest relative norm)": latent_cards(
@@ -517,8 +537,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             live_first(candidates["tuned"], a.n_top_latents), rows, tops, decode, a.html_window),
         "shared latents (random sample)": latent_cards(live_first(candidates["shared"], a.n_shared_sample), rows, tops, decode, a.html_window),
     }
-    intro = (f"Crosscoder {cc_dir} at {hook.name}; {len(general)} held-out general contexts and "
-             f"{0 if reasoning_ctx is None else len(reasoning_ctx)} reasoning contexts of {general.shape[1]} tokens. "
+    intro = (f"Crosscoder {cc_dir} at {hook.name}; {len(texts['general'])} held-out general contexts of "
+             f"{texts['general'].length} tokens and {len(texts['reasoning']) if reasoning is not None else 0} reasoning "
+             "conversations in the fine-tune's chat layout. "
              "Tokens are shaded by the latent's activation; the outlined token is the context's peak.")
     artifacts.write_text(ctx.dir / "latents.html", render_latents_html(sections, title=f"{cfg.exp_name}: crosscoder latents",
                                                                       intro=intro, text_kinds=tuple(tops)))
@@ -526,8 +547,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     # report.md gathers everything above plus the earlier stages' tables and figures
     artifacts.write_text(ctx.dir / "report.md", build_report(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}",
                                                                crosscoder_dir=cc_dir))
-    for name in ("partial_heldout.pt", "partial_reasoning.pt"):
-        (ctx.dir / name).unlink(missing_ok=True)
-    log.info("CE recovered: %s", ", ".join(f"{r['model']} {r['ce_recovered']:.1%}" for r in ce_rows))
+    for name in TEXTS:
+        partial_file(ctx.dir, name).unlink(missing_ok=True)
+    log.info("CE recovered (general text): %s", ", ".join(
+        f"{r['model']} {r['ce_recovered']:.1%} ({r['convention']})" for r in ce_rows if r["text"] == "general"))
     outputs["files"] = sorted(p.name for p in ctx.dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return outputs

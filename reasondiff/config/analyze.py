@@ -14,17 +14,22 @@ class AnalyzeConfig:
     """None = the harvest corpus, skipping the documents harvest used (held-out by construction).
     Any other dataset (hub id or local file with harvest.text_column) is used from its start."""
     reasoning_corpus: str | None = None
-    """s1K-style dataset whose thinking traces are compared with general text (None = skip)."""
+    """s1K-style dataset (question + finetune.trace_source's thinking and attempt) whose conversations,
+    in the fine-tune's chat layout, are analysed beside general text (None = skip)."""
     n_heldout_contexts: int = 64
-    """Held-out general-text contexts for CE recovery, latent statistics and Latent Scaling."""
+    """Held-out general-text contexts for CE/KL recovery, explained variance, latent statistics and Latent Scaling."""
     n_reasoning_contexts: int = 64
-    """Reasoning-trace contexts for the per-class firing comparison (0 skips them)."""
+    """Reasoning conversations (one per context; 0 skips them) for CE/KL recovery, explained variance
+    and the per-class firing comparison."""
     context_length: int = 1024
-    """Tokens per analysis context."""
+    """Tokens per analysis context (a longer reasoning conversation loses the middle of its thinking)."""
+    bootstrap_samples: int = 1000
+    """Bootstrap resamples of the contexts behind the 95% intervals of ce_recovery.csv (0 = no intervals)."""
     exclude_first_position: bool | None = None
-    """Leave position 0 untouched in every intervention and out of every statistic (Qwen's first
-    position is an attention sink with a huge norm). None = follow harvest.drop_first_position,
-    i.e. exclude it exactly when the crosscoder never saw it."""
+    """Leave position 0 untouched and out of every statistic (Qwen's first position is an attention
+    sink with a huge norm), and out of the `sink_preserving` CE convention (the `paper` convention
+    always follows Kissane's code). None = follow harvest.drop_first_position, i.e. exclude it
+    exactly when the crosscoder never saw it."""
     shared_min: float = 0.3
     """Relative decoder norm r in [shared_min, shared_max] = shared latent (the paper: 0.3-0.7)."""
     shared_max: float = 0.7
@@ -57,7 +62,7 @@ class AnalyzeConfig:
         for key in ("n_heldout_contexts", "context_length", "n_contexts_per_latent", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"analyze.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_reasoning_contexts", "n_top_latents", "n_shared_sample", "html_window"):
+        for key in ("n_reasoning_contexts", "n_top_latents", "n_shared_sample", "html_window", "bootstrap_samples"):
             if getattr(self, key) < 0:
                 raise ValueError(f"analyze.{key} must be >= 0, got {getattr(self, key)}")
         if self.context_length < 2:

@@ -88,7 +88,8 @@ class TrainConfig:
     threshold_start_step: int = 1000
     """batchtopk: start tracking the threshold here (capped at 10% of the steps)."""
     eval_tokens: int = 65_536
-    """Tokens of the final evaluation written to summary.json (L0, FVU, explained variance)."""
+    """Tokens of the final evaluation written to summary.json (L0, FVU, explained variance), held out
+    from training: the fewest last store shards holding them (train.data=store; docs/train.md)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:

@@ -399,6 +399,16 @@ class LiveActivationSource:
         self._next_refill = index + 1
         return self._run(self._stream, contexts_per_refill)
 
+    def documents_touched(self, n_batches: int, batch_size: int) -> int | None:
+        """General-corpus documents the first `n_batches` batches were computed from (replaying the
+        corpus position: tokenising only), so train can evaluate on the documents after them; None
+        when those batches went round the whole corpus (no document is unseen)."""
+        contexts, per_refill = self.layout(batch_size)
+        stream = self._new_stream()
+        for _ in range(math.ceil(n_batches / per_refill) * contexts):
+            stream.next_context()
+        return None if stream.general.state.passes > 0 else stream.documents_used
+
     def iter_batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
         """Endless [batch_size, 2, d_model] float32 RAW batches (on the models' device)."""
         contexts, per_refill = self.layout(batch_size)

@@ -30,6 +30,7 @@ from reasondiff.crosscoder.model import (
 )
 from reasondiff.errors import UserError
 from reasondiff.stage import deferred_interrupts
+from reasondiff.train.heldout import heldout_live, split_store, training_data
 from reasondiff.train.trainer import ActivationSource, CrossCoderTrainer, evaluate
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     device = resolve_device(cfg.hardware)
     source = open_source(cfg, ctx.dir, ctx.inputs)
+    heldout = None  # the final evaluation's data: never trained on (heldout.py)
+    if tc.data == "store":
+        source, heldout = split_store(source, tc.eval_tokens, tc.batch_size)
     d_model = int(source.d_model)
     cc_cfg = crosscoder_config(tc, d_model)
     total_steps = tc.n_tokens // tc.batch_size
@@ -110,11 +114,14 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                 "train": asdict(tc)})
 
     cc.eval()
+    if heldout is None and tc.data == "live":
+        heldout = heldout_live(cfg, source, total_steps=total_steps, batch_size=tc.batch_size, eval_tokens=tc.eval_tokens)
+    heldout = heldout or training_data(source, eval_tokens=tc.eval_tokens, batch_size=tc.batch_size, data=tc.data)
     summary = {"variant": tc.variant, "l1_coeff": tc.l1_coeff, "k": tc.k, "n_latents": cc_cfg.n_latents,
                "d_model": d_model, "steps": total_steps,
-               "frac_dead": float(trainer.dead_latents().float().mean()),
-               **evaluate(cc, source, batch_size=tc.batch_size, n_tokens=tc.eval_tokens, seed=cfg.seed + 1,
-                          device=device)}
+               "frac_dead": float(trainer.dead_latents().float().mean()), **heldout.info,
+               **evaluate(cc, heldout.source, batch_size=heldout.batch_size, n_tokens=heldout.n_tokens,
+                          seed=cfg.seed + 1, device=device)}
     outputs: dict[str, Any] = {"crosscoder": str(ctx.dir / WEIGHTS_FILE), "summary": summary}
     if tc.data == "synthetic":
         from reasondiff.train.synthetic import recovery_report

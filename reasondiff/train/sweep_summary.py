@@ -27,6 +27,9 @@ from reasondiff.runs import dir_name, split_dir_name
 log = logging.getLogger(__name__)
 
 MAIN = "main"
+CE_CONVENTION, CE_TEXT = "paper", "general"
+"""Which ce_recovery.csv rows the sweep reads: the paper's convention (Kissane & Nanda's code, the one
+comparable with published numbers) on held-out general text (docs/analyze.md has both conventions)."""
 COLUMNS = ("run", "data", "variant", "l1_coeff", "k", "n_latents", "l0", "fvu", "ce_recovered_base",
            "ce_recovered_tuned", "explained_variance_base", "explained_variance_tuned", "frac_dead", "steps")
 
@@ -38,17 +41,23 @@ def experiment_dir(path: str | Path) -> Path:
 
 
 def _ce_recovered(exp_dir: Path, run: str) -> dict[str, float]:
-    """CE recovered per model from the analyze run of the same name (empty when not analysed)."""
+    """CE recovered per model (convention CE_CONVENTION, text CE_TEXT) from the analyze run of the same
+    name (empty when not analysed, or analysed before ce_recovery.csv had a convention column)."""
     analyze = exp_dir / dir_name("analyze", run)
     table = analyze / "ce_recovery.csv"
     if not artifacts.is_complete(analyze) or not table.is_file():
         return {}
     out: dict[str, float] = {}
     with open(table, newline="") as handle:
-        for row in csv.DictReader(handle):
-            model = row.get("model")
-            if model in ("base", "tuned") and f"ce_recovered_{model}" not in out and row.get("ce_recovered"):
-                out[f"ce_recovered_{model}"] = float(row["ce_recovered"])
+        rows = list(csv.DictReader(handle))
+    if rows and "convention" not in rows[0]:
+        log.warning("%s predates the CE conventions (no `convention` column): re-run analyze for its CE recovered", table)
+        return {}
+    for row in rows:
+        model = row.get("model")
+        if row["convention"] == CE_CONVENTION and row.get("text", CE_TEXT) == CE_TEXT and model in ("base", "tuned") \
+                and row.get("ce_recovered"):
+            out[f"ce_recovered_{model}"] = float(row["ce_recovered"])
     return out
 
 
@@ -106,7 +115,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     with_ce = any(r.get("ce_recovered_base") is not None for r in rows)
     panels = [("fvu", "fraction of variance unexplained")]
     if with_ce:
-        panels.append(("ce_recovered", "CE loss recovered"))
+        panels.append(("ce_recovered", f"CE loss recovered ({CE_CONVENTION} convention, {CE_TEXT} text)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False, sharex=True)
     for ax, (metric, ylabel) in zip(axes[0], panels, strict=True):
         for data in dict.fromkeys(r["data"] for r in rows):

@@ -1,0 +1,145 @@
+"""The two kinds of text analyze reads: held-out general text, and reasoning conversations in the
+layout the fine-tune taught.
+
+General text: fixed-length packed contexts, every token real. Reasoning text: one s1K-style row per
+context, rendered with the tokenizer's chat template around the s1 layout of the assistant turn
+(`reasondiff/s1_layout.py`: `<|im_start|>think` thinking, `<|im_start|>answer` answer), exactly the
+conversation the fine-tune trained on, so that latents tied to the layout (the delimiters, the
+answer block) can fire at all. A conversation longer than the context loses the middle of its
+thinking, never its prompt, delimiters or answer; shorter ones are right-padded and `valid` marks the
+real tokens (a causal model's real predictions never see the padding after them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from reasondiff.config import ReasoningFormat
+from reasondiff.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Contexts:
+    """Token ids of one text kind and the real (non-padding) positions."""
+
+    name: str
+    """"general" or "reasoning"."""
+    input_ids: torch.Tensor
+    """[n, T] token ids."""
+    valid: torch.Tensor
+    """[n, T] bool: a real token (False = right padding)."""
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.input_ids.shape[1]
+
+    def digest(self) -> str:
+        """sha1 of ids and mask (a partial pass resumes only on the same text)."""
+        h = hashlib.sha1(self.input_ids.to(torch.int64).numpy().tobytes())
+        h.update(self.valid.numpy().tobytes())
+        return h.hexdigest()
+
+    @classmethod
+    def packed(cls, name: str, input_ids: torch.Tensor) -> Contexts:
+        return cls(name=name, input_ids=input_ids, valid=torch.ones_like(input_ids, dtype=torch.bool))
+
+
+def trace_fields(trace_source: str) -> tuple[str, str]:
+    """s1K-1.1's (thinking, attempt) columns of one trace source (`finetune.trace_source`)."""
+    return f"{trace_source}_thinking_trajectory", f"{trace_source}_attempt"
+
+
+def conversation_ids(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat,
+                     max_length: int) -> list[int] | None:
+    """The conversation as the fine-tune saw it (chat template around the s1 layout), cut to
+    `max_length` tokens by dropping the middle of the thinking; None when even no thinking won't fit."""
+    from reasondiff.s1_layout import build_messages
+
+    thinking = thinking.strip()
+    text = tokenizer.apply_chat_template(build_messages(question, thinking, attempt, fmt), tokenize=False)
+    eos = tokenizer.eos_token
+    if eos and eos in text:  # the fine-tune's sequences end with the EOS closing the assistant turn
+        text = text[:text.rindex(eos) + len(eos)]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    if len(ids) <= max_length:
+        return ids
+    start = text.find(thinking)
+    if start < 0 or not thinking:
+        return None
+    end = start + len(thinking)
+    inside = [i for i, (lo, hi) in enumerate(offsets) if lo >= start and hi <= end]
+    excess = len(ids) - max_length
+    if len(inside) < excess:
+        return None
+    first, last = inside[0], inside[-1] + 1  # the thinking's whole tokens
+    head = (last - first - excess) // 2  # keep as much of its start as of its end
+    return ids[:first + head] + ids[first + head + excess:]
+
+
+def reasoning_conversations(rows: Iterable[dict], tokenizer, fmt: ReasoningFormat, *, n_contexts: int,
+                            context_length: int, trace_source: str = "deepseek",
+                            config_key: str = "analyze.reasoning_corpus") -> Contexts:
+    """Up to `n_contexts` conversations, one per context, right-padded to the longest (<= context_length)."""
+    from reasondiff.data_sources import require_fields
+
+    thinking_field, attempt_field = trace_fields(trace_source)
+    fields = ("question", thinking_field, attempt_field)
+    conversations, too_long = [], 0
+    for index, row in enumerate(itertools.islice(rows, 20 * n_contexts)):
+        require_fields(row, fields, index=index, source=config_key)
+        ids = conversation_ids(tokenizer, row["question"], row[thinking_field], row[attempt_field], fmt, context_length)
+        if ids is None:
+            too_long += 1
+            continue
+        conversations.append(ids)
+        if len(conversations) == n_contexts:
+            break
+    if too_long:
+        log.warning("%s: %d rows skipped: their prompt and answer alone exceed analyze.context_length=%d",
+                    config_key, too_long, context_length)
+    if not conversations:
+        raise UserError(f"{config_key}: no conversation fits in analyze.context_length={context_length} tokens "
+                        "(raise it, or set analyze.n_reasoning_contexts=0)")
+    if len(conversations) < n_contexts:
+        log.warning("%s: only %d conversations (asked for analyze.n_reasoning_contexts=%d)", config_key,
+                    len(conversations), n_contexts)
+    length = max(len(ids) for ids in conversations)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(conversations), length), int(pad or 0), dtype=torch.long)
+    valid = torch.zeros(len(conversations), length, dtype=torch.bool)
+    for i, ids in enumerate(conversations):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        valid[i, :len(ids)] = True
+    return Contexts(name="reasoning", input_ids=input_ids, valid=valid)
+
+
+def pack_texts(texts, tokenizer, n_contexts: int, context_length: int, *, config_key: str) -> torch.Tensor:
+    """Concatenate tokenised texts (each ended by EOS) and cut into n contexts of fixed length."""
+    eos = tokenizer.eos_token_id
+    need = n_contexts * context_length
+    buffer: list[int] = []
+    for text in texts:
+        buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            buffer.append(eos)
+        if len(buffer) >= need:
+            break
+    n = len(buffer) // context_length
+    if n == 0:
+        raise UserError(f"{config_key}: not enough text for one context of {context_length} tokens")
+    if n < n_contexts:
+        log.warning("%s: only %d contexts of %d tokens available (asked for %d)", config_key, n, context_length, n_contexts)
+    n = min(n, n_contexts)
+    return torch.tensor(buffer[: n * context_length]).view(n, context_length)

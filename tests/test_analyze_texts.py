@@ -1,0 +1,52 @@
+"""Reasoning conversations for analyze: the fine-tune's own layout (chat template, s1 think/answer
+delimiters), one per context, the middle of a long thinking dropped, right padding marked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reasondiff.analyze.texts import conversation_ids, reasoning_conversations
+from reasondiff.config import ReasoningFormat
+
+FMT = ReasoningFormat()
+QUESTION, ATTEMPT = "What is 2 + 3?", "The answer is 5."
+THINKING = " ".join(f"step {i} adds one more apple to the basket." for i in range(40))
+
+
+def test_a_conversation_is_the_sequence_the_fine_tune_trained_on(tiny_tokenizer):
+    from reasondiff.finetune.data import tokenize_example
+
+    ids = conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10_000)
+    assert ids == tokenize_example(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT).input_ids
+    text = tiny_tokenizer.decode(ids)
+    assert FMT.think_delimiter in text and FMT.answer_delimiter in text and text.index(FMT.think_delimiter) < \
+        text.index(FMT.answer_delimiter)
+
+
+def test_a_long_conversation_loses_the_middle_of_its_thinking_only(tiny_tokenizer):
+    full = conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10_000)
+    cut = conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=len(full) - 60)
+    assert len(cut) == len(full) - 60
+    text = tiny_tokenizer.decode(cut)
+    assert QUESTION in text and ATTEMPT in text and FMT.think_delimiter in text and FMT.answer_delimiter in text
+    assert "step 0 " in text and "step 39 " in text and "step 20 " not in text  # head and tail of the thinking kept
+    assert cut[:20] == full[:20] and cut[-20:] == full[-20:]
+    assert conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10) is None
+
+
+def test_reasoning_conversations_are_right_padded_and_marked(tiny_tokenizer):
+    rows = [{"question": QUESTION, "deepseek_thinking_trajectory": THINKING[: 40 * (i + 1)], "deepseek_attempt": ATTEMPT}
+            for i in range(5)]
+    lengths = [len(conversation_ids(tiny_tokenizer, r["question"], r["deepseek_thinking_trajectory"], ATTEMPT, FMT, 10_000))
+               for r in rows]
+    texts = reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=3, context_length=10_000)
+    assert len(texts) == 3 and texts.length == max(lengths[:3])
+    assert texts.valid.sum(1).tolist() == lengths[:3]
+    assert texts.valid[:, 0].all() and not texts.valid[0, -1]  # padding on the right only
+    clipped = reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=5, context_length=lengths[1])
+    assert clipped.length == lengths[1] and bool(clipped.valid.all(dim=1)[1:].all())
+    with pytest.raises(Exception, match="gemini_thinking_trajectory"):
+        reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=1, context_length=512, trace_source="gemini")
+    assert torch.equal(texts.input_ids[0, :lengths[0]], torch.tensor(conversation_ids(
+        tiny_tokenizer, QUESTION, rows[0]["deepseek_thinking_trajectory"], ATTEMPT, FMT, 10_000)))
