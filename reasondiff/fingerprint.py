@@ -67,6 +67,10 @@ COSMETIC: dict[str, str] = {
     "train.checkpoint_every": "how often a resumable checkpoint is saved",
     "train.keep_checkpoint": "whether checkpoint.pt is deleted after a finished run",
     "train.compile": "torch.compile of the same forward and loss",
+    "train.sparse": "the dense or the sparse step computes the same gradients (equal up to floating-point "
+                    "rounding: tests/test_train_sparse.py)",
+    "train.sparse_max_density": "when train.sparse=auto takes the sparse step (the same gradients up to "
+                                "floating-point rounding)",
     "analyze.checkpoint_every": "how often the streamed sums are saved",
     "scan.checkpoint_every": "how often the streamed sums are saved",
 }

@@ -90,6 +90,31 @@ class TrainConfig:
     eval_tokens: int = 65_536
     """Tokens of the final evaluation written to summary.json (L0, FVU, explained variance), held out
     from training: the fewest last store shards holding them (train.data=store; docs/train.md)."""
+    sparse: str = "auto"
+    """Training step over the active (token, latent) pairs only (same result as the dense step up to
+    float rounding): on | off | auto = on for a CPU step whose measured density L0/n_latents is at
+    most `sparse_max_density` and whose dictionary is large enough to pay (see docs/train.md)."""
+    sparse_max_density: float = 0.05
+    """auto: the largest L0/n_latents at which the sparse step is used."""
+    shared_latents: float = 0.0
+    """Fraction of the dictionary designated shared (Anthropic, Feb 2025): one decoder vector tied
+    across both models and a reduced sparsity penalty. 0 = none (the paper); e.g. 0.05."""
+    shared_penalty_ratio: float = 0.15
+    """λ_shared / λ for the designated shared latents (Anthropic: about 0.1-0.2; l1 variant)."""
+    reconstruction_loss: str = "squared"
+    """squared = Σ_m ||x_m − x̂_m||², mean over tokens (the paper); unsquared = ||x_m − x̂_m|| averaged
+    over tokens and models (the dictionary_learning fork's trainers, Minder et al. 2025)."""
+    aux_k_style: str = "scaled"
+    """batchtopk AuxK: scaled = dead latents ranked by pre-activation, loss x min(n_dead/aux_k, 1)
+    (sparsify); fork = ranked by ReLU(pre)·Σ_m||d||, unscaled, dead counters updated with the
+    current batch first (dictionary_learning's BatchTopK trainer)."""
+    b_dec_init: str = "zeros"
+    """zeros (the paper) | geometric_median of the first normalised batch, per model (the fork)."""
+    lr_warmup_steps: int = 0
+    """Linear lr warm-up step/lr_warmup_steps over the first steps (the fork: 1000; the paper: 0)."""
+    same_init_across_models: bool = False
+    """Initialise each latent with one decoder direction for both models (the fork's
+    same_init_for_all_layers, as Minder et al. trained); default: one random direction per model."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -111,3 +136,20 @@ class TrainConfig:
             raise ValueError("train.dec_init_norm, train.lr and train.grad_clip must be > 0")
         if self.n_latents is not None and self.n_latents < 1:
             raise ValueError("train.n_latents must be >= 1 (or null for expansion_factor x d_model)")
+        check_choice("train.sparse", self.sparse, ("auto", "on", "off"))
+        check_choice("train.reconstruction_loss", self.reconstruction_loss, ("squared", "unsquared"))
+        check_choice("train.aux_k_style", self.aux_k_style, ("scaled", "fork"))
+        check_choice("train.b_dec_init", self.b_dec_init, ("zeros", "geometric_median"))
+        if not 0.0 <= self.sparse_max_density <= 1.0:
+            raise ValueError(f"train.sparse_max_density must be in [0, 1], got {self.sparse_max_density}")
+        if not 0.0 <= self.shared_latents < 1.0:
+            raise ValueError(f"train.shared_latents must be a fraction in [0, 1), got {self.shared_latents}")
+        if self.shared_penalty_ratio <= 0:
+            raise ValueError(f"train.shared_penalty_ratio must be > 0, got {self.shared_penalty_ratio}")
+        if self.lr_warmup_steps < 0 or self.lr_warmup_steps >= self.n_tokens // self.batch_size:
+            raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} must be >= 0 and below the "
+                             f"{self.n_tokens // self.batch_size} training steps (n_tokens // batch_size)")
+
+    def n_shared_latents(self, n_latents: int) -> int:
+        """How many of `n_latents` are designated shared (at least one when the fraction is > 0)."""
+        return max(1, round(self.shared_latents * n_latents)) if self.shared_latents > 0 else 0

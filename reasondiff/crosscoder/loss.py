@@ -1,17 +1,25 @@
 """Crosscoder objectives and schedules as pure functions over tensors (tested with hand-computed numbers).
 
-Conventions (the paper / Kissane & Nanda, not the dictionary_learning fork): the reconstruction
-loss is the SQUARED error summed over models and dimensions, averaged over the batch; the L1
-penalty weights each latent by the sum of its per-model decoder norms.
+Default conventions (the paper / Kissane & Nanda): the reconstruction loss is the SQUARED error
+summed over models and dimensions, averaged over the batch; the L1 penalty weights each latent by
+the sum of its per-model decoder norms. The dictionary_learning fork's recipe (Minder et al. 2025)
+is here too, under its own names: the UNSQUARED per-model error norm averaged over tokens and
+models, its AuxK, its lr warm-up and the geometric-median decoder bias.
 """
 
 from __future__ import annotations
 
 import torch
 
+RECONSTRUCTION_LOSSES = ("squared", "unsquared")
+AUX_K_STYLES = ("scaled", "fork")
 
-def lr_factor(step: int, total_steps: int, decay_start_frac: float = 0.8) -> float:
-    """Multiplier of the base lr: 1 for the first `decay_start_frac` of steps, then linear to 0."""
+
+def lr_factor(step: int, total_steps: int, decay_start_frac: float = 0.8, warmup_steps: int = 0) -> float:
+    """Multiplier of the base lr: linear warm-up `step / warmup_steps` over the first `warmup_steps`
+    (the fork's `get_lr_schedule`), then 1 until `decay_start_frac` of the steps, then linear to 0."""
+    if step < warmup_steps:
+        return step / warmup_steps
     decay_start = decay_start_frac * total_steps
     if step < decay_start:
         return 1.0
@@ -26,9 +34,19 @@ def l1_coeff_at(step: int, total_steps: int, l1_coeff: float, warmup_frac: float
     return l1_coeff * step / warmup
 
 
-def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    """Σ_m ||x_m − x̂_m||², mean over the batch. x, recon: [B, n_models, d]."""
-    return (recon.float() - x.float()).pow(2).sum(dim=(-2, -1)).mean()
+def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor, kind: str = "squared") -> torch.Tensor:
+    """x, recon: [B, n_models, d].
+
+    squared (the paper, Kissane & Nanda): Σ_m ||x_m − x̂_m||², mean over the batch.
+    unsquared (the dictionary_learning fork's trainers, `th.linalg.norm(e, dim=-1).mean()`):
+    ||x_m − x̂_m||, mean over the batch AND the models.
+    """
+    error = recon.float() - x.float()
+    if kind == "squared":
+        return error.pow(2).sum(dim=(-2, -1)).mean()
+    if kind == "unsquared":
+        return torch.linalg.vector_norm(error, dim=-1).mean()
+    raise ValueError(f"reconstruction loss {kind!r} is not one of {RECONSTRUCTION_LOSSES}")
 
 
 def sparsity_penalty(f: torch.Tensor, dec_norm_sum: torch.Tensor) -> torch.Tensor:
@@ -40,9 +58,10 @@ def sparsity_penalty(f: torch.Tensor, dec_norm_sum: torch.Tensor) -> torch.Tenso
 
 
 def l1_objective(x: torch.Tensor, recon: torch.Tensor, f: torch.Tensor, dec_norm_sum: torch.Tensor,
-                 l1_coeff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, L2, L1) of the paper's objective: L2 + λ·L1."""
-    l2 = reconstruction_loss(x, recon)
+                 l1_coeff: float, reconstruction: str = "squared") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, L2, L1) of the paper's objective: L2 + λ·L1 (`dec_norm_sum` may carry per-latent
+    penalty factors, e.g. the reduced penalty of designated shared latents)."""
+    l2 = reconstruction_loss(x, recon, reconstruction)
     l1 = sparsity_penalty(f, dec_norm_sum)
     return l2 + l1_coeff * l1, l2, l1
 
@@ -111,25 +130,57 @@ class ExplainedVarianceMeter:
         self.count = int(state["count"])
 
 
+def aux_k_selection(pre_activations: torch.Tensor, dead: torch.Tensor, k_aux: int, style: str = "scaled",
+                    dec_norm_sum: torch.Tensor | None = None) -> torch.Tensor:
+    """Which (token, latent) pairs feed AuxK: per token, the top-k_aux DEAD latents. Bool [B, F].
+
+    scaled (sparsify, Gao et al. 2024): ranked by pre-activation. fork (dictionary_learning's
+    BatchTopK trainer): ranked by ReLU(pre)·Σ_m||d_i,m||. Pairs with pre <= 0 are dropped: their
+    activation ReLU(pre) is 0, so they add nothing to the loss or to any gradient.
+    """
+    n_dead = int(dead.sum())
+    mask = torch.zeros_like(pre_activations, dtype=torch.bool)
+    if n_dead == 0:
+        return mask
+    with torch.no_grad():
+        ranking = pre_activations
+        if style == "fork":
+            ranking = torch.relu(pre_activations) * dec_norm_sum.to(pre_activations.dtype)
+        top = ranking.masked_fill(~dead, float("-inf")).topk(min(k_aux, n_dead), dim=-1, sorted=False)
+        mask.scatter_(-1, top.indices, True)
+    return mask & (pre_activations > 0)
+
+
+def aux_k_normalised(residual: torch.Tensor, recon_aux: torch.Tensor, n_dead: int, k_aux: int,
+                     style: str = "scaled") -> torch.Tensor:
+    """AuxK's loss given the dead latents' reconstruction `recon_aux` [B, M·d] of `residual` (detached):
+    ||e − ê||² over the residual's variance, mean over the batch; `scaled` also multiplies by
+    min(n_dead / k_aux, 1) (sparsify), `fork` does not (dictionary_learning). Zero when nothing is dead."""
+    if n_dead == 0:
+        return recon_aux.new_zeros(()).float()
+    residual = residual.float()
+    l2_aux = (residual - recon_aux.float()).pow(2).sum(dim=-1).mean()
+    denom = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean()
+    if style == "fork":
+        return (l2_aux / denom).nan_to_num(0.0)
+    return min(n_dead / k_aux, 1.0) * l2_aux / denom.clamp_min(1e-12)
+
+
 def aux_k_loss(residual: torch.Tensor, pre_activations: torch.Tensor, dead: torch.Tensor,
-               W_dec_flat: torch.Tensor, k_aux: int) -> torch.Tensor:
+               W_dec_flat: torch.Tensor, k_aux: int, style: str = "scaled",
+               dec_norm_sum: torch.Tensor | None = None) -> torch.Tensor:
     """AuxK (Gao et al. 2024), as used for BatchTopK crosscoders: the top-k_aux DEAD latents of each
-    token must reconstruct what the live ones missed; normalised by the residual's variance and
-    scaled down while few latents are dead. residual [B, M·d] (detached), pre_activations [B, F],
-    dead [F] bool, W_dec_flat [F, M·d]. Zero when nothing is dead.
+    token must reconstruct what the live ones missed; normalised by the residual's variance.
+    residual [B, M·d] (detached), pre_activations [B, F], dead [F] bool, W_dec_flat [F, M·d]. Zero when
+    nothing is dead. Dense: the trainer's sparse path computes the same from the selected pairs.
     """
     n_dead = int(dead.sum())
     if n_dead == 0:
         return pre_activations.new_zeros(()).float()
-    k = min(k_aux, n_dead)
-    masked = pre_activations.masked_fill(~dead, float("-inf"))
-    top = masked.topk(k, dim=-1)
-    acts = torch.zeros_like(pre_activations).scatter_(-1, top.indices, torch.relu(top.values))
+    mask = aux_k_selection(pre_activations, dead, k_aux, style, dec_norm_sum)
+    acts = torch.relu(pre_activations) * mask
     recon_aux = acts @ W_dec_flat.to(acts.dtype)
-    residual = residual.float()
-    l2_aux = (residual - recon_aux.float()).pow(2).sum(dim=-1).mean()
-    denom = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
-    return min(n_dead / k_aux, 1.0) * l2_aux / denom
+    return aux_k_normalised(residual, recon_aux, n_dead, k_aux, style)
 
 
 def update_threshold(threshold: torch.Tensor, scores: torch.Tensor, beta: float) -> torch.Tensor:
@@ -139,3 +190,22 @@ def update_threshold(threshold: torch.Tensor, scores: torch.Tensor, beta: float)
         return threshold
     smallest = positive.min().to(threshold.dtype)
     return torch.where(threshold < 0, smallest, beta * threshold + (1 - beta) * smallest)
+
+
+def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-5) -> torch.Tensor:
+    """Per model, the point minimising the summed distance to `points` [N, n_models, d] (Weiszfeld).
+
+    The dictionary_learning fork's BatchTopK trainer sets the decoder bias to this on its first
+    (normalised) batch: start at the mean, weights 1/||p − guess|| normalised over N, stop when every
+    model's update moves less than `tol`. Returns [n_models, d].
+    """
+    points = points.float()
+    guess = points.mean(dim=0)
+    for _ in range(max_iter):
+        previous = guess
+        weights = 1.0 / torch.linalg.vector_norm(points - guess, dim=-1)
+        weights = weights / weights.sum(dim=0, keepdim=True)
+        guess = (weights.unsqueeze(-1) * points).sum(dim=0)
+        if bool((torch.linalg.vector_norm(guess - previous, dim=-1) < tol).all()):
+            break
+    return guess

@@ -13,6 +13,12 @@ The crosscoder lives in a *normalised* space: raw activations are multiplied by 
 reconstructions are divided by them before being spliced back into a model. The factors are a
 separate buffer, never folded into the saved weights: relative decoder norms must be read from the
 unfolded decoder (folding different factors into W_dec moves every relative norm).
+
+Designated shared latents (Anthropic, "Insights on Crosscoder Model Diffing", Feb 2025): the first
+`n_shared_latents` latents have ONE decoder vector used by every model, and a sparsity penalty
+reduced by `shared_penalty_ratio` (λ_shared / λ), so structure both models share has a cheap home
+and the other latents are free to become model-specific. They are stored as identical per-model
+rows of W_dec, so every reader of the plain layout still works; training keeps the rows tied.
 """
 
 from __future__ import annotations
@@ -45,12 +51,23 @@ class CrossCoderConfig:
     """batchtopk: active latents per token, on average over a batch."""
     dec_init_norm: float = 0.08
     """Initial norm of every decoder row W_dec[i, m] ("very sensitive", Kissane/Nanda: 0.08)."""
+    same_init_across_models: bool = False
+    """Start every latent with the same decoder direction in every model (the fork's
+    `same_init_for_all_layers`); the default draws one random direction per model."""
+    n_shared_latents: int = 0
+    """Designated shared latents: latents 0..n-1 have one decoder vector tied across the models."""
+    shared_penalty_ratio: float = 1.0
+    """λ_shared / λ: the designated shared latents' L1 penalty factor (l1 variant)."""
 
     def __post_init__(self) -> None:
         check_choice("train.variant", self.variant, ("l1", "batchtopk"))
         for key in ("d_model", "n_latents", "n_models", "k"):
             if getattr(self, key) < 1:
                 raise ValueError(f"crosscoder {key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.n_shared_latents <= self.n_latents:
+            raise ValueError(f"crosscoder n_shared_latents must be in [0, n_latents], got {self.n_shared_latents}")
+        if self.shared_penalty_ratio <= 0:
+            raise ValueError(f"crosscoder shared_penalty_ratio must be > 0, got {self.shared_penalty_ratio}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CrossCoderConfig:
@@ -61,6 +78,16 @@ class CrossCoderConfig:
 def decoder_norm_sum(W_dec: torch.Tensor) -> torch.Tensor:
     """Σ_m ||W_dec[i, m]|| per latent: the weight of latent i in the L1 penalty and in BatchTopK."""
     return W_dec.norm(dim=-1).sum(dim=-1)
+
+
+def penalty_factors(cfg: CrossCoderConfig, device: torch.device | None = None) -> torch.Tensor | None:
+    """Per-latent factor of the L1 penalty: `shared_penalty_ratio` on the designated shared latents,
+    1 elsewhere; None when there is nothing to scale."""
+    if cfg.n_shared_latents == 0 or cfg.shared_penalty_ratio == 1.0:
+        return None
+    factors = torch.ones(cfg.n_latents, device=device)
+    factors[:cfg.n_shared_latents] = cfg.shared_penalty_ratio
+    return factors
 
 
 def batch_topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -99,6 +126,9 @@ class CrossCoder(nn.Module):
         M, d, F = cfg.n_models, cfg.d_model, cfg.n_latents
         # Kissane/Nanda init: random decoder directions of norm dec_init_norm, encoder = decoder^T.
         W_dec = torch.randn(F, M, d)
+        if cfg.same_init_across_models:
+            W_dec[:, 1:] = W_dec[:, :1]
+        W_dec[:cfg.n_shared_latents, 1:] = W_dec[:cfg.n_shared_latents, :1]  # one tied vector
         W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) * cfg.dec_init_norm
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).contiguous())
@@ -108,6 +138,13 @@ class CrossCoder(nn.Module):
         # batchtopk: f_i counts at inference when f_i·Σ_m||d_i,m|| > threshold (tracked in training).
         # -1 (never trained) keeps every positive activation, like the dictionary_learning fork.
         self.register_buffer("threshold", torch.tensor(-1.0))
+
+    @property
+    def designated_shared(self) -> torch.Tensor:
+        """Bool [n_latents]: the designated shared latents (one decoder vector for every model)."""
+        mask = torch.zeros(self.cfg.n_latents, dtype=torch.bool, device=self.W_dec.device)
+        mask[:self.cfg.n_shared_latents] = True
+        return mask
 
     # --- normalised space <-> raw activations -------------------------------------------------
     def normalise(self, x_raw: torch.Tensor) -> torch.Tensor:
@@ -179,7 +216,9 @@ class CrossCoder(nn.Module):
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        config = {"format_version": FORMAT_VERSION, **asdict(self.cfg), **(extra or {})}
+        config = {"format_version": FORMAT_VERSION, **asdict(self.cfg),
+                  # explicit, for readers that know nothing of n_shared_latents
+                  "designated_shared_latents": list(range(self.cfg.n_shared_latents)), **(extra or {})}
         meta = {"config": json.dumps(asdict(self.cfg), sort_keys=True)}
         artifacts.atomic_save(directory / WEIGHTS_FILE, lambda path: save_file(self.tensors(), path, metadata=meta))
         artifacts.write_json(directory / CONFIG_FILE, config)
@@ -198,7 +237,9 @@ class CrossCoder(nn.Module):
         cfg = CrossCoderConfig.from_dict(artifacts.read_json(config_path))
         with safe_open(str(weights), framework="pt") as handle:
             meta = handle.metadata() or {}
-        if "config" in meta and json.loads(meta["config"]) != asdict(cfg):
+        # from_dict fills keys added since the file was written with their defaults, so older
+        # crosscoders keep loading
+        if "config" in meta and CrossCoderConfig.from_dict(json.loads(meta["config"])) != cfg:
             raise UserError(f"{config_path} does not match {weights} (interrupted save?): re-run train")
         state = load_file(str(weights))
         model = cls(cfg)

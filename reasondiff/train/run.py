@@ -68,8 +68,11 @@ def open_source(cfg: Config, ctx_dir: Path, inputs: dict[str, Any]) -> Activatio
 
 # --- the stage -------------------------------------------------------------------------------
 def crosscoder_config(train: TrainConfig, d_model: int) -> CrossCoderConfig:
-    return CrossCoderConfig(d_model=d_model, n_latents=train.n_latents or train.expansion_factor * d_model,
-                            variant=train.variant, k=train.k, dec_init_norm=train.dec_init_norm)
+    n_latents = train.n_latents or train.expansion_factor * d_model
+    return CrossCoderConfig(d_model=d_model, n_latents=n_latents, variant=train.variant, k=train.k,
+                            dec_init_norm=train.dec_init_norm, same_init_across_models=train.same_init_across_models,
+                            n_shared_latents=train.n_shared_latents(n_latents),
+                            shared_penalty_ratio=train.shared_penalty_ratio if train.shared_latents > 0 else 1.0)
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-"""One crosscoder training step, the trainer that owns its state, and the evaluation.
+"""The trainer that owns a crosscoder's training state, one optimisation step, and the evaluation.
 
 Recipe (Lindsey et al. 2024; Kissane & Nanda's replication): activations scaled per model by
 harvest's factors; Adam (0.9, 0.999); grad-norm clip; lr constant for 80% of the steps then linear
 to 0; λ ramped linearly from 0. `variant=batchtopk` (Minder et al. 2025) replaces the L1 penalty
 by a batch-wide top-k on f_i·Σ_m||d_i,m|| plus AuxK on dead latents, and tracks the inference
-threshold. A non-finite loss stops the run BEFORE the update, so the last checkpoint and the
-weights stay good.
+threshold. The dictionary_learning fork's recipe (unsquared loss, its AuxK, geometric-median
+b_dec, lr warm-up) is a set of train keys (`+recipe=fork_batchtopk`). Each step is dense or
+sparse (step.py); designated shared latents keep their per-model decoder rows tied. A non-finite
+loss stops the run BEFORE the update, so the last checkpoint and the weights stay good.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,19 +26,30 @@ from reasondiff import artifacts
 from reasondiff.config import TrainConfig
 from reasondiff.crosscoder.loss import (
     ExplainedVarianceMeter,
-    aux_k_loss,
     explained_variance,
+    geometric_median,
     l1_coeff_at,
-    l1_objective,
     lr_factor,
-    reconstruction_loss,
     update_threshold,
 )
-from reasondiff.crosscoder.model import CrossCoder, batch_topk_mask, decoder_norm_sum
+from reasondiff.crosscoder.model import CrossCoder
 from reasondiff.errors import UserError
 from reasondiff.tracking import require_finite
+from reasondiff.train.step import (
+    Objective,
+    StepOutput,
+    crosscoder_loss,
+    dense_objective,
+    select_active,
+    sparse_objective,
+)
+
+__all__ = ["CrossCoderTrainer", "StepOutput", "crosscoder_loss", "evaluate"]
 
 ADAM_BETAS = (0.9, 0.999)
+SPARSE_MIN_DECODER_SIZE = 1 << 22
+"""auto: below n_latents·n_models·d_model = 4M, a dense step is only milliseconds and the sparse
+step's fixed costs (two nonzero passes, index work) do not pay (benchmarks/crosscoder_step.py)."""
 
 
 class ActivationSource(Protocol):
@@ -46,54 +59,6 @@ class ActivationSource(Protocol):
     scaling_factors: torch.Tensor
 
     def iter_batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[torch.Tensor]: ...
-
-
-# --- one optimisation step -------------------------------------------------------------------
-@dataclass
-class StepOutput:
-    loss: torch.Tensor
-    l2: torch.Tensor
-    l1: torch.Tensor
-    aux: torch.Tensor
-    f: torch.Tensor
-    """Latent activations actually used (after BatchTopK), detached."""
-    recon: torch.Tensor
-    scores: torch.Tensor | None = None
-    """batchtopk: the selected f_i·Σ_m||d_i,m|| (for the inference threshold)."""
-
-
-def crosscoder_loss(cc: CrossCoder, x: torch.Tensor, *, l1_coeff: float, dead: torch.Tensor | None,
-                    aux_k: int, aux_k_coeff: float) -> StepOutput:
-    """Forward + objective of one batch `x` [B, n_models, d] (normalised space).
-
-    Two GEMMs (encoder over the concatenated pair, decoder to both models) and the decoder norms
-    computed once; everything else is elementwise or a reduction.
-    """
-    pre = cc.pre_activations(x)
-    f = torch.relu(pre)
-    norms = decoder_norm_sum(cc.W_dec)
-    zero = x.new_zeros(()).float()
-    scores = None
-    if cc.cfg.variant == "batchtopk":
-        with torch.no_grad():
-            scored = f * norms.to(f.dtype)
-            mask = batch_topk_mask(scored, cc.cfg.k)
-            scores = scored * mask
-        f = f * mask
-    recon = cc.decode(f)
-    if cc.cfg.variant == "l1":
-        loss, l2, l1 = l1_objective(x, recon, f, norms, l1_coeff)
-        aux = zero
-    else:
-        l2 = reconstruction_loss(x, recon)
-        l1 = (f.detach().float().sum(0) * norms.detach().float()).sum() / f.shape[0]
-        aux = zero
-        if dead is not None and aux_k_coeff > 0 and bool(dead.any()):
-            residual = (x - recon).detach().flatten(1)
-            aux = aux_k_loss(residual, pre, dead, cc.W_dec.flatten(1), aux_k)
-        loss = l2 + aux_k_coeff * aux
-    return StepOutput(loss=loss, l2=l2.detach(), l1=l1.detach(), aux=aux.detach(), f=f.detach(),
-                      recon=recon.detach(), scores=scores)
 
 
 class CrossCoderTrainer:
@@ -108,12 +73,16 @@ class CrossCoderTrainer:
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=train.lr, betas=ADAM_BETAS, **_adam_impl(device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, total_steps, train.lr_decay_start_frac))
+            self.optimizer, lambda step: lr_factor(step, total_steps, train.lr_decay_start_frac, train.lr_warmup_steps))
         self.step = 0
         self.tokens_since_fired = torch.zeros(cc.cfg.n_latents, dtype=torch.long, device=device)
         self.aux_k = train.aux_k or max(1, cc.cfg.d_model // 2)
         self.threshold_start = min(train.threshold_start_step, total_steps // 10)
-        self._loss_fn = torch.compile(crosscoder_loss) if train.compile else crosscoder_loss
+        self.objective = Objective(reconstruction=train.reconstruction_loss, aux_k=self.aux_k,
+                                   aux_k_coeff=train.aux_k_coeff, aux_k_style=train.aux_k_style)
+        self._dense = torch.compile(dense_objective) if train.compile else dense_objective
+        if device.type == "cpu":
+            keep_freed_memory()
 
     def l1_coeff(self) -> float:
         return l1_coeff_at(self.step, self.total_steps, self.train.l1_coeff, self.train.l1_warmup_frac)
@@ -121,24 +90,52 @@ class CrossCoderTrainer:
     def dead_latents(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.train.dead_tokens
 
+    def use_sparse(self, density: float) -> bool:
+        """train.sparse=auto: the sparse step on CPU when the batch is sparse enough and the
+        dictionary large enough for it to pay (both measured: docs/train.md, benchmarks/crosscoder_step.py)."""
+        mode = self.train.sparse
+        if mode != "auto":
+            return mode == "on"
+        cfg = self.cc.cfg
+        return (self.device.type == "cpu" and density <= self.train.sparse_max_density
+                and cfg.n_latents * cfg.n_models * cfg.d_model >= SPARSE_MIN_DECODER_SIZE)
+
     def train_step(self, x_raw: torch.Tensor, *, with_metrics: bool = False) -> dict[str, float] | None:
         x = self.cc.normalise(x_raw.to(self.device, non_blocking=True).float())
+        if self.step == 0 and self.train.b_dec_init == "geometric_median":
+            with torch.no_grad():  # the fork: b_dec at the first normalised batch's geometric median
+                self.cc.b_dec.copy_(geometric_median(x))
         l1_coeff = self.l1_coeff()
         lr = self.optimizer.param_groups[0]["lr"]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
-            out = self._loss_fn(self.cc, x, l1_coeff=l1_coeff, dead=self.dead_latents(),
-                                aux_k=self.aux_k, aux_k_coeff=self.train.aux_k_coeff)
+        with autocast:  # one dense GEMM both paths need; only the dense path backpropagates through it
+            pre = self.cc.pre_activations(x)
+            active, scores = select_active(self.cc, pre)
+        density = float(active.sum()) / active.numel()
+        dead = self.dead_latents()
+        if self.train.aux_k_style == "fork":  # the fork counts this batch before choosing dead latents
+            dead = (self.tokens_since_fired + x.shape[0] >= self.train.dead_tokens) & ~active.any(dim=0)
+        if self.use_sparse(density):
+            out = sparse_objective(self.cc, x, pre.detach(), active, l1_coeff=l1_coeff, dead=dead,
+                                   objective=self.objective)
+        else:
+            with autocast:
+                out = self._dense(self.cc, x, pre, active, l1_coeff=l1_coeff, dead=dead, objective=self.objective)
+        if scores is not None and out.scores is None:
+            out.scores = scores
         # Checked BEFORE the update: a NaN never reaches the weights, so the last checkpoint and
         # the in-memory state both stay good.
         require_finite("crosscoder loss", float(out.loss.detach()), self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.train.grad_clip, foreach=True)
+        if not out.sparse:
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+        self._tie_shared_decoder_grads()
+        self._clip_grad_norm()
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         with torch.no_grad():
-            fired = (out.f > 0).any(dim=0)
+            fired = out.active.any(dim=0)
             self.tokens_since_fired += x.shape[0]
             self.tokens_since_fired[fired] = 0
             if out.scores is not None and self.step >= self.threshold_start:
@@ -148,13 +145,34 @@ class CrossCoderTrainer:
             return None
         ev = explained_variance(x, out.recon)
         metrics = {"loss": float(out.loss.detach()), "l2": float(out.l2), "l1": float(out.l1),
-                   "l0": float((out.f > 0).float().sum(-1).mean()),
+                   "l0": float(out.active.sum()) / x.shape[0], "density": density, "sparse_step": float(out.sparse),
                    "frac_dead": float(self.dead_latents().float().mean()), "lr": lr, "l1_coeff": l1_coeff,
                    "tokens": self.step * x.shape[0]}
         metrics.update({f"explained_variance_{name}": float(v) for name, v in zip(model_names(len(ev)), ev, strict=True)})
         if self.cc.cfg.variant == "batchtopk":
             metrics.update(aux_loss=float(out.aux), threshold=float(self.cc.threshold))
         return metrics
+
+    @torch.no_grad()
+    def _tie_shared_decoder_grads(self) -> None:
+        """A designated shared latent has ONE decoder vector: its gradient is the sum over the
+        models' rows, given to every row, so Adam keeps the (identically initialised) rows equal."""
+        n = self.cc.cfg.n_shared_latents
+        if n and self.cc.W_dec.grad is not None:
+            g = self.cc.W_dec.grad[:n]
+            g.copy_(g.sum(dim=1, keepdim=True).expand_as(g))
+
+    @torch.no_grad()
+    def _clip_grad_norm(self) -> None:
+        """clip_grad_norm_, counting each tied decoder vector once (not once per model row)."""
+        n, M = self.cc.cfg.n_shared_latents, self.cc.cfg.n_models
+        if n == 0 or M == 1:
+            torch.nn.utils.clip_grad_norm_(self.params, self.train.grad_clip, foreach=True)
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        total_sq = sum(g.float().pow(2).sum() for g in grads) - (M - 1) * self.cc.W_dec.grad[:n, 0].float().pow(2).sum()
+        coef = (self.train.grad_clip / (total_sq.clamp_min(0).sqrt() + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, coef)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -192,6 +210,31 @@ class CrossCoderTrainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def keep_freed_memory() -> None:
+    """Keep freed memory in the heap on glibc (a no-op elsewhere).
+
+    glibc hands every freed block over 32 MB back to the OS, and a step allocates a dozen such
+    tensors (grads, [B, F] latents): each new one then costs a page fault per 4 KB, about 90 ms per
+    100 MB measured on a shared 2-core CPU, as much as the sparse step's own arithmetic. This is
+    the runtime form of MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>; jemalloc/tcmalloc via
+    LD_PRELOAD (PyTorch's CPU tuning guide) do the same for the whole process.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return
+    if mallopt is None:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    mallopt(M_MMAP_MAX, 0)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 def _adam_impl(device: torch.device) -> dict[str, Any]:

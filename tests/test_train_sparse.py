@@ -1,0 +1,145 @@
+"""The sparse training step equals the dense one: kernels, gradients of one step, parameters after several."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reasondiff.config import TrainConfig
+from reasondiff.crosscoder import sparse
+from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
+from reasondiff.train.step import Objective, dense_objective, select_active, sparse_objective
+from reasondiff.train.trainer import CrossCoderTrainer
+
+# fp32 throughout. One step: the two paths sum the same products in a different order (GEMM blocks
+# vs per-pair dot products), so gradients agree to float rounding. Several Adam steps: Adam divides
+# by sqrt(v), which turns a rounding difference in a near-zero gradient into a visible step, so the
+# parameters are compared with an absolute tolerance of a small fraction of one lr-sized update.
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
+PARAM_ATOL = 1e-6
+
+
+def _mask(B=12, F=40, density=0.15, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(B, F, generator=gen) < density
+
+
+def test_active_pairs_orders_and_values():
+    mask = _mask()
+    mask[3] = False  # a token with no active latent
+    mask[:, 7] = False  # a latent active nowhere
+    dense = torch.randn(mask.shape)
+    pairs = sparse.ActivePairs.from_mask(mask)
+    assert pairs.nnz == int(mask.sum()) and pairs.density == pytest.approx(float(mask.float().mean()))
+    tokens, latents = mask.nonzero(as_tuple=True)  # row-major = token-major
+    assert torch.equal(pairs.token_major_latent, latents)
+    assert torch.equal(pairs.token_major(dense), dense[tokens, latents])
+    order = torch.argsort(latents * mask.shape[0] + tokens)  # latent-major
+    assert torch.equal(pairs.latent_major_token, tokens[order])
+    assert torch.equal(pairs.latent_major_latent, latents[order])
+    assert torch.equal(pairs.latent_major(dense), dense[tokens[order], latents[order]])
+    assert torch.equal(pairs.token_offsets, torch.cumsum(mask.sum(1), 0) - mask.sum(1))
+    assert torch.equal(pairs.latent_offsets, torch.cumsum(mask.sum(0), 0) - mask.sum(0))
+    torch.testing.assert_close(pairs.per_latent_sum(pairs.latent_major(dense)), (dense * mask).sum(0))
+
+
+def test_kernels_equal_the_dense_products():
+    mask = _mask(B=16, F=50, density=0.2)
+    f = torch.rand(mask.shape) * mask
+    W, T = torch.randn(50, 10), torch.randn(16, 10)
+    pairs = sparse.ActivePairs.from_mask(mask)
+    torch.testing.assert_close(sparse.decode(pairs, pairs.token_major(f), W), f @ W)
+    torch.testing.assert_close(sparse.latent_sums(pairs, pairs.latent_major(f), T), f.T @ T)
+    sums, dots = sparse.latent_sums_and_dots(pairs, pairs.latent_major(f), T, W)
+    torch.testing.assert_close(sums, f.T @ T)
+    torch.testing.assert_close(dots, pairs.latent_major(T @ W.T))
+
+
+def _crosscoder(variant="l1", n_shared=0, ratio=1.0, d=6, F=48, seed=0):
+    torch.manual_seed(seed)
+    cc = CrossCoder(CrossCoderConfig(d_model=d, n_latents=F, variant=variant, k=5, dec_init_norm=0.3,
+                                     n_shared_latents=n_shared, shared_penalty_ratio=ratio))
+    with torch.no_grad():
+        cc.b_enc.normal_(std=0.3)
+        cc.b_dec.normal_(std=0.1)
+        cc.W_dec[3, 1] = 0.0  # a zero decoder row: its norm has no gradient in either path
+    return cc
+
+
+CASES = {
+    "l1": dict(variant="l1"),
+    "l1_unsquared": dict(variant="l1", objective=Objective(reconstruction="unsquared")),
+    "l1_shared": dict(variant="l1", n_shared=8, ratio=0.15),
+    "batchtopk_aux_scaled": dict(variant="batchtopk", objective=Objective(aux_k=4, aux_k_coeff=0.5)),
+    "batchtopk_aux_fork_unsquared": dict(
+        variant="batchtopk", objective=Objective(reconstruction="unsquared", aux_k=4, aux_k_coeff=0.5, aux_k_style="fork")),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_step_gradients_equal(case):
+    spec = dict(CASES[case])
+    objective = spec.pop("objective", Objective())
+    cc = _crosscoder(**spec)
+    x = torch.randn(20, 2, 6) * 2
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[::3] = True
+    params = [cc.W_enc, cc.W_dec, cc.b_enc, cc.b_dec]
+
+    pre = cc.pre_activations(x)
+    mask, _ = select_active(cc, pre)
+    assert 0 < mask.float().mean() < 1
+    dense = dense_objective(cc, x, pre, mask, l1_coeff=0.7, dead=dead, objective=objective)
+    dense.loss.backward()
+    want = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    got = sparse_objective(cc, x, pre.detach(), mask, l1_coeff=0.7, dead=dead, objective=objective)
+    torch.testing.assert_close(got.loss, dense.loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.aux, dense.aux, rtol=1e-5, atol=1e-6)
+    if "aux" in case:
+        assert dense.aux > 0
+    torch.testing.assert_close(got.recon, dense.recon, rtol=1e-5, atol=1e-6)
+    for name, p, w in zip(("W_enc", "W_dec", "b_enc", "b_dec"), params, want, strict=True):
+        assert p.grad.stride() == p.stride(), name  # the fused Adam kernel needs matching layouts
+        torch.testing.assert_close(p.grad, w, rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+        assert w.abs().max() > 0, name
+
+
+def _train(mode, variant, steps=8, **overrides):
+    train = TrainConfig(variant=variant, k=5, batch_size=64, n_tokens=64 * steps, lr=2e-3, l1_coeff=0.5,
+                        dead_tokens=128, aux_k=4, threshold_start_step=2, sparse=mode, **overrides)
+    cc = _crosscoder(variant, n_shared=6 if train.shared_latents else 0, ratio=train.shared_penalty_ratio)
+    initial = {name: t.detach().clone() for name, t in cc.named_parameters()}
+    trainer = CrossCoderTrainer(cc, train, steps, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    metrics = []
+    for _ in range(steps):
+        x = torch.randn(64, 2, 6, generator=gen) * torch.rand(64, 1, 1, generator=gen) * 3
+        metrics.append(trainer.train_step(x, with_metrics=True))
+    return trainer, metrics, initial
+
+
+@pytest.mark.parametrize("variant,overrides", [
+    ("l1", {}),
+    ("l1", {"shared_latents": 0.125, "reconstruction_loss": "unsquared"}),
+    ("batchtopk", {}),
+    ("batchtopk", {"aux_k_style": "fork", "reconstruction_loss": "unsquared", "b_dec_init": "geometric_median",
+                   "lr_warmup_steps": 3}),
+])
+def test_several_steps_dense_and_sparse_reach_the_same_parameters(variant, overrides):
+    dense, dense_metrics, initial = _train("off", variant, **overrides)
+    sparse_, sparse_metrics, _ = _train("on", variant, **overrides)
+    assert all(m["sparse_step"] == 0.0 for m in dense_metrics) and all(m["sparse_step"] == 1.0 for m in sparse_metrics)
+    if variant == "batchtopk":  # AuxK was active (dead_tokens = 2 batches) and the threshold tracked
+        assert max(m["aux_loss"] for m in dense_metrics) > 0
+        assert dense.cc.threshold > 0
+        torch.testing.assert_close(sparse_.cc.threshold, dense.cc.threshold, rtol=1e-5, atol=0)
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        a, b = getattr(dense.cc, name).detach(), getattr(sparse_.cc, name).detach()
+        moved = (a - initial[name]).abs().max()
+        assert moved > 100 * PARAM_ATOL, name  # the comparison is not vacuous
+        torch.testing.assert_close(b, a, rtol=0, atol=PARAM_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+    assert torch.equal(dense.tokens_since_fired, sparse_.tokens_since_fired)
+    for key in ("loss", "l0", "l2"):
+        assert sparse_metrics[-1][key] == pytest.approx(dense_metrics[-1][key], rel=1e-4)
