@@ -1,18 +1,24 @@
-"""One crosscoder training step: ours vs a per-model einsum reference vs the bare GEMMs, in one run.
+"""One crosscoder training step: dense vs sparse (ours) against the GEMM bounds, over a density sweep.
 
-    .venv/bin/python benchmarks/crosscoder_step.py [--model /work/qwen05b] [--batch-size 1024] [--repeats 5]
+    .venv/bin/python benchmarks/crosscoder_step.py [--densities 0.005,0.01,0.02,0.05,0.1,0.2]
+        [--variant l1|batchtopk] [--batch-size 1024] [--repeats 3] [--reference] [--model /work/qwen05b]
 
 Shapes are the paper's: 2 models x d_model (896 for Qwen2.5-0.5B; read from --model's config.json)
--> 16 x d_model latents. Default batch 4096 on a GPU (bf16 autocast), 1024 fp32 on CPU.
-(a) ours: `CrossCoderTrainer.train_step` (fused encoder/decoder GEMMs, loss, backward, clip, Adam,
-    schedule, dead-latent bookkeeping, NaN check);
-(b) a straightforward reference written like the public replications: per-model einsums producing
-    [B, n_models, F] then summed, the same loss, backward, clip_grad_norm_, default Adam;
-(c) the five bare GEMMs a step cannot avoid (encoder and decoder forward, decoder-input,
-    decoder-weight and encoder-weight gradients), same shapes and precision.
-The three are timed round-robin (a, b, c, a, b, c, ...) so load from other processes hits all of
-them alike; ratios use each arm's fastest repeat (the least disturbed on a shared machine),
-medians are printed too. The last line is a JSON object of the figures.
+-> 16 x d_model latents. Default batch 4096 on a GPU (bf16 autocast), 1024 fp32 on CPU. Per density
+(L0 / n_latents; l1: the encoder bias is offset so the batch has that density, batchtopk: k = density x F):
+(a) dense-ours: `CrossCoderTrainer.train_step` with train.sparse=off (fused encoder/decoder GEMMs,
+    loss, autograd backward, clip, Adam, schedule, dead-latent bookkeeping, NaN check);
+(b) sparse-ours: the same with train.sparse=on (encoder GEMM dense, everything else over the
+    active (token, latent) pairs);
+(c) the five-GEMM bound: the five bare dense GEMMs a dense step cannot avoid (encoder and decoder
+    forward, decoder-input, decoder-weight and encoder-weight gradients), same shapes and precision;
+(d) the one-GEMM bound: the encoder forward GEMM alone (what a sparse step cannot avoid).
+With --reference, (e) a per-model einsum step written like the public replications (Kissane/Nanda,
+dictionary_learning) joins the first density. The arms are timed round-robin (a, b, c, d, a, ...)
+so load from other processes hits all of them alike; ratios use each arm's fastest repeat (the
+least disturbed on a shared machine), medians are printed too. The crossover is the density above
+which the sparse step stops being faster than the dense one (linear interpolation between sweep
+points). The last line is a JSON object of every figure.
 """
 
 from __future__ import annotations
@@ -35,20 +41,35 @@ from reasondiff.config import TrainConfig  # noqa: E402
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig  # noqa: E402
 from reasondiff.train.trainer import CrossCoderTrainer  # noqa: E402
 
+STEPS = 10_000
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def make_ours(d: int, F: int, B: int, device: torch.device, compile_: bool):
-    train = TrainConfig(batch_size=B, n_tokens=B * 10_000, lr=5e-5, l1_coeff=2.0, compile=compile_)
-    trainer = CrossCoderTrainer(CrossCoder(CrossCoderConfig(d_model=d, n_latents=F)), train, 10_000, device)
+def make_ours(d: int, F: int, B: int, device: torch.device, x: torch.Tensor, *, variant: str, density: float,
+              sparse: str, compile_: bool = False):
+    """A trainer whose batches have L0/F ~= density; returns (step, measured density of the last step)."""
+    torch.manual_seed(0)
+    k = max(1, round(density * F))
+    cc = CrossCoder(CrossCoderConfig(d_model=d, n_latents=F, variant=variant, k=k))
+    if variant == "l1":
+        with torch.no_grad():  # offset the encoder bias so that a fraction `density` of pre-activations is > 0
+            pre = cc.pre_activations(x[:256].float())
+            cc.b_enc.fill_(-float(torch.quantile(pre.flatten()[::7], 1 - density)))
+    # lr tiny: the weights (hence the density) stay put over the repeats; the cost of a step does not depend on it
+    train = TrainConfig(variant=variant, k=k, batch_size=B, n_tokens=B * STEPS, lr=1e-7, l1_coeff=2.0,
+                        compile=compile_, sparse=sparse, threshold_start_step=STEPS)
+    trainer = CrossCoderTrainer(cc, train, STEPS, device)
+    seen = {"density": float("nan"), "sparse": float("nan")}
 
-    def step(x):
-        trainer.train_step(x)
+    def step(batch):
+        metrics = trainer.train_step(batch, with_metrics=True)
+        seen.update(density=metrics["density"], sparse=metrics["sparse_step"])
 
-    return step
+    return step, seen
 
 
 def make_reference(d: int, F: int, B: int, device: torch.device):
@@ -79,14 +100,14 @@ def make_reference(d: int, F: int, B: int, device: torch.device):
     return step
 
 
-def make_bare_gemms(d: int, F: int, B: int, device: torch.device):
+def make_bare_gemms(d: int, F: int, B: int, device: torch.device, *, only_encoder: bool = False):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     x = torch.randn(B, 2 * d, device=device, dtype=dtype)
     W_enc = torch.randn(2 * d, F, device=device, dtype=dtype) * 0.02
     W_dec = torch.randn(F, 2 * d, device=device, dtype=dtype) * 0.02
     g_out = torch.randn(B, 2 * d, device=device, dtype=dtype)
 
-    def step(_x):
+    def five(_x):
         f = x @ W_enc                 # encoder forward
         recon = f @ W_dec             # decoder forward
         g_f = g_out @ W_dec.T         # gradient into the latents
@@ -94,7 +115,34 @@ def make_bare_gemms(d: int, F: int, B: int, device: torch.device):
         g_W_enc = x.T @ g_f           # encoder weight gradient
         return recon, g_W_dec, g_W_enc
 
-    return step
+    def one(_x):
+        return x @ W_enc              # the encoder forward: all a sparse step must do densely
+
+    return one if only_encoder else five
+
+
+def time_arms(arms: dict, x: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for i in range(warmup + repeats):
+        for name, step in arms.items():
+            _sync(device)
+            start = time.perf_counter()
+            step(x)
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def crossover(points: list[tuple[float, float]]) -> float | None:
+    """Density where sparse/dense crosses 1, interpolated between (density, sparse/dense) points."""
+    points = sorted(points)
+    for (d0, r0), (d1, r1) in zip(points, points[1:], strict=False):
+        if r0 < 1.0 <= r1:
+            return d0 + (1.0 - r0) * (d1 - d0) / (r1 - r0)
+    if points and points[0][1] >= 1.0:
+        return 0.0
+    return None
 
 
 def main() -> None:
@@ -103,10 +151,14 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=896)
     parser.add_argument("--expansion", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 4096 on cuda, 1024 on cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--densities", default="0.005,0.01,0.02,0.05,0.1,0.2",
+                        help="L0 / n_latents of the sweep, comma-separated")
+    parser.add_argument("--variant", default="l1", choices=("l1", "batchtopk"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reference", action="store_true", help="also time the per-model einsum step (first density)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our loss (needs a C compiler on CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our dense loss (needs a C compiler on CPU)")
     args = parser.parse_args()
 
     d = args.d_model
@@ -116,42 +168,61 @@ def main() -> None:
                           ("cpu" if args.device == "auto" else args.device))
     B = args.batch_size or (4096 if device.type == "cuda" else 1024)
     F = args.expansion * d
+    densities = [float(v) for v in args.densities.split(",")]
     torch.manual_seed(0)
     x = torch.randn(B, 2, d, device=device) * 10
-    arms = {"ours": make_ours(d, F, B, device, args.compile), "reference_einsum": make_reference(d, F, B, device),
-            "bare_gemms": make_bare_gemms(d, F, B, device)}
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    for i in range(args.warmup + args.repeats):
-        for name, step in arms.items():
-            _sync(device)
-            start = time.perf_counter()
-            step(x)
-            _sync(device)
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-    med = {name: min(t) for name, t in times.items()}
-    median = {name: statistics.median(t) for name, t in times.items()}
-    flops = 5 * 2 * B * (2 * d) * F
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
-    print(f"crosscoder step: 2 x {d} -> {F}, batch {B}, {precision}, {device_name}")
-    for name, seconds in med.items():
-        print(f"  {name:18s} {seconds * 1e3:9.1f} ms/step (median {median[name] * 1e3:7.1f})   "
-              f"{B / seconds:8.0f} tokens/s   ({flops / seconds / 1e9:.0f} GFLOP/s of GEMM work)")
-    ratios = {"ours_over_bare_gemms": med["ours"] / med["bare_gemms"],
-              "reference_over_ours": med["reference_einsum"] / med["ours"],
-              "reference_over_bare_gemms": med["reference_einsum"] / med["bare_gemms"]}
-    print(f"  a/c (ours / bare GEMMs)      {ratios['ours_over_bare_gemms']:.3f}")
-    print(f"  b/a (reference / ours)       {ratios['reference_over_ours']:.3f}")
-    print(f"  b/c (reference / bare GEMMs) {ratios['reference_over_bare_gemms']:.3f}")
-    print(json.dumps({"benchmark": "crosscoder_step", "d_model": d, "n_latents": F, "batch_size": B,
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"crosscoder step: 2 x {d} -> {F}, batch {B}, {precision}, variant {args.variant}, {device_name}"
+          + (f", load average {load[0]:.1f} at start" if load else ""))
+    gemm_flops = 2 * B * (2 * d) * F
+    bounds = {"five_gemms": make_bare_gemms(d, F, B, device), "one_gemm": make_bare_gemms(d, F, B, device, only_encoder=True)}
+    rows, reference = [], None
+    header = (f"  {'L0/F':>6} {'L0':>6} | {'dense':>8} {'sparse':>8} {'5 GEMMs':>8} {'1 GEMM':>8} ms | "
+              f"{'dense/5G':>8} {'sparse/5G':>9} {'sparse/1G':>9} {'dense/sparse':>12}")
+    print(header)
+    for density in densities:
+        dense_step, dense_seen = make_ours(d, F, B, device, x, variant=args.variant, density=density, sparse="off",
+                                           compile_=args.compile)
+        sparse_step, sparse_seen = make_ours(d, F, B, device, x, variant=args.variant, density=density, sparse="on")
+        arms = {"dense": dense_step, "sparse": sparse_step, **bounds}
+        if args.reference and reference is None:
+            arms["reference_einsum"] = make_reference(d, F, B, device)
+        times = time_arms(arms, x, device, args.warmup, args.repeats)
+        best = {name: min(t) for name, t in times.items()}
+        median = {name: statistics.median(t) for name, t in times.items()}
+        if "reference_einsum" in best:
+            reference = {"seconds": best["reference_einsum"], "median": median["reference_einsum"],
+                         "over_dense": best["reference_einsum"] / best["dense"],
+                         "over_five_gemms": best["reference_einsum"] / best["five_gemms"]}
+        row = {"target_density": density, "density": sparse_seen["density"], "l0": sparse_seen["density"] * F,
+               "sparse_step_taken": sparse_seen["sparse"], "dense_step_density": dense_seen["density"],
+               "seconds": {k: round(v, 5) for k, v in best.items() if k != "reference_einsum"},
+               "median_seconds": {k: round(v, 5) for k, v in median.items() if k != "reference_einsum"},
+               "dense_over_five_gemms": best["dense"] / best["five_gemms"],
+               "sparse_over_five_gemms": best["sparse"] / best["five_gemms"],
+               "sparse_over_one_gemm": best["sparse"] / best["one_gemm"],
+               "dense_over_sparse": best["dense"] / best["sparse"]}
+        rows.append(row)
+        ms = {k: v * 1e3 for k, v in best.items()}
+        print(f"  {row['density']:6.2%} {row['l0']:6.0f} | {ms['dense']:8.0f} {ms['sparse']:8.0f} {ms['five_gemms']:8.0f} "
+              f"{ms['one_gemm']:8.0f}    | {row['dense_over_five_gemms']:8.2f} {row['sparse_over_five_gemms']:9.2f} "
+              f"{row['sparse_over_one_gemm']:9.2f} {row['dense_over_sparse']:12.2f}", flush=True)
+    cross = crossover([(r["density"], 1.0 / r["dense_over_sparse"]) for r in rows])
+    print(f"  GEMM rate: {gemm_flops / min(r['seconds']['one_gemm'] for r in rows) / 1e9:.0f} GFLOP/s (one-GEMM arm, best)")
+    print("  crossover (sparse no longer faster than dense): " +
+          (f"L0/F ~ {cross:.1%}" if cross is not None else f"none up to {max(densities):.0%}"))
+    if reference:
+        print(f"  per-model einsum reference: {reference['seconds'] * 1e3:.0f} ms, "
+              f"{reference['over_dense']:.2f}x dense-ours, {reference['over_five_gemms']:.2f}x the five GEMMs")
+    load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(json.dumps({"benchmark": "crosscoder_step", "d_model": d, "n_latents": F, "batch_size": B, "variant": args.variant,
                       "precision": precision, "device": device_name, "compile": args.compile,
-                      "seconds_per_step": {k: round(v, 5) for k, v in med.items()},
-                      "median_seconds_per_step": {k: round(v, 5) for k, v in median.items()},
-                      "tokens_per_second": {k: round(B / v, 1) for k, v in med.items()},
-                      "all_seconds": {k: [round(t, 5) for t in v] for k, v in times.items()},
-                      **{k: round(v, 4) for k, v in ratios.items()}}))
+                      "load_average_start_end": [load[0] if load else None, load_end[0] if load_end else None],
+                      "crossover_density": cross, "reference_einsum": reference,
+                      "sweep": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}))
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def test_crosscoder_loss_matches_the_formula_and_its_gradients():
     recon = torch.einsum("bf,fmd->bmd", f, cc.W_dec) + cc.b_dec
     ref = (recon - x).pow(2).sum((1, 2)).mean() + 0.7 * (f * cc.W_dec.norm(dim=-1).sum(-1)).sum(-1).mean()
     torch.testing.assert_close(out.loss, ref)
-    grads = torch.autograd.grad(out.loss, [cc.W_enc, cc.W_dec, cc.b_enc, cc.b_dec])
-    ref_grads = torch.autograd.grad(ref, [cc.W_enc, cc.W_dec, cc.b_enc, cc.b_dec])
+    grads = torch.autograd.grad(out.loss, [cc.W_enc_by_latent, cc.W_dec, cc.b_enc, cc.b_dec])
+    ref_grads = torch.autograd.grad(ref, [cc.W_enc_by_latent, cc.W_dec, cc.b_enc, cc.b_dec])
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 

@@ -50,9 +50,22 @@ def test_kernels_equal_the_dense_products():
     pairs = sparse.ActivePairs.from_mask(mask)
     torch.testing.assert_close(sparse.decode(pairs, pairs.token_major(f), W), f @ W)
     torch.testing.assert_close(sparse.latent_sums(pairs, pairs.latent_major(f), T), f.T @ T)
-    sums, dots = sparse.latent_sums_and_dots(pairs, pairs.latent_major(f), T, W)
-    torch.testing.assert_close(sums, f.T @ T)
-    torch.testing.assert_close(dots, pairs.latent_major(T @ W.T))
+    torch.testing.assert_close(sparse.sampled_dots(pairs, T, W), pairs.latent_major(T @ W.T))
+
+
+def test_sampled_dots_split_over_threads_and_public_fallback(monkeypatch):
+    mask = _mask(B=64, F=300, density=0.3)  # > 4096 pairs: split over the intra-op threads
+    T, W = torch.randn(64, 8), torch.randn(300, 8)
+    pairs = sparse.ActivePairs.from_mask(mask)
+    want = pairs.latent_major(T @ W.T)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    torch.testing.assert_close(sparse.sampled_dots(pairs, T, W), want)
+
+    def broken(*args):
+        raise RuntimeError("signature changed")
+
+    monkeypatch.setattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", broken, raising=False)
+    torch.testing.assert_close(sparse.sampled_dots(pairs, T, W), want)
 
 
 def _crosscoder(variant="l1", n_shared=0, ratio=1.0, d=6, F=48, seed=0):
@@ -84,7 +97,7 @@ def test_one_step_gradients_equal(case):
     x = torch.randn(20, 2, 6) * 2
     dead = torch.zeros(48, dtype=torch.bool)
     dead[::3] = True
-    params = [cc.W_enc, cc.W_dec, cc.b_enc, cc.b_dec]
+    params = [cc.W_enc_by_latent, cc.W_dec, cc.b_enc, cc.b_dec]
 
     pre = cc.pre_activations(x)
     mask, _ = select_active(cc, pre)
@@ -135,7 +148,7 @@ def test_several_steps_dense_and_sparse_reach_the_same_parameters(variant, overr
         assert max(m["aux_loss"] for m in dense_metrics) > 0
         assert dense.cc.threshold > 0
         torch.testing.assert_close(sparse_.cc.threshold, dense.cc.threshold, rtol=1e-5, atol=0)
-    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+    for name in ("W_enc_by_latent", "W_dec", "b_enc", "b_dec"):
         a, b = getattr(dense.cc, name).detach(), getattr(sparse_.cc, name).detach()
         moved = (a - initial[name]).abs().max()
         assert moved > 100 * PARAM_ATOL, name  # the comparison is not vacuous

@@ -131,13 +131,30 @@ class CrossCoder(nn.Module):
         W_dec[:cfg.n_shared_latents, 1:] = W_dec[:cfg.n_shared_latents, :1]  # one tied vector
         W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) * cfg.dec_init_norm
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).contiguous())
+        # W_enc is read as [n_models, d_model, n_latents] but the parameter is stored latent-major,
+        # [n_latents, n_models, d_model] like W_dec: the sparse training step computes the encoder
+        # gradient one latent at a time, the encoder GEMM reads either layout equally fast, and the
+        # fused Adam kernel wants a contiguous parameter (it copies a transposed one every step).
+        self.W_enc_by_latent = nn.Parameter(W_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(F))
         self.b_dec = nn.Parameter(torch.zeros(M, d))
         self.register_buffer("scaling_factors", torch.ones(M))
         # batchtopk: f_i counts at inference when f_i·Σ_m||d_i,m|| > threshold (tracked in training).
         # -1 (never trained) keeps every positive activation, like the dictionary_learning fork.
         self.register_buffer("threshold", torch.tensor(-1.0))
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        """[n_models, d_model, n_latents] (Kissane/Nanda layout): a view of `W_enc_by_latent`, so
+        in-place writes and autograd go to the parameter."""
+        return self.W_enc_by_latent.permute(1, 2, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts written before the latent-major storage hold W_enc [n_models, d_model, n_latents]
+        old = state_dict.pop(prefix + "W_enc", None)
+        if old is not None and prefix + "W_enc_by_latent" not in state_dict:
+            state_dict[prefix + "W_enc_by_latent"] = old.permute(2, 0, 1).contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def designated_shared(self) -> torch.Tensor:

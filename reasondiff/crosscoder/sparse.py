@@ -10,9 +10,8 @@ device:
 - `decode`: x̂_b = Σ_i f_bi W_dec[i], bags = tokens (token-major pairs);
 - `latent_sums`: G_i = Σ_b w_bi T_b, bags = latents (latent-major pairs): the decoder-weight
   gradient (T = ∂L/∂x̂, w = f) and the transposed encoder-weight gradient (T = x, w = ∂L/∂pre);
-- `latent_sums_and_dots`: the same plus the sampled dot products <T_b, W_i> on every pair (the
-  gradient wrt the active f_bi), which autograd of `embedding_bag` gives from its per-sample-weight
-  backward without ever forming the dense [B, F] product.
+- `sampled_dots`: <T_b, W_i> on every pair (the gradient wrt the active f_bi with T = ∂L/∂x̂),
+  `embedding_bag`'s per-sample-weight backward: never the dense [B, F] product.
 
 Latent-major order reads each W_dec row once per step and keeps the [B, M·d] operand in cache,
 which is what makes the weight gradients cheap on a CPU.
@@ -20,6 +19,7 @@ which is what makes the weight gradients cheap on a CPU.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -55,11 +55,15 @@ class ActivePairs:
         flat = mask.reshape(-1).nonzero().squeeze(1)
         flat_t = mask.t().contiguous().reshape(-1).nonzero().squeeze(1)
         latent_t, token_t = flat_t // B, flat_t % B
+        # offsets by binary search in the sorted flat indices: a bool mask.sum(dim) would first
+        # cast the whole [B, F] mask to int64 (10x the time of everything else here)
+        starts = torch.arange(max(B, n_latents), device=mask.device)
         return cls(
             n_tokens=B, n_latents=n_latents,
-            token_offsets=_offsets(mask.sum(dim=1)), token_major_latent=flat % n_latents, token_major_flat=flat,
-            latent_offsets=_offsets(mask.sum(dim=0)), latent_major_token=token_t, latent_major_latent=latent_t,
-            latent_major_flat=token_t * n_latents + latent_t,
+            token_offsets=torch.searchsorted(flat, starts[:B] * n_latents), token_major_latent=flat % n_latents,
+            token_major_flat=flat,
+            latent_offsets=torch.searchsorted(flat_t, starts[:n_latents] * B), latent_major_token=token_t,
+            latent_major_latent=latent_t, latent_major_flat=token_t * n_latents + latent_t,
         )
 
     @property
@@ -84,10 +88,6 @@ class ActivePairs:
         return out.index_add(0, self.latent_major_latent, values_latent_major)
 
 
-def _offsets(counts: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(counts, 0) - counts
-
-
 def decode(pairs: ActivePairs, values_token_major: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """Σ_i f_bi W[i] per token: [B, M·d] for W [F, M·d] (no bias)."""
     return F.embedding_bag(pairs.token_major_latent, W, pairs.token_offsets, mode="sum",
@@ -100,16 +100,39 @@ def latent_sums(pairs: ActivePairs, weights_latent_major: torch.Tensor, T: torch
                            per_sample_weights=weights_latent_major.to(T.dtype))
 
 
-def latent_sums_and_dots(pairs: ActivePairs, weights_latent_major: torch.Tensor, T: torch.Tensor,
-                         W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(`latent_sums(pairs, w, T)`, <T[b], W[i]> for every latent-major pair (b, i)).
+def sampled_dots(pairs: ActivePairs, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """<T[b], W[i]> for every latent-major pair (b, i): [nnz], without the dense [B, F] product.
 
-    The dot products are the per-sample-weight gradient of the same `embedding_bag` with W as the
-    incoming gradient: one fused pass over the pairs, no [B, F] matrix.
+    This is the per-sample-weight gradient of `latent_sums` with W as the incoming gradient. torch's
+    CPU kernel for it is one serial loop of dot products, so the pairs are split across the intra-op
+    threads (each call releases the GIL); where that private op is missing, autograd of the public
+    `embedding_bag` computes the same.
     """
+    T, W = T.detach(), W.detach().to(T.dtype)
+    op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+    if op is not None:
+        try:
+            return _split_over_threads(op, pairs, T, W)
+        except RuntimeError:  # a torch whose private signature differs: fall through to the public route
+            pass
     with torch.enable_grad():
-        w = weights_latent_major.detach().to(T.dtype).requires_grad_(True)
-        sums = F.embedding_bag(pairs.latent_major_token, T.detach(), pairs.latent_offsets, mode="sum",
-                               per_sample_weights=w)
-        (dots,) = torch.autograd.grad(sums, w, grad_outputs=W.detach().to(T.dtype))
-    return sums.detach(), dots
+        w = torch.ones(pairs.nnz, dtype=T.dtype, device=T.device, requires_grad=True)
+        sums = F.embedding_bag(pairs.latent_major_token, T, pairs.latent_offsets, mode="sum", per_sample_weights=w)
+        (dots,) = torch.autograd.grad(sums, w, grad_outputs=W)
+    return dots
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _split_over_threads(op, pairs: ActivePairs, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    global _POOL
+    tokens, latents, offsets = pairs.latent_major_token, pairs.latent_major_latent, pairs.latent_offsets
+    n = torch.get_num_threads() if T.device.type == "cpu" else 1
+    if n <= 1 or pairs.nnz < 4096:
+        return op(W, T, tokens, offsets, latents, 0, -1)
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sampled_dots")
+    cuts = [pairs.nnz * j // n for j in range(n + 1)]
+    parts = [_POOL.submit(op, W, T, tokens[a:b], offsets, latents[a:b], 0, -1) for a, b in zip(cuts, cuts[1:], strict=False)]
+    return torch.cat([part.result() for part in parts])

@@ -152,7 +152,8 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     g_recon, g_values, g_norms = grads[0].reshape(B, M * d), grads[1], grads[2]
 
-    g_W_dec, dots = sparse.latent_sums_and_dots(pairs, values, g_recon, W_dec_flat)
+    g_W_dec = sparse.latent_sums(pairs, values, g_recon)
+    dots = sparse.sampled_dots(pairs, g_recon, W_dec_flat)
     g_f = dots if g_values is None else dots + g_values
     g_W_enc_t = sparse.latent_sums(pairs, g_f, x_flat)
     g_b_enc = pairs.per_latent_sum(g_f)
@@ -160,13 +161,13 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
         scale = torch.where(norms > 0, g_norms / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
         g_W_dec.view(F, M, d).addcmul_(scale.unsqueeze(-1), W_dec)
     if aux_pairs is not None:
-        g_W_dec_aux, dots_aux = sparse.latent_sums_and_dots(aux_pairs, aux_values, grads[3].reshape(B, M * d),
-                                                            W_dec_flat)
-        g_W_dec += g_W_dec_aux
+        g_recon_aux = grads[3].reshape(B, M * d)
+        g_W_dec += sparse.latent_sums(aux_pairs, aux_values, g_recon_aux)
+        dots_aux = sparse.sampled_dots(aux_pairs, g_recon_aux, W_dec_flat)
         g_W_enc_t += sparse.latent_sums(aux_pairs, dots_aux, x_flat)
         g_b_enc += aux_pairs.per_latent_sum(dots_aux)
     _set_grad(cc.W_dec, g_W_dec.view(F, M, d))
-    _set_grad(cc.W_enc, g_W_enc_t.t().reshape(M, d, F))
+    _set_grad(cc.W_enc_by_latent, g_W_enc_t.view(F, M, d))
     _set_grad(cc.b_enc, g_b_enc)
     _set_grad(cc.b_dec, g_recon.sum(0).view(M, d))
     scores = None

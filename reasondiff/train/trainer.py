@@ -69,7 +69,7 @@ class CrossCoderTrainer:
         self.train = train
         self.total_steps = total_steps
         self.device = device
-        params = [cc.W_enc, cc.W_dec, cc.b_enc, cc.b_dec]
+        params = [cc.W_enc_by_latent, cc.W_dec, cc.b_enc, cc.b_dec]
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=train.lr, betas=ADAM_BETAS, **_adam_impl(device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -111,7 +111,7 @@ class CrossCoderTrainer:
         with autocast:  # one dense GEMM both paths need; only the dense path backpropagates through it
             pre = self.cc.pre_activations(x)
             active, scores = select_active(self.cc, pre)
-        density = float(active.sum()) / active.numel()
+        density = int(torch.count_nonzero(active)) / active.numel()  # not .sum(): casts [B, F] to int64
         dead = self.dead_latents()
         if self.train.aux_k_style == "fork":  # the fork counts this batch before choosing dead latents
             dead = (self.tokens_since_fired + x.shape[0] >= self.train.dead_tokens) & ~active.any(dim=0)
@@ -145,7 +145,7 @@ class CrossCoderTrainer:
             return None
         ev = explained_variance(x, out.recon)
         metrics = {"loss": float(out.loss.detach()), "l2": float(out.l2), "l1": float(out.l1),
-                   "l0": float(out.active.sum()) / x.shape[0], "density": density, "sparse_step": float(out.sparse),
+                   "l0": int(torch.count_nonzero(out.active)) / x.shape[0], "density": density, "sparse_step": float(out.sparse),
                    "frac_dead": float(self.dead_latents().float().mean()), "lr": lr, "l1_coeff": l1_coeff,
                    "tokens": self.step * x.shape[0]}
         metrics.update({f"explained_variance_{name}": float(v) for name, v in zip(model_names(len(ev)), ev, strict=True)})
@@ -201,6 +201,7 @@ class CrossCoderTrainer:
                             "delete it to start over, or set overwrite=true") from err
         self.cc.load_state_dict(state["crosscoder"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _upgrade_optimizer_state(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
@@ -235,6 +236,18 @@ def keep_freed_memory() -> None:
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     mallopt(M_MMAP_MAX, 0)
     mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def _upgrade_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Adam moments of a checkpoint written before W_enc was stored latent-major ([n_models, d_model,
+    n_latents] then) are permuted to the parameter's [n_latents, n_models, d_model]."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.dim() == 3 and value.shape != param.shape and \
+                        value.permute(2, 0, 1).shape == param.shape:
+                    state[name] = value.permute(2, 0, 1).contiguous()
 
 
 def _adam_impl(device: torch.device) -> dict[str, Any]:
