@@ -168,7 +168,7 @@ def test_latent_rows_and_class_tables():
     assert rows[1]["freq_general"] == 0.5 and rows[1]["freq_reasoning"] == 1.0
     assert rows[5]["relative_norm"] == ""  # NaN written as an empty cell
     counts = {row["class"]: row["n_latents"] for row in class_count_rows(classes)}
-    assert counts == {"base_only": 1, "tuned_only": 1, "shared": 2, "other": 1, "dead": 1}
+    assert counts == {"base_only": 1, "tuned_only": 1, "shared": 2, "other": 1, "designated_shared": 0, "dead": 1}
     freq = {row["class"]: row for row in class_frequency_rows(classes, general.frequency(), reasoning.frequency())}
     assert freq["tuned_only"]["reasoning_over_general"] == pytest.approx(2.0)
     assert freq["tuned_only"]["frac_latents_more_on_reasoning"] == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -175,3 +176,35 @@ def test_live_data_uses_the_live_source(tmp_path, monkeypatch, tiny_model_dir, t
                       "train.eval_tokens=128")
     out = run_stage(cfg)
     assert built and built[0] == cfg.harvest.hook and load_crosscoder(out).cfg.d_model == 8
+
+
+NEW_TRAIN_KEYS = ("shared_latents", "shared_penalty_ratio", "reconstruction_loss", "aux_k_style", "b_dec_init",
+                  "lr_warmup_steps", "same_init_across_models", "synthetic.n_near_duplicate",
+                  "synthetic.near_duplicate_cosine_min", "synthetic.near_duplicate_cosine_max")
+
+
+def test_a_checkpoint_from_before_the_config_grew_still_resumes_exactly(tmp_path, monkeypatch):
+    """Written before W_enc was stored latent-major and before the new train keys: the checkpoint's
+    W_enc [n_models, d, F] and its Adam moments are permuted on load, and the stage fingerprint
+    reads the keys it lacks as their defaults."""
+    straight = run_stage(small_config(tmp_path / "a", "train.variant=batchtopk", "train.k=4"))
+    cfg = small_config(tmp_path / "b", "train.variant=batchtopk", "train.k=4")
+    _interrupting_source(monkeypatch, 13, _raise_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg)
+    stage_dir = cfg.stage_dir("train")
+    path = stage_dir / CHECKPOINT_FILE
+    state = torch.load(path, weights_only=False)
+    state["crosscoder"]["W_enc"] = state["crosscoder"].pop("W_enc_by_latent").permute(1, 2, 0).contiguous()
+    adam = state["optimizer"]["state"][0]
+    for name in ("exp_avg", "exp_avg_sq"):
+        adam[name] = adam[name].permute(1, 2, 0).contiguous()
+    torch.save(state, path)
+    record = json.loads((stage_dir / "fingerprint.json").read_text())
+    for key in NEW_TRAIN_KEYS:
+        del record["settings"][f"train.{key}"]
+    (stage_dir / "fingerprint.json").write_text(json.dumps(record))
+    resumed = run_stage(cfg)
+    a, b = _weights(straight), _weights(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

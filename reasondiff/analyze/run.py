@@ -409,7 +409,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     delta = delta_norm(W_dec)
     thresholds = {"base_only_max": a.base_only_max, "shared_min": a.shared_min, "shared_max": a.shared_max,
                   "tuned_only_min": a.tuned_only_min}
-    provisional = classify_latents(relative_norm, **thresholds)
+    designated = crosscoder.designated_shared.cpu()  # shared by construction: a class of their own
+    provisional = classify_latents(relative_norm, designated=designated, **thresholds)
     band = {"shared_min": a.shared_min, "shared_max": a.shared_max}
     candidates = {"base": extreme_latents(relative_norm, "base", CANDIDATE_FACTOR * a.n_top_latents, **band),
                   "tuned": extreme_latents(relative_norm, "tuned", CANDIDATE_FACTOR * a.n_top_latents, **band),
@@ -481,8 +482,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     alive = general["stats"].n_active > 0
     if reasoning is not None:
         alive |= reasoning["stats"].n_active > 0
-    classes = classify_latents(relative_norm, alive=alive, **thresholds)
-    classes_delta = classify_latents_delta(delta, alive=alive)
+    classes = classify_latents(relative_norm, alive=alive, designated=designated, **thresholds)
+    classes_delta = classify_latents_delta(delta, alive=alive, designated=designated)
     rows = latent_rows(relative_norm, cosine, norms, classes, general["stats"],
                        reasoning["stats"] if reasoning else None, scaling, delta=delta, classes_delta=classes_delta)
     write_csv(ctx.dir / "latents.csv", rows, LATENT_COLUMNS)

@@ -21,6 +21,11 @@ class SyntheticConfig:
     """Features only the tuned model has."""
     n_rotated: int = 16
     """Shared features whose tuned direction is rotated away from the base one."""
+    n_near_duplicate: int = 0
+    """Features the fine-tune changed a little: same events in both models, tuned direction at a
+    cosine in [near_duplicate_cosine_min, near_duplicate_cosine_max] to the base one (issue 17)."""
+    near_duplicate_cosine_min: float = 0.8
+    near_duplicate_cosine_max: float = 0.95
     firing_probability: float = 0.02
     """Probability that a feature fires on a token."""
     noise_std: float = 0.01
@@ -33,8 +38,11 @@ class SyntheticConfig:
     """The tuned model's activations are this much larger (exercises the per-model scaling factors)."""
 
     def __post_init__(self) -> None:
-        if self.d_model < 2 or min(self.n_shared, self.n_base_only, self.n_tuned_only, self.n_rotated) < 0:
+        if self.d_model < 2 or min(self.n_shared, self.n_base_only, self.n_tuned_only, self.n_rotated,
+                                   self.n_near_duplicate) < 0:
             raise ValueError("train.synthetic: d_model must be >= 2 and feature counts >= 0")
+        if not -1.0 <= self.near_duplicate_cosine_min <= self.near_duplicate_cosine_max <= 1.0:
+            raise ValueError("train.synthetic: need -1 <= near_duplicate_cosine_min <= near_duplicate_cosine_max <= 1")
         if not 0.0 < self.firing_probability <= 1.0:
             raise ValueError("train.synthetic.firing_probability must be in (0, 1]")
         if not -1.0 <= self.rotated_cosine <= 1.0 or self.tuned_scale <= 0:

@@ -19,7 +19,10 @@ from __future__ import annotations
 import torch
 
 BASE, TUNED = 0, 1
-LATENT_CLASSES = ("base_only", "tuned_only", "shared", "other", "dead")
+LATENT_CLASSES = ("base_only", "tuned_only", "shared", "other", "designated_shared", "dead")
+"""`designated_shared`: latents trained with one decoder vector tied across the models
+(`train.shared_latents`): shared by construction, so kept out of the relative-norm classes and
+histograms. `dead` stays last (analyze drops it from per-class firing statistics)."""
 
 
 def decoder_norms(W_dec: torch.Tensor) -> torch.Tensor:
@@ -41,13 +44,16 @@ def decoder_cosine(W_dec: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def classify_latents(relative_norm: torch.Tensor, *, alive: torch.Tensor | None = None,
-                     base_only_max: float = 0.1, shared_min: float = 0.3, shared_max: float = 0.7,
-                     tuned_only_min: float = 0.9) -> list[str]:
-    """One of LATENT_CLASSES per latent; `alive` (bool) marks latents that ever fired."""
+                     designated: torch.Tensor | None = None, base_only_max: float = 0.1, shared_min: float = 0.3,
+                     shared_max: float = 0.7, tuned_only_min: float = 0.9) -> list[str]:
+    """One of LATENT_CLASSES per latent; `alive` (bool) marks latents that ever fired, `designated`
+    (bool) the designated shared latents (`CrossCoder.designated_shared`)."""
     classes = []
     for i, r in enumerate(relative_norm.tolist()):
         if (alive is not None and not bool(alive[i])) or r != r:  # r != r: NaN (zero decoder)
             classes.append("dead")
+        elif designated is not None and bool(designated[i]):
+            classes.append("designated_shared")
         elif r <= base_only_max:
             classes.append("base_only")
         elif r >= tuned_only_min:

@@ -57,7 +57,9 @@ class CrossCoderConfig:
     n_shared_latents: int = 0
     """Designated shared latents: latents 0..n-1 have one decoder vector tied across the models."""
     shared_penalty_ratio: float = 1.0
-    """λ_shared / λ: the designated shared latents' L1 penalty factor (l1 variant)."""
+    """λ_shared / λ: the designated shared latents' L1 penalty factor (l1 variant only: BatchTopK has
+    no per-latent penalty, and ranking designated latents ahead by 1/ρ, its nearest analogue, let them
+    take the exclusive features' slots on the synthetic source; docs/train.md)."""
 
     def __post_init__(self) -> None:
         check_choice("train.variant", self.variant, ("l1", "batchtopk"))
@@ -82,8 +84,8 @@ def decoder_norm_sum(W_dec: torch.Tensor) -> torch.Tensor:
 
 def penalty_factors(cfg: CrossCoderConfig, device: torch.device | None = None) -> torch.Tensor | None:
     """Per-latent factor of the L1 penalty: `shared_penalty_ratio` on the designated shared latents,
-    1 elsewhere; None when there is nothing to scale."""
-    if cfg.n_shared_latents == 0 or cfg.shared_penalty_ratio == 1.0:
+    1 elsewhere; None when there is nothing to scale (or no L1 penalty: batchtopk)."""
+    if cfg.variant != "l1" or cfg.n_shared_latents == 0 or cfg.shared_penalty_ratio == 1.0:
         return None
     factors = torch.ones(cfg.n_latents, device=device)
     factors[:cfg.n_shared_latents] = cfg.shared_penalty_ratio

@@ -130,7 +130,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         from reasondiff.train.synthetic import recovery_report
 
         alive = ~trainer.dead_latents().cpu()
-        report = recovery_report(cc.W_dec.cpu(), cc.scaling_factors.cpu(), source.features, source.kinds, alive=alive)
+        report = recovery_report(cc.W_dec.detach().cpu(), cc.scaling_factors.cpu(), source.features, source.kinds,
+                                 alive=alive, designated=cc.designated_shared.cpu())
         artifacts.write_json(ctx.dir / SYNTHETIC_REPORT_FILE, report)
         _log_synthetic_report(report)
         outputs["synthetic_report"] = report
@@ -198,9 +199,10 @@ def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Confi
 
 
 def _log_synthetic_report(report: dict[str, Any]) -> None:
-    log.info("synthetic recovery: mean max cosine %.3f, classified right %.1f%% (%d distinct latents for %d features)",
+    log.info("synthetic recovery: mean max cosine %.3f, classified right %.1f%% (%d distinct latents for %d features); "
+             "model-specific structure found %.0f%%, classified model-specific %.0f%%",
              report["mean_max_cosine"], 100 * report["classified_right"], report["distinct_latents"],
-             report["n_features"])
+             report["n_features"], 100 * report["model_specific_found"], 100 * report["model_specific_classified"])
     for kind, row in report["per_kind"].items():
         log.info("  %-10s n=%3d  max cos %.3f  right %.0f%%  relative norm %.2f  decoder cos %.2f", kind, row["n"],
                  row["mean_max_cosine"], 100 * row["classified_right"], row["mean_relative_norm"],
