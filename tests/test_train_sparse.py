@@ -156,3 +156,15 @@ def test_several_steps_dense_and_sparse_reach_the_same_parameters(variant, overr
     assert torch.equal(dense.tokens_since_fired, sparse_.tokens_since_fired)
     for key in ("loss", "l0", "l2"):
         assert sparse_metrics[-1][key] == pytest.approx(dense_metrics[-1][key], rel=1e-4)
+
+
+def test_auto_takes_the_sparse_step_only_where_it_pays():
+    small, metrics, _ = _train("auto", "l1", steps=1)
+    assert metrics[0]["sparse_step"] == float(metrics[0]["density"] <= 0.05)
+    assert small.use_sparse(0.01) and small.use_sparse(small.train.sparse_max_density)
+    assert not small.use_sparse(small.train.sparse_max_density + 0.01)
+    small.device = torch.device("cuda")  # not measured on a GPU: auto stays dense there
+    assert not small.use_sparse(0.01)
+    on, _, _ = _train("on", "l1", steps=1)
+    off, _, _ = _train("off", "l1", steps=1)
+    assert on.use_sparse(0.9) and not off.use_sparse(0.0)

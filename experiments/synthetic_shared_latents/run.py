@@ -40,7 +40,7 @@ CONFIGS = {
     "BatchTopK + designated shared": dict(variant="batchtopk", **SHARED),
 }
 GRID = {"l1": ("l1_coeff", [0.5, 1.0, 2.0, 4.0]), "batchtopk": ("k", [6, 8, 10, 12])}
-TARGET_L0 = 8.0
+TARGET_L0 = 10.0
 
 
 def summarise(result: dict) -> dict:
