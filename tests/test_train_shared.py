@@ -13,9 +13,8 @@ from reasondiff.crosscoder.convert import to_dictionary_learning
 from reasondiff.crosscoder.geometry import classify_latents, relative_decoder_norm
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig, load_crosscoder
 from reasondiff.stage import run_stage
-from reasondiff.train.run import crosscoder_config
 from reasondiff.train.synthetic import SyntheticSource, fit_synthetic
-from reasondiff.train.trainer import CrossCoderTrainer
+from reasondiff.train.trainer import CrossCoderTrainer, crosscoder_config
 
 
 def test_fraction_becomes_designated_latents():

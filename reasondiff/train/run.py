@@ -22,16 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from reasondiff import artifacts
-from reasondiff.config import Config, TrainConfig
+from reasondiff.config import Config
 from reasondiff.crosscoder.model import (
     WEIGHTS_FILE,
     CrossCoder,
-    CrossCoderConfig,
 )
 from reasondiff.errors import UserError
 from reasondiff.stage import deferred_interrupts
 from reasondiff.train.heldout import heldout_live, split_store, training_data
-from reasondiff.train.trainer import ActivationSource, CrossCoderTrainer, evaluate
+from reasondiff.train.trainer import ActivationSource, CrossCoderTrainer, crosscoder_config, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +66,6 @@ def open_source(cfg: Config, ctx_dir: Path, inputs: dict[str, Any]) -> Activatio
 
 
 # --- the stage -------------------------------------------------------------------------------
-def crosscoder_config(train: TrainConfig, d_model: int) -> CrossCoderConfig:
-    n_latents = train.n_latents or train.expansion_factor * d_model
-    return CrossCoderConfig(d_model=d_model, n_latents=n_latents, variant=train.variant, k=train.k,
-                            dec_init_norm=train.dec_init_norm, same_init_across_models=train.same_init_across_models,
-                            n_shared_latents=train.n_shared_latents(n_latents),
-                            shared_penalty_ratio=train.shared_penalty_ratio if train.shared_latents > 0 else 1.0)
-
-
 def run(cfg: Config, ctx) -> dict[str, Any]:
     tc = cfg.train
     from reasondiff.models import resolve_device

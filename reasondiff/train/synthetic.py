@@ -212,8 +212,7 @@ def fit_synthetic(train, source: SyntheticSource, *, seed: int = 0, device: str 
     """Train a crosscoder on `source` in-process (no stage directory) and score it: the recovery
     report plus the held-out L0 / FVU. For studies and tests that compare training settings on the
     same planted features (experiments/synthetic_shared_latents/run.py)."""
-    from reasondiff.train.run import crosscoder_config
-    from reasondiff.train.trainer import CrossCoderTrainer, evaluate
+    from reasondiff.train.trainer import CrossCoderTrainer, crosscoder_config, evaluate
 
     torch.manual_seed(seed)
     cc = CrossCoder(crosscoder_config(train, source.d_model))

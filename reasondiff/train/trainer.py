@@ -32,7 +32,7 @@ from reasondiff.crosscoder.loss import (
     lr_factor,
     update_threshold,
 )
-from reasondiff.crosscoder.model import CrossCoder
+from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
 from reasondiff.errors import UserError
 from reasondiff.tracking import require_finite
 from reasondiff.train.step import (
@@ -44,7 +44,7 @@ from reasondiff.train.step import (
     sparse_objective,
 )
 
-__all__ = ["CrossCoderTrainer", "StepOutput", "crosscoder_loss", "evaluate"]
+__all__ = ["CrossCoderTrainer", "StepOutput", "crosscoder_config", "crosscoder_loss", "evaluate"]
 
 ADAM_BETAS = (0.9, 0.999)
 
@@ -56,6 +56,15 @@ class ActivationSource(Protocol):
     scaling_factors: torch.Tensor
 
     def iter_batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[torch.Tensor]: ...
+
+
+def crosscoder_config(train: TrainConfig, d_model: int) -> CrossCoderConfig:
+    """The crosscoder a train config describes, for activations of width `d_model`."""
+    n_latents = train.n_latents or train.expansion_factor * d_model
+    return CrossCoderConfig(d_model=d_model, n_latents=n_latents, variant=train.variant, k=train.k,
+                            dec_init_norm=train.dec_init_norm, same_init_across_models=train.same_init_across_models,
+                            n_shared_latents=train.n_shared_latents(n_latents),
+                            shared_penalty_ratio=train.shared_penalty_ratio if train.shared_latents > 0 else 1.0)
 
 
 class CrossCoderTrainer:
