@@ -2,6 +2,7 @@
 
 model.py holds the module and its checkpoint format (open it first), loss.py the training
 objective and schedules, geometry.py the decoder-norm geometry (relative norms, cosines, classes),
+sparse.py the products over active (token, latent) pairs behind the sparse training step,
 convert.py the converters to and from the dictionary_learning fork's and Kissane's formats.
 """
 
