@@ -25,7 +25,9 @@ class SyntheticConfig:
     """Features the fine-tune changed a little: same events in both models, tuned direction at a
     cosine in [near_duplicate_cosine_min, near_duplicate_cosine_max] to the base one (issue 17)."""
     near_duplicate_cosine_min: float = 0.8
+    """Smallest cosine between a near-duplicate's base and tuned directions."""
     near_duplicate_cosine_max: float = 0.95
+    """Largest cosine between a near-duplicate's base and tuned directions."""
     firing_probability: float = 0.02
     """Probability that a feature fires on a token."""
     noise_std: float = 0.01
