@@ -306,3 +306,27 @@ def test_analyze_points_a_foreign_crosscoder_at_convert(tmp_path):
     with pytest.raises(UserError, match="holds a dictionary_learning crosscoder: convert it first"):
         check_crosscoder_format(INTEROP / "fork_batchtopk")
     check_crosscoder_format(convert(INTEROP / "fork_batchtopk", tmp_path / "ok"))  # converted: fine
+
+
+def test_designated_shared_latents_survive_both_exports(tmp_path):
+    """The designated latents' record travels in each export and comes back only while the rows are tied."""
+    from reasondiff.crosscoder.convert import load_kissane, save_kissane
+
+    torch.manual_seed(0)
+    cc = CrossCoder(CrossCoderConfig(d_model=16, n_latents=64, n_shared_latents=6, shared_penalty_ratio=0.2)).eval()
+    for save, load in ((save_dictionary_learning, load_dictionary_learning), (save_kissane, load_kissane)):
+        back = load(save(cc, tmp_path / save.__name__))
+        assert back.cfg.n_shared_latents == 6 and back.cfg.shared_penalty_ratio == pytest.approx(0.2), save.__name__
+        assert torch.equal(back.designated_shared, cc.designated_shared)
+        assert torch.equal(back.W_dec, cc.W_dec)
+    # untied rows (trained further by another tool) come back as ordinary latents
+    with torch.no_grad():
+        cc.W_dec[0, 1] += 1.0
+    untied = load_dictionary_learning(save_dictionary_learning(cc, tmp_path / "untied"))
+    assert untied.cfg.n_shared_latents == 0
+    # a plain crosscoder's export carries no record at all: the references' files, byte for byte
+    plain = CrossCoder(CrossCoderConfig(d_model=16, n_latents=64)).eval()
+    path = save_dictionary_learning(plain, tmp_path / "plain") / "model.safetensors"
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as handle:
+        assert not handle.metadata() or "designated_shared_latents" not in handle.metadata()

@@ -22,6 +22,12 @@ into b_enc and b_dec, the scale becomes `scaling_factors`, and W_enc, W_dec and 
 threshold are kept as stored. `load_crosscoder(out)` then gives the reference's raw-space latents and
 reconstructions (up to the fork's 1e-8 in its denormaliser).
 
+Designated shared latents (`train.shared_latents`) are stored as identical per-model decoder rows, so
+every reader of the plain layout works on them as they are; which latents they are travels where each
+target allows an extra record that its own loader ignores: the fork's `model.safetensors` header
+metadata (its BatchTopK `config.json` must hold `__init__` keys only), Kissane's `cfg.json`, and
+reasondiff's `config.json`. Import restores them when the rows are still tied.
+
 Export never folds the scaling factors into the weights: the exported decoder IS reasondiff's decoder,
 so relative decoder norms read from the exported files (the fork's `dec_norm_diff`, Kissane's
 `analysis.py`, Minder's Δ) equal reasondiff's bit for bit. The factors travel in the target's own
@@ -78,6 +84,9 @@ KISSANE_DEFAULT_CFG: dict[str, Any] = {
     "wandb_entity": None}
 KISSANE_FACTORS_KEY = "normalisation_factor"
 """Extra cfg.json key reasondiff writes: his class ignores it, his checkpoints never have it."""
+SHARED_KEYS = ("designated_shared_latents", "shared_penalty_ratio")
+"""The record of designated shared latents each export carries (only when there are some): in the fork's
+safetensors header metadata (JSON strings; `from_pretrained` reads tensors only) and in Kissane's cfg.json."""
 
 
 # --- small helpers -----------------------------------------------------------------------------------
@@ -91,9 +100,40 @@ def _factors(scaling_factors, n_models: int, what: str) -> torch.Tensor:
 
 
 def _new_crosscoder(n_models: int, d_model: int, n_latents: int, *, variant: str, k: int = 100,
-                    dec_init_norm: float = 0.08) -> CrossCoder:
+                    dec_init_norm: float = 0.08, shared: tuple[int, float] = (0, 1.0)) -> CrossCoder:
     return CrossCoder(CrossCoderConfig(d_model=d_model, n_latents=n_latents, n_models=n_models, variant=variant,
-                                       k=k, dec_init_norm=dec_init_norm))
+                                       k=k, dec_init_norm=dec_init_norm, n_shared_latents=shared[0],
+                                       shared_penalty_ratio=shared[1]))
+
+
+def shared_latents_record(cc: CrossCoder) -> dict[str, Any]:
+    """{designated_shared_latents: [0..n-1], shared_penalty_ratio} for a crosscoder with designated
+    shared latents, {} otherwise (exports of plain crosscoders stay exactly the references' files)."""
+    n = cc.cfg.n_shared_latents
+    if n == 0:
+        return {}
+    return {"designated_shared_latents": list(range(n)), "shared_penalty_ratio": float(cc.cfg.shared_penalty_ratio)}
+
+
+def _designated(record: dict[str, Any] | None, W_dec: torch.Tensor, where: str) -> tuple[int, float]:
+    """(n_shared_latents, shared_penalty_ratio) from an export's record; W_dec [F, M, d] as stored.
+
+    reasondiff designates the first n latents, so any other list is refused. Rows no longer tied
+    (trained further by another tool) are imported as ordinary latents, with a warning."""
+    listed = (record or {}).get("designated_shared_latents")
+    if not listed:
+        return 0, 1.0
+    n = len(listed)
+    if [int(i) for i in listed] != list(range(n)) or n > W_dec.shape[0]:
+        raise UserError(f"{where}: designated_shared_latents must be the first latents 0..n-1 of the "
+                        f"{W_dec.shape[0]}, got {listed[:8]}{'...' if n > 8 else ''}")
+    rows = W_dec[:n]
+    if not bool((rows == rows[:, :1]).all()):
+        log.warning("%s: the %d designated shared latents no longer have one decoder vector for every model "
+                    "(trained further elsewhere?): imported as ordinary latents", where, n)
+        return 0, 1.0
+    ratio = float((record or {}).get("shared_penalty_ratio") or 1.0)
+    return n, ratio if ratio > 0 else 1.0
 
 
 @torch.no_grad()
@@ -193,7 +233,9 @@ def save_dictionary_learning(cc: CrossCoder, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = to_dictionary_learning(cc)
-    artifacts.atomic_save(directory / FORK_WEIGHTS, lambda tmp: save_file(state, tmp))
+    # the fork writes no header metadata and reads none: the designated latents' record rides there
+    meta = {key: json.dumps(value) for key, value in shared_latents_record(cc).items()} or None
+    artifacts.atomic_save(directory / FORK_WEIGHTS, lambda tmp: save_file(state, tmp, metadata=meta))
     # huggingface_hub: json.dumps(config, sort_keys=True, indent=2), no trailing newline
     artifacts.write_text(directory / FORK_CONFIG, json.dumps(dictionary_learning_config(cc), sort_keys=True, indent=2))
     return directory
@@ -214,13 +256,15 @@ def _fork_code_normalization(state: dict, config: dict | None, where: str) -> in
 
 
 def from_dictionary_learning(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None, *,
-                             scaling_factors=None, where: str = "dictionary_learning state dict") -> CrossCoder:
+                             scaling_factors=None, shared: dict[str, Any] | None = None,
+                             where: str = "dictionary_learning state dict") -> CrossCoder:
     """reasondiff's CrossCoder equal in raw space to the fork's `CrossCoder` / `BatchTopKCrossCoder`.
 
     `state`: the fork's state dict (`model.safetensors` or a training `.pt`); `config`: its
     config.json (optional). Variant batchtopk when it has `k` (buffer or config). The fork's
     normaliser is folded in exactly (module docstring). `scaling_factors` is only for crosscoders
     without a normaliser (NaN or missing mean/std) that were trained on activations scaled outside.
+    `shared`: the designated shared latents' record a reasondiff export put in the safetensors metadata.
     """
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # saved while torch.compile'd
     if "encoder.weight" not in state:
@@ -275,7 +319,8 @@ def from_dictionary_learning(state: dict[str, torch.Tensor], config: dict[str, A
             log.warning("%s: BatchTopK threshold %.3g was never trained: every positive latent fires at inference",
                         where, float(threshold))
     k = int(state["k"]) if "k" in state else int(config.get("k", 100))  # the buffer wins, as in the fork
-    cc = _new_crosscoder(L, d, F, variant="batchtopk" if batchtopk else "l1", k=k)
+    cc = _new_crosscoder(L, d, F, variant="batchtopk" if batchtopk else "l1", k=k,
+                         shared=_designated(shared, W_dec.float(), where))
     return _set_weights(cc, W_enc=W_enc.float(), W_dec=W_dec.float(), b_enc=b_enc.float(), b_dec=b_dec.float(),
                         scaling_factors=scale.float(), threshold=threshold)
 
@@ -288,7 +333,22 @@ def load_dictionary_learning(path: str | Path, *, scaling_factors=None) -> Cross
     else:
         weights, config_path = path, path.parent / FORK_CONFIG if path.name == FORK_WEIGHTS else None
     config = artifacts.read_json(config_path) if config_path is not None and config_path.is_file() else None
-    return from_dictionary_learning(_load_tensors(weights), config, scaling_factors=scaling_factors, where=str(weights))
+    return from_dictionary_learning(_load_tensors(weights), config, scaling_factors=scaling_factors,
+                                    shared=_shared_metadata(weights), where=str(weights))
+
+
+def _shared_metadata(weights: Path) -> dict[str, Any] | None:
+    """The designated shared latents' record in a safetensors header (reasondiff's fork export)."""
+    if weights.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    try:
+        return {key: json.loads(meta[key]) for key in SHARED_KEYS if key in meta} or None
+    except ValueError as err:
+        raise UserError(f"{weights}: unreadable {SHARED_KEYS[0]} metadata ({err})") from err
 
 
 # --- Kissane & Nanda's replication --------------------------------------------------------------
@@ -321,6 +381,7 @@ def to_kissane(cc: CrossCoder, *, training: dict[str, Any] | None = None) -> tup
         cfg["hook_point"] = hook
         cfg["site"] = hook.rsplit("hook_", 1)[-1] if "hook_" in hook else cfg["site"]
     cfg[KISSANE_FACTORS_KEY] = [float(v) for v in cc.scaling_factors.detach().float().cpu()]
+    cfg.update(shared_latents_record(cc))  # his class reads the keys it knows and ignores the rest
     return state, cfg
 
 
@@ -344,7 +405,8 @@ def from_kissane(state: dict[str, torch.Tensor], cfg: dict[str, Any] | None = No
                         "weights expect; pass them: --scaling-factors BASE,TUNED (his Buffer's normalisation_factor; "
                         "1,1 if the crosscoder was trained on unscaled activations)")
     s = _factors(scaling_factors, 2, where)
-    cc = _new_crosscoder(2, d, F, variant="l1", dec_init_norm=float(cfg.get("dec_init_norm") or 0.08))
+    cc = _new_crosscoder(2, d, F, variant="l1", dec_init_norm=float(cfg.get("dec_init_norm") or 0.08),
+                         shared=_designated(cfg, state["W_dec"].float(), where))
     return _set_weights(cc, W_enc=state["W_enc"].float(), W_dec=state["W_dec"].float(), b_enc=state["b_enc"].float(),
                         b_dec=state["b_dec"].float(), scaling_factors=s)
 
