@@ -264,7 +264,7 @@ def shape_problems(cfg, stage: str) -> list[str]:
     if not context:
         return problems
     if stage == "bench":
-        extra = cfg.bench.forced_answer_tokens if cfg.bench.mode == "forced" else 0
+        extra = cfg.bench.forcing.max_tokens_answer if cfg.bench.mode == "forced" else 0
         longest = max(cfg.bench.token_limits)
         if longest + extra >= context:
             problems.append(f"bench.token_limits={cfg.bench.token_limits}: {longest} generated tokens"

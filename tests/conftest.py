@@ -98,3 +98,25 @@ def make_config(*overrides: str, config_name: str = "train") -> Config:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return to_config(compose(config_name=config_name, overrides=quote_run_values(list(overrides))))
+
+
+TINY_PAIR_EXP = "_tiny_pair"
+"""outputs/<this>/finetune/ holds the tuned half of `trained_tiny_pair` between test runs."""
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_pair() -> tuple[Path, Path]:
+    """(base_dir, tuned_dir): the tiny world's pretrained base model (reasondiff.tiny, cached in
+    outputs/_tiny/ like the demo's) and its fine-tune in the s1 layout (the finetune stage with
+    +exp=tiny, in outputs/_tiny_pair/finetune/). Built on first use, then reused across runs: the
+    stage skips a finished run with the same settings and base model (delete the folders to rebuild).
+    Unlike the random tiny models, these stop at different lengths and write answers."""
+    from reasondiff.stage import run_stage
+    from reasondiff.tiny import ensure_tiny_world
+
+    output_root = REPO / "outputs"
+    base = ensure_tiny_world(output_root / "_tiny" / "base_model")
+    cfg = make_config("+exp=tiny", f"output_root={output_root}", f"exp_name={TINY_PAIR_EXP}", f"model.path={base}",
+                      "wandb.mode=disabled", config_name="finetune")
+    tuned = run_stage(cfg) / "model"
+    return base, tuned

@@ -53,9 +53,15 @@ def test_results_and_summary_tables_by_hand():
     assert results[0]["seconds"] == pytest.approx(2.0 + 0.7)
     assert results[1]["seconds"] == pytest.approx(2.0 + 1.2)
     assert results[0]["mean_tokens"] == pytest.approx(95.0)
-    (summary,) = summary_table(results)
+    # Wilson 95% of 1/4 and 3/4, by the formula: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+    assert (results[0]["accuracy_low"], results[0]["accuracy_high"]) == pytest.approx((4.5587, 69.9358), abs=1e-3)
+    assert (results[1]["accuracy_low"], results[1]["accuracy_high"]) == pytest.approx((30.0642, 95.4413), abs=1e-3)
+    (summary,) = summary_table(rows, results, resamples=200, seed=0)
     assert summary["performance"] == 75.0 and summary["best_limit"] == 200
     assert summary["scaling"] == pytest.approx(50.0 / 100)
+    assert summary["token_limits"] == "100-200" and summary["n"] == 4
+    assert summary["performance_low"] <= 75.0 <= summary["performance_high"]
+    assert summary["paired_with"] == ""  # one model: nothing to pair with
 
 
 def test_length_sorted_batches_longest_first_and_complete():
@@ -119,11 +125,12 @@ class ScriptedGenerator:
         self.scripts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         self.calls = []
 
-    def generate(self, prompts, max_new_tokens):
+    def generate(self, prompts, max_new_tokens, *, stop_ids=None, min_new_tokens=0):
         self.calls.append((len(prompts), max_new_tokens))
+        stop_ids = self.stop_ids if stop_ids is None else stop_ids
         out = []
         for i, _ in enumerate(prompts):
-            ids, stopped = generation.trim_at_stop(self.scripts[i % len(self.scripts)][:max_new_tokens], self.stop_ids)
+            ids, stopped = generation.trim_at_stop(self.scripts[i % len(self.scripts)][:max_new_tokens], stop_ids)
             out.append(Generation(ids, [0.01 * (k + 1) for k in range(len(ids))], stopped))
         return out
 
@@ -142,22 +149,24 @@ def test_a_cut_off_prefix_is_no_answer_not_an_intermediate_number(tiny_tokenizer
     assert generator.calls == [(1, 200)]  # one generation serves both limits
 
 
-def test_budget_forcing_closes_the_thinking_and_caps_the_answer(tiny_tokenizer):
-    cfg = make_config("bench.token_limits=[6,400]", "bench.mode=forced", "bench.forced_answer_tokens=5",
+def test_budget_forcing_rows_record_the_thinking_and_the_capped_answer(tiny_tokenizer):
+    cfg = make_config("bench.token_limits=[6,400]", "bench.mode=forced", "bench.forcing.max_tokens_answer=5",
                       config_name="bench")
     stop = [tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")]
     thinking = "Let me think step by step. 3 + 4 = 7. So the answer is 7.<|im_end|>"
     generator = ScriptedGenerator(tiny_tokenizer, [thinking], stop)
     question = Question("gsm8k", "0", "q", "#### 7")
-    rows = {r["limit"]: r for r in sweep_chunk(generator, tiny_tokenizer, [question], [[1, 2]], model="m", cfg=cfg)}
+    rows = {r["limit"]: r for r in sweep_chunk(generator, tiny_tokenizer, [question], [[1, 2]], model="m", cfg=cfg,
+                                               opened=True)}
     cut = rows[6]
     assert cut["forced"] and "<|im_start|>answer\nFinal Answer:" in cut["completion"]
-    assert cut["tokens"] <= 6 + 5
-    assert cut["seconds"] > 0.06  # time to the limit plus the forced answer
-    assert not rows[400]["forced"]  # finished within the budget: nothing to force
-    # one generation at the largest limit, then one batched forced answer for the cut prefix
-    assert generator.calls == [(1, 400), (1, 5)]
-    assert budget.forcing_suffix("x <|im_start|>answer\nAns", "<|im_start|>answer", "Final Answer:") == "\nFinal Answer:"
+    assert cut["thinking_tokens"] == 6 and 1 <= cut["answer_tokens"] <= 5 and cut["tokens"] == 6 + cut["answer_tokens"]
+    assert cut["seconds"] > 0.06  # time to the budget plus the forced answer
+    assert cut["thinking_opened"] and not cut["finished"]  # the 5-token answer cap cut it
+    # ended by itself (at <|im_end|>, the prompt opened the thinking): s1 appends <|im_start|>answer
+    assert not rows[400]["forced"] and "So the answer is 7.<|im_start|>answer" in rows[400]["completion"]
+    # one thinking generation at the largest budget; the answers of both budgets in one batch
+    assert generator.calls == [(1, 400), (2, 5)]
 
 
 # --- prompts and data -----------------------------------------------------------------------------
@@ -225,23 +234,32 @@ def _key(row):
     return (row["model"], row["task"], row["id"], row["limit"])
 
 
-def test_prefix_scoring_equals_a_separate_run_at_each_limit(tmp_path, tiny_world, tiny_model_dir):
-    """The paper's claim made exact: one generation at the largest limit, prefixes scored, equals
-    separate greedy runs at each limit (tiny random model, fp32)."""
-    swept = run_stage(_bench_config(tmp_path / "sweep", tiny_world, tiny_model_dir, "bench.token_limits=[3,10,24]"))
+def test_prefix_scoring_equals_a_separate_run_at_each_limit(tmp_path, tiny_world, trained_tiny_pair):
+    """The paper's claim made exact, on the trained tiny models (base answers at once, tuned thinks
+    first; both stop at lengths of their own): one generation at the largest limit, prefixes
+    scored, equals separate greedy runs at each limit."""
+    base, tuned = trained_tiny_pair
+    pair = [f"tuned_model={tuned}", "bench.models=[base,tuned]"]
+    swept = run_stage(_bench_config(tmp_path / "sweep", tiny_world, base, *pair, "bench.token_limits=[6,24,128,256]"))
     sweep_rows = {_key(r): r for r in _rows(swept)}
-    assert len(sweep_rows) == 3 * 5 * 3
-    for limit in (3, 10):
-        alone = run_stage(_bench_config(tmp_path / f"alone{limit}", tiny_world, tiny_model_dir,
+    assert len(sweep_rows) == 2 * 3 * 5 * 4
+    compared = []
+    for limit in (6, 24, 128):
+        alone = run_stage(_bench_config(tmp_path / f"alone{limit}", tiny_world, base, *pair,
                                         f"bench.token_limits=[{limit}]"))
         for row in _rows(alone):
             swept_row = sweep_rows[_key(row)]
-            for field in ("completion", "answer", "correct", "no_answer", "tokens"):
+            for field in ("completion", "finished", "answer", "correct", "no_answer", "tokens"):
                 assert swept_row[field] == row[field], (field, _key(row))
+            compared.append(row)
+    # the comparison covered what can go wrong: finished and cut-off rows, and extracted answers
+    assert {r["finished"] for r in compared} == {True, False}
+    assert {r["model"] for r in compared if r["answer"] is not None} == {"base", "tuned"}
+    assert {r["model"] for r in compared if r["finished"]} == {"base", "tuned"}
     # time at a limit grows with the limit (per-token clock, not one number per generation)
     for (model, task, qid, limit), row in sweep_rows.items():
-        if limit == 24:
-            assert sweep_rows[(model, task, qid, 3)]["seconds"] < row["seconds"]
+        if limit == 256 and row["tokens"] > 6:
+            assert sweep_rows[(model, task, qid, 6)]["seconds"] < row["seconds"]
 
 
 def test_outputs_tables_and_figures(tmp_path, tiny_world, tiny_model_dir, tiny_tuned_model_dir):
@@ -263,8 +281,19 @@ def test_outputs_tables_and_figures(tmp_path, tiny_world, tiny_model_dir, tiny_t
         members = [x for x in rows if (x["model"], x["task"], str(x["limit"])) == (r["model"], r["task"], r["limit"])]
         assert int(r["no_answer"]) == sum(x["no_answer"] for x in members)
         assert int(r["correct"]) == sum(x["correct"] for x in members)
+    assert all(float(r["accuracy_low"]) <= float(r["accuracy"]) <= float(r["accuracy_high"]) for r in results)
     with open(out / "summary.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 6
+        summary = list(csv.DictReader(handle))
+    assert len(summary) == 6 and {r["token_limits"] for r in summary} == {"4-8"}
+    for r in summary:
+        assert float(r["performance_low"]) <= float(r["performance"]) <= float(r["performance_high"])
+        if r["model"] == "tuned":  # paired with base on the same questions
+            assert r["paired_with"] == "base" and r["n_paired"] == "3" and 0 <= float(r["mcnemar_p"]) <= 1
+            assert r["scaling_diff_low"] != ""
+        else:
+            assert r["paired_with"] == ""
+    report = (out / "summary.md").read_text()
+    assert "## Paired comparisons" in report and report.count("tuned vs base") == 3
 
 
 class _Interrupt(KeyboardInterrupt):
@@ -278,11 +307,11 @@ def test_interrupted_sweep_resumes_without_regenerating(tmp_path, tiny_world, ti
     real = HFGenerator.generate_batch
     generated: list[int] = []
 
-    def counting(self, prompts, max_new_tokens):
+    def counting(self, prompts, max_new_tokens, **kwargs):
         if len(generated) >= 4:  # killed after 4 of the 8 batches (3 tasks x 5 questions, batch 2)
             raise _Interrupt("simulated kill")
         generated.append(len(prompts))
-        return real(self, prompts, max_new_tokens)
+        return real(self, prompts, max_new_tokens, **kwargs)
 
     monkeypatch.setattr(HFGenerator, "generate_batch", counting)
     with pytest.raises(_Interrupt):
@@ -296,7 +325,7 @@ def test_interrupted_sweep_resumes_without_regenerating(tmp_path, tiny_world, ti
 
     generated.clear()
     monkeypatch.setattr(HFGenerator, "generate_batch",
-                        lambda self, prompts, n: (generated.append(len(prompts)), real(self, prompts, n))[1])
+                        lambda self, prompts, n, **kw: (generated.append(len(prompts)), real(self, prompts, n, **kw))[1])
     run_stage(cfg)
     assert sum(generated) == 15 - len(partial) // 2  # only the questions not yet in generations.jsonl
     final = _rows(out)

@@ -109,11 +109,11 @@ def _blank_generation_config(model) -> Iterator[None]:
         model.generation_config = saved
 
 
-def greedy_config(max_new_tokens: int, stop_ids: Sequence[int], pad_id: int):
+def greedy_config(max_new_tokens: int, stop_ids: Sequence[int], pad_id: int, min_new_tokens: int = 0):
     from transformers import GenerationConfig
 
     return GenerationConfig(do_sample=False, num_beams=1, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
-                            min_new_tokens=0, eos_token_id=list(stop_ids), pad_token_id=pad_id)
+                            min_new_tokens=min_new_tokens, eos_token_id=list(stop_ids), pad_token_id=pad_id)
 
 
 class HFGenerator:
@@ -133,17 +133,25 @@ class HFGenerator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generation]:
-        """Greedy continuations of token-id prompts, in input order (batched by length)."""
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 stop_ids: Sequence[int] | None = None, min_new_tokens: int = 0) -> list[Generation]:
+        """Greedy continuations of token-id prompts, in input order (batched by length). `stop_ids`
+        replaces the end-of-turn ids for this call (s1's thinking phase also stops at <|im_start|>);
+        `min_new_tokens` forbids them for the first tokens (s1's min_tokens=1 after a "Wait")."""
         results: list[Generation | None] = [None] * len(prompts)
         for batch in length_sorted_batches([len(p) for p in prompts], self.batch_size):
-            for index, generation in zip(batch, self.generate_batch([prompts[i] for i in batch], max_new_tokens), strict=True):
+            outputs = self.generate_batch([prompts[i] for i in batch], max_new_tokens, stop_ids=stop_ids,
+                                          min_new_tokens=min_new_tokens)
+            for index, generation in zip(batch, outputs, strict=True):
                 results[index] = generation
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generation]:
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                       stop_ids: Sequence[int] | None = None, min_new_tokens: int = 0) -> list[Generation]:
         from transformers import StoppingCriteriaList
+
+        stop_ids = list(stop_ids) if stop_ids is not None else self.stop_ids
 
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -156,13 +164,13 @@ class HFGenerator:
         with _blank_generation_config(self.model):
             out = self.model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                generation_config=greedy_config(max_new_tokens, self.stop_ids, self.pad_id),
+                generation_config=greedy_config(max_new_tokens, stop_ids, self.pad_id, min_new_tokens),
                 stopping_criteria=StoppingCriteriaList([clock]),
             )
         generated = out[:, width:].tolist()
         results = []
         for ids in generated:
-            ids, stopped = trim_at_stop(ids, self.stop_ids)
+            ids, stopped = trim_at_stop(ids, stop_ids)
             results.append(Generation(token_ids=ids, token_times=clock.times[:len(ids)], finished=stopped))
         return results
 
@@ -193,20 +201,31 @@ class VLLMGenerator:
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.chunk_size = chunk_size
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generation]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 stop_ids: Sequence[int] | None = None, min_new_tokens: int = 0) -> list[Generation]:
         from vllm import SamplingParams
 
+        stop_ids = list(stop_ids) if stop_ids is not None else self.stop_ids
         params = SamplingParams(temperature=0.0, top_p=1.0, repetition_penalty=1.0, presence_penalty=0.0,
-                                frequency_penalty=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop_ids,
-                                ignore_eos=False, skip_special_tokens=False, detokenize=False)
+                                frequency_penalty=0.0, max_tokens=max_new_tokens, min_tokens=min_new_tokens,
+                                stop_token_ids=stop_ids, ignore_eos=False, skip_special_tokens=False,
+                                detokenize=False)
         start = time.perf_counter()
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         wall = time.perf_counter() - start
-        token_lists = [list(o.outputs[0].token_ids) for o in outputs]
+        token_lists = []
+        for output in outputs:
+            ids = list(output.outputs[0].token_ids)
+            stop_reason = getattr(output.outputs[0], "stop_reason", None)
+            # keep the stop token in the ids, as HF generate does, whichever way vLLM reports it
+            if output.outputs[0].finish_reason == "stop" and isinstance(stop_reason, int) and \
+                    (not ids or ids[-1] != stop_reason):
+                ids.append(stop_reason)
+            token_lists.append(ids)
         steps = max((len(ids) for ids in token_lists), default=1) or 1
         results = []
         for ids in token_lists:
-            ids, stopped = trim_at_stop(ids, self.stop_ids)
+            ids, stopped = trim_at_stop(ids, stop_ids)
             times = [wall * (k + 1) / steps for k in range(len(ids))]
             results.append(Generation(token_ids=ids, token_times=times, finished=stopped))
         return results

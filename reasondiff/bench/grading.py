@@ -1,36 +1,53 @@
-"""Grading of a completion against a dataset's gold answer: gsm8k numbers, MATH LaTeX, boolq yes/no.
+"""Grading: which answer a completion gives, and whether it matches the dataset's gold answer.
 
-Only an *explicit* final answer counts (`\\boxed{}`, `####`, `Answer:` / `Final Answer:`, the text
-after the answer delimiter). A prefix cut off mid-reasoning is full of intermediate numbers;
-picking the last one (lm-evaluation-harness's flexible-extract style) would credit unfinished
-work at small token limits, inflating small-limit accuracy and flattening the scaling slope.
-A completion without an explicit answer is `no_answer`, counted apart from a wrong answer.
+Finding the answer is policy, written here by hand, in two steps (docs/bench.md has the policy as
+a table of examples; tests/test_bench_grading.py checks every row of it):
 
-MATH answers are compared with math-verify (LaTeX equivalence through SymPy, not string match),
-gold first as its `verify` is not symmetric. Its timeouts use `signal.alarm`, which raises in any
-thread but the main one, so they are switched off here (`parsing_timeout=None`,
-`timeout_seconds=None`); overlong answers are refused up front instead.
+1. **The answer region.** A completion in the s1 layout (its thinking was opened, by the prompt or
+   by the model writing `<|im_start|>think`, or it holds the answer delimiter) answers only after
+   its last answer delimiter `<|im_start|>answer`, which is how s1's own scorer reads it. If the
+   delimiter never came, the model has not answered (`no_answer`). Any other completion is its own
+   region.
+2. **The final answer in the region.** Take the last closed `\\boxed{}`. Otherwise take the value
+   right after the last explicit marker that is followed by one: `Answer:`, `Final Answer:`,
+   "The (final) answer is", `####`, and their bold and heading variants. Otherwise, **only when
+   the model finished**, take the last number of the region (gsm8k) or its last yes/no (boolq).
+   "Finished" means the model emitted its end of turn within the limit. The bench knows this; the
+   text cannot tell it, so it is passed in. MATH has no such fallback, because its prompt asks for
+   a box.
+
+Reading the chosen span is math-verify's job: `\\boxed{1{,}000}`, `3\\frac{1}{2}`, `\\$18` and
+`18 \\text{ apples}` are all its work. math-verify's own anchors are not used to choose the span.
+It ranks "final answer is" above "answer:", and it reads `Answer: Natalia sold 48 clips in April
+and 24 in May. In total she sold 72.` as 48, the first number within 50 characters of "answer".
+That is the intermediate-number misreading this module exists to avoid. Without an anchor it
+also takes the last number of any text, cut-off reasoning included. Before math-verify reads a
+span, `normalize` fixes what it misreads: `1\\,000` (which it reads as 1*0), a unicode minus sign
+(which it reads as nothing), and `-$5`.
+
+The comparison is math-verify's `verify`, with the gold answer first because `verify` is not
+symmetric. The gsm8k gold number is parsed as a plain expression (as its README advises), the
+MATH gold answer as LaTeX. Its `signal.alarm` timeouts raise in any thread but the main one, so
+they are switched off here (`parsing_timeout=None`, `timeout_seconds=None`). Overlong answers are
+refused up front instead.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from fractions import Fraction
+from dataclasses import dataclass
 from typing import Any
 
 TASKS = ("gsm8k", "math500", "boolq")
+DEFAULT_THINK_DELIMITER = "<|im_start|>think"
 DEFAULT_ANSWER_DELIMITER = "<|im_start|>answer"
 MAX_MATH_ANSWER_CHARS = 1000
 """Longer 'answers' are runaway text; SymPy on them can take minutes and no timeout guards it."""
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_MARKER = re.compile(r"(?:####|\banswer\s*:)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
-_SENTENCE_END = re.compile(r"\.(?:\s|$)")
-_YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
-_TRUE_WORDS = {"yes", "true"}
+SOURCES = ("box", "marker", "last_number", "last_verdict", "no_answer_section", "none")
+"""Where an extraction came from (the first four) or why there is none (the last two)."""
 
 
 class _DropTimeoutDisabledWarning(logging.Filter):
@@ -44,15 +61,70 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_DropTimeoutDisabledWarning())
 
 
+@dataclass(frozen=True)
+class Extraction:
+    answer: str | None
+    """The final answer as written (normalised): box content, the value after a marker, the last
+    number; for boolq "yes" or "no". None = no answer."""
+    source: str
+    """One of SOURCES: box, marker, last_number, last_verdict; or no_answer_section (s1 layout, the
+    answer delimiter never came) or none (nothing explicit, or cut off before the end of turn)."""
+
+
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
 
 
+# --- normalisation: what math-verify misreads ------------------------------------------------------
+
+_MINUS_SIGNS = re.compile("[\u2212\ufe63\uff0d]")  # minus sign, small and fullwidth hyphen-minus
+_DIGIT_GROUP_SEPARATOR = re.compile(
+    r"(?<=\d)(?:\{,\}|,\\!|\\,|\\!|\\ |\\thinspace ?|~|[\u2009\u202f\u00a0])(?=\d{3}(?!\d))")
+_MINUS_CURRENCY = re.compile(r"-\s*\\?\$\s*(?=\d)")
+
+
+def normalize(text: str) -> str:
+    """Rewrite the number spellings math-verify misreads, leaving everything else alone: a unicode
+    minus sign becomes `-`, LaTeX and unicode digit-group separators (`1\\,000`, `1{,}000`,
+    `10,\\!000`, thin spaces) are dropped, and a currency sign after a minus sign (`-$5`) is dropped."""
+    text = _MINUS_SIGNS.sub("-", text)
+    text = _DIGIT_GROUP_SEPARATOR.sub("", text)
+    return _MINUS_CURRENCY.sub("-", text)
+
+
+# --- step 1: the answer region ---------------------------------------------------------------------
+
+def in_s1_layout(completion: str, *, thinking_opened: bool = False, think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
+                 answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> bool:
+    """Whether the completion is in the s1 layout: the prompt opened the thinking, or the model
+    wrote the thinking or answer delimiter. Each delimiter starts with a special token that only a
+    model trained on the layout writes."""
+    return thinking_opened or any(d and d in completion for d in (think_delimiter, answer_delimiter))
+
+
+def answer_region(completion: str, *, thinking_opened: bool = False,
+                  think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
+                  answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> str | None:
+    """The text that can hold the answer: after the last answer delimiter in the s1 layout (None
+    when it never came), else the whole completion."""
+    if not in_s1_layout(completion, thinking_opened=thinking_opened, think_delimiter=think_delimiter,
+                        answer_delimiter=answer_delimiter):
+        return completion
+    if not answer_delimiter or answer_delimiter not in completion:
+        return None
+    return completion[completion.rindex(answer_delimiter) + len(answer_delimiter):]
+
+
+# --- step 2: the final answer in the region --------------------------------------------------------
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (balanced braces), or None; an unclosed box is no answer."""
-    matches = list(_BOXED.finditer(text))
-    for match in reversed(matches):
+    """Content of the last closed `\\boxed{...}` (balanced braces), or None. A box left unclosed
+    (cut off by the token limit) is no answer, though an earlier closed box still is."""
+    for match in reversed(list(_BOXED.finditer(text))):
         depth, start = 1, match.end()
         for pos in range(start, len(text)):
             if text[pos] == "{":
@@ -61,120 +133,213 @@ def last_boxed(text: str) -> str | None:
                 depth -= 1
                 if depth == 0:
                     return text[start:pos].strip()
-        # unclosed (cut off by the token limit): an earlier, closed box may still be the answer
     return None
 
 
-def _after_last_marker(text: str, answer_delimiter: str | None) -> str | None:
-    """The first line of text after the last explicit answer marker, or None if there is none."""
-    ends = [m.end() for m in _ANSWER_MARKER.finditer(text)]
-    if answer_delimiter and answer_delimiter in text:
-        ends.append(text.rindex(answer_delimiter) + len(answer_delimiter))
-    if not ends:
-        return None
-    rest = text[max(ends):]
-    # `Final Answer:` right after the delimiter, or an answer on the next line: skip to the content
-    rest = _ANSWER_MARKER.sub("", rest.lstrip(), count=1) if _ANSWER_MARKER.match(rest.lstrip()) else rest
-    for line in rest.splitlines():
-        if line.strip():
-            return _first_sentence(line.strip())
-    return None
+_MARKER = re.compile(
+    r"^[ \t]*#{1,6}[ \t]*(?:\*\*)?(?:final[ \t]+)?answer(?:\*\*)?[ \t]*:?[ \t]*$"  # a "### Final Answer" heading
+    r"|####"                                                                       # gsm8k's own
+    r"|\b(?:final\s+)?answer\s*(?:\*\*|__)?\s*:"                                   # (**)(Final) Answer(**):
+    r"|\b(?:final\s+)?answer\s+is\b",                                              # the (final) answer is
+    re.IGNORECASE | re.MULTILINE)
+_MARKUP = re.compile(r"^[\s*_:]+")
+_SENTENCE_END = re.compile(r"\n|[.!?;](?=\s|$)")
+_MATH_ENV = re.compile(r"\$\$.+?\$\$|\$[^$\n]+?\$|\\\(.+?\\\)|\\\[.+?\\\]", re.DOTALL)
+_NUMBER = r"-?\s*(?:\\?\$\s*)?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+_FRACTION = r"\\[dt]?frac\s*(?:\{\s*-?\d+\s*\}|\d)\s*(?:\{\s*\d+\s*\}|\d)"
+_GSM8K_VALUE = re.compile(rf"(?:\\?\$\s*)?(?:{_NUMBER}(?:\s*{_FRACTION})?|-?{_FRACTION})")
+"""A number as gsm8k answers write it: `$1,000`, `-5`, `18.50`, a mixed number `3\\frac{1}{2}`."""
+_ANY_GSM8K_VALUE = re.compile(rf"{_MATH_ENV.pattern}|(?<![\w.]){_GSM8K_VALUE.pattern}", re.DOTALL)
+_EXPRESSION = re.compile(r"(?:[\d\s.,+\-*/×÷()^$={}]|\\[A-Za-z]+|(?<![A-Za-z])[A-Za-z](?![A-Za-z]))*")
+"""Arithmetic, LaTeX commands and one-letter variables, no words: what may stand before an `=`."""
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}\b")
+_VERDICT = re.compile(r"(?:(?P<negation>\bnot|n't)\s+)?\b(?P<word>yes|no|true|false)\b", re.IGNORECASE)
+_CUT_TAIL = re.compile(r"[\w.,]+\Z")
+"""A word or number running into the cut of an unfinished region: `72` may be the start of `720`,
+`no` of `not sure`, so it is not read."""
+_VERDICT_AFTER_NO = {"because", "since", "as", "it", "this", "that", "there"}
+"""Words that may follow a verdict "no"; any other word makes it a determiner ("no doubt", "no one")."""
 
 
 def _first_sentence(text: str) -> str:
-    """`$64$. The cold train ...` -> `$64$`: an answer line ends at its first full stop (a decimal
-    point is followed by a digit, so `3.5` stays whole); math mode `$...$` is kept intact."""
-    if text.startswith("$"):
-        close = text.find("$$", 2) + 2 if text.startswith("$$") else text.find("$", 1) + 1
-        if close > 1:
-            return text[:close]
-    match = _SENTENCE_END.search(text)
-    return text[:match.start()].strip() if match else text
+    end = _SENTENCE_END.search(text)
+    return text[:end.start()] if end else text
 
 
-def extract_answer(task: str, completion: str, *, answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> str | None:
-    """The explicit final answer in `completion` as text, or None when it states none.
+def _gsm8k_token(token: str) -> str:
+    """`$ -1,000,` -> `-1,000`: currency signs, inner spaces and a trailing comma go."""
+    return re.sub(r"\\?\$|\s+", "", token).rstrip(",")
 
-    Math: the last closed `\\boxed{}`, else the rest of the line after the last `####` /
-    `Answer:` / answer delimiter (for gsm8k reduced to its last number). boolq: yes/no/true/false
-    from the box or after a marker, or as the completion's first word (a direct reply).
-    """
+
+def _leading_value(task: str, text: str) -> str | None:
+    """The value a marker is followed by, or None when prose follows it instead (`Answer: Natalia
+    sold 48 clips ...` states no value; `#### Step 1:` is a heading, not an answer)."""
+    text = _MARKUP.sub("", text)
+    if task == "boolq":
+        return verdict(_first_sentence(text))
+    if task == "math500":
+        env = _MATH_ENV.match(text)
+        if env:
+            return env.group(0)
+        sentence = _first_sentence(text).strip()
+        return sentence if sentence and not _PROSE.search(sentence) else None
+    sentence = _first_sentence(text)
+    if "=" in sentence and _EXPRESSION.fullmatch(sentence.rsplit("=", 1)[0]):
+        sentence = sentence.rsplit("=", 1)[1].lstrip()  # "Answer: 3 * 24 = 72", "x = 18": the result
+    number = _GSM8K_VALUE.match(sentence)
+    if number:
+        return _gsm8k_token(number.group(0))
+    env = _MATH_ENV.match(sentence)
+    return env.group(0) if env else None
+
+
+def value_after_last_marker(task: str, region: str) -> str | None:
+    """The value after the last explicit marker that is followed by one."""
+    for marker in reversed(list(_MARKER.finditer(region))):
+        value = _leading_value(task, region[marker.end():])
+        if value:
+            return value
+    return None
+
+
+def verdict(text: str) -> str | None:
+    """The last yes/no of `text`, as "yes" or "no": true/false count, a negation flips them ("not
+    true" = no, "isn't false" = yes), and a "no" that is a determiner ("no doubt") is not one."""
+    found = None
+    for match in _VERDICT.finditer(text):
+        word = match.group("word").lower()
+        if word == "no":
+            following = re.match(r"\s+([A-Za-z]+)", text[match.end():])
+            if following and following.group(1).lower() not in _VERDICT_AFTER_NO:
+                continue
+        if word in ("true", "false"):
+            word = "yes" if (word == "true") != bool(match.group("negation")) else "no"
+        found = word
+    return found
+
+
+def last_number(region: str) -> str | None:
+    """The last number (or math span) of the region: the answer of a finished gsm8k reply that
+    states it without a marker ("... In total she sold 72.")."""
+    tokens = list(_ANY_GSM8K_VALUE.finditer(region))
+    if not tokens:
+        return None
+    token = tokens[-1].group(0)
+    return token if token.startswith(("$", "\\(", "\\[")) and _MATH_ENV.fullmatch(token) else _gsm8k_token(token)
+
+
+def extract(task: str, completion: Any, *, finished: bool = True, thinking_opened: bool = False,
+            think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
+            answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> Extraction:
+    """The final answer of `completion` and where it was found (see the module docstring).
+
+    `finished`: the model emitted its end of turn within the limit (the bench passes False for a
+    prefix cut off by the limit). `thinking_opened`: the prompt already opened the thinking
+    (`<|im_start|>think` appended to the prompt, as s1's evaluation does)."""
     _check_task(task)
     if not isinstance(completion, str):
-        return None
-    boxed = last_boxed(completion)
-    segment = boxed if boxed is not None else _after_last_marker(completion, answer_delimiter)
-    if task == "boolq":
-        if segment is None:
-            first = completion.strip().split(maxsplit=1)
-            segment = first[0] if first else ""
-            match = _YES_NO.fullmatch(segment.strip(".,!:;*\"'()"))
-        else:
-            match = _YES_NO.search(segment)
-        return match.group(1).lower() if match else None
-    if segment is None:
-        return None
-    if task == "gsm8k":
-        numbers = _NUMBER.findall(_LATEX_FRACTION.sub(r"\1/\2", segment))
-        return _normalize_number(numbers[-1]) if numbers else None
-    segment = segment.strip().rstrip(".").strip()
-    return segment or None
+        return Extraction(None, "none")
+    region = answer_region(completion, thinking_opened=thinking_opened, think_delimiter=think_delimiter,
+                           answer_delimiter=answer_delimiter)
+    if region is None:
+        return Extraction(None, "no_answer_section")
+    region = normalize(region)
+    if not finished:
+        region = _CUT_TAIL.sub("", region)
+    boxed = last_boxed(region)
+    if boxed is not None:
+        answer = verdict(boxed) if task == "boolq" else boxed
+        return Extraction(answer or None, "box" if answer else "none")
+    value = value_after_last_marker(task, region)
+    if value is not None:
+        return Extraction(value, "marker")
+    if finished and task == "gsm8k":
+        number = last_number(region)
+        if number:
+            return Extraction(number, "last_number")
+    if finished and task == "boolq":
+        word = verdict(region)
+        if word:
+            return Extraction(word, "last_verdict")
+    return Extraction(None, "none")
 
 
-def _normalize_number(text: str) -> str:
-    """'1,000' -> '1000', '18.50' -> '18.5', '8/6' -> '4/3' (exact, via Fraction)."""
-    value = _to_fraction(text)
-    if value is None or value.denominator == 1:
-        return text if value is None else str(value.numerator)
-    decimal = repr(float(value))
-    return decimal if Fraction(decimal) == value else str(value)
+def extract_answer(task: str, completion: Any, *, finished: bool = True, thinking_opened: bool = False,
+                   think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
+                   answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> str | None:
+    """The final answer of `completion` as text, or None when it gives none (see `extract`)."""
+    return extract(task, completion, finished=finished, thinking_opened=thinking_opened,
+                   think_delimiter=think_delimiter, answer_delimiter=answer_delimiter).answer
 
 
-def _to_fraction(text: str) -> Fraction | None:
-    cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
-    try:
-        return Fraction(cleaned)
-    except (ValueError, ZeroDivisionError):
-        return None
+# --- comparison with the gold answer ---------------------------------------------------------------
+
+def _as_latex(answer: str) -> str:
+    """math-verify's LaTeX extraction looks for math mode: wrap a bare answer in `$...$`."""
+    answer = answer.strip()
+    if answer.startswith(("$", "\\(", "\\[")):
+        return answer
+    return f"${answer}$"
 
 
-def gsm8k_reference(reference: Any) -> Fraction | None:
-    """The number of a gsm8k gold field: the `answer` text ending in `#### N`, or a bare number."""
-    text = str(reference)
+@functools.lru_cache(maxsize=8192)
+def _parse_latex(text: str) -> tuple:
+    from math_verify import parse
+
+    return tuple(parse(_as_latex(text), parsing_timeout=None))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_number(text: str) -> tuple:
+    from math_verify import ExprExtractionConfig, parse
+
+    return tuple(parse(text, extraction_config=[ExprExtractionConfig()], parsing_timeout=None))
+
+
+def _verify(gold: tuple, predicted: tuple) -> bool:
+    from math_verify import verify
+
+    if not gold or not predicted:
+        return False
+    return bool(verify(list(gold), list(predicted), timeout_seconds=None))
+
+
+def gsm8k_reference(reference: Any) -> str | None:
+    """The gold number of a gsm8k `answer` field (the worked solution ending `#### N`) or a bare number."""
+    text = normalize(str(reference))
     if "####" in text:
         text = text.rsplit("####", 1)[1]
-    numbers = _NUMBER.findall(text)
-    return _to_fraction(numbers[-1]) if numbers else None
+    number = _GSM8K_VALUE.search(text)
+    return _gsm8k_token(number.group(0)) if number else None
 
 
 def boolq_reference(reference: Any) -> bool | None:
     if isinstance(reference, bool):
         return reference
     word = str(reference).strip().lower()
-    return True if word in _TRUE_WORDS else False if word in {"no", "false"} else None
-
-
-def _as_latex(answer: str) -> str:
-    """math-verify's LaTeX extraction looks for math mode: wrap a bare answer in `$...$`."""
-    answer = answer.strip()
-    if answer.startswith("$") or answer.startswith("\\(") or answer.startswith("\\["):
-        return answer
-    return f"${answer}$"
+    return True if word in ("yes", "true") else False if word in ("no", "false") else None
 
 
 def math_equivalent(gold: str, predicted: str) -> bool:
     """LaTeX equivalence by math-verify (gold first); False on anything it cannot parse."""
     if not gold or not predicted or len(predicted) > MAX_MATH_ANSWER_CHARS:
         return False
-    from math_verify import parse, verify
-
     try:
-        gold_parsed = parse(_as_latex(gold), parsing_timeout=None)
-        predicted_parsed = parse(_as_latex(predicted), parsing_timeout=None)
-        if not gold_parsed or not predicted_parsed:
-            return False
-        return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
+        return _verify(_parse_latex(normalize(gold)), _parse_latex(normalize(predicted)))
     except Exception:  # noqa: BLE001 - grading garbage must never stop a sweep
+        return False
+
+
+def gsm8k_equal(gold_reference: Any, predicted: str) -> bool:
+    """The predicted number equals the gold one. gsm8k golds are bare numbers in the question's
+    unit, so a trailing `%` or `.` on the prediction is dropped rather than read as /100."""
+    gold = gsm8k_reference(gold_reference)
+    if gold is None or not predicted or len(predicted) > MAX_MATH_ANSWER_CHARS:
+        return False
+    predicted = re.sub(r"\s*\\?%\s*$", "", predicted.strip()).rstrip(".").strip()
+    try:
+        return _verify(_parse_number(gold), _parse_latex(normalize(predicted)))
+    except Exception:  # noqa: BLE001
         return False
 
 
@@ -185,24 +350,26 @@ def grade_extracted(task: str, answer: str | None, reference: Any) -> bool:
         return False
     try:
         if task == "gsm8k":
-            gold, predicted = gsm8k_reference(reference), _to_fraction(answer)
-            return gold is not None and predicted is not None and gold == predicted
+            return gsm8k_equal(reference, answer)
         if task == "boolq":
             gold = boolq_reference(reference)
-            return gold is not None and (answer.lower() in _TRUE_WORDS) == gold
+            return gold is not None and answer in ("yes", "no") and (answer == "yes") == gold
         return math_equivalent(str(reference), answer)
     except Exception:  # noqa: BLE001
         return False
 
 
-def grade(task: str, completion: str, reference: Any, *,
+def grade(task: str, completion: Any, reference: Any, *, finished: bool = True, thinking_opened: bool = False,
+          think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
           answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> bool:
-    """True when `completion`'s explicit final answer matches `reference` (the dataset row's gold
-    field: the gsm8k `answer` text, the MATH `answer` string, the boolq bool). Never raises on
-    garbage completions; returns False."""
+    """True when `completion`'s final answer matches `reference`, the dataset row's gold field: the
+    gsm8k `answer` text, the MATH `answer` string or the boolq bool. A whole completion is graded as
+    finished (the default). The bench passes `finished=False` for a prefix cut off by the limit.
+    Never raises on a garbage completion; it returns False."""
     _check_task(task)
     try:
-        answer = extract_answer(task, completion, answer_delimiter=answer_delimiter)
+        answer = extract_answer(task, completion, finished=finished, thinking_opened=thinking_opened,
+                                think_delimiter=think_delimiter, answer_delimiter=answer_delimiter)
     except Exception:  # noqa: BLE001
         return False
     return grade_extracted(task, answer, reference)

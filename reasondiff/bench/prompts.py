@@ -32,6 +32,10 @@ class Question:
     user_turn: str
     reference: Any
     """The gold field as `grading.grade` takes it (gsm8k answer text, MATH answer, boolq bool)."""
+    question: str = ""
+    """The row's question (MATH: problem) as is, for protocols with their own prompt (lm-eval)."""
+    passage: str | None = None
+    """boolq's passage, when the row has one."""
 
 
 def user_turn(task: str, row: dict[str, Any], templates: PromptTemplates) -> str:
@@ -68,23 +72,27 @@ def load_questions(task: str, bench: BenchConfig) -> list[Question]:
         require_fields(row, (question_field, reference_field), index=index, source=f"{key}={data.path}")
         qid = str(row["unique_id"]) if task == "math500" and row.get("unique_id") else str(index)
         questions.append(Question(task=task, id=qid, user_turn=user_turn(task, row, bench.prompts),
-                                  reference=row[reference_field]))
+                                  reference=row[reference_field], question=str(row[question_field]),
+                                  passage=row.get("passage") or None))
     return questions
 
 
-def chat_prompt(tokenizer, user: str, *, system_prompt: str | None, start_thinking: bool,
-                fmt: ReasoningFormat) -> str:
-    """The full prompt text: chat template with the generation prompt, optionally opening the thinking."""
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": user}]
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError("the model's tokenizer has no chat template; bench prompts go through it "
-                        "(use an instruct/chat model for model.path / tuned_model / bench.models)")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_prompt(tokenizer, user: str, *, system_prompt: str | None, start_thinking: bool = False,
+                fmt: ReasoningFormat | None = None, plain: bool = False) -> str:
+    """The full prompt text: the chat template with its generation prompt (or, `plain`, the bare
+    user turn), optionally opening the thinking with `fmt.think_delimiter`. As in s1's evaluation
+    no newline follows the delimiter: the model writes it."""
+    if plain:
+        text = user
+    else:
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": user}]
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("the model's tokenizer has no chat template; bench prompts go through it (use an "
+                            "instruct/chat model, or list the model in bench.plain_prompt_models)")
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if start_thinking:
-        from reasondiff.s1_layout import thinking_start
-
-        text += thinking_start(fmt)
+        text += (fmt or ReasoningFormat()).think_delimiter
     return text
 
 

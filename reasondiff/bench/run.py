@@ -2,24 +2,26 @@
 
 One greedy generation per question at the largest limit serves every smaller limit: the output
 at limit B is exactly its first B tokens (tests/test_bench.py proves it against separate runs),
-so K limits cost one generation instead of K. Each prefix is scored on its *explicit* answer only
-(see grading.py); with `bench.mode=forced` an unfinished prefix is closed s1-style (answer
-delimiter + "Final Answer:") and the model writes at most `forced_answer_tokens` more.
+so K limits cost one generation instead of K. Each prefix is graded on what it answers (see
+grading.py): the bench tells the grader whether the prefix finished, that is, whether the model
+ended its turn within the limit. With `bench.mode=forced`, s1's budget forcing (forcing.py) caps
+the thinking at each limit and forces an answer. With `bench.protocol=lm_eval`, gsm8k and boolq
+follow lm-evaluation-harness's own protocols (lmeval.py).
 
 Every finished batch is appended to generations.jsonl (flush + fsync); a re-run skips questions
-already there. Tables and figures are rebuilt from that file, so they always match it.
+already there. Tables and figures are rebuilt from that file, so they always match it. Rows
+graded by an older grader are regraded first (scoring.py), and none is regenerated for it.
 """
 
 from __future__ import annotations
 
-import csv
 import gc
 import hashlib
-import io
 import json
 import logging
 import math
 import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -30,9 +32,19 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from reasondiff import artifacts
+from reasondiff.bench import forcing, lmeval, plots, scoring
 from reasondiff.bench.generation import Generation, decode_completion, length_sorted_batches
-from reasondiff.bench.grading import extract_answer, grade_extracted
 from reasondiff.bench.prompts import Question, chat_prompt, load_questions, prompt_ids
+from reasondiff.bench.tables import (
+    RESULT_COLUMNS,
+    SUMMARY_COLUMNS,
+    csv_text,
+    performance,
+    results_table,
+    scaling_slope,
+    summary_markdown,
+    summary_table,
+)
 from reasondiff.config import Config
 from reasondiff.errors import UserError
 
@@ -44,32 +56,8 @@ SUMMARY = "summary.csv"
 SUMMARY_MD = "summary.md"
 ACCURACY_FIGURE = "accuracy_vs_limit.png"
 TIME_FIGURE = "time_vs_limit.png"
-RESULT_COLUMNS = ["model", "task", "limit", "accuracy", "n", "correct", "no_answer", "seconds",
-                  "seconds_per_question", "mean_tokens"]
-SUMMARY_COLUMNS = ["model", "task", "performance", "scaling", "best_limit", "n"]
-
-
-# --- pure functions (Table 1) ---------------------------------------------------------------------
-
-def scaling_slope(token_limits: Sequence[float], accuracy_pct: Sequence[float]) -> float:
-    """Least-squares slope of accuracy (%) against token limit: % per generated token (Table 1's
-    "scaling"). NaN with fewer than two distinct limits, where no slope exists."""
-    if len(token_limits) != len(accuracy_pct):
-        raise ValueError("token_limits and accuracy_pct differ in length")
-    n = len(token_limits)
-    if n < 2:
-        return math.nan
-    mean_x = sum(token_limits) / n
-    mean_y = sum(accuracy_pct) / n
-    sxx = sum((x - mean_x) ** 2 for x in token_limits)
-    if sxx == 0:
-        return math.nan
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(token_limits, accuracy_pct, strict=True)) / sxx
-
-
-def performance(accuracy_pct: Sequence[float]) -> float:
-    """Table 1's "performance": the best accuracy (%) over the token limits."""
-    return max(accuracy_pct) if accuracy_pct else math.nan
+__all__ = ["GenerationLog", "RESULT_COLUMNS", "SUMMARY_COLUMNS", "performance", "results_table", "run",
+           "scaling_slope", "summary_table", "sweep_chunk"]
 
 
 # --- which models ---------------------------------------------------------------------------------
@@ -80,17 +68,19 @@ class ModelSpec:
     """Name in tables and figures: base, tuned, or the path/hub id as given."""
     path: str
     config_key: str
+    entry: str = ""
+    """As bench.models lists it (base, tuned, or the path): what thinking_models / plain_prompt_models name."""
 
 
 def resolve_models(cfg: Config) -> list[ModelSpec]:
     specs = []
     for entry in cfg.bench.models:
         if entry == "base":
-            specs.append(ModelSpec("base", cfg.model.path, "model.path"))
+            specs.append(ModelSpec("base", cfg.model.path, "model.path", "base"))
         elif entry == "tuned":
-            specs.append(ModelSpec("tuned", cfg.tuned_model, "tuned_model"))
+            specs.append(ModelSpec("tuned", cfg.tuned_model, "tuned_model", "tuned"))
         else:
-            specs.append(ModelSpec(entry, entry, "bench.models"))
+            specs.append(ModelSpec(entry, entry, "bench.models", entry))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise UserError(f"bench.models={cfg.bench.models} lists a model twice")
@@ -160,6 +150,45 @@ class GenerationLog:
         return {key for key, got in seen.items() if got >= set(limits)}
 
 
+# --- prompts -------------------------------------------------------------------------------------
+
+def thinking_opened(cfg: Config, spec: ModelSpec, task: str) -> bool:
+    """Whether this model's prompt opens the thinking: a thinking model, in forced mode (as s1) or
+    with bench.start_thinking; never in lm-eval's few-shot prompt."""
+    bench = cfg.bench
+    if bench.protocol == "lm_eval" and task == "gsm8k":
+        return False
+    return spec.entry in bench.thinking_models and (bench.mode == "forced" or bench.start_thinking)
+
+
+def question_prompt(tokenizer, question: Question, cfg: Config, spec: ModelSpec, *,
+                    shots: Sequence[dict[str, Any]] = ()) -> list[int]:
+    """Token ids of the prompt for one question: the chat template (or the bare user turn for a
+    plain-prompt model, or lm-eval's few-shot text), opened with the think delimiter when asked."""
+    bench = cfg.bench
+    if bench.protocol == "lm_eval" and question.task == "gsm8k":
+        return prompt_ids(tokenizer, lmeval.gsm8k_fewshot_prompt(question.question, shots))
+    text = chat_prompt(tokenizer, question.user_turn, system_prompt=bench.system_prompt,
+                       start_thinking=thinking_opened(cfg, spec, question.task), fmt=cfg.format,
+                       plain=spec.entry in bench.plain_prompt_models)
+    return prompt_ids(tokenizer, text)
+
+
+def fewshot_shots(cfg: Config, questions: Sequence[Question]) -> dict[str, list[dict[str, Any]]]:
+    """protocol=lm_eval: gsm8k's shots per question id, drawn as lm-eval draws them."""
+    from reasondiff.data_sources import load_rows
+
+    bench = cfg.bench
+    data = bench.fewshot_data
+    pool = load_rows(data.path, split=data.split, config_name=data.config_name, config_key="bench.fewshot_data.path",
+                     fields=("question", "answer"))
+    if len(pool) < bench.num_fewshot:
+        raise UserError(f"bench.fewshot_data.path={data.path}: {len(pool)} rows, fewer than bench.num_fewshot="
+                        f"{bench.num_fewshot}")
+    draws = lmeval.fewshot_draws(len(pool), [int(q.id) for q in questions], bench.num_fewshot, bench.fewshot_seed)
+    return {q.id: [dict(pool[j]) for j in draws[int(q.id)]] for q in questions}
+
+
 # --- scoring one generation at every limit --------------------------------------------------------
 
 @dataclass
@@ -177,78 +206,110 @@ def prefix_outcome(generation: Generation, limit: int, tokenizer, stop_ids: Sequ
 
 
 def finished_within(generation: Generation, limit: int) -> bool:
+    """The model ended its turn within `limit` tokens (the stop token itself counts)."""
     return generation.finished and len(generation.token_ids) <= limit
 
 
-def forcing_suffix(prefix_text: str, answer_delimiter: str, final_answer_prompt: str) -> str:
-    """s1 budget forcing: close the thinking and ask for the answer. If the model had already
-    opened its answer section, only the final-answer prompt is added."""
-    if answer_delimiter and answer_delimiter in prefix_text:
-        return f"\n{final_answer_prompt}"
-    return f"\n{answer_delimiter}\n{final_answer_prompt}"
-
-
-def score_row(*, model: str, question: Question, limit: int, mode: str, outcome: LimitOutcome, forced: bool,
-              batch: str, answer_delimiter: str, fingerprint: str = "") -> dict[str, Any]:
-    answer = extract_answer(question.task, outcome.completion, answer_delimiter=answer_delimiter)
-    return {
-        "model": model, "task": question.task, "id": question.id, "limit": limit, "mode": mode,
-        "fingerprint": fingerprint,
-        "completion": outcome.completion, "answer": answer,
-        "correct": grade_extracted(question.task, answer, question.reference),
-        "no_answer": answer is None, "forced": forced, "tokens": outcome.tokens,
-        "seconds": round(outcome.seconds, 6), "batch": batch,
+def score_row(*, model: str, question: Question, limit: int, cfg: Config, completion: str, finished: bool,
+              opened: bool, tokens: int, seconds: float, batch: str, fingerprint: str = "",
+              **extra: Any) -> dict[str, Any]:
+    bench, fmt = cfg.bench, cfg.format
+    if bench.protocol == "lm_eval" and question.task == "gsm8k":
+        # lm-eval stops at "Question:": a prefix that reached it has finished
+        finished = finished or lmeval.cut_at_stop(completion)[1]
+    row = {
+        "model": model, "task": question.task, "id": question.id, "limit": limit, "mode": bench.mode,
+        "protocol": bench.protocol, "fingerprint": fingerprint, "completion": completion, "finished": finished,
+        "thinking_opened": opened, "reference": question.reference, "tokens": tokens,
+        "seconds": round(seconds, 6), "batch": batch, "forced": False, **extra,
     }
+    row.update(scoring.score(question.task, completion, question.reference, finished=finished, thinking_opened=opened,
+                             protocol=bench.protocol, think_delimiter=fmt.think_delimiter,
+                             answer_delimiter=fmt.answer_delimiter))
+    return row
 
 
 def sweep_chunk(generator, tokenizer, questions: Sequence[Question], prompts: Sequence[list[int]], *,
-                model: str, cfg: Config, fingerprint: str = "") -> list[dict[str, Any]]:
-    """Generate once at the largest limit, then score every limit (forcing answers if asked)."""
+                model: str, cfg: Config, fingerprint: str = "", opened: bool = False) -> list[dict[str, Any]]:
+    """Generate once at the largest limit, then score every limit (prefix mode); or s1's budget
+    forcing at every limit (forced mode)."""
     bench, fmt = cfg.bench, cfg.format
     limits = sorted(bench.token_limits)
+    batch = uuid.uuid4().hex[:12]
+    rows = []
+    common = {"model": model, "cfg": cfg, "opened": opened, "batch": batch, "fingerprint": fingerprint}
+    if bench.mode == "forced":
+        forced = forcing.force(generator, tokenizer, prompts, limits, opened=opened,
+                               until_thinking=bench.forcing.until_thinking, n_ignore=bench.forcing.thinking_n_ignore,
+                               ignore_str=bench.forcing.thinking_n_ignore_str,
+                               max_tokens_answer=bench.forcing.max_tokens_answer,
+                               answer_delimiter=fmt.answer_delimiter, final_answer_prompt=fmt.final_answer_prompt)
+        for index, question in enumerate(questions):
+            for limit in limits:
+                o = forced[(index, limit)]
+                rows.append(score_row(question=question, limit=limit, completion=o.completion, finished=o.finished,
+                                      tokens=o.thinking_tokens + o.answer_tokens, seconds=o.seconds,
+                                      forced=o.budget_hit, thinking_tokens=o.thinking_tokens,
+                                      answer_tokens=o.answer_tokens, waits=o.waits, **common))
+        return rows
     stop_ids = generator.stop_ids
     generations = generator.generate(prompts, max(limits))
-    batch = uuid.uuid4().hex[:12]
-    outcomes: dict[tuple[int, int], tuple[LimitOutcome, bool]] = {}
-    for limit in limits:
-        to_force = []
-        for index, generation in enumerate(generations):
-            outcome = prefix_outcome(generation, limit, tokenizer, stop_ids)
-            if bench.mode == "forced" and not finished_within(generation, limit):
-                to_force.append((index, outcome))
-            else:
-                outcomes[(index, limit)] = (outcome, False)
-        if to_force:
-            suffixes = [forcing_suffix(o.completion, fmt.answer_delimiter, fmt.final_answer_prompt) for _, o in to_force]
-            forced_prompts = [list(prompts[i]) + generations[i].token_ids[:limit] + prompt_ids(tokenizer, s)
-                              for (i, _), s in zip(to_force, suffixes, strict=True)]
-            answers = generator.generate(forced_prompts, bench.forced_answer_tokens)
-            for (index, outcome), suffix, answer in zip(to_force, suffixes, answers, strict=True):
-                text = outcome.completion + suffix + decode_completion(tokenizer, answer.token_ids, stop_ids)
-                seconds = outcome.seconds + (answer.token_times[-1] if answer.token_times else 0.0)
-                outcomes[(index, limit)] = (LimitOutcome(text, outcome.tokens + len(answer.token_ids), seconds), True)
-    rows = []
-    for index, question in enumerate(questions):
+    for question, generation in zip(questions, generations, strict=True):
         for limit in limits:
-            outcome, forced = outcomes[(index, limit)]
-            rows.append(score_row(model=model, question=question, limit=limit, mode=bench.mode, outcome=outcome,
-                                  forced=forced, batch=batch, answer_delimiter=fmt.answer_delimiter,
-                                  fingerprint=fingerprint))
+            outcome = prefix_outcome(generation, limit, tokenizer, stop_ids)
+            rows.append(score_row(question=question, limit=limit, completion=outcome.completion,
+                                  finished=finished_within(generation, limit), tokens=outcome.tokens,
+                                  seconds=outcome.seconds, **common))
+    return rows
+
+
+def loglikelihood_rows(generator, tokenizer, questions: Sequence[Question], *, model: str, cfg: Config,
+                       fingerprint: str) -> list[dict[str, Any]]:
+    """protocol=lm_eval boolq: one log-likelihood choice per question, the same row at every limit."""
+    model_obj = getattr(generator, "model", None)
+    if model_obj is None:
+        raise UserError("bench.protocol=lm_eval scores boolq by log-likelihood with the transformers model; "
+                        "use bench.backend=hf (or drop boolq from bench.tasks)")
+    batch = uuid.uuid4().hex[:12]
+    rows = []
+    for question in questions:
+        start = time.perf_counter()
+        choice, scores = lmeval.boolq_choice(model_obj, tokenizer, lmeval.boolq_context(question.question,
+                                                                                         question.passage))
+        seconds = time.perf_counter() - start
+        for limit in sorted(cfg.bench.token_limits):
+            correct = (choice == "yes") == bool(question.reference)
+            rows.append({"model": model, "task": "boolq", "id": question.id, "limit": limit, "mode": cfg.bench.mode,
+                         "protocol": "lm_eval", "fingerprint": fingerprint, "completion": f" {choice}",
+                         "finished": True, "thinking_opened": False, "reference": question.reference, "tokens": 0,
+                         "seconds": round(seconds, 6), "batch": batch, "forced": False, "answer": choice,
+                         "answer_source": "lm_eval_loglikelihood", "correct": correct, "no_answer": False,
+                         "loglikelihoods": {"no": scores[0], "yes": scores[1]}, "grader": scoring.GRADER_VERSION})
     return rows
 
 
 def sweep_fingerprint(cfg: Config, spec: ModelSpec, task: str) -> str:
     """What a stored generation depends on besides the question: a resumed run reuses only rows
-    with the same fingerprint, so a changed prompt, model path or mode never mixes in stale rows."""
+    with the same fingerprint, so a changed prompt, model path or mode never mixes in stale rows.
+    Grading is not in it: rows are regraded from what they store (scoring.py). Keys added since
+    are only present when not at their defaults, so rows of earlier runs stay valid."""
     bench = cfg.bench
     prompts = asdict(bench.prompts)
-    parts = {
+    parts: dict[str, Any] = {
         "model_path": spec.path, "revision": cfg.model.revision if spec.label == "base" else None,
         "dtype": cfg.hardware.dtype, "backend": bench.backend, "mode": bench.mode,
-        "forced_answer_tokens": bench.forced_answer_tokens if bench.mode == "forced" else None,
+        "forced_answer_tokens": None,
         "prompt": {k: v for k, v in prompts.items() if k.startswith(task)}, "system_prompt": bench.system_prompt,
-        "start_thinking": bench.start_thinking, "format": asdict(cfg.format),
+        "start_thinking": thinking_opened(cfg, spec, task), "format": asdict(cfg.format),
     }
+    if bench.mode == "forced":
+        parts["forcing"] = asdict(bench.forcing)
+    if spec.entry in bench.plain_prompt_models:
+        parts["plain_prompt"] = True
+    if bench.protocol == "lm_eval" and task in ("gsm8k", "boolq"):
+        parts["protocol"] = "lm_eval"
+        parts["prompt"] = ({"fewshot": asdict(bench.fewshot_data), "num_fewshot": bench.num_fewshot,
+                            "fewshot_seed": bench.fewshot_seed} if task == "gsm8k" else "lm_eval boolq")
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -256,12 +317,14 @@ def sweep_fingerprint(cfg: Config, spec: ModelSpec, task: str) -> str:
 
 def make_generator(cfg: Config, spec: ModelSpec):
     """A loaded model behind `generate(prompts, max_new_tokens)`, plus its tokenizer."""
-    if cfg.bench.backend == "vllm":
+    bench = cfg.bench
+    if bench.backend == "vllm":
         from reasondiff.bench.generation import VLLMGenerator
 
-        max_len = max(cfg.bench.token_limits) + cfg.bench.forced_answer_tokens + 4096
+        answer = bench.forcing.max_tokens_answer + 16 if bench.mode == "forced" else 0
+        max_len = max(bench.token_limits) + answer + 4096
         generator = VLLMGenerator(spec.path, dtype=cfg.hardware.dtype, seed=cfg.seed,
-                                  gpu_memory_utilization=cfg.bench.vllm_gpu_memory_utilization,
+                                  gpu_memory_utilization=bench.vllm_gpu_memory_utilization,
                                   max_model_len=max_len, trust_remote_code=cfg.model.trust_remote_code)
         return generator, generator.tokenizer
     from reasondiff.bench.generation import HFGenerator
@@ -278,10 +341,11 @@ def _check_context(tokenizer, generator, prompts: Sequence[list[int]], cfg: Conf
     max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if not max_positions or not prompts:
         return
-    extra = cfg.bench.forced_answer_tokens + 16 if cfg.bench.mode == "forced" else 0
+    extra = cfg.bench.forcing.max_tokens_answer + 16 if cfg.bench.mode == "forced" else 0
     need = max(len(p) for p in prompts) + max(cfg.bench.token_limits) + extra
     if need > max_positions:
-        raise UserError(f"{spec.config_key}={spec.path}: the longest prompt plus max(bench.token_limits) needs "
+        forced = " + bench.forcing.max_tokens_answer" if extra else ""
+        raise UserError(f"{spec.config_key}={spec.path}: the longest prompt plus max(bench.token_limits){forced} needs "
                         f"{need} positions, the model has {max_positions}; lower bench.token_limits")
 
 
@@ -296,115 +360,19 @@ def _release(generator) -> None:
 
 # --- tables and figures ---------------------------------------------------------------------------
 
-def results_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (model, task, limit): accuracy (%), no-answer count, and wall time.
-
-    `seconds` is the sweep's wall time to reach that limit for every question (per batch, the time
-    its slowest member reached the limit, summed over batches): what a run at that limit alone costs."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[(row["model"], row["task"], row["limit"])].append(row)
-    table = []
-    for (model, task, limit), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        by_batch: dict[str, float] = defaultdict(float)
-        for row in members:
-            by_batch[row["batch"]] = max(by_batch[row["batch"]], row["seconds"])
-        n = len(members)
-        correct = sum(bool(r["correct"]) for r in members)
-        table.append({
-            "model": model, "task": task, "limit": limit, "accuracy": round(100.0 * correct / n, 4), "n": n,
-            "correct": correct, "no_answer": sum(bool(r["no_answer"]) for r in members),
-            "seconds": round(sum(by_batch.values()), 4),
-            "seconds_per_question": round(sum(r["seconds"] for r in members) / n, 6),
-            "mean_tokens": round(sum(r["tokens"] for r in members) / n, 3),
-        })
-    return table
-
-
-def summary_table(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table 1: per (model, task), performance (best accuracy %) and scaling (% per token)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in results:
-        groups[(row["model"], row["task"])].append(row)
-    summary = []
-    for (model, task), members in sorted(groups.items()):
-        members = sorted(members, key=lambda r: r["limit"])
-        accuracy = [r["accuracy"] for r in members]
-        best = max(members, key=lambda r: (r["accuracy"], -r["limit"]))
-        summary.append({"model": model, "task": task, "performance": performance(accuracy),
-                        "scaling": scaling_slope([r["limit"] for r in members], accuracy),
-                        "best_limit": best["limit"], "n": members[0]["n"]})
-    return summary
-
-
-def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def summary_markdown(summary: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], mode: str) -> str:
-    lines = ["# Token-budget sweep", "",
-             f"Mode: `{mode}`. Performance = best accuracy (%) over the token limits; scaling = least-squares "
-             "slope of accuracy (%) against the token limit (% per generated token).", "",
-             "| model | task | performance (%) | scaling (%/token) | best limit | n |",
-             "|---|---|---:|---:|---:|---:|"]
-    for row in summary:
-        scaling = "n/a" if math.isnan(row["scaling"]) else f"{row['scaling']:.5f}"
-        lines.append(f"| {row['model']} | {row['task']} | {row['performance']:.1f} | {scaling} | "
-                     f"{row['best_limit']} | {row['n']} |")
-    lines += ["", "| model | task | limit | accuracy (%) | no answer | s / question |", "|---|---|---:|---:|---:|---:|"]
-    for row in results:
-        lines.append(f"| {row['model']} | {row['task']} | {row['limit']} | {row['accuracy']:.1f} | "
-                     f"{row['no_answer']}/{row['n']} | {row['seconds_per_question']:.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_by_task(results: Sequence[dict[str, Any]], path: Path, *, value: str, ylabel: str, title: str) -> Path:
-    """One panel per task, one line per model, against the token limit (log2 axis)."""
-    plt = _pyplot()
-    tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for model in dict.fromkeys(r["model"] for r in results):
-            points = sorted((r["limit"], r[value]) for r in results if r["task"] == task and r["model"] == model)
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
-        ax.set_xscale("log", base=2)
-        ax.set_title(task)
-        ax.set_xlabel("token limit")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    artifacts.atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return path
-
-
-def write_reports(directory: Path, rows: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
-    results = results_table(rows)
-    summary = summary_table(results)
-    artifacts.write_text(directory / RESULTS, _csv_text(results, RESULT_COLUMNS))
-    artifacts.write_text(directory / SUMMARY, _csv_text(summary, SUMMARY_COLUMNS))
-    artifacts.write_text(directory / SUMMARY_MD, summary_markdown(summary, results, mode))
+def write_reports(directory: Path, rows: Sequence[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    bench = cfg.bench
+    results = results_table(rows, confidence_level=bench.confidence_level)
+    summary = summary_table(rows, results, resamples=bench.bootstrap_resamples, seed=bench.seed,
+                            confidence_level=bench.confidence_level)
+    artifacts.write_text(directory / RESULTS, csv_text(results, RESULT_COLUMNS))
+    artifacts.write_text(directory / SUMMARY, csv_text(summary, SUMMARY_COLUMNS))
+    artifacts.write_text(directory / SUMMARY_MD, summary_markdown(
+        summary, results, mode=bench.mode, protocol=bench.protocol, confidence_level=bench.confidence_level,
+        resamples=bench.bootstrap_resamples))
     if results:
-        plot_by_task(results, directory / ACCURACY_FIGURE, value="accuracy", ylabel="accuracy (%)",
-                     title="Accuracy vs token limit (Fig. 4)")
-        plot_by_task(results, directory / TIME_FIGURE, value="seconds_per_question", ylabel="seconds per question",
-                     title="Wall time vs token limit (Fig. 3)")
+        plots.accuracy_figure(results, directory / ACCURACY_FIGURE, confidence_level=bench.confidence_level)
+        plots.time_figure(results, directory / TIME_FIGURE)
     return {"results": results, "summary": summary}
 
 
@@ -421,6 +389,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         ctx.inputs[f"data.{task}"] = {"path": data.path, "config_name": data.config_name, "split": data.split,
                                       "n_questions": len(questions[task])}
     ctx.inputs["models"] = {spec.label: spec.path for spec in specs}
+    shots = fewshot_shots(cfg, questions["gsm8k"]) if bench.protocol == "lm_eval" and "gsm8k" in questions else {}
     generation_log = GenerationLog(ctx.dir / GENERATIONS)
     fingerprints = {(spec.label, task): sweep_fingerprint(cfg, spec, task) for spec in specs for task in bench.tasks}
 
@@ -437,30 +406,42 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             with tqdm(total=n_pending, desc=f"bench {spec.label}", unit="q") as progress:
                 for task in bench.tasks:
                     todo = pending[task]
-                    prompts = [prompt_ids(tokenizer, chat_prompt(tokenizer, q.user_turn, system_prompt=bench.system_prompt,
-                                                                 start_thinking=bench.start_thinking, fmt=cfg.format))
-                               for q in todo]
+                    fingerprint = fingerprints[(spec.label, task)]
+                    if bench.protocol == "lm_eval" and task == "boolq" and todo:
+                        generation_log.append(loglikelihood_rows(generator, tokenizer, todo, model=spec.label, cfg=cfg,
+                                                                 fingerprint=fingerprint))
+                        progress.update(len(todo))
+                        continue
+                    prompts = [question_prompt(tokenizer, q, cfg, spec, shots=shots.get(q.id, ())) for q in todo]
                     _check_context(tokenizer, generator, prompts, cfg, spec)
+                    opened = thinking_opened(cfg, spec, task)
                     for chunk in length_sorted_batches([len(p) for p in prompts], generator.chunk_size):
                         rows = sweep_chunk(generator, tokenizer, [todo[i] for i in chunk], [prompts[i] for i in chunk],
-                                           model=spec.label, cfg=cfg, fingerprint=fingerprints[(spec.label, task)])
+                                           model=spec.label, cfg=cfg, fingerprint=fingerprint, opened=opened)
                         generation_log.append(rows)
                         progress.update(len(chunk))
         finally:
             _release(generator)
 
     rows = generation_log.current(fingerprints=fingerprints, limits=limits)
-    tables = write_reports(ctx.dir, rows, bench.mode)
+    references = {(task, q.id): q.reference for task, qs in questions.items() for q in qs}
+    regraded = scoring.regrade(rows, references=references, think_delimiter=cfg.format.think_delimiter,
+                               answer_delimiter=cfg.format.answer_delimiter)
+    if regraded:
+        log.info("bench: %d stored rows regraded with grader %s (generations.jsonl keeps what they were "
+                 "written with)", regraded, scoring.GRADER_VERSION)
+    tables = write_reports(ctx.dir, rows, cfg)
     for row in tables["results"]:
         ctx.metrics.log({f"{row['model']}/{row['task']}/accuracy": row["accuracy"],
                          f"{row['model']}/{row['task']}/seconds_per_question": row["seconds_per_question"]},
                         step=row["limit"])
     for row in tables["summary"]:
-        log.info("bench: %s %s performance %.1f%% scaling %.5f %%/token", row["model"], row["task"],
-                 row["performance"], row["scaling"])
+        log.info("bench: %s %s performance %.1f%% [%.1f, %.1f] scaling %.5f %%/token", row["model"], row["task"],
+                 row["performance"], row["performance_low"], row["performance_high"], row["scaling"])
     return {
         "generations": GENERATIONS, "results": RESULTS, "summary": SUMMARY, "summary_md": SUMMARY_MD,
-        "figures": [ACCURACY_FIGURE, TIME_FIGURE], "mode": bench.mode, "token_limits": limits,
+        "figures": [ACCURACY_FIGURE, TIME_FIGURE], "mode": bench.mode, "protocol": bench.protocol,
+        "token_limits": limits, "grader": scoring.GRADER_VERSION, "regraded_rows": regraded,
         "summary_rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                          for r in tables["summary"]],
     }
