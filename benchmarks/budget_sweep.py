@@ -69,8 +69,11 @@ def main() -> None:
         per_limit_tokens[limit] = sum(len(g.token_ids) for g in capped)
         prefix_equal[limit] = all(c.token_ids == s.token_ids[:limit] for c, s in zip(capped, single, strict=True))
         texts = [decode_completion(tokenizer, s.token_ids[:limit], generator.stop_ids) for s in single]
-        accuracy[limit] = 100.0 * sum(grade("gsm8k", t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows)
-        no_answer[limit] = sum(extract_answer("gsm8k", t) is None for t in texts)
+        # as the stage grades: a prefix is finished when the model ended its turn within the limit
+        ended = [s.finished and len(s.token_ids) <= limit for s in single]
+        accuracy[limit] = 100.0 * sum(grade("gsm8k", t, r["answer"], finished=f)
+                                      for t, r, f in zip(texts, rows, ended, strict=True)) / len(rows)
+        no_answer[limit] = sum(extract_answer("gsm8k", t, finished=f) is None for t, f in zip(texts, ended, strict=True))
     baseline_seconds = sum(per_limit_seconds.values())
     baseline_tokens = sum(per_limit_tokens.values())
     # time at each limit read off the single pass's per-token clock (what Fig. 3 plots)

@@ -365,3 +365,33 @@ def test_real_qwen_stage_on_gsm8k(tmp_path, shared_data):
         assert swept_rows[_key(row)]["completion"] == row["completion"]
     assert all("<|im_end|>" not in r["completion"] for r in swept_rows.values())
     assert (swept / "summary.csv").is_file()
+
+
+def test_plain_prompts_and_thinking_opened_only_for_thinking_models(tiny_tokenizer):
+    question = Question("gsm8k", "0", "What is 2 + 2?", "#### 4", question="What is 2 + 2?")
+
+    def prompts(*overrides):
+        cfg = make_config("bench.models=[base,tuned]", *overrides, config_name="bench")
+        base, tuned = budget.resolve_models(cfg)
+        return [tiny_tokenizer.decode(budget.question_prompt(tiny_tokenizer, question, cfg, spec)) for spec in (base, tuned)]
+
+    base, tuned = prompts()  # prefix mode: nothing opened (our SFT teaches the model to open it)
+    assert base == tuned and base.endswith("<|im_start|>assistant\n")
+    base, tuned = prompts("bench.mode=forced")  # s1 opens the thinking of its own model only
+    assert tuned == base + "<|im_start|>think" and not base.endswith("think")
+    base, tuned = prompts("bench.start_thinking=true", "bench.plain_prompt_models=[base]")
+    assert base == "What is 2 + 2?" and tuned.endswith("<|im_start|>assistant\n<|im_start|>think")
+    with pytest.raises(Exception, match=r"bench.plain_prompt_models names \['other'\]"):
+        make_config("bench.models=[base]", "bench.plain_prompt_models=[other]", config_name="bench")
+
+
+def test_a_model_without_chat_template_points_at_plain_prompts(tiny_tokenizer):
+    from reasondiff.bench.prompts import chat_prompt
+
+    saved, tiny_tokenizer.chat_template = tiny_tokenizer.chat_template, None
+    try:
+        with pytest.raises(UserError, match="bench.plain_prompt_models"):
+            chat_prompt(tiny_tokenizer, "hi", system_prompt=None)
+        assert chat_prompt(tiny_tokenizer, "hi", system_prompt=None, plain=True) == "hi"
+    finally:
+        tiny_tokenizer.chat_template = saved

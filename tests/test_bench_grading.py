@@ -134,7 +134,10 @@ def test_every_math500_gold_solution_grades_correct_and_a_perturbed_one_wrong(sh
     row = rows[0]
     assert grade("math500", f"<|im_start|>think\n{row['solution']}\n<|im_start|>answer\nAnswer: $\\boxed{{{row['answer']}}}$",
                  row["answer"])
-    assert not grade("math500", f"<|im_start|>think\n{row['solution']}", row["answer"])
+    # cut off while thinking: no answer yet, even with the box in the thinking
+    assert not grade("math500", f"<|im_start|>think\n{row['solution']}", row["answer"], finished=False)
+    # the turn ended inside the thinking: the thinking is read, as s1's scorer falls back to it
+    assert grade("math500", f"<|im_start|>think\n{row['solution']}", row["answer"])
 
 
 def test_boolq_labels_from_the_real_slice(shared_data):
@@ -149,13 +152,15 @@ def test_boolq_labels_from_the_real_slice(shared_data):
 def test_the_answer_region():
     assert answer_region("plain reply 18") == "plain reply 18"
     assert answer_region("<|im_start|>think\nx\n<|im_start|>answer\nAnswer: 3") == "\nAnswer: 3"
-    assert answer_region("<|im_start|>think\nthinking") is None
+    assert answer_region("<|im_start|>think\nthinking", finished=False) is None
+    assert answer_region("<|im_start|>think\nthinking") == "\nthinking"  # ended its turn while thinking
     # the prompt opened the thinking: the completion starts inside it
-    assert answer_region("thinking 18", thinking_opened=True) is None
+    assert answer_region("thinking 18", thinking_opened=True, finished=False) is None
+    assert answer_region("thinking 18", thinking_opened=True) == "thinking 18"
     assert answer_region("t\n<|im_start|>answer\nA: 1\n<|im_start|>answer\nA: 2", thinking_opened=True) == "\nA: 2"
     # custom delimiters from `format`
     assert answer_region("<think>x</think>ok 5", think_delimiter="<think>", answer_delimiter="</think>") == "ok 5"
-    assert extract("gsm8k", "12", thinking_opened=True).source == "no_answer_section"
+    assert extract("gsm8k", "12 and", thinking_opened=True, finished=False).source == "no_answer_section"
 
 
 def test_finished_decides_only_the_fallback():

@@ -6,8 +6,10 @@ a table of examples; tests/test_bench_grading.py checks every row of it):
 1. **The answer region.** A completion in the s1 layout (its thinking was opened, by the prompt or
    by the model writing `<|im_start|>think`, or it holds the answer delimiter) answers only after
    its last answer delimiter `<|im_start|>answer`, which is how s1's own scorer reads it. If the
-   delimiter never came, the model has not answered (`no_answer`). Any other completion is its own
-   region.
+   delimiter never came and the model is still thinking (cut off), it has not answered
+   (`no_answer`). If the delimiter never came and the model ended its turn inside the thinking,
+   the thinking is all it said, and it is read as s1's scorer falls back to reading it. Any other
+   completion is its own region.
 2. **The final answer in the region.** Take the last closed `\\boxed{}`. Otherwise take the value
    right after the last explicit marker that is followed by one: `Answer:`, `Final Answer:`,
    "The (final) answer is", `####`, and their bold and heading variants. Otherwise, **only when
@@ -67,8 +69,8 @@ class Extraction:
     """The final answer as written (normalised): box content, the value after a marker, the last
     number; for boolq "yes" or "no". None = no answer."""
     source: str
-    """One of SOURCES: box, marker, last_number, last_verdict; or no_answer_section (s1 layout, the
-    answer delimiter never came) or none (nothing explicit, or cut off before the end of turn)."""
+    """One of SOURCES: box, marker, last_number, last_verdict; or no_answer_section (s1 layout, cut
+    off before the answer delimiter came) or none (nothing explicit, or cut off before the end of turn)."""
 
 
 def _check_task(task: str) -> None:
@@ -103,17 +105,24 @@ def in_s1_layout(completion: str, *, thinking_opened: bool = False, think_delimi
     return thinking_opened or any(d and d in completion for d in (think_delimiter, answer_delimiter))
 
 
-def answer_region(completion: str, *, thinking_opened: bool = False,
+def answer_region(completion: str, *, finished: bool = True, thinking_opened: bool = False,
                   think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
                   answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> str | None:
-    """The text that can hold the answer: after the last answer delimiter in the s1 layout (None
-    when it never came), else the whole completion."""
+    """The text that can hold the answer. In the s1 layout it is the text after the last answer
+    delimiter. If the delimiter never came, it is None while the model is still thinking (cut off
+    by the limit: it has not answered). If the model ended its turn inside the thinking, it is the
+    thinking, which is what s1's scorer falls back to (split on `<|im_start|>`, drop the first line).
+    Any other completion is its own region."""
     if not in_s1_layout(completion, thinking_opened=thinking_opened, think_delimiter=think_delimiter,
                         answer_delimiter=answer_delimiter):
         return completion
-    if not answer_delimiter or answer_delimiter not in completion:
+    if answer_delimiter and answer_delimiter in completion:
+        return completion[completion.rindex(answer_delimiter) + len(answer_delimiter):]
+    if not finished:
         return None
-    return completion[completion.rindex(answer_delimiter) + len(answer_delimiter):]
+    if think_delimiter and think_delimiter in completion:
+        return completion[completion.rindex(think_delimiter) + len(think_delimiter):]
+    return completion
 
 
 # --- step 2: the final answer in the region --------------------------------------------------------
@@ -239,8 +248,8 @@ def extract(task: str, completion: Any, *, finished: bool = True, thinking_opene
     _check_task(task)
     if not isinstance(completion, str):
         return Extraction(None, "none")
-    region = answer_region(completion, thinking_opened=thinking_opened, think_delimiter=think_delimiter,
-                           answer_delimiter=answer_delimiter)
+    region = answer_region(completion, finished=finished, thinking_opened=thinking_opened,
+                           think_delimiter=think_delimiter, answer_delimiter=answer_delimiter)
     if region is None:
         return Extraction(None, "no_answer_section")
     region = normalize(region)
