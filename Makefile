@@ -11,7 +11,7 @@ HW ?= rtx5070ti_16gb
 QWEN ?= /work/qwen05b
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-full lint demo reproduce experiment-cpu finetune bench harvest scan train analyze pipeline \
+.PHONY: help setup test test-full lint demo reproduce experiment-cpu experiment-cpu-v1 finetune bench harvest scan train analyze pipeline \
         sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all clean clean-tiny
 
 help: ## list the targets
@@ -39,7 +39,15 @@ demo: ## the whole pipeline offline on CPU with the embedded tiny model (+exp=ti
 reproduce: ## the paper's run: the five stages with +exp=qwen05b on a GPU (HW=rtx5070ti_16gb|t4_16gb)
 	$(PY) -m reasondiff.pipeline +exp=qwen05b hardware=$(HW) $(ARGS)
 
-experiment-cpu: ## experiments/qwen05b_cpu: the five stages on the offline Qwen on CPU (~1 h on 2 cores), figures copied next to its README
+experiment-cpu: ## experiments/qwen05b_cpu_v2: the six stages on the offline Qwen on CPU + a crosscoder with designated shared latents, tables and figures collected next to its README
+	[ -f $(QWEN)/config.json ] || PYTHON=$(PY) ../shared/tools/offline_qwen.sh $(QWEN)
+	$(PY) -m reasondiff.pipeline +exp=qwen05b_cpu_v2 model.path=$(QWEN) $(ARGS)
+	$(PY) -m reasondiff.bench +exp=qwen05b_cpu_v2 model.path=$(QWEN) run=n50 'bench.tasks=[math500,boolq]' bench.limit=50 $(ARGS)
+	$(PY) -m reasondiff.train +exp=qwen05b_cpu_v2 model.path=$(QWEN) run=shared train.shared_latents=0.05 $(ARGS)
+	$(PY) -m reasondiff.analyze +exp=qwen05b_cpu_v2 model.path=$(QWEN) run=shared $(ARGS)
+	$(PY) experiments/qwen05b_cpu_v2/collect.py outputs/qwen05b_cpu_v2
+
+experiment-cpu-v1: ## experiments/qwen05b_cpu: the first edition (lr 1e-4, bf16, n = 30), as it was run
 	[ -f $(QWEN)/config.json ] || PYTHON=$(PY) ../shared/tools/offline_qwen.sh $(QWEN)
 	$(PY) -m reasondiff.pipeline +exp=qwen05b_cpu model.path=$(QWEN) $(ARGS)
 	$(PY) experiments/qwen05b_cpu/collect.py outputs/qwen05b_cpu
