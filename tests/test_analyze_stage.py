@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,11 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     for name in ("ce_recovery.csv", "ce_recovery.md", "reconstruction.csv", "latents.csv", "class_counts.csv", "class_frequency.csv",
                  "latent_scaling_summary.csv", "relative_norm_hist.png", "cosine_hist.png", "latent_scaling.png",
                  "decoder_norms.png", "frequency_hist.png", "training_curves.png", "scaling_factors.csv", "latents.html",
-                 "report.md",
+                 "latent_logits.csv", "report.md", "report_appendix.md", "report.html",
                  "manifest.json"):
         assert (out / name).is_file(), name
+    for png in out.glob("*.png"):  # every figure also as a vector PDF
+        assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF"), png.name
     assert not list(out.glob("partial_*.pt"))
 
     ce = read_rows(out / "ce_recovery.csv")
@@ -109,14 +112,28 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     assert any(row["nu_error"] != "" for row in latents if row["class"] == "tuned_only")
 
     page = (out / "latents.html").read_text()
-    assert "most tuned-leaning latents" in page and "reasoning text" in page and 'class="t peak"' in page
+    assert "most tuned-leaning latents" in page and "reasoning text" in page and 'class="tok peak"' in page
+    logit_rows = read_rows(out / "latent_logits.csv")
+    shown = {int(m) for m in re.findall(r'<section class="card" id="latent-(\d+)"', page)}
+    assert shown and {int(r["latent"]) for r in logit_rows} == shown  # every card has its logit effects
+    for latent in shown:
+        for model in ("base", "tuned"):
+            for direction in ("promoted", "suppressed"):
+                ranked = [r for r in logit_rows if int(r["latent"]) == latent and r["model"] == model
+                          and r["direction"] == direction]
+                assert [int(r["rank"]) for r in ranked] == list(range(1, 11))  # analyze.n_logit_tokens
+                values = [float(r["logit_effect"]) for r in ranked]
+                assert values == sorted(values, reverse=direction == "promoted")
+    assert page.count('<table class="logit') == 2 * len(shown)
     report = (out / "report.md").read_text()
     assert "CE-loss recovery (Table 2)" in report and "| general | paper | base |" in report
-    assert "| reasoning | sink_preserving | tuned |" in report and "explained_variance" in report
-    assert "Ratio tuned / base = **0.25**" in report and "n_latents_delta" in report
+    assert "| reasoning | sink_preserving | tuned |" in report and "| explained variance |" in report
+    assert "Ratio tuned / base = **0.25**" in report and "| latents (by Δ) |" in report
     for figure in ("relative_norm_hist.png", "decoder_norms.png", "frequency_hist.png", "training_curves.png"):
         assert f"]({figure})" in report
-    assert "latents.html" in report
+    assert "latents.html" in report and "## Summary" in report
+    assert "## Configurations" not in report and "analyze config" in (out / "report_appendix.md").read_text()
+    assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "python -m reasondiff.finetune +exp=t" in report  # missing stages are named, not fatal
     manifest = artifacts.read_json(out / "manifest.json")
     assert manifest["inputs"]["crosscoder_dir"] == str(crosscoder_dir)

@@ -14,10 +14,10 @@ from reasondiff.analyze.contexts import (
     LatentCard,
     LatentStats,
     TopContexts,
-    render_latents_html,
     window_example,
 )
-from reasondiff.analyze.report import build_report, markdown_table, write_csv
+from reasondiff.analyze.latent_page import render_latents_html
+from reasondiff.analyze.report import build_appendix, build_report, markdown_table, write_csv
 from reasondiff.analyze.run import (
     class_count_rows,
     class_frequency_rows,
@@ -148,11 +148,14 @@ def test_latents_html_is_self_contained_and_escaped():
                                                     activations=[0.0, 1.0, 0.5, 0.0, 0.0], peak=1, context=0)],
                                 "reasoning": []})
     page = render_latents_html({"most tuned-only latents": [card], "shared": []}, title="t <x>")
-    assert "<script>" not in page and "&lt;script&gt;" in page and "&amp;" in page
+    assert page.count("<script>") == 1 and "&lt;script&gt;" in page and "&amp;" in page  # only the page's own script
     assert "t &lt;x&gt;" in page
     assert not re.search(r"(src|href)=\"?https?:", page)  # nothing fetched from the network
     assert "<style>" in page and "rgba(255,140,0,1.00)" in page  # peak token fully shaded
     assert "never fires here" in page and "no live latent" in page
+    assert "break-all" not in page  # words are never split mid-token
+    assert '<span class="v">1.00</span>' in page and '<span class="v">0.50</span>' in page  # values shown, not on hover
+    assert 'href="#latent-3"' in page and 'id="latent-3"' in page  # the index links to the card
 
 
 def test_latent_rows_and_class_tables():
@@ -193,7 +196,8 @@ def test_report_gathers_what_exists_and_names_what_is_missing(tmp_path):
     write_csv(analyze / "scaling_factors.csv", [{"model": "base", "scaling_factor": 0.5, "relative_to_base": 1.0},
                                                 {"model": "tuned", "scaling_factor": 0.25, "relative_to_base": 0.5}],
               ["model", "scaling_factor", "relative_to_base", "mean_norm"])
-    write_csv(bench / "summary.csv", [{"task": "gsm8k", "model": "tuned", "accuracy": 0.5}], ["task", "model", "accuracy"])
+    write_csv(bench / "summary.csv", [{"task": "gsm8k", "model": "tuned", "performance": 50.0, "best_limit": 64, "n": 4}],
+              ["task", "model", "performance", "best_limit", "n"])
     (bench / "accuracy_vs_limit.png").write_bytes(b"\x89PNG")
     (bench / ".hydra").mkdir(parents=True)
     (bench / ".hydra" / "config.yaml").write_text("model:\n  path: m\nbench:\n  limit: 3\nharvest:\n  n_tokens: 9\n")
@@ -201,8 +205,10 @@ def test_report_gathers_what_exists_and_names_what_is_missing(tmp_path):
     assert "| general | paper | base | 90.0% [85.0%, 93.0%] | 2.0000 | 6.0000 | 2.4000 | 0.4000 | 0.1000 | 3.0000 | 100 |" \
         in report
     assert "Ratio tuned / base = **0.5**" in report
-    assert "| gsm8k | tuned | 0.5 |" in report
+    assert "| tuned | gsm8k | 4 | 50.0 | 64 | – |" in report  # Table 1 with units and a no-answer column
     assert "](../bench/accuracy_vs_limit.png)" in report
     assert "python -m reasondiff.finetune +exp=myexp" in report  # Fig. 2 missing: says what to run
-    assert "limit: 3" in report and "n_tokens: 9" not in report  # a stage's own config section only
-    assert "**harvest** (not run)" in report
+    assert "limit: 3" not in report and "report_appendix.md" in report  # configurations live in the appendix
+    appendix = build_appendix(exp, analyze, title="R")
+    assert "limit: 3" in appendix and "n_tokens: 9" not in appendix  # a stage's own config section only
+    assert "**harvest** (not run)" in appendix

@@ -3,14 +3,12 @@
 Everything streams: `LatentStats` counts how often and how strongly each latent fires,
 `TopContexts` keeps, for a fixed set of latents, the k contexts with the highest peak activation
 together with that latent's activation on every token of each, so the page can highlight tokens
-without running the models a second time. `render_latents_html` writes one self-contained page
-(inline CSS, every piece of text escaped) to read the base-only, tuned-only and shared latents
-side by side on general text and on reasoning traces.
+without running the models a second time; `ActivationHistogram` bins the same latents'
+activations. `LatentCard` gathers what latent_page.py renders into latents.html.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -98,7 +96,45 @@ class TopContexts:
         self.values, self.context, self.rows = state["values"], state["context"], state["rows"]
 
 
-# --- latents.html ------------------------------------------------------------------------------
+class ActivationHistogram:
+    """Per latent in `latents`, how often its non-zero activations fall in each of a fixed set of
+    log-spaced bins (streamed; the scale of a latent's activations is not known in advance, and
+    log bins cover every scale at once). Activations beyond the outer edges land in the outer bins."""
+
+    EDGES = torch.logspace(-4, 4, 65, dtype=torch.float64)
+    """65 edges from 1e-4 to 1e4: 8 bins per decade."""
+
+    def __init__(self, latents: Sequence[int]):
+        self.latents = torch.as_tensor(list(latents), dtype=torch.long)
+        self.counts = torch.zeros(len(self.latents), len(self.EDGES) - 1, dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, f: torch.Tensor) -> None:
+        """f [N, n_latents] over the tokens that count."""
+        if len(self.latents) == 0 or f.shape[0] == 0:
+            return
+        values = f[:, self.latents.to(f.device)].double().cpu()  # [N, C]
+        active = values > 0
+        bins = (torch.bucketize(values, self.EDGES) - 1).clamp(0, self.counts.shape[1] - 1)
+        columns = torch.arange(len(self.latents)).expand_as(bins)
+        flat = (columns * self.counts.shape[1] + bins)[active]
+        self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts)
+
+    def histogram(self, latent: int) -> list[int]:
+        """Counts per bin of `latent` (empty when it is not tracked)."""
+        (where,) = (self.latents == latent).nonzero(as_tuple=True)
+        return self.counts[int(where[0])].tolist() if len(where) else []
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"latents": self.latents, "counts": self.counts}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not torch.equal(state["latents"], self.latents):
+            raise ValueError("activation-histogram checkpoint was taken for other latents")
+        self.counts = state["counts"].clone()
+
+
+# --- latent cards ------------------------------------------------------------------------------
 
 @dataclass
 class Example:
@@ -116,9 +152,13 @@ class LatentCard:
     latent: int
     latent_class: str
     facts: dict[str, float | int | str]
-    """Shown in the card's header (relative norm, cosine, frequencies, ν ratios...)."""
+    """Shown in the card's header (relative norm, Δ, cosine, decoder norms, frequencies, β/ν...)."""
     examples: dict[str, list[Example]] = field(default_factory=dict)
     """Text kind ("general", "reasoning") -> examples, best first."""
+    histograms: dict[str, list[int]] = field(default_factory=dict)
+    """Text kind -> counts of non-zero activations per ActivationHistogram.EDGES bin."""
+    logits: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)
+    """Model -> {"promoted": [(token, direct logit effect)], "suppressed": [...]} (logit_effects.py)."""
 
 
 def token_strings(tokenizer) -> Callable[[Sequence[int]], list[str]]:
@@ -143,66 +183,3 @@ def window_example(token_ids: Sequence[int], activations: torch.Tensor, *, windo
     lo, hi = max(0, peak - window), min(len(token_ids), peak + window + 1)
     return Example(tokens=decode(token_ids[lo:hi]), activations=[float(a) for a in activations[lo:hi]],
                    peak=peak - lo, context=context)
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ccc}
-.card{border:1px solid #ddd;border-radius:6px;padding:.6em .9em;margin:1em 0}
-.card h3{margin:.1em 0 .4em;font-size:1em}.facts{font-size:.85em;color:#555}
-.cols{display:flex;gap:1.2em}.col{flex:1;min-width:0}.col h4{margin:.4em 0;font-size:.9em}
-.ex{font-family:ui-monospace,monospace;font-size:.8em;white-space:pre-wrap;word-break:break-all;
-line-height:1.6;border-left:3px solid #eee;padding-left:.5em;margin:.3em 0}
-.t{border-radius:2px}.peak{outline:1px solid #c00}.none{color:#999;font-size:.85em}
-.base_only h3{color:#1f5fa8}.tuned_only h3{color:#b8460b}.shared h3{color:#2b7a2b}
-"""
-
-
-def _token_html(text: str, activation: float, max_activation: float, is_peak: bool) -> str:
-    alpha = 0.0 if max_activation <= 0 else max(0.0, min(1.0, activation / max_activation))
-    shown = text.replace("\n", "↵\n")
-    cls = "t peak" if is_peak else "t"
-    return (f'<span class="{cls}" style="background:rgba(255,140,0,{alpha:.2f})" '
-            f'title="{activation:.3g}">{html.escape(shown, quote=True)}</span>')
-
-
-def _example_html(example: Example, max_activation: float) -> str:
-    spans = "".join(_token_html(t, a, max_activation, i == example.peak)
-                    for i, (t, a) in enumerate(zip(example.tokens, example.activations, strict=True)))
-    return f'<div class="ex" title="context {example.context}">{spans}</div>'
-
-
-def _fact(value) -> str:
-    if isinstance(value, float):
-        return "nan" if value != value else f"{value:.3g}"
-    return str(value)
-
-
-def render_latents_html(sections: dict[str, list[LatentCard]], *, title: str, intro: str = "",
-                        text_kinds: Sequence[str] = ("general", "reasoning")) -> str:
-    """One self-contained page: a section per latent class, a card per latent, one column per text
-    kind, tokens shaded by the latent's activation (relative to its max over the shown examples)."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    if intro:
-        parts.append(f"<p>{html.escape(intro)}</p>")
-    for section, cards in sections.items():
-        parts.append(f"<h2>{html.escape(section)} ({len(cards)})</h2>")
-        if not cards:
-            parts.append('<p class="none">no live latent of this kind</p>')
-        for card in cards:
-            facts = " · ".join(f"{html.escape(k)} = {html.escape(_fact(v))}" for k, v in card.facts.items())
-            peak = max((max(ex.activations, default=0.0) for exs in card.examples.values() for ex in exs), default=0.0)
-            parts.append(f'<div class="card {html.escape(card.latent_class)}"><h3>latent {card.latent} '
-                         f"({html.escape(card.latent_class)})</h3><div class=\"facts\">{facts}</div><div class=\"cols\">")
-            for kind in text_kinds:
-                examples = card.examples.get(kind, [])
-                parts.append(f'<div class="col"><h4>{html.escape(kind)} text</h4>')
-                parts.extend(_example_html(ex, peak) for ex in examples)
-                if not examples:
-                    parts.append('<p class="none">never fires here</p>')
-                parts.append("</div>")
-            parts.append("</div></div>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)

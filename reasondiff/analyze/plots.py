@@ -1,4 +1,5 @@
-"""Figures of the analyze stage (matplotlib, Agg backend: no display needed), each saved atomically.
+"""Figures of the analyze stage, each saved as PNG and PDF (reasondiff.figures: one theme for the
+whole pipeline, atomic saves).
 
 Fig. 5: relative decoder norm histogram; Fig. 6: cosine of shared latents' decoder pairs;
 plus the Latent Scaling scatter (ν_error vs ν_reconstruction of model-specific latents), what a
@@ -13,25 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from reasondiff import artifacts
+from reasondiff import figures
 
-CLASS_COLORS = {"base_only": "#1f5fa8", "tuned_only": "#b8460b", "shared": "#2b7a2b", "other": "#888888",
-                "designated_shared": "#7b3fa0", "dead": "#cccccc"}
+CLASS_COLORS = figures.CLASS_COLORS
+LATENT_SCALING_LINEAR = (-1.0, 3.0)
+"""ν outside this range switches the Latent Scaling axes to symlog, so no point is ever clipped."""
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return figures.pyplot()
 
 
 def _save(fig, path: Path) -> Path:
-    artifacts.atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
-    _pyplot().close(fig)
-    return path
+    return figures.save(fig, path)
 
 
 def relative_norm_histogram(relative_norm: Sequence[float], path: Path, *, shared_min: float, shared_max: float,
@@ -65,26 +60,49 @@ def cosine_histogram(cosine: Sequence[float], path: Path, *, title: str = "") ->
     return _save(fig, path)
 
 
+def latent_scaling_scale(nu_error: Sequence[float], nu_reconstruction: Sequence[float]) -> str:
+    """"linear" when every finite ν lies in LATENT_SCALING_LINEAR, else "symlog" (linear within ±1,
+    logarithmic beyond): a few latents that barely fire give huge ratios, and they are shown, not clipped."""
+    values = np.r_[np.asarray(nu_error, dtype=float), np.asarray(nu_reconstruction, dtype=float)]
+    values = values[np.isfinite(values)]
+    lo, hi = LATENT_SCALING_LINEAR
+    return "linear" if values.size == 0 or (values.min() >= lo and values.max() <= hi) else "symlog"
+
+
 def latent_scaling_scatter(nu_error: Sequence[float], nu_reconstruction: Sequence[float], classes: Sequence[str],
                            path: Path, *, specific_ratio_max: float) -> Path:
-    """ν_error (x) against ν_reconstruction (y): near the origin = truly model-specific latents."""
-    plt = _pyplot()
+    """ν_error (x) against ν_reconstruction (y): near the origin = truly model-specific latents.
+    Every finite point is inside the axes (symlog when needed); latents without a finite ν are
+    counted in the title."""
     x, y = np.asarray(nu_error, dtype=float), np.asarray(nu_reconstruction, dtype=float)
     classes = np.asarray(classes)
+    finite = np.isfinite(x) & np.isfinite(y)
+    scale = latent_scaling_scale(x[finite], y[finite])
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for cls in ("base_only", "tuned_only"):
-        keep = (classes == cls) & np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[keep], y[keep], s=10, alpha=0.7, color=CLASS_COLORS[cls], label=f"{cls} ({keep.sum()})")
-    finite = np.isfinite(x) & np.isfinite(y)
-    if finite.sum() > 10:  # a few latents that barely fire give huge ratios: keep the bulk in view
-        lo, hi = np.percentile(np.r_[x[finite], y[finite]], [2, 98])
-        pad = 0.1 * (hi - lo + 1e-9)
-        ax.set_xlim(min(lo, -0.1) - pad, max(hi, 1.1) + pad)
-        ax.set_ylim(min(lo, -0.1) - pad, max(hi, 1.1) + pad)
-    ax.axvline(specific_ratio_max, color="k", lw=0.8, ls="--")
-    ax.set_xlabel("ν_error = β_error(other model) / β_error(own model)")
-    ax.set_ylabel("ν_reconstruction")
-    ax.set_title("Latent Scaling of model-specific latents")
+        keep = (classes == cls) & finite
+        ax.scatter(x[keep], y[keep], s=12, alpha=0.75, color=CLASS_COLORS[cls], label=f"{cls} ({keep.sum()})",
+                   edgecolors="none")
+    if scale == "symlog":
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_yscale("symlog", linthresh=1.0)
+    if finite.any():
+        lo = min(x[finite].min(), y[finite].min(), -0.1)
+        hi = max(x[finite].max(), y[finite].max(), 1.1)
+        pad = 0.05 * (hi - lo)  # lo <= -0.1 < 1.1 <= hi, so on symlog a factor widens both ends
+        limits = (lo - pad, hi + pad) if scale == "linear" else (1.5 * lo, 1.5 * hi)
+        ax.set_xlim(*limits)
+        ax.set_ylim(*limits)
+    ax.axvline(specific_ratio_max, color="k", lw=0.8, ls="--", label=f"ν_error = {specific_ratio_max:g}")
+    ax.axhline(0, color="0.5", lw=0.5)
+    ax.axvline(0, color="0.5", lw=0.5)
+    ax.set_xlabel("ν_error = β_error(other model) / β_error(own model)" + (" (symlog)" if scale == "symlog" else ""))
+    ax.set_ylabel("ν_reconstruction" + (" (symlog)" if scale == "symlog" else ""))
+    missing = int((~finite).sum())
+    ax.set_title("Latent Scaling of model-specific latents"
+                 + (f"\n{missing} latent(s) without a finite ν not shown (no β: never fired on general text)"
+                    if missing else ""))
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -32,15 +32,17 @@ from reasondiff.analyze.ce_recovery import (
     ce_recovery_batch,
 )
 from reasondiff.analyze.contexts import (
+    ActivationHistogram,
     LatentCard,
     LatentStats,
     TopContexts,
-    render_latents_html,
     token_strings,
     window_example,
 )
+from reasondiff.analyze.latent_page import FACT_FORMATS, render_latents_html
 from reasondiff.analyze.latent_scaling import LatentScaling, beta_columns
-from reasondiff.analyze.report import build_report, ce_table_markdown, read_csv_rows, write_csv
+from reasondiff.analyze.logit_effects import LOGIT_COLUMNS, group_logit_rows, logit_effect_rows
+from reasondiff.analyze.report import ce_table_markdown, read_csv_rows, write_csv, write_reports
 from reasondiff.analyze.texts import Contexts, reasoning_conversations
 from reasondiff.config import Config
 from reasondiff.crosscoder.geometry import (
@@ -245,7 +247,8 @@ def run_text_pass(cfg: Config, ctx_dir: Path, texts: Contexts, models, crosscode
     F = crosscoder.cfg.n_latents
     parts: dict[str, Any] = {"ce": CERecoveryMeter(len(texts), MODEL_NAMES), "stats": LatentStats(F),
                              "reconstruction": ExplainedVarianceMeter(),
-                             "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, texts.length)}
+                             "top": TopContexts(candidates, cfg.analyze.n_contexts_per_latent, texts.length),
+                             "histogram": ActivationHistogram(candidates)}
     if scaling is not None:
         parts["scaling"] = scaling
 
@@ -257,6 +260,7 @@ def run_text_pass(cfg: Config, ctx_dir: Path, texts: Contexts, models, crosscode
         parts["stats"].update(_flat(f, counted))
         parts["reconstruction"].update(_flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
         parts["top"].update(_zero_uncounted(f, counted), torch.arange(rows.start, rows.stop))
+        parts["histogram"].update(_flat(f, counted))
         if scaling is not None:
             scaling.update(_flat(f, counted), _flat(out["x_norm"], counted), _flat(out["recon_norm"], counted))
 
@@ -368,12 +372,12 @@ def latent_scaling_summary(classes: list[str], scaling: LatentScaling, specific_
 # --- latents.html --------------------------------------------------------------------------------
 
 def latent_cards(latents: list[int], rows: list[dict], tops: dict[str, tuple[TopContexts, Contexts]],
-                 decode, window: int) -> list[LatentCard]:
+                 decode, window: int, *, histograms: dict[str, ActivationHistogram] | None = None,
+                 logits: dict[int, dict] | None = None) -> list[LatentCard]:
     cards = []
     for latent in latents:
         row = rows[latent]
-        facts = {k: row[k] for k in ("relative_norm", "delta_norm", "cosine", "freq_general", "freq_reasoning",
-                                     "mean_activation", "nu_error", "nu_reconstruction") if row.get(k, "") != ""}
+        facts = {k: row[k] for k in FACT_FORMATS if row.get(k, "") != ""}
         examples = {}
         for kind, (top, texts) in tops.items():
             examples[kind] = []
@@ -381,7 +385,9 @@ def latent_cards(latents: list[int], rows: list[dict], tops: dict[str, tuple[Top
                 n = int(texts.valid[c].sum())  # padding never shown
                 examples[kind].append(window_example(texts.input_ids[c, :n].tolist(), acts[:n], window=window, context=c,
                                                      decode=decode))
-        cards.append(LatentCard(latent=latent, latent_class=row["class"], facts=facts, examples=examples))
+        cards.append(LatentCard(latent=latent, latent_class=row["class"], facts=facts, examples=examples,
+                                histograms={kind: h.histogram(latent) for kind, h in (histograms or {}).items()},
+                                logits=(logits or {}).get(latent, {})))
     return cards
 
 
@@ -530,24 +536,31 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         return [i for i in ids if classes[i] != "dead"][:n]
 
     tops = {name: (parts["top"], texts[name]) for name, parts in passes.items()}
+    histograms = {name: parts["histogram"] for name, parts in passes.items()}
     decode = token_strings(tokenizer)
-    sections = {
-        "most base-leaning latents (lowest relative norm)": latent_cards(
-            live_first(candidates["base"], a.n_top_latents), rows, tops, decode, a.html_window),
-        "most tuned-leaning latents (highest relative norm)": latent_cards(
-            live_first(candidates["tuned"], a.n_top_latents), rows, tops, decode, a.html_window),
-        "shared latents (random sample)": latent_cards(live_first(candidates["shared"], a.n_shared_sample), rows, tops, decode, a.html_window),
-    }
+    shown = {"most base-leaning latents (lowest relative norm)": live_first(candidates["base"], a.n_top_latents),
+             "most tuned-leaning latents (highest relative norm)": live_first(candidates["tuned"], a.n_top_latents),
+             "shared latents (random sample)": live_first(candidates["shared"], a.n_shared_sample)}
+    # direct logit effects of the shown latents' decoder directions, per model (logit_effects.py)
+    shown_latents = sorted({i for ids in shown.values() for i in ids})
+    logit_rows = logit_effect_rows(shown_latents, W_dec, crosscoder.scaling_factors.cpu(), models, MODEL_NAMES, decode,
+                                   k=a.n_logit_tokens, vocab_size=len(tokenizer))
+    write_csv(ctx.dir / "latent_logits.csv", logit_rows, LOGIT_COLUMNS)
+    logits = group_logit_rows(read_csv_rows(ctx.dir / "latent_logits.csv"))  # the page shows the artifact
+    sections = {title: latent_cards(ids, rows, tops, decode, a.html_window, histograms=histograms, logits=logits)
+                for title, ids in shown.items()}
     intro = (f"Crosscoder {cc_dir} at {hook.name}; {len(texts['general'])} held-out general contexts of "
              f"{texts['general'].length} tokens and {len(texts['reasoning']) if reasoning is not None else 0} reasoning "
-             "conversations in the fine-tune's chat layout. "
-             "Tokens are shaded by the latent's activation; the outlined token is the context's peak.")
+             "conversations in the fine-tune's chat layout. Each card: the decoder-norm facts, the histogram of the "
+             "latent's non-zero activations, the tokens its decoder direction promotes and suppresses through each "
+             "model's unembedding (latent_logits.csv), and its top contexts; every token shows the latent's "
+             "activation under it, shaded on the card's colour scale, the context's peak outlined.")
     artifacts.write_text(ctx.dir / "latents.html", render_latents_html(sections, title=f"{cfg.exp_name}: crosscoder latents",
                                                                       intro=intro, text_kinds=tuple(tops)))
 
-    # report.md gathers everything above plus the earlier stages' tables and figures
-    artifacts.write_text(ctx.dir / "report.md", build_report(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}",
-                                                               crosscoder_dir=cc_dir))
+    # report.md (+ appendix and the self-contained report.html) gathers everything above plus the
+    # earlier stages' tables and figures
+    write_reports(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}", crosscoder_dir=cc_dir)
     for name in TEXTS:
         partial_file(ctx.dir, name).unlink(missing_ok=True)
     log.info("CE recovered (general text): %s", ", ".join(

@@ -1,6 +1,15 @@
-"""The bench's figures: accuracy (Fig. 4, with Wilson 95% bands) and wall time (Fig. 3) against the
-token limit, one panel per task and one line per model. All of the bench's plotting lives here, so
-a restyle only touches this file."""
+"""The bench's figures against the token limit, one panel per task and one series per model.
+
+- Fig. 4, accuracy: y fixed to [0, 100] % so runs compare at a glance, Wilson intervals as error
+  bars, n in each panel's title, one legend for the figure. The models' points are dodged
+  sideways (a few percent of a log2 step) and differ in colour, marker and line style, so base and
+  tuned stay readable where they overlap.
+- Fig. 3, time: the wall-clock seconds per question (what exactly is measured, the batch size and
+  the device are written on the figure) beside the tokens generated per question, which explain
+  most of the time and, unlike it, do not depend on how busy the machine was.
+
+Theme, colours and the PNG + PDF save come from reasondiff.figures (shared with analyze).
+"""
 
 from __future__ import annotations
 
@@ -9,66 +18,124 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reasondiff import artifacts
+from reasondiff import figures
+
+ACCURACY_LIMITS = (0.0, 100.0)
+DODGE = 0.06
+"""Horizontal offset between models' points, in log2 units of the token limit."""
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _tasks(results: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["task"] for r in results))
 
 
-def plot_by_task(results: Sequence[dict[str, Any]], path: Path, *, value: str, ylabel: str, title: str,
-                 interval: tuple[str, str] | None = None, note: str | None = None) -> Path:
-    """One panel per task, one line per model, against the token limit (log2 axis). `interval`
-    names the low/high columns drawn as a shaded band and error bars around each point."""
-    plt = _pyplot()
-    tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for model in dict.fromkeys(r["model"] for r in results):
-            rows = sorted((r for r in results if r["task"] == task and r["model"] == model), key=lambda r: r["limit"])
-            if not rows:
-                continue
-            x = [r["limit"] for r in rows]
-            y = [r[value] for r in rows]
-            if interval is None:
-                ax.plot(x, y, marker="o", label=model)
-                continue
-            low = [r[interval[0]] for r in rows]
-            high = [r[interval[1]] for r in rows]
-            finite = all(math.isfinite(v) for v in low + high)
-            errors = [[max(0.0, v - lo) for v, lo in zip(y, low, strict=True)],
-                      [max(0.0, hi - v) for v, hi in zip(y, high, strict=True)]] if finite else None
-            line = ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=model)
-            if finite:
-                ax.fill_between(x, low, high, alpha=0.15, color=line[0].get_color(), linewidth=0)
-        ax.set_xscale("log", base=2)
-        ax.set_title(task)
-        ax.set_xlabel("token limit")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(title)
-    if note:
-        fig.text(0.5, -0.02, note, ha="center", va="top", fontsize=8)
-    fig.tight_layout()
-    artifacts.atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return path
+def _models(results: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["model"] for r in results))
+
+
+def dodged(limits: Sequence[float], index: int, n_models: int) -> list[float]:
+    """The limits shifted for the index-th of n models, symmetric around the true limit on a log2 axis."""
+    shift = (index - (n_models - 1) / 2) * DODGE
+    return [float(x) * 2.0 ** shift for x in limits]
+
+
+def _n_label(rows: Sequence[dict[str, Any]]) -> str:
+    ns = sorted({int(r["n"]) for r in rows})
+    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+
+
+def _limit_axis(ax, limits: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(limits)))
+    ax.set_xticklabels([str(x) for x in sorted(set(limits))])
+    ax.minorticks_off()
+    ax.set_xlabel("token limit")
 
 
 def accuracy_figure(results: Sequence[dict[str, Any]], path: Path, *, confidence_level: float = 0.95) -> Path:
-    """Fig. 4: accuracy (%) vs token limit with the Wilson interval of each point."""
-    return plot_by_task(results, path, value="accuracy", ylabel="accuracy (%)", title="Accuracy vs token limit (Fig. 4)",
-                        interval=("accuracy_low", "accuracy_high"),
-                        note=f"bands and bars: Wilson {confidence_level:.0%} interval of each accuracy")
+    """Fig. 4: accuracy (%) vs token limit per task, Wilson intervals as error bars; PNG + PDF."""
+    tasks, models = _tasks(results), _models(results)
+    with figures.themed() as plt:
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.3), squeeze=False, sharey=True)
+        for ax, task in zip(axes[0], tasks, strict=True):
+            task_rows = [r for r in results if r["task"] == task]
+            for index, model in enumerate(models):
+                rows = sorted((r for r in task_rows if r["model"] == model), key=lambda r: r["limit"])
+                if not rows:
+                    continue
+                y = [float(r["accuracy"]) for r in rows]
+                low = [float(r.get("accuracy_low", math.nan)) for r in rows]
+                high = [float(r.get("accuracy_high", math.nan)) for r in rows]
+                errors = None
+                if all(math.isfinite(v) for v in low + high):
+                    errors = [[max(0.0, v - lo) for v, lo in zip(y, low, strict=True)],
+                              [max(0.0, hi - v) for v, hi in zip(y, high, strict=True)]]
+                style = figures.model_style(model, index)
+                ax.errorbar(dodged([r["limit"] for r in rows], index, len(models)), y, yerr=errors, capsize=2.5,
+                            markersize=5, linewidth=1.4, elinewidth=0.9, label=model, clip_on=False, **style)
+            _limit_axis(ax, [r["limit"] for r in task_rows])
+            ax.set_ylim(*ACCURACY_LIMITS)
+            ax.set_yticks(range(0, 101, 20))
+            ax.set_title(f"{task} ({_n_label(task_rows)} questions)")
+        axes[0][0].set_ylabel("accuracy (%)")
+        fig.suptitle(f"Accuracy vs token limit; error bars: Wilson {confidence_level:.0%} interval")
+        _figure_legend(fig, axes)
+        return figures.save(fig, path)
 
 
-def time_figure(results: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Fig. 3: wall seconds per question vs token limit (measured per token, see generation.py)."""
-    return plot_by_task(results, path, value="seconds_per_question", ylabel="seconds per question",
-                        title="Wall time vs token limit (Fig. 3)")
+def time_caption(*, batch_size: int | None, device: str | None, backend: str | None = None) -> str:
+    """What Fig. 3's seconds are, in one line written under the figure."""
+    where = ", ".join(part for part in (f"batches of {batch_size} questions" if batch_size else "",
+                                        f"on {device}" if device else "", f"{backend} backend" if backend else "")
+                      if part)
+    return ("Seconds: wall clock from the start of a question's generation batch until its answer reached the "
+            f"limit or ended, mean over questions ({where}). Measured per token; noisy on shared CPUs.")
+
+
+def time_figure(results: Sequence[dict[str, Any]], path: Path, *, batch_size: int | None = None,
+                device: str | None = None, backend: str | None = None) -> Path:
+    """Fig. 3: seconds per question (top) and tokens generated per question (bottom) vs token limit."""
+    tasks, models = _tasks(results), _models(results)
+    with figures.themed() as plt:
+        fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 5.6), squeeze=False, sharex="col")
+        for col, task in enumerate(tasks):
+            task_rows = [r for r in results if r["task"] == task]
+            for index, model in enumerate(models):
+                rows = sorted((r for r in task_rows if r["model"] == model), key=lambda r: r["limit"])
+                if not rows:
+                    continue
+                x = dodged([r["limit"] for r in rows], index, len(models))
+                style = figures.model_style(model, index)
+                axes[0][col].plot(x, [float(r["seconds_per_question"]) for r in rows], label=model, markersize=5,
+                                  linewidth=1.4, **style)
+                axes[1][col].plot(x, [float(r["mean_tokens"]) for r in rows], label=model, markersize=5,
+                                  linewidth=1.4, **style)
+            limits = [r["limit"] for r in task_rows]
+            for ax in axes[:, col]:
+                _limit_axis(ax, limits)
+                ax.set_ylim(bottom=0)
+            axes[1][col].plot(sorted(set(limits)), sorted(set(limits)), color="0.6", linewidth=0.8, linestyle=":",
+                              label="= limit")
+            axes[1][col].set_ylim(0, max(limits) * 1.05)
+            axes[0][col].set_title(f"{task} ({_n_label(task_rows)} questions)")
+            axes[0][col].set_xlabel("")
+        axes[0][0].set_ylabel("wall seconds per question")
+        axes[1][0].set_ylabel("tokens generated per question")
+        fig.suptitle("Generation time and tokens vs token limit")
+        _figure_legend(fig, axes[1:])
+        fig.text(0.5, -0.045, time_caption(batch_size=batch_size, device=device, backend=backend), ha="center",
+                 va="top", fontsize=7.5, wrap=True)
+        return figures.save(fig, path)
+
+
+def _figure_legend(fig, axes) -> None:
+    """One legend for the whole figure, under the panels (never repeated per panel)."""
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    fig.tight_layout()
+    fig.legend([handles[label] for label in labels], labels, loc="upper center", ncol=max(1, len(labels)),
+               bbox_to_anchor=(0.5, 0.0), frameon=False)

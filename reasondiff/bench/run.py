@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reasondiff import artifacts
+from reasondiff import artifacts, figures
 from reasondiff.bench import forcing, lmeval, plots, scoring
 from reasondiff.bench.generation import Generation, decode_completion, length_sorted_batches
 from reasondiff.bench.prompts import Question, chat_prompt, load_questions, prompt_ids
@@ -360,6 +360,18 @@ def _release(generator) -> None:
 
 # --- tables and figures ---------------------------------------------------------------------------
 
+def device_label(cfg: Config) -> str:
+    """Where generation ran, for Fig. 3's caption: the GPU's name, or cpu and its thread count."""
+    import torch
+
+    from reasondiff.models import resolve_device
+
+    device = resolve_device(cfg.hardware)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def write_reports(directory: Path, rows: Sequence[dict[str, Any]], cfg: Config) -> dict[str, Any]:
     bench = cfg.bench
     results = results_table(rows, confidence_level=bench.confidence_level)
@@ -372,7 +384,8 @@ def write_reports(directory: Path, rows: Sequence[dict[str, Any]], cfg: Config) 
         resamples=bench.bootstrap_resamples))
     if results:
         plots.accuracy_figure(results, directory / ACCURACY_FIGURE, confidence_level=bench.confidence_level)
-        plots.time_figure(results, directory / TIME_FIGURE)
+        plots.time_figure(results, directory / TIME_FIGURE, batch_size=cfg.hardware.bench_batch_size,
+                          device=device_label(cfg), backend=bench.backend)
     return {"results": results, "summary": summary}
 
 
@@ -440,7 +453,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                  row["performance"], row["performance_low"], row["performance_high"], row["scaling"])
     return {
         "generations": GENERATIONS, "results": RESULTS, "summary": SUMMARY, "summary_md": SUMMARY_MD,
-        "figures": [ACCURACY_FIGURE, TIME_FIGURE], "mode": bench.mode, "protocol": bench.protocol,
+        "figures": [p.name for name in (TIME_FIGURE, ACCURACY_FIGURE) for p in figures.outputs_of(Path(name))],
+        "mode": bench.mode, "protocol": bench.protocol,
         "token_limits": limits, "grader": scoring.GRADER_VERSION, "regraded_rows": regraded,
         "summary_rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                          for r in tables["summary"]],

@@ -46,6 +46,9 @@ class AnalyzeConfig:
     """Top-activating contexts kept per latent and per text kind (general, reasoning)."""
     html_window: int = 24
     """Tokens shown on each side of a context's maximally activating token in latents.html."""
+    n_logit_tokens: int = 10
+    """Top promoted and top suppressed tokens listed per latent and model (direct logit effect of the
+    decoder direction through each model's unembedding; latent_logits.csv, latents.html)."""
     latent_scaling: bool = True
     """Latent Scaling (Minder et al. 2025) for every base-only and tuned-only latent."""
     specific_ratio_max: float = 0.2
@@ -62,7 +65,8 @@ class AnalyzeConfig:
         for key in ("n_heldout_contexts", "context_length", "n_contexts_per_latent", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"analyze.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_reasoning_contexts", "n_top_latents", "n_shared_sample", "html_window", "bootstrap_samples"):
+        for key in ("n_reasoning_contexts", "n_top_latents", "n_shared_sample", "html_window", "bootstrap_samples",
+                    "n_logit_tokens"):
             if getattr(self, key) < 0:
                 raise ValueError(f"analyze.{key} must be >= 0, got {getattr(self, key)}")
         if self.context_length < 2:
