@@ -222,9 +222,23 @@ def notable_sentence(latents: Sequence[Mapping[str, str]], logit_rows: Sequence[
     return "Most notable: " + "; ".join(parts) + " (latents.html has their contexts)."
 
 
+def analyze_thresholds(analyze_dir: Path) -> dict[str, float] | None:
+    """The class bands the analyze run used (its .hydra/config.yaml)."""
+    config = Path(analyze_dir) / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(config).get("analyze", {})
+    keys = ("base_only_max", "shared_min", "shared_max", "tuned_only_min")
+    return {k: float(node[k]) for k in keys if k in node} or None
+
+
 def headline_sentences(exp_dir: Path, analyze_dir: Path, *, thresholds: Mapping[str, float] | None = None) -> list[str]:
-    """The summary, one string per sentence, from whatever files exist."""
+    """The summary, one string per sentence, from whatever files exist (the class bands from
+    `thresholds`, else from the analyze run's config)."""
     exp_dir, analyze_dir = Path(exp_dir), Path(analyze_dir)
+    thresholds = thresholds or analyze_thresholds(analyze_dir)
     sentences = bench_sentences(_rows(exp_dir / "bench" / "summary.csv"), _rows(exp_dir / "bench" / "results.csv"))
     for sentence in (ce_sentence(_rows(analyze_dir / "ce_recovery.csv")),
                      class_sentence(_rows(analyze_dir / "class_counts.csv"), thresholds),

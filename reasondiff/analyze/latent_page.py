@@ -328,8 +328,8 @@ def render_latents_html(sections: dict[str, list[LatentCard]], *, title: str, in
                         text_kinds: Sequence[str] = ("general", "reasoning")) -> str:
     """The page: toolbar (search), index of every card, then a section per group with its cards."""
     n_cards = sum(len(cards) for cards in sections.values())
-    header = ''.join(f'<th class="{"l" if key in ("section", "class", "top_token") else ""}">{_esc(label)}</th>'
-                     for key, label in INDEX_COLUMNS)
+    header = ''.join(f'<th data-key="{key}" class="{"l" if key in ("section", "class", "top_token") else ""}">'
+                     f"{_esc(label)}</th>" for key, label in INDEX_COLUMNS)
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{_esc(title)}</h1>"]

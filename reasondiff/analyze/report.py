@@ -317,18 +317,6 @@ def _notable_table(analyze_dir: Path, n: int = 5) -> str:
 
 # --- the report ------------------------------------------------------------------------------------
 
-def analyze_thresholds(analyze_dir: Path) -> dict[str, float] | None:
-    """The class bands the analyze run used (its .hydra/config.yaml), for the headline."""
-    config = Path(analyze_dir) / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return None
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.load(config).get("analyze", {})
-    keys = ("base_only_max", "shared_min", "shared_max", "tuned_only_min")
-    return {k: float(node[k]) for k in keys if k in node} or None
-
-
 APPENDIX = "report_appendix.md"
 
 
@@ -338,7 +326,7 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
     exp_dir, analyze_dir = Path(exp_dir), Path(analyze_dir)
     exp = exp_dir.name
     out = [f"# {title}\n"]
-    sentences = headline_sentences(exp_dir, analyze_dir, thresholds=thresholds or analyze_thresholds(analyze_dir))
+    sentences = headline_sentences(exp_dir, analyze_dir, thresholds=thresholds)
     if sentences:
         out.append("## Summary\n\n" + "\n".join(f"- {sentence}" for sentence in sentences) + "\n")
     out.append(f"Experiment `{exp}`. Every table below is a CSV next to this file or in its stage directory; each "

@@ -560,7 +560,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     # report.md (+ appendix and the self-contained report.html) gathers everything above plus the
     # earlier stages' tables and figures
-    write_reports(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}", crosscoder_dir=cc_dir)
+    write_reports(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}", crosscoder_dir=cc_dir,
+                  thresholds=thresholds)
     for name in TEXTS:
         partial_file(ctx.dir, name).unlink(missing_ok=True)
     log.info("CE recovered (general text): %s", ", ".join(

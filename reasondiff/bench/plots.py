@@ -88,8 +88,8 @@ def time_caption(*, batch_size: int | None, device: str | None, backend: str | N
     where = ", ".join(part for part in (f"batches of {batch_size} questions" if batch_size else "",
                                         f"on {device}" if device else "", f"{backend} backend" if backend else "")
                       if part)
-    return ("Seconds: wall clock from the start of a question's generation batch until its answer reached the "
-            f"limit or ended, mean over questions ({where}). Measured per token; noisy on shared CPUs.")
+    return ("Seconds per question: wall clock from the start of a question's generation batch until its answer "
+            f"reached the limit or ended, mean over questions ({where}). Measured per token; noisy on shared CPUs.")
 
 
 def time_figure(results: Sequence[dict[str, Any]], path: Path, *, batch_size: int | None = None,
