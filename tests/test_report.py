@@ -112,7 +112,7 @@ def test_headline_says_when_a_difference_is_not_significant_and_when_answers_are
     results = [dict(r, no_answer=30 if r["model"] == "tuned" else 0) for r in RESULTS]
     (sentence,) = bench_sentences(summary, results)
     assert "-2.5 points, not significant (McNemar exact p = 0.4)" in sentence
-    assert "30 of 40 tuned replies there give no answer" in sentence
+    assert "30 of its 40 replies there give no answer" in sentence
     assert "[-10.00, +40.00], not significant" in sentence
 
 

@@ -86,7 +86,7 @@ def bench_sentences(summary: Sequence[Mapping[str, str]], results: Sequence[Mapp
                     f"{diff:+.1f} points, {verdict}")
         missing = no_answer.get((model, task, str(row["best_limit"])))
         if missing and missing[1] and missing[0] / missing[1] >= 0.5:
-            sentence += f" ({missing[0]} of {missing[1]} {model} replies there give no answer)"
+            sentence += f"; {missing[0]} of its {missing[1]} replies there give no answer"
         slope, low, high = num(row.get("scaling")), num(row.get("scaling_diff_low")), num(row.get("scaling_diff_high"))
         if not math.isnan(slope):
             sentence += (f"; with more tokens its accuracy changes by {slope * 100:+.2f} points per 100 tokens "

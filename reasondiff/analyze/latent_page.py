@@ -11,8 +11,9 @@ SAEDashboard / Neuronpedia feature pages.
   reasoning text side by side. Every token of a context shows its activation value under it (no
   hovering), shaded on a colour scale whose key is drawn on the card; the peak token is outlined.
 
-No script or style is fetched from anywhere (circuitsvis and sae-vis load React from a CDN, so
-their pages are not readable offline); every string from a model or a corpus is HTML-escaped.
+No script or style is fetched from anywhere (circuitsvis imports its front end from unpkg, so its
+pages need the network; sae-vis expects a TransformerLens model and one SAE, not a crosscoder's two
+decoders); every string from a model or a corpus is HTML-escaped.
 """
 
 from __future__ import annotations

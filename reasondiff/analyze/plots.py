@@ -17,7 +17,7 @@ import numpy as np
 from reasondiff import figures
 
 CLASS_COLORS = figures.CLASS_COLORS
-LATENT_SCALING_LINEAR = (-1.0, 3.0)
+LATENT_SCALING_LINEAR = (-2.0, 4.0)
 """ν outside this range switches the Latent Scaling axes to symlog, so no point is ever clipped."""
 
 
@@ -94,6 +94,13 @@ def latent_scaling_scatter(nu_error: Sequence[float], nu_reconstruction: Sequenc
         limits = (lo - pad, hi + pad) if scale == "linear" else (1.5 * lo, 1.5 * hi)
         ax.set_xlim(*limits)
         ax.set_ylim(*limits)
+        if scale == "symlog":  # readable ticks: 0, ±0.5, ±1, then powers of ten
+            decades = [10.0 ** k for k in range(1, int(np.ceil(np.log10(max(abs(limits[0]), limits[1])))) + 1)]
+            ticks = [t for t in (*(-d for d in decades[::-1]), -1.0, -0.5, 0.0, 0.5, 1.0, *decades)
+                     if limits[0] <= t <= limits[1]]
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_ticks(ticks)
+                axis.set_ticklabels([f"{t:g}" for t in ticks])
     ax.axvline(specific_ratio_max, color="k", lw=0.8, ls="--", label=f"ν_error = {specific_ratio_max:g}")
     ax.axhline(0, color="0.5", lw=0.5)
     ax.axvline(0, color="0.5", lw=0.5)
