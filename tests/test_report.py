@@ -207,3 +207,14 @@ def test_activation_histogram_bins_the_non_zero_activations():
         assert hist.histogram(latent) == expected.tolist()
         assert sum(hist.histogram(latent)) == int((column > 0).sum())
     assert hist.histogram(1) == []
+
+
+def test_the_report_rebuilds_from_the_files_alone(experiment, capsys):
+    from reasondiff.analyze.report import main
+
+    assert main([str(experiment)]) == 0
+    written = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["report.md", "report_appendix.md", "report.html"]
+    assert "42.5% [27.5, 57.5]" in (experiment / "analyze" / "report.md").read_text()
+    with pytest.raises(SystemExit, match="no analyze directory"):
+        main([str(experiment / "nothing")])
