@@ -167,6 +167,13 @@ def test_direct_logit_effects_rank_centred_effects_and_skip_padded_rows():
     assert low_ids.tolist() == (-full).topk(3, dim=-1).indices.tolist() and (low_values <= 0).all()
     W_U[10:] = 1e6 * directions[0]  # padded rows that would win
     assert (direct_logit_effects(directions, W_U, k=3, vocab_size=10)["promoted"][1] < 10).all()
+    # folding a norm weight into the directions = folding it into the unembedding; chunks change nothing
+    weight = torch.rand(4) + 0.5
+    chunked = direct_logit_effects(directions, W_U, k=5, norm_weight=weight, chunk=3)
+    folded = direct_logit_effects(directions, W_U * weight[None, :], k=5)
+    for direction in ("promoted", "suppressed"):
+        assert chunked[direction][1].tolist() == folded[direction][1].tolist()
+        torch.testing.assert_close(chunked[direction][0], folded[direction][0])
 
 
 def test_logit_effect_rows_fold_the_final_norm_and_undo_the_scaling_factor(tiny_model):

@@ -25,25 +25,37 @@ LOGIT_COLUMNS = ("latent", "model", "direction", "rank", "token_id", "token", "l
 DIRECTIONS = ("promoted", "suppressed")
 
 
-def folded_unembedding(model) -> torch.Tensor:
-    """[vocab, d_model] unembedding with the final norm's elementwise weight folded in (float32)."""
-    W_U = model.get_output_embeddings().weight.detach().float()
+def final_norm_weight(model) -> torch.Tensor | None:
+    """The elementwise weight of the model's final norm (Qwen2/Llama `model.norm`), if it has one."""
     inner = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     norms = [getattr(inner, name) for name in ("norm", "final_layernorm", "ln_f") if hasattr(inner, name)]
     weight = getattr(norms[0], "weight", None) if norms else None
-    if weight is not None and weight.shape == W_U.shape[1:]:
-        W_U = W_U * weight.detach().float().to(W_U.device)[None, :]
-    return W_U
+    hidden = model.get_output_embeddings().weight.shape[1]
+    return weight.detach() if weight is not None and weight.shape == (hidden,) else None
+
+
+def folded_unembedding(model) -> torch.Tensor:
+    """[vocab, d_model] unembedding with the final norm's elementwise weight folded in (float32; a
+    copy of the whole matrix, so direct_logit_effects folds the weight into the directions instead)."""
+    W_U = model.get_output_embeddings().weight.detach().float()
+    weight = final_norm_weight(model)
+    return W_U if weight is None else W_U * weight.float().to(W_U.device)[None, :]
 
 
 @torch.no_grad()
 def direct_logit_effects(directions: torch.Tensor, unembedding: torch.Tensor, *, k: int,
-                         vocab_size: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                         vocab_size: int | None = None, norm_weight: torch.Tensor | None = None,
+                         chunk: int = 32768) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """For directions [n, d] and unembedding [V, d]: {"promoted": (values [n, k], ids [n, k]),
     "suppressed": (values, ids)}, effects centred over the (first vocab_size) tokens, largest
-    promoted first and most suppressed first."""
+    promoted first and most suppressed first. `norm_weight` [d] is folded into the directions
+    ((d ⊙ w) · u = d · (w ⊙ u)), and the unembedding is read `chunk` rows at a time in float32, so
+    no float copy of a [152k, d] matrix is made."""
     W = unembedding[:vocab_size] if vocab_size else unembedding
-    effects = directions.float().to(W.device) @ W.T  # [n, V]
+    directions = directions.float().to(W.device)
+    if norm_weight is not None:
+        directions = directions * norm_weight.float().to(W.device)[None, :]
+    effects = torch.cat([directions @ W[i:i + chunk].float().T for i in range(0, W.shape[0], chunk)], dim=-1)
     effects = effects - effects.mean(dim=-1, keepdim=True)
     k = min(k, effects.shape[-1])
     top = effects.topk(k, dim=-1)
@@ -63,7 +75,8 @@ def logit_effect_rows(latents: Sequence[int], W_dec: torch.Tensor, scaling_facto
     rows = []
     for m, (model, name) in enumerate(zip(models, model_names, strict=True)):
         directions = W_dec[index, m].float() / float(scaling_factors[m])  # back to the raw residual space
-        effects = direct_logit_effects(directions, folded_unembedding(model), k=k, vocab_size=vocab_size)
+        effects = direct_logit_effects(directions, model.get_output_embeddings().weight.detach(), k=k,
+                                       vocab_size=vocab_size, norm_weight=final_norm_weight(model))
         for direction in DIRECTIONS:
             values, ids = effects[direction]
             for row, latent in enumerate(latents):
