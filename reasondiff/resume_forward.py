@@ -12,7 +12,11 @@ computed for it (rotary position embeddings, attention mask, cache-free flags). 
   (`blocks.L.hook_resid_pre|mid|post`, the same PyTorch hooks as `hooks.residual_hook`), one stacked
   batch for all of them, from layer L (resid_pre, resid_mid) or L+1 (resid_post) on;
 - `patched_final_residuals` runs every layer's patch at once with a batch that grows by one copy per
-  layer (scan).
+  layer (scan);
+- `resume_problem` checks on a short probe that resuming reproduces a model's own forward (callers
+  fall back to full forwards when it does not), and `uniform_final_residual` gives the one final
+  residual every position gets when the hook holds the same vector everywhere (analyze's zero
+  ablation of every position), or None for a model where positions would differ.
 
 The model's forward is never re-implemented: only its decoder layers are called, with the
 arguments it passed them, and `final_norm` is its own final norm. What a causal LM does after the
@@ -208,8 +212,10 @@ def resumed_at_hook(model, run: CleanRun, hook: HookPoint, edits: Sequence[Activ
     return out
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
-    """a == b up to float rounding, relative to the larger entries (residuals reach the hundreds)."""
+def close_up_to_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a == b up to float rounding (of b's dtype: bf16 rounds at 4e-3), relative to the larger entries
+    (residuals reach the hundreds)."""
+    rtol = max(1e-4, 4 * torch.finfo(b.dtype).eps) if b.is_floating_point() else 0.0
     scale = float(b.abs().max()) if b.numel() else 0.0
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-6)))
 
@@ -225,13 +231,13 @@ def resume_problem(model, hook: HookPoint, probe: CleanRun) -> str | None:
         norm = final_norm(model)
     except TypeError as err:
         return str(err)
-    if probe.resid[-1] is None or not _close(norm(probe.resid[-1]), probe.last_hidden):
+    if probe.resid[-1] is None or not close_up_to_rounding(norm(probe.resid[-1]), probe.last_hidden):
         return "its hidden states are not its final norm of the last decoder layer's output"
     try:
         again = resumed_at_hook(model, probe, hook, [lambda acts: None])[0]
     except (TypeError, ValueError, NotImplementedError, RuntimeError) as err:
         return f"replaying its decoder layers failed ({type(err).__name__}: {err})"
-    if not _close(again, probe.resid[-1]):
+    if not close_up_to_rounding(again, probe.resid[-1]):
         return "replaying its decoder layers from the hook does not reproduce its forward"
     return None
 
@@ -250,7 +256,7 @@ def uniform_final_residual(model, hook: HookPoint, probe: CleanRun, value: torch
     `probe` (a `clean_run` of a few tokens) and every position must agree."""
     final = resumed_at_hook(model, probe, hook, [lambda acts: value.to(acts.dtype).expand_as(acts)])[0]
     rows = final.reshape(-1, final.shape[-1])
-    if not _close(rows, rows[:1].expand_as(rows)):
+    if not close_up_to_rounding(rows, rows[:1].expand_as(rows)):
         return None
     return rows[0].clone()
 

@@ -517,3 +517,49 @@ def test_a_model_that_cannot_take_a_shortcut_is_run_in_full(trained_pair, caplog
     assert "cannot be resumed" in caplog.text and "final norm" in caplog.text
     reference, _ = _sums(models, tokens, HOOK, cc, resume=False)
     torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)
+
+
+def _tiny_causal_lm(architecture: str):
+    """A randomly initialised 4-layer model of another family the pipeline loads (AutoModelForCausalLM)."""
+    import transformers
+
+    shape = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)
+    if architecture == "llama":
+        config = transformers.LlamaConfig(**shape)
+        cls = transformers.LlamaForCausalLM
+    elif architecture == "mistral":
+        config = transformers.MistralConfig(**shape, sliding_window=8)  # windows shorter than the contexts
+        cls = transformers.MistralForCausalLM
+    else:  # gemma2: soft-capped logits and attention, sliding layers, norms after attention and MLP
+        config = transformers.Gemma2Config(**shape, head_dim=16, sliding_window=8, final_logit_softcapping=30.0,
+                                           attn_logit_softcapping=50.0, query_pre_attn_scalar=16)
+        cls = transformers.Gemma2ForCausalLM
+    torch.manual_seed(0)
+    return cls(config).eval()
+
+
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma2"])
+def test_other_architectures_give_the_reference_numbers(architecture):
+    """Llama, Mistral (sliding window) and Gemma-2 (soft caps, sliding layers, extra norms): the fast
+    path's per-context sums equal the full-forward reference's, every run resumed from the hook."""
+    import reasondiff.analyze.ce_recovery as ce
+
+    models = [_tiny_causal_lm(architecture) for _ in range(2)]
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    tokens = torch.randint(0, 320, (4, 24))
+    valid = torch.ones(tokens.shape, dtype=torch.bool)
+    valid[3, 15:] = False
+    cc = _random_crosscoder(64, seed=2)
+    full = []
+    real_full = ce.final_hidden
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ce, "final_hidden", lambda *a, **k: full.append(1) or real_full(*a, **k))
+        fast, _ = _sums(models, tokens, "blocks.1.hook_resid_post", cc, resume=True, valid=valid)
+    reference, _ = _sums(models, tokens, "blocks.1.hook_resid_post", cc, resume=False, valid=valid)
+    torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)
+    paper = reference.sums[:, 0, CONVENTIONS.index("paper")].sum(0)
+    assert paper[SUMS.index("ce_zero_ablation")] != pytest.approx(float(paper[SUMS.index("ce_clean")]), abs=1e-2)
+    assert not full  # resumed: every family's layers replay from the hook

@@ -39,6 +39,7 @@ import torch
 from reasondiff.hooks import residual_hook, select_positions
 from reasondiff.resume_forward import (
     clean_run,
+    close_up_to_rounding,
     final_norm,
     resume_problem,
     resumed_at_hook,
@@ -331,7 +332,7 @@ def clean_pass(model, tokens: torch.Tensor, hook, *, resume: bool) -> CleanPass:
             with residual_hook(model, hook, observe):
                 run = clean_run(model, tokens, from_layer=hook.layer)
             norm = final_norm(model)
-            if _close_enough(norm(run.resid[-1]), run.last_hidden):
+            if close_up_to_rounding(norm(run.resid[-1]), run.last_hidden):
                 zero = torch.zeros(run.last_hidden.shape[-1], device=run.last_hidden.device)
                 uniform = uniform_final_residual(model, hook, probe, zero)
                 return CleanPass(captured["acts"], run.last_hidden, run, None if uniform is None else norm(uniform))
@@ -340,10 +341,6 @@ def clean_pass(model, tokens: torch.Tensor, hook, *, resume: bool) -> CleanPass:
         _log_fallback(model, hook, problem)
     hidden = final_hidden(model, tokens, hook, observe)
     return CleanPass(captured["acts"], hidden)
-
-
-def _close_enough(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-4 * max(float(b.abs().max()), 1e-6)))
 
 
 @torch.no_grad()
