@@ -397,9 +397,9 @@ def _sums(models, tokens, hook_name, crosscoder, *, resume, valid=None, keep_fir
     return meter, outs
 
 
-@pytest.mark.parametrize("hook_name", ["blocks.2.hook_resid_pre", "blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid",
-                                       "blocks.2.hook_resid_post", "blocks.3.hook_resid_post"])
-@pytest.mark.parametrize("keep_first", [True, False])
+@pytest.mark.parametrize(("hook_name", "keep_first"), [
+    ("blocks.2.hook_resid_pre", True), ("blocks.2.hook_resid_pre", False), ("blocks.0.hook_resid_pre", True),
+    ("blocks.1.hook_resid_mid", True), ("blocks.2.hook_resid_post", False), ("blocks.3.hook_resid_post", True)])
 def test_resumed_runs_give_the_reference_numbers(trained_pair, hook_name, keep_first):
     """Every per-context sum (CE and KL of every run, both conventions, both models) from the fast path
     equals the reference's (a full forward with hooks per run, every prediction unembedded), for every
