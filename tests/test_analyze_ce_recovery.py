@@ -441,10 +441,12 @@ def test_resumed_runs_give_the_reference_numbers(trained_pair, hook_name, keep_f
         reference, ref_out = _sums(models, tokens, hook_name, cc, resume=False, valid=valid, keep_first=keep_first,
                                    max_norm_ratio=10.0)
     # the fast path took its shortcuts: no full forward, the paper's zero ablation one vector, the
-    # other runs (spliced twice: the massive token; zero-ablated without the sink) cut to the batch's
-    # real columns; the reference: (2 batches x 2 models) x (1 clean + 4 runs) full forwards
+    # other runs (spliced twice: the massive token; zero-ablated without the sink) of each context
+    # alone at its own length (batch by batch, model by model); the reference: (2 batches x 2
+    # models) x (1 clean + 4 runs) full forwards
     d = models[0].config.hidden_size
-    assert shapes[:4] == [[(2, 32, d), (d,), (2, 32, d), (2, 32, d)]] * 2 + [[(2, 27, d), (d,), (2, 27, d), (2, 27, d)]] * 2
+    runs = [[(1, n, d), (d,), (1, n, d), (1, n, d)] for n in (32, 20, 32, 20, 27, 25, 27, 25)]
+    assert shapes[:8] == runs
     assert len(full_forwards) == 2 * 2 * 5
     torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)
     for row, ref_row in zip(fast.rows(n_bootstrap=200), reference.rows(n_bootstrap=200), strict=True):
@@ -563,3 +565,30 @@ def test_other_architectures_give_the_reference_numbers(architecture):
     paper = reference.sums[:, 0, CONVENTIONS.index("paper")].sum(0)
     assert paper[SUMS.index("ce_zero_ablation")] != pytest.approx(float(paper[SUMS.index("ce_clean")]), abs=1e-2)
     assert not full  # resumed: every family's layers replay from the hook
+
+
+def test_each_context_makes_only_its_own_distinct_runs(trained_pair, monkeypatch):
+    """A massive token in one context of a batch costs that context a third run (its two conventions
+    splice different positions), not the others; the numbers stay the reference's."""
+    import reasondiff.analyze.ce_recovery as ce
+
+    models, tokens = trained_pair
+    cc = _random_crosscoder(models[0].config.hidden_size, seed=3)
+    real, real_runs = ce.counted_positions, ce.intervened_runs
+    counts = []
+
+    def massive_in_first_context(x_raw, **kwargs):  # of each batch
+        x_raw = x_raw.clone()
+        x_raw[0, 5] *= 100.0
+        return real(x_raw, **kwargs)
+
+    def spy_runs(model, tokens, hook, clean, edits):
+        counts.append(len(edits))
+        return real_runs(model, tokens, hook, clean, edits)
+
+    monkeypatch.setattr(ce, "counted_positions", massive_in_first_context)
+    monkeypatch.setattr(ce, "intervened_runs", spy_runs)
+    fast, _ = _sums(models, tokens, HOOK, cc, resume=True, max_norm_ratio=10.0)
+    assert counts == [4, 3] * 4  # per batch, model and context: only each batch's first has a massive token
+    reference, _ = _sums(models, tokens, HOOK, cc, resume=False, max_norm_ratio=10.0)
+    torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)

@@ -32,12 +32,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from reasondiff.hooks import residual_hook, select_positions
 from reasondiff.resume_forward import (
+    CleanRun,
     clean_run,
     close_up_to_rounding,
     final_norm,
@@ -287,8 +289,7 @@ def distinct_runs(masks: dict[str, tuple[torch.Tensor, ...]], valid: torch.Tenso
 
 PROBE_TOKENS = 16
 """Tokens of the short run that checks, per batch and model, that resuming reproduces the full
-forward and that a zero ablation everywhere gives every position the same output (a few % of a
-512-token context's forward)."""
+forward and that a zero ablation everywhere gives every position the same output."""
 
 _fallbacks_logged: set[tuple[str, str, str]] = set()
 
@@ -298,47 +299,68 @@ def _log_fallback(model, hook, reason: str) -> None:
     if key not in _fallbacks_logged:
         _fallbacks_logged.add(key)
         log.warning("CE recovery: %s at %s cannot be resumed from the hook (%s); its intervened runs are full "
-                    "forwards instead (same numbers, ~2-3x the time)", type(model).__name__, hook.name, reason)
+                    "forwards instead (same numbers, ~2x the time)", type(model).__name__, hook.name, reason)
 
 
-class CleanPass:
-    """One model's clean run on a batch: the activations at the hook [B, T, d], its final hidden
-    states [B, T, d], the layer inputs to resume from (`resume_forward.CleanRun`, None when the model
-    is run in full forwards) and the zero-everywhere run's hidden state [d] when it is one vector."""
+@dataclass
+class ResumeCheck:
+    """What a short probe run said about resuming one model at the hook."""
 
-    def __init__(self, acts, hidden, run=None, uniform_zero=None):
-        self.acts, self.hidden, self.run, self.uniform_zero = acts, hidden, run, uniform_zero
+    problem: str | None
+    """Why resuming would not reproduce the model's forward (None: it does)."""
+    uniform_zero: torch.Tensor | None = None
+    """The final hidden state [d] of every position under a zero ablation of every position, when
+    the model gives every position the same one (`resume_forward.uniform_final_residual`)."""
 
 
 @torch.no_grad()
-def clean_pass(model, tokens: torch.Tensor, hook, *, resume: bool) -> CleanPass:
-    """The clean run of `model` on `tokens` [B, T]. With `resume`, ONE forward that keeps the
-    residual stream at the hook and the arguments of the layers after it (when a short probe shows
-    that resuming from there reproduces this model's full forward; otherwise the reason is logged and
-    its intervened runs will be full forwards)."""
+def check_resume(model, tokens: torch.Tensor, hook) -> ResumeCheck:
+    """Probe `model` on the first PROBE_TOKENS tokens of `tokens` [B, T]: can its runs resume at `hook`?"""
+    try:
+        probe = clean_run(model, tokens[:1, :PROBE_TOKENS], from_layer=hook.layer)
+    except (NotImplementedError, TypeError) as err:
+        return ResumeCheck(str(err))
+    problem = resume_problem(model, hook, probe)
+    if problem is not None:
+        return ResumeCheck(problem)
+    zero = torch.zeros(probe.last_hidden.shape[-1], device=probe.last_hidden.device)
+    uniform = uniform_final_residual(model, hook, probe, zero)
+    return ResumeCheck(None, None if uniform is None else final_norm(model)(uniform))
+
+
+@dataclass
+class CleanPass:
+    """One model's clean run on some contexts."""
+
+    acts: torch.Tensor
+    """[B, T, d] the activations at the hook."""
+    hidden: torch.Tensor
+    """[B, T, d] the final hidden states (after the final norm)."""
+    run: CleanRun | None = None
+    """The layer inputs to resume from; None when the model's runs are full forwards."""
+    uniform_zero: torch.Tensor | None = None
+    """See ResumeCheck.uniform_zero."""
+
+
+@torch.no_grad()
+def clean_pass(model, tokens: torch.Tensor, hook, check: ResumeCheck | None) -> CleanPass:
+    """The clean run of `model` on `tokens` [B, T]. When `check` says the model can be resumed, ONE
+    forward that keeps the residual stream at the hook and the arguments of the layers after it;
+    otherwise (the reason logged; `check` None: the reference) a plain forward with the hook."""
     captured: dict[str, torch.Tensor] = {}
 
     def observe(acts: torch.Tensor) -> None:
         captured["acts"] = acts.detach()
 
-    if resume:
-        try:
-            probe = clean_run(model, tokens[:1, :PROBE_TOKENS], from_layer=hook.layer)
-        except (NotImplementedError, TypeError) as err:
-            probe, problem = None, str(err)
-        else:
-            problem = resume_problem(model, hook, probe)
-        if problem is None:
-            with residual_hook(model, hook, observe):
-                run = clean_run(model, tokens, from_layer=hook.layer)
-            norm = final_norm(model)
-            if close_up_to_rounding(norm(run.resid[-1]), run.last_hidden):
-                zero = torch.zeros(run.last_hidden.shape[-1], device=run.last_hidden.device)
-                uniform = uniform_final_residual(model, hook, probe, zero)
-                return CleanPass(captured["acts"], run.last_hidden, run, None if uniform is None else norm(uniform))
-            _log_fallback(model, hook, "its hidden states are not its final norm of the last decoder layer's output")
-            return CleanPass(captured["acts"], run.last_hidden)
-        _log_fallback(model, hook, problem)
+    if check is not None and check.problem is None:
+        with residual_hook(model, hook, observe):
+            run = clean_run(model, tokens, from_layer=hook.layer)
+        if close_up_to_rounding(final_norm(model)(run.resid[-1]), run.last_hidden):
+            return CleanPass(captured["acts"], run.last_hidden, run, check.uniform_zero)
+        _log_fallback(model, hook, "its hidden states are not its final norm of the last decoder layer's output")
+        return CleanPass(captured["acts"], run.last_hidden)
+    if check is not None:
+        _log_fallback(model, hook, check.problem)
     hidden = final_hidden(model, tokens, hook, observe)
     return CleanPass(captured["acts"], hidden)
 
@@ -360,6 +382,13 @@ def intervened_runs(model, tokens: torch.Tensor, hook, clean: CleanPass,
     return {name: out[name] for name, _, _ in edits}
 
 
+def _row_lengths(valid: torch.Tensor) -> list[int]:
+    """Per context, the positions up to its last real token (at least 2: one prediction)."""
+    length = valid.shape[1]
+    last = torch.where(valid, torch.arange(length), -1).max(1).values
+    return [min(length, max(2, int(v) + 1)) for v in last]
+
+
 @torch.no_grad()
 def ce_recovery_batch(models: Sequence, tokens: torch.Tensor, hook, crosscoder, meter: CERecoveryMeter, *,
                       context_index: torch.Tensor, keep_first: bool, max_norm_ratio: float | None = None,
@@ -373,48 +402,58 @@ def ce_recovery_batch(models: Sequence, tokens: torch.Tensor, hook, crosscoder, 
     - each model runs ONE full forward (clean), keeping the residual stream at the hook and the
       arguments of the layers after it; every intervened run resumes from there
       (`resume_forward.resumed_at_hook`: the layers before the hook would compute the clean run
-      again), all of a model's distinct runs stacked in one batch;
+      again), all of a context's distinct runs stacked in one batch;
     - the zero ablation of every position (paper convention) gives every position of every context
       one and the same hidden state (checked per batch on a short probe): it is computed and
       unembedded once, not per position;
-    - only the predictions some convention scores are unembedded, and the padding columns after
-      every context's last real token are not run at all.
-    A model that cannot be resumed (see `resume_forward.resume_problem`) is run in full forwards,
-    the reason logged.
+    - each context runs alone at its own length (padding is never run: reasoning conversations are
+      ~20% padding) and with its own distinct runs (a massive token in one context does not cost
+      the others a third run); only the predictions some convention scores are unembedded.
+    The batch still sets which positions count (`counted_positions`: the massive-token rule reads
+    the batch median, as harvest's does). A model that cannot be resumed (see
+    `resume_forward.resume_problem`) is run in full forwards, the reason logged.
 
     Returns what the clean runs produced for the other analyses: raw activations x_raw
     [B, T, n_models, d] (float32, on the crosscoder's device), x_norm, latents f, the normalised
     reconstruction and `counted` [B, T], the positions the crosscoder stands in for."""
     full_length = tokens.shape[1]
     valid = torch.ones(tokens.shape, dtype=torch.bool) if valid is None else valid.bool().cpu()
-    if resume and valid.any():
-        # right padding after the batch's last real token changes no real prediction: do not run it
-        width = max(2, int(valid.any(0).nonzero().max()) + 1)
-        tokens, valid = tokens[:, :width], valid[:, :width]
-    clean = [clean_pass(model, tokens, hook, resume=resume) for model in models]
+    if resume:  # right padding after a context's last real token changes none of its predictions
+        groups = [(slice(b, b + 1), length) for b, length in enumerate(_row_lengths(valid))]
+    else:
+        groups = [(slice(None), full_length)]
+    width = max(length for _, length in groups)
+    tokens, valid = tokens[:, :width], valid[:, :width]
+    checks = [check_resume(model, tokens, hook) if resume else None for model in models]
+    clean = [[clean_pass(model, tokens[rows, :length], hook, check) for rows, length in groups]
+             for model, check in zip(models, checks, strict=True)]
     device = crosscoder.W_dec.device
-    x_raw = torch.stack([c.acts.to(device=device, dtype=torch.float32) for c in clean], dim=2)
+    x_raw = torch.stack([torch.cat([_pad_positions(c.acts.to(device=device, dtype=torch.float32), width)
+                                    for c in per_model]) for per_model in clean], dim=2)
     counted = counted_positions(x_raw, keep_first=keep_first, max_norm_ratio=max_norm_ratio, valid=valid)
     f, recon_norm, recon_raw = reconstruct_raw(crosscoder, x_raw)
-    masks = intervention_masks(counted.cpu(), valid)
-    made, keys = distinct_runs(masks, valid)
-    scored_somewhere = (masks["paper"][2] | masks["sink_preserving"][2]) if resume else None
     for m, model in enumerate(models):
-        edits = [(name, _intervention(recon_raw[:, :, m] if kind == "spliced" else None, where),
-                  kind == "zero_ablation" and bool((where | ~valid).all()))
-                 for name, kind, where in made]
-        runs = intervened_runs(model, tokens, hook, clean[m], edits)
-        ce_clean, ce, kl = score_runs(model, tokens, clean[m].hidden, runs, positions=scored_somewhere)
-        clean[m] = None  # its activations are no longer needed: free them before the next model
-        del runs
-        for convention, (_, _, scored) in masks.items():
-            w = scored.double()
-            meter.add(context_index, m, convention, {
-                "n_predictions": w.sum(1), "ce_clean": (ce_clean * w).sum(1),
-                "ce_zero_ablation": (ce[keys[(convention, "zero_ablation")]] * w).sum(1),
-                "ce_spliced": (ce[keys[(convention, "spliced")]] * w).sum(1),
-                "kl_zero_ablation": (kl[keys[(convention, "zero_ablation")]] * w).sum(1),
-                "kl_spliced": (kl[keys[(convention, "spliced")]] * w).sum(1)})
+        for g, (rows, length) in enumerate(groups):
+            group_valid = valid[rows, :length]
+            masks = intervention_masks(counted[rows, :length].cpu(), group_valid)
+            made, keys = distinct_runs(masks, group_valid)
+            edits = [(name, _intervention(recon_raw[rows, :length, m] if kind == "spliced" else None, where),
+                      kind == "zero_ablation" and bool((where | ~group_valid).all()))
+                     for name, kind, where in made]
+            runs = intervened_runs(model, tokens[rows, :length], hook, clean[m][g], edits)
+            scored_somewhere = (masks["paper"][2] | masks["sink_preserving"][2]) if resume else None
+            ce_clean, ce, kl = score_runs(model, tokens[rows, :length], clean[m][g].hidden, runs,
+                                          positions=scored_somewhere)
+            clean[m][g] = None  # its activations are no longer needed: free them
+            del runs
+            for convention, (_, _, scored) in masks.items():
+                w = scored.double()
+                meter.add(context_index[rows], m, convention, {
+                    "n_predictions": w.sum(1), "ce_clean": (ce_clean * w).sum(1),
+                    "ce_zero_ablation": (ce[keys[(convention, "zero_ablation")]] * w).sum(1),
+                    "ce_spliced": (ce[keys[(convention, "spliced")]] * w).sum(1),
+                    "kl_zero_ablation": (kl[keys[(convention, "zero_ablation")]] * w).sum(1),
+                    "kl_spliced": (kl[keys[(convention, "spliced")]] * w).sum(1)})
     out = {"x_raw": x_raw, "x_norm": crosscoder.normalise(x_raw), "f": f, "recon_norm": recon_norm, "counted": counted}
     return {name: _pad_positions(value, full_length) for name, value in out.items()}
 
