@@ -17,13 +17,11 @@ every `analyze.checkpoint_every` batches; a killed run resumes from there.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from reasondiff import artifacts
 from reasondiff.analyze.ce_recovery import (
@@ -58,6 +56,7 @@ from reasondiff.crosscoder.geometry import (
 )
 from reasondiff.crosscoder.loss import ExplainedVarianceMeter
 from reasondiff.errors import UserError
+from reasondiff.streamed_pass import PassState, resumable_pass
 from reasondiff.tracking import require_finite
 
 log = logging.getLogger(__name__)
@@ -179,32 +178,6 @@ def _zero_uncounted(f: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
     return f * counted.to(device=f.device, dtype=f.dtype).unsqueeze(-1)
 
 
-class PassState:
-    """The streaming sums of one pass plus how many batches they cover, saved atomically."""
-
-    def __init__(self, path: Path, fingerprint: dict[str, Any], parts: dict[str, Any]):
-        self.path, self.fingerprint, self.parts = path, fingerprint, parts
-        self.batches_done = 0
-        self.finished = False
-
-    def try_resume(self) -> None:
-        if not self.path.is_file():
-            return
-        state = torch.load(self.path, weights_only=True)
-        if state.get("fingerprint") != self.fingerprint or set(state["parts"]) != set(self.parts):
-            log.info("%s was written for other settings: starting this pass over", self.path.name)
-            return
-        for name, part in self.parts.items():
-            part.load_state_dict(state["parts"][name])
-        self.batches_done, self.finished = int(state["batches_done"]), bool(state["finished"])
-        log.info("resuming %s after %d batches%s", self.path.name, self.batches_done, " (finished)" if self.finished else "")
-
-    def save(self) -> None:
-        state = {"fingerprint": self.fingerprint, "batches_done": self.batches_done, "finished": self.finished,
-                 "parts": {name: part.state_dict() for name, part in self.parts.items()}}
-        artifacts.atomic_save(self.path, lambda tmp: torch.save(state, tmp))
-
-
 def _fingerprint(cfg: Config, texts: Contexts, cc_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     weights = cc_dir / "crosscoder.safetensors"
     stat = weights.stat()
@@ -213,26 +186,9 @@ def _fingerprint(cfg: Config, texts: Contexts, cc_dir: Path, extra: dict[str, An
             **extra}
 
 
-def _batches(n: int, batch_size: int, start: int):
-    for b, lo in enumerate(range(0, n, batch_size)):
-        if b >= start:
-            yield b, slice(lo, min(n, lo + batch_size))
-
-
 def _resumable_pass(cfg: Config, state: PassState, n_contexts: int, step, *, desc: str) -> dict:
-    """Run `step(rows)` over the contexts in batches, resuming from and saving to `state`."""
-    state.try_resume()
-    bs = cfg.hardware.analyze_batch_size
-    if not state.finished:
-        for b, rows in tqdm(_batches(n_contexts, bs, state.batches_done), total=math.ceil(n_contexts / bs),
-                            initial=state.batches_done, desc=desc):
-            step(rows)
-            state.batches_done = b + 1
-            if state.batches_done % cfg.analyze.checkpoint_every == 0:
-                state.save()
-        state.finished = True
-        state.save()
-    return state.parts
+    return resumable_pass(state, n_contexts, cfg.hardware.analyze_batch_size, step,
+                          checkpoint_every=cfg.analyze.checkpoint_every, desc=desc)
 
 
 def partial_file(ctx_dir: Path, text: str) -> Path:
