@@ -2,17 +2,18 @@
 written out in the schemas of the real datasets (s1K-1.1, gsm8k, MATH-500, boolq, a Pile-like
 `text` corpus) so every stage's real loading code runs on it.
 
-The tasks are two-digit arithmetic in two or three steps, with carries and borrows: word problems
-(gsm8k), bare expressions (MATH-500) and yes/no questions whose answer needs one computation from
-the passage (boolq). A model of the tiny size cannot produce such an answer in one forward pass
-with any reliability, but it can by writing the column method down, one digit fact per step
-(`47+38: 7+8=15, 4+3+1=8, so 85.`), each step a fact it has seen many times.
+Every task is a running count changed a few times by one-digit amounts: word problems (gsm8k),
+bare expressions (MATH-500) and yes/no questions whose answer needs the count computed from the
+passage and compared (boolq). Written out, each change is one small fact the tiny model has seen
+many times (`23+8=31.`); answered at once, the result of two to five changes in one forward pass
+is beyond a model of the tiny size, so it guesses a number near the start.
 
-- The base model's corpus holds prose, worked solutions written as text ("Solution: ...") and chat
-  turns in which the assistant answers *directly* (an instruct model before reasoning fine-tuning):
-  it can work a problem out, but in a chat it answers at once, and is often wrong.
-- The s1K-style rows put the same worked solutions in the s1 layout as the assistant's thinking,
-  so the fine-tune teaches the model to think before it answers in a chat.
+- The base model's corpus holds prose, worked solutions written as text ("Solution: 23+8=31. ...")
+  and chat turns in which the assistant answers *directly* (an instruct model before reasoning
+  fine-tuning): it can work a problem out as text, but in a chat it answers at once.
+- The s1K-style rows put the same worked solutions in the s1 layout as the assistant's thinking, so
+  the fine-tune teaches the model to think in a chat before it answers. A problem takes one to five
+  steps, so longer token limits let more traces reach their answer (the paper's scaling shape).
 - The bench questions are held out: no question of the corpus or the SFT rows has the same numbers
   (in order) as a bench question of any task (`question_key`).
 """
@@ -35,44 +36,35 @@ VERBS = ["sees", "finds", "passes", "likes", "follows", "paints", "moves", "open
 GAINS = ["buys {n} more", "finds {n} more", "gets {n} more"]
 LOSSES = ["gives away {n}", "sells {n}", "loses {n}"]
 
-MIN_VALUE, MAX_VALUE = 10, 299
-"""Every number in a problem, and every intermediate result, stays in this range: the column
-method's steps then always have a units digit and a tens part (x // 10), and no result loses a digit."""
+MIN_COUNT, MAX_COUNT = 1, 9
+"""Every count, start and intermediate, is one digit: one token under Qwen's digit split, so a step
+`3+4=7.` always has the same shape and its fact is one of a few dozen the model sees many times."""
+MIN_AMOUNT, MAX_AMOUNT = 1, 8
+"""Each change is one digit too, distinct within a problem, so the question names it once."""
 
-GSM8K_STEPS = (1, 2, 3)
-GSM8K_STEP_WEIGHTS = (0.2, 0.5, 0.3)
-MATH_STEPS = (2, 3)
+GSM8K_STEPS = (1, 2, 3, 4, 5)
+GSM8K_STEP_WEIGHTS = (0.1, 0.25, 0.3, 0.2, 0.15)
+MATH_STEPS = (2, 3, 4)
+BOOLQ_STEPS = (1, 2)
 
 
-# --- the column method: the one skill every task needs --------------------------------------------
-
-def column_step(x: int, op: str, y: int) -> str:
-    """One operation worked in columns: units first, then the tens part with the carry or borrow.
-
-    `47+38: 7+8=15, 4+3+1=8, so 85.` — every step is a one-digit fact (or the tens part, at most 29,
-    with one digit), so a tiny model that knows the facts gets the sum right. Written without spaces
-    around the signs: Qwen's tokenizer makes a space before a digit a token of its own."""
-    xu, xt, yu, yt = x % 10, x // 10, y % 10, y // 10
-    if op == "+":
-        units = xu + yu
-        carry = units >= 10
-        tens = f"{xt}+{yt}+1={xt + yt + 1}" if carry else f"{xt}+{yt}={xt + yt}"
-        return f"{x}+{y}: {xu}+{yu}={units}, {tens}, so {x + y}."
-    if op != "-":
-        raise ValueError(f"unknown operation {op!r}")
-    borrow = xu < yu
-    units = f"{xu + 10}-{yu}={xu + 10 - yu}" if borrow else f"{xu}-{yu}={xu - yu}"
-    tens = f"{xt}-{yt}-1={xt - yt - 1}" if borrow else f"{xt}-{yt}={xt - yt}"
-    return f"{x}-{y}: {units}, {tens}, so {x - y}."
-
+# --- the one skill every task needs ---------------------------------------------------------------
 
 def apply(x: int, op: str, y: int) -> int:
+    if op not in "+-":
+        raise ValueError(f"unknown operation {op!r}")
     return x + y if op == "+" else x - y
+
+
+def step_text(x: int, op: str, y: int) -> str:
+    """One change written out: `23+8=31.` Written without spaces around the signs: Qwen's tokenizer
+    makes a space before a digit a token of its own."""
+    return f"{x}{op}{y}={apply(x, op, y)}."
 
 
 @dataclass(frozen=True)
 class Chain:
-    """A start value and operations applied in order: 47, (+, 38), (-, 19) -> 66."""
+    """A start count and the changes applied in order: 23, (+, 8), (-, 5) -> 26."""
 
     start: int
     ops: tuple[tuple[str, int], ...]
@@ -89,21 +81,29 @@ class Chain:
         return self.values[-1]
 
     def steps(self) -> list[str]:
-        return [column_step(x, op, y) for x, (op, y) in zip(self.values, self.ops, strict=False)]
+        return [step_text(x, op, y) for x, (op, y) in zip(self.values, self.ops, strict=False)]
+
+    @property
+    def expression(self) -> str:
+        return f"{self.start}" + "".join(f"{op}{y}" for op, y in self.ops)
 
 
 def random_chain(rng: random.Random, n_ops: int) -> Chain:
-    """Two-digit operands; every intermediate value stays in [MIN_VALUE, MAX_VALUE]."""
-    start, ops, value = rng.randint(MIN_VALUE, 99), [], None
-    value = start
-    for _ in range(n_ops):
-        choices = [op for op, ok in (("+", value + MIN_VALUE <= MAX_VALUE), ("-", value - MIN_VALUE >= MIN_VALUE)) if ok]
-        op = rng.choice(choices)
-        high = min(99, MAX_VALUE - value) if op == "+" else min(99, value - MIN_VALUE)
-        y = rng.randint(MIN_VALUE, high)
-        ops.append((op, y))
-        value = apply(value, op, y)
-    return Chain(start, tuple(ops))
+    """Distinct one-digit changes; every count stays in [MIN_COUNT, MAX_COUNT]."""
+    while True:
+        value = start = rng.randint(MIN_COUNT, MAX_COUNT)
+        unused = list(range(MIN_AMOUNT, MAX_AMOUNT + 1))
+        ops: list[tuple[str, int]] = []
+        while len(ops) < n_ops:
+            moves = [(op, y) for y in unused for op in "+-" if MIN_COUNT <= apply(value, op, y) <= MAX_COUNT]
+            if not moves:
+                break
+            op, y = rng.choice(moves)
+            unused.remove(y)
+            ops.append((op, y))
+            value = apply(value, op, y)
+        if len(ops) == n_ops:
+            return Chain(start, tuple(ops))
 
 
 # --- the three tasks -------------------------------------------------------------------------------
@@ -137,44 +137,55 @@ def question_key(text: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", text))
 
 
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
+"""Each change happens on a day of its own: the trace names the day, then looks up what happened on
+it (the change a step needs is found by its day, not by counting changes)."""
+
+
+def _events(chain: Chain, name: str) -> str:
+    return " ".join(f"On {day} {name} {(GAINS if op == '+' else LOSSES)[y % 3].format(n=y)}."
+                    for day, (op, y) in zip(DAYS, chain.ops, strict=False))
+
+
+def _trace(chain: Chain) -> str:
+    return f"Start: {chain.start}. " + " ".join(f"{day}: {step}" for day, step in zip(DAYS, chain.steps(), strict=False))
+
+
 def word_problem(rng: random.Random, n_ops: int | None = None) -> Problem:
-    """gsm8k-shaped: someone's count of things, changed one to three times."""
-    n_ops = n_ops or rng.choices(GSM8K_STEPS, GSM8K_STEP_WEIGHTS)[0]
-    chain = random_chain(rng, n_ops)
+    """gsm8k-shaped: someone's count of things, changed on one to five days."""
+    chain = random_chain(rng, n_ops or rng.choices(GSM8K_STEPS, GSM8K_STEP_WEIGHTS)[0])
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    events = [rng.choice(GAINS if op == "+" else LOSSES).format(n=y) for op, y in chain.ops]
-    story = events[0] if len(events) == 1 else ", then ".join(events[:-1]) + " and then " + events[-1]
-    question = f"{name} has {chain.start} {item}. {name} {story}. How many {item} does {name} have now?"
-    thinking = " ".join(chain.steps())
-    return Problem("gsm8k", question, thinking, chain.result)
+    last = DAYS[len(chain.ops) - 1]
+    question = f"{name} has {chain.start} {item}. {_events(chain, name)} How many {item} does {name} have after {last}?"
+    return Problem("gsm8k", question, _trace(chain), chain.result)
 
 
 def expression_problem(rng: random.Random, n_ops: int | None = None) -> Problem:
     """MATH-shaped: a bare expression, worked left to right."""
     chain = random_chain(rng, n_ops or rng.choice(MATH_STEPS))
-    expression = f"{chain.start} " + " ".join(f"{op} {y}" for op, y in chain.ops)
-    thinking = " ".join(chain.steps())
-    return Problem("math500", f"Compute ${expression}$.", thinking, chain.result)
+    return Problem("math500", f"Compute ${chain.expression}$.", " ".join(chain.steps()), chain.result)
 
 
-def passage_question(rng: random.Random) -> Problem:
-    """boolq-shaped: a passage and a yes/no question that needs one computation from it.
+def passage_question(rng: random.Random, n_ops: int | None = None) -> Problem:
+    """boolq-shaped: a passage and a yes/no question that needs the count worked out, then compared.
 
-    The other person's count lies within 9 of the answer, so size alone does not give it away."""
-    chain = random_chain(rng, 1)
-    (op, y), result = chain.ops[0], chain.result
+    The other person's count lies within 3 of the result, on either side: neither the start count
+    nor the direction of the changes gives the answer away."""
+    chain = random_chain(rng, n_ops or rng.choice(BOOLQ_STEPS))
+    result = chain.result
     name, other = rng.sample(NAMES, 2)
     item = rng.choice(ITEMS)
     other_count = result
-    while other_count == result or not MIN_VALUE <= other_count <= MAX_VALUE:
-        other_count = result + rng.choice([-1, 1]) * rng.randint(1, 9)
-    event = rng.choice(GAINS if op == "+" else LOSSES).format(n=y)
-    passage = f"{name} has {chain.start} {item} and {other} has {other_count} {item}. Then {name} {event}."
+    while other_count == result or not MIN_COUNT <= other_count <= MAX_COUNT:
+        other_count = result + rng.choice([-1, 1]) * rng.randint(1, 3)
+    passage = f"{name} has {chain.start} {item} and {other} has {other_count} {item}. {_events(chain, name)}"
     more = rng.random() < 0.5
-    question = f"does {name} have {'more' if more else 'fewer'} {item} than {other} now"
+    last = DAYS[len(chain.ops) - 1]
+    question = f"does {name} have {'more' if more else 'fewer'} {item} than {other} after {last}"
     answer = result > other_count if more else result < other_count
-    thinking = f"{chain.steps()[0]} Is {result} {'greater' if more else 'less'} than {other_count}? " \
-               f"{'Yes' if answer else 'No'}."
+    relation = "more" if result > other_count else "fewer"
+    thinking = f"{_trace(chain)} {other}: {other_count}. {result} is {relation} than {other_count}, so " \
+               f"{'yes' if answer else 'no'}."
     return Problem("boolq", question, thinking, answer, passage=passage)
 
 
@@ -210,8 +221,8 @@ def _sentence(rng: random.Random) -> str:
         return f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}."
     if kind == 1:
         return f"{rng.choice(NAMES)} went to {rng.choice(PLACES)} with {rng.randint(2, 9)} {rng.choice(ITEMS)}."
-    a, b = rng.randint(MIN_VALUE, MAX_VALUE), rng.randint(MIN_VALUE, MAX_VALUE)
-    relation = "greater than" if a > b else "less than" if a < b else "equal to"
+    a, b = rng.randint(MIN_COUNT, MAX_COUNT), rng.randint(MIN_COUNT, MAX_COUNT)
+    relation = "more than" if a > b else "fewer than" if a < b else "as many as"
     return f"{a} is {relation} {b}."
 
 
@@ -237,18 +248,39 @@ class ProblemSource:
                 return problem
 
 
+CHAT_SHARE = 0.12
+"""Share of corpus documents that are chat turns answered directly."""
+DRILL_SHARE = 0.1
+"""Share of corpus documents that are drills of the one-step facts (`52+5=57.`, comparisons): the
+facts every written step uses, seen often enough that a model of the tiny size knows them."""
+
+
+def drill_text(rng: random.Random, n_facts: int) -> str:
+    """One-step facts in the traces' own spelling, and comparisons of two counts."""
+    facts = []
+    for _ in range(n_facts):
+        if rng.random() < 0.8:
+            chain = random_chain(rng, 1)
+            facts.append(chain.steps()[0])
+        else:
+            x, y = rng.sample(range(MIN_COUNT, MAX_COUNT + 1), 2)
+            facts.append(f"{x} is {'more' if x > y else 'fewer'} than {y}.")
+    return " ".join(facts)
+
+
 def base_training_text(rng: random.Random, source: ProblemSource) -> str:
     """A pretraining document for the base model: prose, worked solutions written as text, and chat
     turns answered directly (so the base follows the bench prompts, without thinking)."""
     kind = rng.random()
-    if kind < 0.35:
+    if kind < DRILL_SHARE:
+        return drill_text(rng, rng.randint(8, 16))
+    if kind < DRILL_SHARE + CHAT_SHARE:
         problems = [source.draw() for _ in range(rng.randint(1, 3))]
         return "".join(chat_turn(user_turn(p), direct_answer(p)) for p in problems)
-    parts = [general_text(rng, rng.randint(1, 4))]
-    for _ in range(rng.randint(1, 3)):
+    parts = [general_text(rng, rng.randint(0, 1))]
+    for _ in range(rng.randint(2, 3)):
         p = source.draw()
         parts.append(f"Question: {p.user_text} Solution: {p.thinking} Answer: {p.answer_text}.")
-    parts.append(general_text(rng, rng.randint(0, 2)))
     return " ".join(part for part in parts if part)
 
 
