@@ -79,9 +79,11 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """Atomic CSV (floats at full precision)."""
+    """Atomic CSV (floats at full precision). Text is always quoted: a token such as "\r" is not
+    quoted by the minimal rule under a "\n" line terminator, and a reader then splits its row."""
     with artifacts.atomic_write(path, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n",
+                                quoting=csv.QUOTE_NONNUMERIC)
         writer.writeheader()
         writer.writerows(rows)
 
