@@ -47,7 +47,7 @@ experiment-cpu: ## experiments/qwen05b_cpu_v2: the six stages on the offline Qwe
 	$(PY) -m reasondiff.pipeline +exp=qwen05b_cpu_v2 model.path=$(QWEN) $(ARGS)
 	$(PY) -m reasondiff.bench +exp=qwen05b_cpu_v2 model.path=$(QWEN) run=n50 'bench.tasks=[math500,boolq]' bench.limit=50 $(ARGS)
 	$(PY) -m reasondiff.train +exp=qwen05b_cpu_v2 model.path=$(QWEN) run=shared train.shared_latents=0.05 $(ARGS)
-	$(PY) -m reasondiff.analyze +exp=qwen05b_cpu_v2 model.path=$(QWEN) run=shared $(ARGS)
+	$(PY) -m reasondiff.analyze +exp=qwen05b_cpu_v2 model.path=$(QWEN) run=shared analyze.n_heldout_contexts=12 analyze.n_reasoning_contexts=12 $(ARGS)
 	$(PY) experiments/qwen05b_cpu_v2/collect.py outputs/qwen05b_cpu_v2
 
 experiment-cpu-v1: ## experiments/qwen05b_cpu: the first edition (lr 1e-4, bf16, n = 30), as it was run

@@ -373,3 +373,225 @@ def test_exact_crosscoder_on_the_real_qwen_architecture():
     for row in meter.rows(n_bootstrap=100):
         assert row["ce_zero_ablation"] - row["ce_clean"] > 1.0, row
         assert row["ce_recovered"] == pytest.approx(1.0, abs=1e-3), row
+
+
+# --- the stage's fast path (resumed runs) against the reference (full forwards with hooks) ----------
+
+def _random_crosscoder(d_model: int, seed: int = 0) -> CrossCoder:
+    """A crosscoder at its (Kissane) initialisation with a larger decoder, factors != 1: a poor but
+    non-trivial reconstruction, so spliced differs from both clean and ablated."""
+    torch.manual_seed(seed)
+    cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_latents=8 * d_model, dec_init_norm=0.5))
+    with torch.no_grad():
+        cc.scaling_factors.copy_(torch.tensor([0.7, 1.6]))
+    return cc.eval()
+
+
+def _sums(models, tokens, hook_name, crosscoder, *, resume, valid=None, keep_first=True, max_norm_ratio=None):
+    meter = CERecoveryMeter(tokens.shape[0], ("base", "tuned"))
+    hook = parse_hook(hook_name, 4)
+    outs = []
+    for lo in range(0, tokens.shape[0], 2):
+        rows = slice(lo, lo + 2)
+        outs.append(ce_recovery_batch(models, tokens[rows], hook, crosscoder, meter,
+                                      context_index=torch.arange(tokens.shape[0])[rows], keep_first=keep_first,
+                                      max_norm_ratio=max_norm_ratio, valid=None if valid is None else valid[rows],
+                                      resume=resume))
+    return meter, outs
+
+
+@pytest.mark.parametrize(("hook_name", "keep_first"), [
+    ("blocks.2.hook_resid_pre", True), ("blocks.2.hook_resid_pre", False), ("blocks.0.hook_resid_pre", True),
+    ("blocks.1.hook_resid_mid", True), ("blocks.2.hook_resid_post", False), ("blocks.3.hook_resid_post", True)])
+def test_resumed_runs_give_the_reference_numbers(trained_pair, hook_name, keep_first):
+    """Every per-context sum (CE and KL of every run, both conventions, both models) from the fast path
+    equals the reference's (a full forward with hooks per run, every prediction unembedded), for every
+    hook kind, with right padding of different lengths (one context padded past every other's end, so
+    trailing columns are skipped) and a massive token (a third distinct run)."""
+    import reasondiff.analyze.ce_recovery as ce
+
+    models, tokens = trained_pair
+    valid = torch.ones(tokens.shape, dtype=torch.bool)
+    valid[1, 20:] = False
+    valid[2, 27:] = False
+    valid[3, 25:] = False  # contexts 2-3 form a batch whose last 5 columns are padding in both
+    cc = _random_crosscoder(models[0].config.hidden_size)
+    real = ce.counted_positions
+
+    def sixth_is_massive(x_raw, **kwargs):
+        x_raw = x_raw.clone()
+        x_raw[:, 6] *= 100.0
+        return real(x_raw, **kwargs)
+
+    shapes, full_forwards = [], []
+    real_runs, real_full = ce.intervened_runs, ce.final_hidden
+
+    def spy_runs(*args, **kwargs):
+        out = real_runs(*args, **kwargs)
+        shapes.append([tuple(h.shape) for h in out.values()])
+        return out
+
+    def spy_full(*args, **kwargs):
+        full_forwards.append(1)
+        return real_full(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ce, "counted_positions", sixth_is_massive)
+        mp.setattr(ce, "intervened_runs", spy_runs)
+        mp.setattr(ce, "final_hidden", spy_full)
+        fast, fast_out = _sums(models, tokens, hook_name, cc, resume=True, valid=valid, keep_first=keep_first,
+                               max_norm_ratio=10.0)
+        reference, ref_out = _sums(models, tokens, hook_name, cc, resume=False, valid=valid, keep_first=keep_first,
+                                   max_norm_ratio=10.0)
+    # the fast path took its shortcuts: no full forward, the paper's zero ablation one vector, the
+    # other runs (spliced twice: the massive token; zero-ablated without the sink) of each context
+    # alone at its own length (batch by batch, model by model); the reference: (2 batches x 2
+    # models) x (1 clean + 4 runs) full forwards
+    d = models[0].config.hidden_size
+    runs = [[(1, n, d), (d,), (1, n, d), (1, n, d)] for n in (32, 20, 32, 20, 27, 25, 27, 25)]
+    assert shapes[:8] == runs
+    assert len(full_forwards) == 2 * 2 * 5
+    torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)
+    for row, ref_row in zip(fast.rows(n_bootstrap=200), reference.rows(n_bootstrap=200), strict=True):
+        for key, value in ref_row.items():
+            assert row[key] == (pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value), key
+    # the runs are not all alike: the comparison above could fail
+    paper = reference.sums[:, 0, CONVENTIONS.index("paper")].sum(0)
+    assert paper[SUMS.index("ce_zero_ablation")] > paper[SUMS.index("ce_spliced")] > paper[SUMS.index("ce_clean")] + 1
+    # what the clean runs hand to the other analyses is the same, padded back to the batch's length
+    for out, ref in zip(fast_out, ref_out, strict=True):
+        assert out.keys() == ref.keys()
+        torch.testing.assert_close(out["counted"], ref["counted"])
+        counted = ref["counted"]
+        for key in ("x_raw", "x_norm", "f", "recon_norm"):
+            assert out[key].shape == ref[key].shape
+            torch.testing.assert_close(out[key][counted], ref[key][counted], rtol=1e-5, atol=1e-5)
+
+
+def test_the_zero_ablation_everywhere_is_one_vector_for_every_position(trained_pair):
+    """What the shortcut assumes, checked against full forwards longer than the probe: zeroing the
+    hook at every position gives every position of every context the same final hidden state."""
+    from reasondiff.resume_forward import clean_run, final_norm, uniform_final_residual
+
+    model = trained_pair[0][0]
+    for name in ("blocks.2.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"):
+        hook = parse_hook(name, 4)
+        ids = torch.randint(3, 300, (3, 80))
+        probe = clean_run(model, ids[:1, :8], from_layer=hook.layer)
+        vector = uniform_final_residual(model, hook, probe, torch.zeros(model.config.hidden_size))
+        full = final_hidden(model, ids, hook, lambda a: torch.zeros_like(a))
+        torch.testing.assert_close(final_norm(model)(vector).expand_as(full), full, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_that_cannot_take_a_shortcut_is_run_in_full(trained_pair, caplog):
+    """A position signal added inside the layers breaks 'zero everywhere is one vector' (so that run is
+    resumed per position); an output that is not the final norm of the last layer breaks resuming
+    (so every run is a full forward, the reason logged). The numbers are the reference's either way."""
+    import copy
+
+    from reasondiff.resume_forward import clean_run, resume_problem, uniform_final_residual
+
+    models, tokens = trained_pair
+    models = [copy.deepcopy(m) for m in models]
+    hook = parse_hook(HOOK, 4)
+    cc = _random_crosscoder(models[0].config.hidden_size, seed=1)
+
+    def position_signal(module, args, kwargs):
+        hidden = args[0]
+        ramp = torch.linspace(0, 1, hidden.shape[1]).view(1, -1, 1)
+        return (hidden + ramp, *args[1:]), kwargs
+
+    handle = models[0].model.layers[3].register_forward_pre_hook(position_signal, with_kwargs=True)
+    probe = clean_run(models[0], tokens[:1, :16], from_layer=hook.layer)
+    assert resume_problem(models[0], hook, probe) is None
+    assert uniform_final_residual(models[0], hook, probe, torch.zeros(models[0].config.hidden_size)) is None
+    fast, _ = _sums(models, tokens, HOOK, cc, resume=True)
+    reference, _ = _sums(models, tokens, HOOK, cc, resume=False)
+    torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)
+    handle.remove()
+
+    def rescale(module, args, output):  # something after the final norm, as some architectures do
+        output.last_hidden_state = 1.5 * output.last_hidden_state
+        return output
+
+    models[1].model.register_forward_hook(rescale)
+    probe = clean_run(models[1], tokens[:1, :16], from_layer=hook.layer)
+    assert "final norm" in resume_problem(models[1], hook, probe)
+    with caplog.at_level("WARNING"):
+        fast, _ = _sums(models, tokens, HOOK, cc, resume=True)
+    assert "cannot be resumed" in caplog.text and "final norm" in caplog.text
+    reference, _ = _sums(models, tokens, HOOK, cc, resume=False)
+    torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)
+
+
+def _tiny_causal_lm(architecture: str):
+    """A randomly initialised 4-layer model of another family the pipeline loads (AutoModelForCausalLM)."""
+    import transformers
+
+    shape = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)
+    if architecture == "llama":
+        config = transformers.LlamaConfig(**shape)
+        cls = transformers.LlamaForCausalLM
+    elif architecture == "mistral":
+        config = transformers.MistralConfig(**shape, sliding_window=8)  # windows shorter than the contexts
+        cls = transformers.MistralForCausalLM
+    else:  # gemma2: soft-capped logits and attention, sliding layers, norms after attention and MLP
+        config = transformers.Gemma2Config(**shape, head_dim=16, sliding_window=8, final_logit_softcapping=30.0,
+                                           attn_logit_softcapping=50.0, query_pre_attn_scalar=16)
+        cls = transformers.Gemma2ForCausalLM
+    torch.manual_seed(0)
+    return cls(config).eval()
+
+
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma2"])
+def test_other_architectures_give_the_reference_numbers(architecture):
+    """Llama, Mistral (sliding window) and Gemma-2 (soft caps, sliding layers, extra norms): the fast
+    path's per-context sums equal the full-forward reference's, every run resumed from the hook."""
+    import reasondiff.analyze.ce_recovery as ce
+
+    models = [_tiny_causal_lm(architecture) for _ in range(2)]
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    tokens = torch.randint(0, 320, (4, 24))
+    valid = torch.ones(tokens.shape, dtype=torch.bool)
+    valid[3, 15:] = False
+    cc = _random_crosscoder(64, seed=2)
+    full = []
+    real_full = ce.final_hidden
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ce, "final_hidden", lambda *a, **k: full.append(1) or real_full(*a, **k))
+        fast, _ = _sums(models, tokens, "blocks.1.hook_resid_post", cc, resume=True, valid=valid)
+    reference, _ = _sums(models, tokens, "blocks.1.hook_resid_post", cc, resume=False, valid=valid)
+    torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)
+    paper = reference.sums[:, 0, CONVENTIONS.index("paper")].sum(0)
+    assert paper[SUMS.index("ce_zero_ablation")] != pytest.approx(float(paper[SUMS.index("ce_clean")]), abs=1e-2)
+    assert not full  # resumed: every family's layers replay from the hook
+
+
+def test_each_context_makes_only_its_own_distinct_runs(trained_pair, monkeypatch):
+    """A massive token in one context of a batch costs that context a third run (its two conventions
+    splice different positions), not the others; the numbers stay the reference's."""
+    import reasondiff.analyze.ce_recovery as ce
+
+    models, tokens = trained_pair
+    cc = _random_crosscoder(models[0].config.hidden_size, seed=3)
+    real, real_runs = ce.counted_positions, ce.intervened_runs
+    counts = []
+
+    def massive_in_first_context(x_raw, **kwargs):  # of each batch
+        x_raw = x_raw.clone()
+        x_raw[0, 5] *= 100.0
+        return real(x_raw, **kwargs)
+
+    def spy_runs(model, tokens, hook, clean, edits):
+        counts.append(len(edits))
+        return real_runs(model, tokens, hook, clean, edits)
+
+    monkeypatch.setattr(ce, "counted_positions", massive_in_first_context)
+    monkeypatch.setattr(ce, "intervened_runs", spy_runs)
+    fast, _ = _sums(models, tokens, HOOK, cc, resume=True, max_norm_ratio=10.0)
+    assert counts == [4, 3] * 4  # per batch, model and context: only each batch's first has a massive token
+    reference, _ = _sums(models, tokens, HOOK, cc, resume=False, max_norm_ratio=10.0)
+    torch.testing.assert_close(fast.sums, reference.sums, rtol=1e-5, atol=2e-5)

@@ -225,3 +225,14 @@ def test_the_report_rebuilds_from_the_files_alone(experiment, capsys):
     assert "42.5% [27.5, 57.5]" in (experiment / "analyze" / "report.md").read_text()
     with pytest.raises(SystemExit, match="no analyze directory"):
         main([str(experiment / "nothing")])
+
+
+def test_csv_text_with_carriage_return_round_trips(tmp_path):
+    """A token such as "\r" (Qwen has it) must not split its row when the CSV is read back."""
+    from reasondiff.analyze.report import read_csv_rows, write_csv
+
+    rows = [{"latent": 1, "token": "\r", "logit_effect": 0.5}, {"latent": 2, "token": "a,\"b\"\r\n", "logit_effect": -1.0}]
+    write_csv(tmp_path / "t.csv", rows, ["latent", "token", "logit_effect"])
+    back = read_csv_rows(tmp_path / "t.csv")
+    assert [r["token"] for r in back] == ["\r", "a,\"b\"\r\n"]
+    assert [float(r["logit_effect"]) for r in back] == [0.5, -1.0]

@@ -29,12 +29,26 @@ only its final hidden states [B, T, d], and the unembedding, log-softmax, CE and
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from reasondiff.hooks import residual_hook, select_positions
+from reasondiff.resume_forward import (
+    CleanRun,
+    clean_run,
+    close_up_to_rounding,
+    final_norm,
+    resume_problem,
+    resumed_at_hook,
+    uniform_final_residual,
+)
+
+log = logging.getLogger(__name__)
 
 CONVENTIONS = ("paper", "sink_preserving")
 SUMS = ("n_predictions", "ce_clean", "ce_zero_ablation", "ce_spliced", "kl_zero_ablation", "kl_spliced")
@@ -131,8 +145,6 @@ def counted_positions(x_raw: torch.Tensor, *, keep_first: bool, max_norm_ratio: 
     """Bool [B, T] of the positions the crosscoder stands in for, by harvest's own rule
     (hooks.select_positions): real tokens (`valid`), not the sink position 0 when `keep_first`, and
     no token whose norm in either model exceeds `max_norm_ratio` x the batch median. x_raw: [B, T, M, d]."""
-    from reasondiff.hooks import select_positions
-
     return select_positions(x_raw, valid, drop_first_position=keep_first, max_norm_ratio=max_norm_ratio)[0]
 
 
@@ -157,9 +169,8 @@ def reconstruct_raw(crosscoder, x_raw: torch.Tensor) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def final_hidden(model, tokens: torch.Tensor, hook, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
     """The model's last hidden states [B, T, d] (before the unembedding) with `fn` applied at the
-    hook point (`fn` returns a replacement activation, or None to only observe)."""
-    from reasondiff.hooks import residual_hook
-
+    hook point (`fn` returns a replacement activation, or None to only observe): a full forward, the
+    reference the resumed runs of `ce_recovery_batch` are tested against."""
     with residual_hook(model, hook, fn):
         return model.base_model(input_ids=tokens.to(model.device)).last_hidden_state
 
@@ -173,30 +184,79 @@ def log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
+class _Unembedding:
+    """`log_probs` into buffers [rows, vocab] reused chunk after chunk: a [256, 152k] float32 block is
+    155 MB, and allocating (page-faulting) a fresh one per logits / log-softmax / KL term cost a
+    quarter of the scoring time on a CPU. The same kernels as `log_probs` (the head's matmul, the
+    soft cap, log_softmax), so the same numbers; heads other than a float32 nn.Linear use it as is."""
+
+    def __init__(self, model, rows: int, device: torch.device):
+        self.model = model
+        head = model.get_output_embeddings()
+        self.fused = isinstance(head, torch.nn.Linear) and head.weight.dtype == torch.float32
+        self.weight, self.bias = head.weight, head.bias
+        self.cap = getattr(model.config, "final_logit_softcapping", None)
+        vocab = head.weight.shape[0]
+        self.scratch, self.reference, self.p_clean, self.other = (
+            torch.empty(rows, vocab, device=device) for _ in range(4))
+
+    def __call__(self, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """log-probabilities [n, vocab] of hidden states [n, d], written into `out` (uses `scratch`)."""
+        n = hidden.shape[0]
+        if not self.fused:
+            return out[:n].copy_(log_probs(self.model, hidden))
+        logits = self.scratch[:n]
+        if self.bias is None:
+            torch.mm(hidden, self.weight.t(), out=logits)
+        else:
+            torch.addmm(self.bias, hidden, self.weight.t(), out=logits)
+        if self.cap:
+            logits.div_(self.cap).tanh_().mul_(self.cap)
+        return torch.log_softmax(logits, -1, out=out[:n])
+
+
 @torch.no_grad()
 def score_runs(model, tokens: torch.Tensor, clean: torch.Tensor, runs: dict[str, torch.Tensor],
-               chunk: int = UNEMBED_CHUNK) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+               chunk: int = UNEMBED_CHUNK, *, positions: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per prediction [B, T-1]: CE of the clean run, and CE and KL(clean ‖ run) of every other run.
-    clean / runs[name]: final hidden states [B, T, d]; position t predicts token t+1."""
+    clean / runs[name]: final hidden states [B, T, d] (position t predicts token t+1), or for a run
+    that gives every position the same hidden state, that one vector [d] (unembedded once). Only the
+    predictions `positions` [B, T-1] (all when None) are unembedded; the others read 0. CE and KL of a
+    run come from the same log-probabilities, and the clean run's are computed once per chunk."""
     B, T, d = clean.shape
-    target = tokens[:, 1:].reshape(-1).to(clean.device)
-    flat_clean = clean[:, :-1].reshape(-1, d)
-    flat_runs = {name: h[:, :-1].reshape(-1, d) for name, h in runs.items()}
-    ce_clean = torch.empty(B * (T - 1))
-    ce = {name: torch.empty(B * (T - 1)) for name in runs}
-    kl = {name: torch.empty(B * (T - 1)) for name in runs}
-    for lo in range(0, B * (T - 1), chunk):
-        hi = min(lo + chunk, B * (T - 1))
+    where = torch.ones(B, T - 1, dtype=torch.bool) if positions is None else positions.to("cpu", torch.bool)
+    index = where.reshape(-1).nonzero().squeeze(-1)
+    target = tokens[:, 1:].reshape(-1)[index].to(clean.device)
+    rows = index.to(clean.device)
+    flat_clean = clean[:, :-1].reshape(-1, d)[rows]
+    flat_runs = {name: h[:, :-1].reshape(-1, d)[rows] for name, h in runs.items() if h.dim() == 3}
+    uniform = {name: log_probs(model, h.reshape(1, d))[0] for name, h in runs.items() if h.dim() == 1}
+    n = len(index)
+    ce_clean = torch.empty(n)
+    ce = {name: torch.empty(n) for name in runs}
+    kl = {name: torch.empty(n) for name in runs}
+    unembed = _Unembedding(model, min(chunk, n), clean.device) if n else None
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
         tgt = target[lo:hi, None]
-        reference = log_probs(model, flat_clean[lo:hi])
+        reference = unembed(flat_clean[lo:hi], unembed.reference)
+        p_clean = torch.exp(reference, out=unembed.p_clean[:hi - lo])
         ce_clean[lo:hi] = -reference.gather(-1, tgt).squeeze(-1).cpu()
-        for name, h in flat_runs.items():
-            other = log_probs(model, h[lo:hi])
+        for name in runs:
+            other = unembed(flat_runs[name][lo:hi], unembed.other) if name in flat_runs else uniform[name].expand_as(reference)
             ce[name][lo:hi] = -other.gather(-1, tgt).squeeze(-1).cpu()
-            # KL(clean ‖ run) = Σ_v p_clean (log p_clean − log p_run)
-            kl[name][lo:hi] = F.kl_div(other, reference, log_target=True, reduction="none").sum(-1).cpu()
-    view = (B, T - 1)
-    return ce_clean.view(view), {k: v.view(view) for k, v in ce.items()}, {k: v.view(view) for k, v in kl.items()}
+            # KL(clean ‖ run) = Σ_v p_clean (log p_clean − log p_run), as F.kl_div(log_target=True)
+            terms = torch.sub(reference, other, out=unembed.scratch[:hi - lo]).mul_(p_clean)
+            kl[name][lo:hi] = terms.sum(-1).cpu()
+    del unembed
+
+    def scatter(values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(B * (T - 1))
+        out[index] = values
+        return out.view(B, T - 1)
+
+    return scatter(ce_clean), {k: scatter(v) for k, v in ce.items()}, {k: scatter(v) for k, v in kl.items()}
 
 
 def intervention_masks(counted: torch.Tensor, valid: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -209,54 +269,202 @@ def intervention_masks(counted: torch.Tensor, valid: torch.Tensor) -> dict[str, 
             "sink_preserving": (counted, counted, counted[:, :-1] & scored)}
 
 
+def distinct_runs(masks: dict[str, tuple[torch.Tensor, ...]], valid: torch.Tensor,
+                  ) -> tuple[list[tuple[str, str, torch.Tensor]], dict[tuple[str, str], str]]:
+    """The intervened runs to make: ([(name, kind, positions touched)], (convention, kind) -> name).
+    Runs whose touched positions agree on the real tokens are the same run (right padding comes after
+    every real token, so it never changes a real prediction): each distinct one is made once, e.g.
+    the spliced run of both conventions when no massive token sits after the sink."""
+    made: list[tuple[str, str, torch.Tensor]] = []
+    keys: dict[tuple[str, str], str] = {}
+    for convention, (spliced_at, zeroed_at, _) in masks.items():
+        for kind, where in (("spliced", spliced_at), ("zero_ablation", zeroed_at)):
+            name = next((n for n, k, w in made if k == kind and torch.equal(w & valid, where & valid)), None)
+            if name is None:
+                name = f"{kind}:{convention}"
+                made.append((name, kind, where))
+            keys[(convention, kind)] = name
+    return made, keys
+
+
+PROBE_TOKENS = 16
+"""Tokens of the short run that checks, per batch and model, that resuming reproduces the full
+forward and that a zero ablation everywhere gives every position the same output."""
+
+_fallbacks_logged: set[tuple[str, str, str]] = set()
+
+
+def _log_fallback(model, hook, reason: str) -> None:
+    key = (type(model).__name__, hook.name, reason)
+    if key not in _fallbacks_logged:
+        _fallbacks_logged.add(key)
+        log.warning("CE recovery: %s at %s cannot be resumed from the hook (%s); its intervened runs are full "
+                    "forwards instead (same numbers, ~2x the time)", type(model).__name__, hook.name, reason)
+
+
+@dataclass
+class ResumeCheck:
+    """What a short probe run said about resuming one model at the hook."""
+
+    problem: str | None
+    """Why resuming would not reproduce the model's forward (None: it does)."""
+    uniform_zero: torch.Tensor | None = None
+    """The final hidden state [d] of every position under a zero ablation of every position, when
+    the model gives every position the same one (`resume_forward.uniform_final_residual`)."""
+
+
+@torch.no_grad()
+def check_resume(model, tokens: torch.Tensor, hook) -> ResumeCheck:
+    """Probe `model` on the first PROBE_TOKENS tokens of `tokens` [B, T]: can its runs resume at `hook`?"""
+    try:
+        probe = clean_run(model, tokens[:1, :PROBE_TOKENS], from_layer=hook.layer)
+    except (NotImplementedError, TypeError) as err:
+        return ResumeCheck(str(err))
+    problem = resume_problem(model, hook, probe)
+    if problem is not None:
+        return ResumeCheck(problem)
+    zero = torch.zeros(probe.last_hidden.shape[-1], device=probe.last_hidden.device)
+    uniform = uniform_final_residual(model, hook, probe, zero)
+    return ResumeCheck(None, None if uniform is None else final_norm(model)(uniform))
+
+
+@dataclass
+class CleanPass:
+    """One model's clean run on some contexts."""
+
+    acts: torch.Tensor
+    """[B, T, d] the activations at the hook."""
+    hidden: torch.Tensor
+    """[B, T, d] the final hidden states (after the final norm)."""
+    run: CleanRun | None = None
+    """The layer inputs to resume from; None when the model's runs are full forwards."""
+    uniform_zero: torch.Tensor | None = None
+    """See ResumeCheck.uniform_zero."""
+
+
+@torch.no_grad()
+def clean_pass(model, tokens: torch.Tensor, hook, check: ResumeCheck | None) -> CleanPass:
+    """The clean run of `model` on `tokens` [B, T]. When `check` says the model can be resumed, ONE
+    forward that keeps the residual stream at the hook and the arguments of the layers after it;
+    otherwise (the reason logged; `check` None: the reference) a plain forward with the hook."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def observe(acts: torch.Tensor) -> None:
+        captured["acts"] = acts.detach()
+
+    if check is not None and check.problem is None:
+        with residual_hook(model, hook, observe):
+            run = clean_run(model, tokens, from_layer=hook.layer)
+        if close_up_to_rounding(final_norm(model)(run.resid[-1]), run.last_hidden):
+            return CleanPass(captured["acts"], run.last_hidden, run, check.uniform_zero)
+        _log_fallback(model, hook, "its hidden states are not its final norm of the last decoder layer's output")
+        return CleanPass(captured["acts"], run.last_hidden)
+    if check is not None:
+        _log_fallback(model, hook, check.problem)
+    hidden = final_hidden(model, tokens, hook, observe)
+    return CleanPass(captured["acts"], hidden)
+
+
+@torch.no_grad()
+def intervened_runs(model, tokens: torch.Tensor, hook, clean: CleanPass,
+                    edits: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], bool]]) -> dict[str, torch.Tensor]:
+    """Final hidden states of `model` under each (name, edit at the hook, zero everywhere?) of `edits`:
+    [B, T, d], or [d] for a zero ablation of every real position when one vector serves every position
+    (`resume_forward.uniform_final_residual`). Resumed from the hook when `clean.run` holds the
+    layer inputs (all of them stacked in one batch), else full forwards."""
+    if clean.run is None:
+        return {name: final_hidden(model, tokens, hook, edit) for name, edit, _ in edits}
+    out = {name: clean.uniform_zero for name, _, everywhere in edits if everywhere and clean.uniform_zero is not None}
+    rest = [(name, edit) for name, edit, _ in edits if name not in out]
+    norm = final_norm(model)
+    for (name, _), final in zip(rest, resumed_at_hook(model, clean.run, hook, [edit for _, edit in rest]), strict=True):
+        out[name] = norm(final)
+    return {name: out[name] for name, _, _ in edits}
+
+
+def _row_lengths(valid: torch.Tensor) -> list[int]:
+    """Per context, the positions up to its last real token (at least 2: one prediction)."""
+    length = valid.shape[1]
+    last = torch.where(valid, torch.arange(length), -1).max(1).values
+    return [min(length, max(2, int(v) + 1)) for v in last]
+
+
 @torch.no_grad()
 def ce_recovery_batch(models: Sequence, tokens: torch.Tensor, hook, crosscoder, meter: CERecoveryMeter, *,
                       context_index: torch.Tensor, keep_first: bool, max_norm_ratio: float | None = None,
-                      valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      valid: torch.Tensor | None = None, resume: bool = True) -> dict[str, torch.Tensor]:
     """Clean, zero-ablated and spliced runs of every model on one batch of contexts [B, T] (right-
     padded where `valid` [B, T] is False), under both conventions; per-context sums go to `meter`.
+
+    `resume=True` (the stage's way) makes the same numbers as `resume=False` (the reference: a full
+    forward with hooks per run, every prediction unembedded, as TransformerLens would), up to float
+    rounding, at a fraction of the cost:
+    - each model runs ONE full forward (clean), keeping the residual stream at the hook and the
+      arguments of the layers after it; every intervened run resumes from there
+      (`resume_forward.resumed_at_hook`: the layers before the hook would compute the clean run
+      again), all of a context's distinct runs stacked in one batch;
+    - the zero ablation of every position (paper convention) gives every position of every context
+      one and the same hidden state (checked per batch on a short probe): it is computed and
+      unembedded once, not per position;
+    - each context runs alone at its own length (padding is never run: reasoning conversations are
+      ~20% padding) and with its own distinct runs (a massive token in one context does not cost
+      the others a third run); only the predictions some convention scores are unembedded.
+    The batch still sets which positions count (`counted_positions`: the massive-token rule reads
+    the batch median, as harvest's does). A model that cannot be resumed (see
+    `resume_forward.resume_problem`) is run in full forwards, the reason logged.
 
     Returns what the clean runs produced for the other analyses: raw activations x_raw
     [B, T, n_models, d] (float32, on the crosscoder's device), x_norm, latents f, the normalised
     reconstruction and `counted` [B, T], the positions the crosscoder stands in for."""
-    valid = torch.ones(tokens.shape, dtype=torch.bool) if valid is None else valid.bool()
-    captured: list[torch.Tensor] = []
-
-    def observe(acts: torch.Tensor) -> None:
-        captured.append(acts.detach())
-
-    clean = [final_hidden(model, tokens, hook, observe) for model in models]
+    full_length = tokens.shape[1]
+    valid = torch.ones(tokens.shape, dtype=torch.bool) if valid is None else valid.bool().cpu()
+    if resume:  # right padding after a context's last real token changes none of its predictions
+        groups = [(slice(b, b + 1), length) for b, length in enumerate(_row_lengths(valid))]
+    else:
+        groups = [(slice(None), full_length)]
+    width = max(length for _, length in groups)
+    tokens, valid = tokens[:, :width], valid[:, :width]
+    checks = [check_resume(model, tokens, hook) if resume else None for model in models]
+    clean = [[clean_pass(model, tokens[rows, :length], hook, check) for rows, length in groups]
+             for model, check in zip(models, checks, strict=True)]
     device = crosscoder.W_dec.device
-    x_raw = torch.stack([a.to(device=device, dtype=torch.float32) for a in captured], dim=2)
+    x_raw = torch.stack([torch.cat([_pad_positions(c.acts.to(device=device, dtype=torch.float32), width)
+                                    for c in per_model]) for per_model in clean], dim=2)
     counted = counted_positions(x_raw, keep_first=keep_first, max_norm_ratio=max_norm_ratio, valid=valid)
     f, recon_norm, recon_raw = reconstruct_raw(crosscoder, x_raw)
-    masks = intervention_masks(counted.cpu(), valid.cpu())
     for m, model in enumerate(models):
-        # Runs whose touched positions agree on the real tokens are the same run (right padding comes
-        # after every real token, so it never changes a real prediction): run each distinct one once.
-        runs: dict[str, torch.Tensor] = {}
-        made: list[tuple[str, str, torch.Tensor]] = []
-        keys: dict[tuple[str, str], str] = {}
-        for convention, (spliced_at, zeroed_at, _) in masks.items():
-            for kind, where in (("spliced", spliced_at), ("zero_ablation", zeroed_at)):
-                name = next((n for n, k, w in made if k == kind and torch.equal(w & valid, where & valid)), None)
-                if name is None:
-                    name = f"{kind}:{convention}"
-                    made.append((name, kind, where))
-                    replacement = recon_raw[:, :, m] if kind == "spliced" else None
-                    runs[name] = final_hidden(model, tokens, hook, _intervention(replacement, where))
-                keys[(convention, kind)] = name
-        ce_clean, ce, kl = score_runs(model, tokens, clean[m], runs)
-        for convention, (_, _, scored) in masks.items():
-            w = scored.double()
-            meter.add(context_index, m, convention, {
-                "n_predictions": w.sum(1), "ce_clean": (ce_clean * w).sum(1),
-                "ce_zero_ablation": (ce[keys[(convention, "zero_ablation")]] * w).sum(1),
-                "ce_spliced": (ce[keys[(convention, "spliced")]] * w).sum(1),
-                "kl_zero_ablation": (kl[keys[(convention, "zero_ablation")]] * w).sum(1),
-                "kl_spliced": (kl[keys[(convention, "spliced")]] * w).sum(1)})
-    return {"x_raw": x_raw, "x_norm": crosscoder.normalise(x_raw), "f": f, "recon_norm": recon_norm,
-            "counted": counted}
+        for g, (rows, length) in enumerate(groups):
+            group_valid = valid[rows, :length]
+            masks = intervention_masks(counted[rows, :length].cpu(), group_valid)
+            made, keys = distinct_runs(masks, group_valid)
+            edits = [(name, _intervention(recon_raw[rows, :length, m] if kind == "spliced" else None, where),
+                      kind == "zero_ablation" and bool((where | ~group_valid).all()))
+                     for name, kind, where in made]
+            runs = intervened_runs(model, tokens[rows, :length], hook, clean[m][g], edits)
+            scored_somewhere = (masks["paper"][2] | masks["sink_preserving"][2]) if resume else None
+            ce_clean, ce, kl = score_runs(model, tokens[rows, :length], clean[m][g].hidden, runs,
+                                          positions=scored_somewhere)
+            clean[m][g] = None  # its activations are no longer needed: free them
+            del runs
+            for convention, (_, _, scored) in masks.items():
+                w = scored.double()
+                meter.add(context_index[rows], m, convention, {
+                    "n_predictions": w.sum(1), "ce_clean": (ce_clean * w).sum(1),
+                    "ce_zero_ablation": (ce[keys[(convention, "zero_ablation")]] * w).sum(1),
+                    "ce_spliced": (ce[keys[(convention, "spliced")]] * w).sum(1),
+                    "kl_zero_ablation": (kl[keys[(convention, "zero_ablation")]] * w).sum(1),
+                    "kl_spliced": (kl[keys[(convention, "spliced")]] * w).sum(1)})
+    out = {"x_raw": x_raw, "x_norm": crosscoder.normalise(x_raw), "f": f, "recon_norm": recon_norm, "counted": counted}
+    return {name: _pad_positions(value, full_length) for name, value in out.items()}
+
+
+def _pad_positions(t: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, T', ...] -> [B, length, ...] with zeros (False) after T' (the padding not run)."""
+    if t.shape[1] == length:
+        return t
+    out = t.new_zeros((t.shape[0], length, *t.shape[2:]))
+    out[:, :t.shape[1]] = t
+    return out
 
 
 def _intervention(replacement: torch.Tensor | None, where: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
