@@ -12,7 +12,7 @@ QWEN ?= /work/qwen05b
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-full lint demo reproduce experiment-cpu experiment-cpu-v1 finetune bench harvest scan train analyze pipeline \
-        sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all demo-numbers clean clean-tiny
+        sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all demo-numbers tiny-base clean clean-tiny
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -97,5 +97,8 @@ bench-all: ## speed benchmarks on the offline Qwen model (QWEN=/dir built by ../
 clean: ## remove outputs of EXP (default tiny), keeping the cached tiny base model
 	rm -rf outputs/$(EXP)
 
-clean-tiny: ## also remove the cached tiny base model and data
+tiny-base: ## rebuild the tiny base model shipped in reasondiff/tiny/base_model/ from TinyRecipe (~20 min on 2 CPU cores)
+	$(PY) -m reasondiff.tiny.build
+
+clean-tiny: ## also remove the cached tiny base model and data (the shipped build is copied back in a second)
 	rm -rf outputs/_tiny

@@ -114,6 +114,49 @@ def test_s1k_rows_are_the_bench_prompt_with_the_worked_solution():
     assert row["deepseek_attempt"] == f"$\\boxed{{{problem.answer}}}$"
 
 
+# --- the shipped base model --------------------------------------------------------------------------
+
+def test_the_shipped_base_model_is_built_from_the_current_recipe():
+    """A recipe (or generator, with its version bump) changed without `python -m reasondiff.tiny.build`
+    would leave the demo on a model the code no longer makes: fail here instead."""
+    from reasondiff import artifacts
+    from reasondiff.tiny.model import BUILD_FILE, SHIPPED_BASE, TinyRecipe
+
+    assert artifacts.is_complete(SHIPPED_BASE), "reasondiff/tiny/base_model/ is missing or unfinished"
+    build = artifacts.read_json(SHIPPED_BASE / BUILD_FILE)
+    assert build["fingerprint"] == TinyRecipe().fingerprint(), \
+        "TinyRecipe changed: rebuild the shipped tiny base with `make tiny-base`"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "pretraining.json"):
+        assert (SHIPPED_BASE / name).is_file(), name
+
+
+def test_the_shipped_tokenizer_is_the_one_the_recipe_trains():
+    """The tokenizer is trained on the generator's text: a generator change without a version bump
+    shows up here as a different vocabulary."""
+    from transformers import AutoTokenizer
+
+    from reasondiff.tiny.model import SHIPPED_BASE, TinyRecipe, make_tokenizer, tokenizer_training_texts
+
+    recipe = TinyRecipe()
+    fresh = make_tokenizer(tokenizer_training_texts(recipe.seed), vocab_size=recipe.vocab_size)
+    assert AutoTokenizer.from_pretrained(SHIPPED_BASE).get_vocab() == fresh.get_vocab()
+
+
+def test_ensure_tiny_world_copies_the_shipped_base_and_rebuilds_for_another_recipe(tmp_path, monkeypatch):
+    from reasondiff.tiny import model as tiny_model
+
+    built = []
+    monkeypatch.setattr(tiny_model, "build_base_model", lambda directory, *_: built.append(directory))
+    monkeypatch.setattr(tiny_model, "write_recipe_datasets", lambda directory, recipe: None)
+    target = tmp_path / "_tiny" / "base_model"
+    tiny_model.ensure_tiny_world(target)
+    assert not built and (target / "model.safetensors").read_bytes() == \
+        (tiny_model.SHIPPED_BASE / "model.safetensors").read_bytes()
+    other = tiny_model.TinyRecipe(seed=1)
+    tiny_model.ensure_tiny_world(tmp_path / "other" / "base_model", recipe=other)
+    assert built == [tmp_path / "other" / "base_model"]
+
+
 # --- the README's demo numbers ----------------------------------------------------------------------
 
 def _fake_demo_run(root: Path) -> Path:

@@ -241,15 +241,17 @@ class ProblemSource:
     def __init__(self, rng: random.Random, held_out: set[tuple[int, ...]]):
         self.rng, self.held_out = rng, held_out
 
-    def draw(self, task: str | None = None) -> Problem:
+    def draw(self, task: str | None = None, max_steps: int | None = None) -> Problem:
+        """A problem of `task` (any task when None); of one to `max_steps` changes when given."""
         while True:
-            problem = GENERATORS[task or self.rng.choice(list(GENERATORS))](self.rng)
+            n_ops = self.rng.randint(1, max_steps) if max_steps else None
+            problem = GENERATORS[task or self.rng.choice(list(GENERATORS))](self.rng, n_ops)
             if question_key(problem.user_text) not in self.held_out:
                 return problem
 
 
 CHAT_SHARE = 0.12
-"""Share of corpus documents that are chat turns answered directly."""
+"""Share of corpus documents that are chat turns answered directly (TinyRecipe.chat_share)."""
 DRILL_SHARE = 0.1
 """Share of corpus documents that are drills of the one-step facts (`52+5=57.`, comparisons): the
 facts every written step uses, seen often enough that a model of the tiny size knows them."""
@@ -268,14 +270,17 @@ def drill_text(rng: random.Random, n_facts: int) -> str:
     return " ".join(facts)
 
 
-def base_training_text(rng: random.Random, source: ProblemSource) -> str:
+def base_training_text(rng: random.Random, source: ProblemSource, *, chat_share: float = CHAT_SHARE,
+                       chat_max_steps: int | None = None) -> str:
     """A pretraining document for the base model: prose, worked solutions written as text, and chat
-    turns answered directly (so the base follows the bench prompts, without thinking)."""
+    turns answered directly (so the base follows the bench prompts, without thinking). With
+    `chat_max_steps` the chat turns ask easy questions only (one to that many changes): the ones an
+    instruct model is shown answering at once."""
     kind = rng.random()
     if kind < DRILL_SHARE:
         return drill_text(rng, rng.randint(8, 16))
-    if kind < DRILL_SHARE + CHAT_SHARE:
-        problems = [source.draw() for _ in range(rng.randint(1, 3))]
+    if kind < DRILL_SHARE + chat_share:
+        problems = [source.draw(max_steps=chat_max_steps) for _ in range(rng.randint(1, 3))]
         return "".join(chat_turn(user_turn(p), direct_answer(p)) for p in problems)
     parts = [general_text(rng, rng.randint(0, 1))]
     for _ in range(rng.randint(2, 3)):
@@ -332,7 +337,8 @@ def held_out_problems(seed: int, n_eval: int) -> dict[str, list[Problem]]:
 
 
 def write_tiny_datasets(directory: str | Path, seed: int = 0, *, n_corpus: int = 3000, n_s1k: int = 400,
-                        n_eval: int = 100) -> dict[str, Path]:
+                        n_eval: int = 100, chat_share: float = CHAT_SHARE,
+                        chat_max_steps: int | None = None) -> dict[str, Path]:
     """Write every dataset the tiny experiment reads; returns name -> path."""
     directory = Path(directory)
     held = held_out_problems(seed, n_eval)
@@ -340,7 +346,8 @@ def write_tiny_datasets(directory: str | Path, seed: int = 0, *, n_corpus: int =
                            {question_key(p.user_text) for problems in held.values() for p in problems})
     rng = random.Random(f"tiny-corpus-{seed}")
     paths = {name: directory / f"{name}.jsonl" for name in ("corpus", "s1k", "gsm8k", "math500", "boolq")}
-    _write_jsonl(paths["corpus"], [{"text": base_training_text(rng, source)} for _ in range(n_corpus)])
+    _write_jsonl(paths["corpus"], [{"text": base_training_text(rng, source, chat_share=chat_share, chat_max_steps=chat_max_steps)}
+                                   for _ in range(n_corpus)])
     tasks = list(GENERATORS)
     _write_jsonl(paths["s1k"], [s1k_row(source.draw(tasks[i % len(tasks)])) for i in range(n_s1k)])
     for task, problems in held.items():
