@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "June", "Kai", "Lena"]
 ITEMS = ["apples", "books", "coins", "pens", "shells", "stamps", "marbles", "cards", "eggs", "cups"]
 PLACES = ["the market", "the school", "the park", "the library", "the station", "the farm", "the shop"]
@@ -183,10 +185,15 @@ def passage_question(rng: random.Random, n_ops: int | None = None) -> Problem:
     last = DAYS[len(chain.ops) - 1]
     question = f"does {name} have {'more' if more else 'fewer'} {item} than {other} after {last}"
     answer = result > other_count if more else result < other_count
-    relation = "more" if result > other_count else "fewer"
-    thinking = f"{_trace(chain)} {other}: {other_count}. {result} is {relation} than {other_count}, so " \
-               f"{'yes' if answer else 'no'}."
+    thinking = f"{_trace(chain)} {other}: {other_count}. {comparison(result, 'more' if more else 'fewer', other_count)}"
     return Problem("boolq", question, thinking, answer, passage=passage)
+
+
+def comparison(x: int, relation: str, y: int) -> str:
+    """The yes/no step in the question's own words (`Is 6 more than 4? yes.`): the relation is copied
+    from the question, the verdict is a fact the drills teach."""
+    holds = x > y if relation == "more" else x < y
+    return f"Is {x} {relation} than {y}? {'yes' if holds else 'no'}."
 
 
 GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
@@ -209,8 +216,10 @@ def direct_answer(problem: Problem) -> str:
 
 
 def attempt(problem: Problem) -> str:
-    """The s1K `attempt`: the final answer after the thinking."""
-    return problem.answer_text if problem.task == "boolq" else f"$\\boxed{{{problem.answer}}}$"
+    """The s1K `attempt`: the final answer after the thinking, first as the worked solutions in the
+    base's corpus end (`Answer: 4.`), then boxed. Straight after the thinking, `$\\boxed{` is where the
+    base answers at once from the question; with the number written first the box copies it."""
+    return problem.answer_text if problem.task == "boolq" else f"{problem.answer}. $\\boxed{{{problem.answer}}}$"
 
 
 # --- the base model's corpus -----------------------------------------------------------------------
@@ -250,8 +259,12 @@ class ProblemSource:
                 return problem
 
 
-CHAT_SHARE = 0.12
-"""Share of corpus documents that are chat turns answered directly (TinyRecipe.chat_share)."""
+CHAT_SHARE = 0.3
+"""Share of corpus documents that are chat turns answered directly."""
+CHAT_MAX_STEPS = 2
+"""The chat turns ask easy problems: one to this many changes (None: the tasks' own mix)."""
+INSTRUCTED_SHARE = 0.5
+"""Share of the worked solutions written after the question as the bench asks it (instruction included)."""
 DRILL_SHARE = 0.1
 """Share of corpus documents that are drills of the one-step facts (`52+5=57.`, comparisons): the
 facts every written step uses, seen often enough that a model of the tiny size knows them."""
@@ -266,16 +279,18 @@ def drill_text(rng: random.Random, n_facts: int) -> str:
             facts.append(chain.steps()[0])
         else:
             x, y = rng.sample(range(MIN_COUNT, MAX_COUNT + 1), 2)
-            facts.append(f"{x} is {'more' if x > y else 'fewer'} than {y}.")
+            facts.append(comparison(x, rng.choice(["more", "fewer"]), y))
     return " ".join(facts)
 
 
 def base_training_text(rng: random.Random, source: ProblemSource, *, chat_share: float = CHAT_SHARE,
-                       chat_max_steps: int | None = None) -> str:
+                       chat_max_steps: int | None = CHAT_MAX_STEPS, instructed_share: float = INSTRUCTED_SHARE) -> str:
     """A pretraining document for the base model: prose, worked solutions written as text, and chat
     turns answered directly (so the base follows the bench prompts, without thinking). With
     `chat_max_steps` the chat turns ask easy questions only (one to that many changes): the ones an
-    instruct model is shown answering at once."""
+    instruct model is shown answering at once. `instructed_share` of the worked solutions follow the
+    question as the bench asks it, its instruction included: a model that only ever saw the solution
+    right after the question loses its place in the question when an instruction comes between."""
     kind = rng.random()
     if kind < DRILL_SHARE:
         return drill_text(rng, rng.randint(8, 16))
@@ -285,7 +300,8 @@ def base_training_text(rng: random.Random, source: ProblemSource, *, chat_share:
     parts = [general_text(rng, rng.randint(0, 1))]
     for _ in range(rng.randint(2, 3)):
         p = source.draw()
-        parts.append(f"Question: {p.user_text} Solution: {p.thinking} Answer: {p.answer_text}.")
+        question = user_turn(p) if rng.random() < instructed_share else p.user_text
+        parts.append(f"Question: {question} Solution: {p.thinking} Answer: {p.answer_text}.")
     return " ".join(part for part in parts if part)
 
 
@@ -338,7 +354,8 @@ def held_out_problems(seed: int, n_eval: int) -> dict[str, list[Problem]]:
 
 def write_tiny_datasets(directory: str | Path, seed: int = 0, *, n_corpus: int = 3000, n_s1k: int = 400,
                         n_eval: int = 100, chat_share: float = CHAT_SHARE,
-                        chat_max_steps: int | None = None) -> dict[str, Path]:
+                        chat_max_steps: int | None = CHAT_MAX_STEPS,
+                        instructed_share: float = INSTRUCTED_SHARE) -> dict[str, Path]:
     """Write every dataset the tiny experiment reads; returns name -> path."""
     directory = Path(directory)
     held = held_out_problems(seed, n_eval)
@@ -346,8 +363,11 @@ def write_tiny_datasets(directory: str | Path, seed: int = 0, *, n_corpus: int =
                            {question_key(p.user_text) for problems in held.values() for p in problems})
     rng = random.Random(f"tiny-corpus-{seed}")
     paths = {name: directory / f"{name}.jsonl" for name in ("corpus", "s1k", "gsm8k", "math500", "boolq")}
-    _write_jsonl(paths["corpus"], [{"text": base_training_text(rng, source, chat_share=chat_share, chat_max_steps=chat_max_steps)}
-                                   for _ in range(n_corpus)])
+    documents = (base_training_text(rng, source, chat_share=chat_share, chat_max_steps=chat_max_steps,
+                                    instructed_share=instructed_share)
+                 for _ in tqdm(range(n_corpus), desc="tiny world corpus", unit="doc", dynamic_ncols=True,
+                               disable=n_corpus < 5000))
+    _write_jsonl(paths["corpus"], [{"text": text} for text in documents])
     tasks = list(GENERATORS)
     _write_jsonl(paths["s1k"], [s1k_row(source.draw(tasks[i % len(tasks)])) for i in range(n_s1k)])
     for task, problems in held.items():

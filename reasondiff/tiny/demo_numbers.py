@@ -89,6 +89,17 @@ def base_answers(run_dir: Path, model: str = "base", task: str = "gsm8k") -> tup
     return sum(answers.values()), len(answers), common, count
 
 
+def paired_test(run_dir: Path, task: str = "gsm8k") -> str:
+    """The tuned model against the base on `task`, each at its best limit, with McNemar's exact p
+    (summary.csv); empty when the run has no paired comparison."""
+    rows = {r["model"]: r for r in _rows(run_dir / "bench" / "summary.csv") if r["task"] == task}
+    tuned, base = rows.get("tuned", {}), rows.get("base", {})
+    if not tuned.get("mcnemar_p") or "performance" not in base:
+        return ""
+    return (f" On them the tuned model scores {float(tuned['performance']):.1f}% at its best limit against "
+            f"{float(base['performance']):.1f}% (McNemar exact p = {float(tuned['mcnemar_p']):.2g}).")
+
+
 def ce_recovered(run_dir: Path, text: str = "general", convention: str = "paper") -> dict[str, float]:
     """CE recovered per model on held-out `text` under `convention` (the paper's, for Table 2)."""
     rows = _rows(run_dir / "analyze" / "ce_recovery.csv")
@@ -101,7 +112,8 @@ def render(run_dir: Path, *, wall: float | None = None, machine: str | None = No
     stages = stage_seconds(run_dir)
     build = build_seconds(run_dir)
     parts = [f"{s} {stages[s]:.0f} s" for s in STAGES]
-    built = f" The tiny base model's build (once, then cached) took {build:.0f} s." if build is not None else ""
+    built = f" The tiny base model is not in these times: the demo copies the build shipped with the package " \
+            f"(it took {build:.0f} s to build; `make tiny-base`)." if build is not None else ""
     where = f" on {machine}" if machine else ""
     total = f"{_minutes(wall)} in all" if wall is not None else \
         f"{_minutes(sum(stages.values()) + (build or 0))} in the stages (start-up not counted)"
@@ -116,7 +128,8 @@ def render(run_dir: Path, *, wall: float | None = None, machine: str | None = No
         accuracy_table(run_dir),
         "",
         f"The base model gives {distinct} different final answers to the {n} gsm8k-like questions (most "
-        f"common: {common!s} × {count}). The crosscoder recovers {ce_text} of the CE loss on held-out general text (the paper's convention).",
+        f"common: {common!s} × {count}).{paired_test(run_dir)} The crosscoder recovers {ce_text} of the CE loss on "
+        "held-out general text (the paper's convention).",
         END,
     ])
 

@@ -2,10 +2,9 @@
 
 `make_tokenizer` trains a byte-level BPE with Qwen2.5's pre-tokenizer (digits one by one), special
 tokens and ChatML template; `make_model` gives a randomly initialised tiny Qwen2 (tests);
-`ensure_tiny_world` writes the generated datasets and pretrains the base model (600 steps; 20 min on
-a 2-core CPU that other jobs kept busy, docs/tiny.md), cached under outputs/_tiny/ and rebuilt only
-when the recipe changes.
-"""
+`ensure_tiny_world` writes the generated datasets under outputs/_tiny/ and puts the base model there:
+the copy shipped in reasondiff/tiny/base_model/ when it was built by the same `TinyRecipe`, else a
+fresh pretraining (1500 steps, ~18 min on one core of a 2-core CPU; docs/tiny.md)."""
 
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from reasondiff import artifacts
+from reasondiff.tiny import data as tiny_data
 from reasondiff.tiny.data import ProblemSource, base_training_text, general_text, write_tiny_datasets
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,15 @@ SHIPPED_BASE = Path(__file__).with_name("base_model")
 class TinyRecipe:
     """Everything the cached tiny world depends on; a cache built from another recipe is rebuilt."""
 
-    version: int = 4
+    version: int = 6
     """Bumped whenever the generated text or the training code changes what gets built."""
     seed: int = 0
     n_corpus: int = 20000
     """Pretraining documents (about 3.2M tokens): mostly worked solutions, some chat turns answered
     directly, drills of the one-step facts and prose."""
-    chat_share: float = 0.12
-    """Share of the documents that are chat turns answered directly."""
-    chat_max_steps: int | None = None
-    """The chat turns ask problems of one to this many changes (None: the tasks' own mix)."""
+    chat_share: float = tiny_data.CHAT_SHARE
+    chat_max_steps: int | None = tiny_data.CHAT_MAX_STEPS
+    instructed_share: float = tiny_data.INSTRUCTED_SHARE
     n_s1k: int = 400
     n_eval: int = 100
     """Held-out bench questions per task."""
@@ -100,11 +99,13 @@ def make_tokenizer(texts: list[str], vocab_size: int = 1024):
 
 
 def tokenizer_training_texts(seed: int = 0, n: int = 400) -> list[str]:
-    """Text of every kind the tiny world holds (prose, worked solutions, chat turns, s1 layout)."""
+    """Text of every kind the tiny world holds (prose, worked solutions, chat turns, s1 layout), in a
+    fixed mix: the corpus shares of the recipe do not move the vocabulary."""
     rng = random.Random(seed)
     source = ProblemSource(rng, set())
     texts = [general_text(rng, 12) for _ in range(n // 2)]
-    texts += [base_training_text(rng, source) for _ in range(n)]
+    texts += [base_training_text(rng, source, chat_share=0.12, chat_max_steps=None, instructed_share=0.0)
+              for _ in range(n)]
     texts += ["<|im_start|>think\n<|im_start|>answer\nAnswer: Final Answer:"]
     return texts
 
@@ -174,7 +175,8 @@ def pretrain(model, data: torch.Tensor, *, steps: int, batch_size: int = 16, lr:
 
 def write_recipe_datasets(directory: Path, recipe: TinyRecipe) -> None:
     write_tiny_datasets(directory, seed=recipe.seed, n_corpus=recipe.n_corpus, n_s1k=recipe.n_s1k,
-                        n_eval=recipe.n_eval, chat_share=recipe.chat_share, chat_max_steps=recipe.chat_max_steps)
+                        n_eval=recipe.n_eval, chat_share=recipe.chat_share, chat_max_steps=recipe.chat_max_steps,
+                        instructed_share=recipe.instructed_share)
 
 
 def _built_with(directory: Path, recipe: TinyRecipe) -> bool:
