@@ -12,7 +12,7 @@ QWEN ?= /work/qwen05b
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-full lint demo reproduce experiment-cpu experiment-cpu-v1 finetune bench harvest scan train analyze pipeline \
-        sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all clean clean-tiny
+        sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all demo-numbers tiny-base clean clean-tiny
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -33,8 +33,11 @@ test-full: ## every test, including slow ones that need the offline Qwen model (
 lint: ## ruff
 	$(VENV)/bin/ruff check reasondiff tests benchmarks
 
-demo: ## the whole pipeline offline on CPU with the embedded tiny model (+exp=tiny), < 10 min
+demo: ## the whole pipeline offline on CPU with the embedded tiny model (+exp=tiny), a few minutes
 	$(PY) -m reasondiff.pipeline +exp=tiny $(ARGS)
+
+demo-numbers: ## rewrite the README's demo numbers from outputs/tiny (WALL=seconds MACHINE="..." as measured)
+	$(PY) -m reasondiff.tiny.demo_numbers outputs/tiny --readme README.md $(if $(WALL),--wall $(WALL)) $(if $(MACHINE),--machine "$(MACHINE)")
 
 reproduce: ## the paper's run: the five stages with +exp=qwen05b on a GPU (HW=rtx5070ti_16gb|t4_16gb)
 	$(PY) -m reasondiff.pipeline +exp=qwen05b hardware=$(HW) $(ARGS)
@@ -94,5 +97,8 @@ bench-all: ## speed benchmarks on the offline Qwen model (QWEN=/dir built by ../
 clean: ## remove outputs of EXP (default tiny), keeping the cached tiny base model
 	rm -rf outputs/$(EXP)
 
-clean-tiny: ## also remove the cached tiny base model and data
+tiny-base: ## rebuild the tiny base model shipped in reasondiff/tiny/base_model/ from TinyRecipe (~20 min on 2 CPU cores)
+	$(PY) -m reasondiff.tiny.build
+
+clean-tiny: ## also remove the cached tiny base model and data (the shipped build is copied back in a second)
 	rm -rf outputs/_tiny

@@ -40,10 +40,10 @@ def make_rows(path: Path | None, n: int) -> list[dict]:
         return load_s1k_rows(FinetuneConfig(dataset=str(path), limit_rows=n))
     from random import Random
 
-    from reasondiff.tiny.data import s1k_row
+    from reasondiff.tiny.data import ProblemSource, s1k_row
 
-    rng = Random(0)
-    return [s1k_row(rng) for _ in range(n)]
+    source = ProblemSource(Random(0), set())
+    return [s1k_row(source.draw()) for _ in range(n)]
 
 
 def batches(examples, micro_batch: int, max_length: int, pad_id: int, n: int):

@@ -143,7 +143,7 @@ def prepare_tiny_world(cfg, stage: str) -> None:
         return
     from reasondiff.tiny import ensure_tiny_world
 
-    ensure_tiny_world(cfg.model.path, seed=cfg.seed)
+    ensure_tiny_world(cfg.model.path, seed=cfg.seed, threads=cfg.hardware.cpu_threads)
 
 
 # --- the checks -----------------------------------------------------------------------------------

@@ -225,7 +225,10 @@ def test_forgetting_to_undo_the_scaling_factors_is_caught(trained_pair):
     cc = exact_crosscoder(models[0].config.hidden_size, FACTORS)
     cc.denormalise = lambda x_norm: x_norm  # the classic bug: splice the normalised reconstruction
     rows = _ce_rows(models, tokens, cc)
-    assert all(abs(row["ce_recovered"] - 1.0) > 0.02 for row in rows.values()), rows
+    # an exact crosscoder spliced correctly gives CE within 1e-3 and KL within 1e-4 of clean (above);
+    # the recovered fraction alone can hide the bug when zero-ablation CE is far above clean (the
+    # paper's convention zero-ablates every position: 0.985 recovered with spliced CE 0.21 nats off)
+    assert all(row["ce_spliced"] - row["ce_clean"] > 0.05 and row["kl_spliced"] > 0.05 for row in rows.values()), rows
 
 
 def test_spliced_reconstruction_comes_from_the_joint_code(trained_pair):

@@ -36,12 +36,17 @@ def crosscoder_dir(tmp_path_factory) -> Path:
     return out
 
 
+CONTEXT = 96
+"""Tokens per context: long enough that four of the tiny world's SFT conversations (the bench's
+prompt plus a worked solution) fit whole, so the reasoning pass runs in two batches."""
+
+
 def analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):
     return make_config(
         f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", f"model.path={tiny_model_dir}", "model.build_tiny=false",
         f"tuned_model={tiny_tuned_model_dir}", f"analyze.crosscoder_dir={crosscoder_dir}",
         f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"analyze.reasoning_corpus={tiny_world / 's1k.jsonl'}",
-        "analyze.n_heldout_contexts=6", "analyze.n_reasoning_contexts=4", "analyze.context_length=48",
+        "analyze.n_heldout_contexts=6", "analyze.n_reasoning_contexts=4", f"analyze.context_length={CONTEXT}",
         "analyze.n_top_latents=3", "analyze.n_shared_sample=2", "analyze.n_contexts_per_latent=2",
         "harvest.hook=blocks.2.hook_resid_pre", "hardware.analyze_batch_size=2", *extra, config_name="analyze")
 
@@ -70,8 +75,8 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
         (t, c, m) for t in ("general", "reasoning") for c in ("paper", "sink_preserving") for m in ("base", "tuned")]
     by = {(r["text"], r["convention"], r["model"]): r for r in ce}
     for m in ("base", "tuned"):
-        assert int(by[("general", "paper", m)]["n_tokens"]) == 6 * 47  # every prediction
-        assert int(by[("general", "sink_preserving", m)]["n_tokens"]) == 6 * 46  # sink position out too
+        assert int(by[("general", "paper", m)]["n_tokens"]) == 6 * (CONTEXT - 1)  # every prediction
+        assert int(by[("general", "sink_preserving", m)]["n_tokens"]) == 6 * (CONTEXT - 2)  # sink position out too
         reasoning = [by[("reasoning", c, m)] for c in ("paper", "sink_preserving")]
         n_conversations = int(reasoning[0]["n_contexts"])
         assert 1 <= n_conversations <= 4 and int(reasoning[0]["n_tokens"]) - int(reasoning[1]["n_tokens"]) == n_conversations
@@ -93,7 +98,7 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     assert [(row["text"], row["model"]) for row in fit] == [(t, m) for t in ("general", "reasoning")
                                                             for m in ("base", "tuned", "both")]
     assert all(float(row["explained_variance"]) <= 1 for row in fit)
-    assert all(int(row["n_tokens"]) == 6 * 47 for row in fit if row["text"] == "general")
+    assert all(int(row["n_tokens"]) == 6 * (CONTEXT - 1) for row in fit if row["text"] == "general")
     # L0 on held-out text is the sum of every latent's firing frequency there
     assert float(fit[0]["l0"]) == pytest.approx(sum(float(row["freq_general"]) for row in latents), rel=1e-6)
     counts = read_rows(out / "class_counts.csv")

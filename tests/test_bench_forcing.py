@@ -132,8 +132,9 @@ def tiny_tuned(trained_tiny_pair):
 
 
 def _tiny_prompts(tokenizer, opened=True):
-    questions = ["Ada has 23 apples. Ada buys 14 more. How many apples does Ada have now?",
-                 "Compute $31 + 25 - 12$.\n\nPlease reason step by step, and put your final answer within \\boxed{}."]
+    instruction = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    questions = ["Ada has 3 apples. On Monday Ada finds 4 more. On Tuesday Ada loses 2. How many apples does Ada "
+                 "have after Tuesday?" + instruction, "Compute $7-2+4$." + instruction]  # the tiny world's tasks
     return [prompt_ids(tokenizer, chat_prompt(tokenizer, q, system_prompt=None, start_thinking=opened)) for q in questions]
 
 

@@ -45,6 +45,7 @@ def _cfg(root, model_dir, world, *overrides):
         f"finetune.dataset={world}/s1k.jsonl", "finetune.limit_rows=16", "finetune.max_steps=6",
         "finetune.save_steps=2", "finetune.logging_steps=1", "finetune.effective_batch_size=4",
         "hardware.finetune_micro_batch=2", "finetune.sample_generations=0", "finetune.learning_rate=2e-3",
+        *(f"bench.data.{task}.path={world}/{task}.jsonl" for task in ("gsm8k", "math500", "boolq")),
         *overrides, config_name="finetune")
 
 
@@ -82,7 +83,7 @@ def _interrupt():
 def reference_run(tmp_path_factory, tiny_model_dir, tiny_world):
     """An uninterrupted 6-step run (module-scoped: several tests read its outputs)."""
     root = tmp_path_factory.mktemp("sft_ref")
-    cfg = _cfg(root, tiny_model_dir, tiny_world, "finetune.sample_generations=1", "finetune.sample_max_new_tokens=8")
+    cfg = _cfg(root, tiny_model_dir, tiny_world, "finetune.sample_generations=2", "finetune.sample_max_new_tokens=8")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -107,7 +108,23 @@ def test_outputs_are_complete_and_loadable(reference_run):
     assert not (out / "checkpoints").exists()  # finished: the 7 GB-per-checkpoint optimizer state is gone
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outputs"]["global_step"] == 6 and manifest["outputs"]["gradient_accumulation_steps"] == 2
-    assert len(json.loads((out / "samples.json").read_text())) == 1
+    samples = json.loads((out / "samples.json").read_text())
+    # held-out bench questions in the bench's own prompt, round-robin over bench.tasks, not SFT rows
+    bench_rows = [json.loads(line) for line in open(tiny_world_dir(out) / "gsm8k.jsonl")]
+    assert [s["task"] for s in samples] == ["gsm8k", "math500"]
+    assert samples[0]["question"].startswith(bench_rows[0]["question"]) and "reason step by step" in samples[0]["question"]
+    assert samples[0]["reference"] == bench_rows[0]["answer"]
+    sft_questions = {json.loads(line)["question"] for line in open(tiny_world_dir(out) / "s1k.jsonl")}
+    assert not {s["question"] for s in samples} & sft_questions
+
+
+def tiny_world_dir(stage_dir):
+    """Where the reference run's datasets came from (its resolved config)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    return Path(OmegaConf.load(stage_dir / ".hydra" / "config.yaml").finetune.dataset).parent
 
 
 def test_loss_falls_and_is_logged_every_step(reference_run):

@@ -39,15 +39,8 @@ class Question:
 
 
 def user_turn(task: str, row: dict[str, Any], templates: PromptTemplates) -> str:
-    """The task's template with the row's fields put in (literal replace: LaTeX braces stay)."""
-    if task == "boolq":
-        passage = row.get("passage")
-        template = templates.boolq if passage else templates.boolq_no_passage
-        text = template.replace("{passage}", str(passage or "").strip())
-        return text.replace("{question}", str(row["question"]).strip().rstrip("?"))
-    if task == "math500":
-        return templates.math500.replace("{problem}", str(row["problem"]).strip())
-    return templates.gsm8k.replace("{question}", str(row["question"]).strip())
+    """The task's template with the row's fields put in (finetune's samples use the same one)."""
+    return templates.user_turn(task, row)
 
 
 def select_indices(n_rows: int, limit: int | None, seed: int) -> list[int]:

@@ -49,6 +49,18 @@ class PromptTemplates:
     boolq_no_passage: str = "Question: {question}?\n\n" + _BOOLQ_INSTRUCTION
     """boolq rows without one (the question-only slice in ../shared/data)."""
 
+    def user_turn(self, task: str, row: dict) -> str:
+        """The task's template with the row's fields put in (literal replace: LaTeX braces stay).
+        boolq is asked with its passage when the row has one and without when it does not."""
+        if task == "boolq":
+            passage = row.get("passage")
+            template = self.boolq if passage else self.boolq_no_passage
+            text = template.replace("{passage}", str(passage or "").strip())
+            return text.replace("{question}", str(row["question"]).strip().rstrip("?"))
+        if task == "math500":
+            return self.math500.replace("{problem}", str(row["problem"]).strip())
+        return self.gsm8k.replace("{question}", str(row["question"]).strip())
+
     def __post_init__(self) -> None:
         required = {"gsm8k": "{question}", "math500": "{problem}", "boolq": "{passage}",
                     "boolq_no_passage": "{question}"}

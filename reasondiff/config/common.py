@@ -60,7 +60,9 @@ class HardwareConfig:
     dataloader_workers: int = 0
     """DataLoader worker processes for SFT (0 = load in the main process)."""
     cpu_threads: int | None = None
-    """torch intra-op threads on CPU (None = torch's default); set it when other jobs share the cores."""
+    """torch intra-op threads on CPU (None = torch's default, one per core); set it when other jobs
+    share the cores: on a 2-core machine with one core busy, 1 thread ran a decode-shaped forward of
+    the 0.5B in 0.35 s against 2.9 s with the default 2 (threads waiting on a busy core stall the op)."""
 
     def __post_init__(self) -> None:
         check_choice("hardware.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))

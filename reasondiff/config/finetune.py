@@ -53,8 +53,9 @@ class FinetuneConfig:
     save_dtype: str = "auto"
     """dtype of the saved model: auto = the base checkpoint's dtype (training keeps fp32 master weights)."""
     sample_generations: int = 2
-    """After training, greedily answer this many training questions and record whether the output
-    follows the think/answer layout (samples.json); 0 skips it."""
+    """After training, greedily answer this many bench questions (held out from SFT, round-robin over
+    bench.tasks, in the bench's prompt) and record whether each follows the think/answer layout
+    (samples.json); 0 skips it."""
     sample_max_new_tokens: int = 256
     """Most tokens of each layout sample."""
     push_to_hub: bool = False

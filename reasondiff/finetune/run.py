@@ -224,6 +224,29 @@ def save_tuned_model(trainer, tokenizer, directory: Path, dtype_name: str) -> No
     accelerator.wait_for_everyone()
 
 
+def held_out_questions(cfg: Config, n: int) -> list[dict[str, Any]]:
+    """`n` questions for samples.json from the bench's tasks (held out from SFT), round-robin over
+    `bench.tasks`, each as the bench's user turn: what the tuned model will be scored on.
+
+    Loaded before training, so an unreadable bench dataset stops the run before it starts."""
+    from reasondiff.data_sources import load_rows
+
+    tasks = cfg.bench.tasks
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for first, task in enumerate(tasks[:n]):
+        data = cfg.bench.data[task]
+        dataset = load_rows(data.path, split=data.split, config_name=data.config_name,
+                            config_key=f"bench.data.{task}.path (finetune samples the bench's questions)")
+        rows[task] = [dict(dataset[i]) for i in range(min(len(range(first, n, len(tasks))), len(dataset)))]
+    out = []
+    for index in range(n):
+        task, position = tasks[index % len(tasks)], index // len(tasks)
+        if position < len(rows[task]):
+            row = rows[task][position]
+            out.append({"task": task, "question": cfg.bench.prompts.user_turn(task, row), "reference": row.get("answer")})
+    return out
+
+
 def layout_samples(model, tokenizer, questions: Sequence[str], fmt: ReasoningFormat,
                    max_new_tokens: int) -> list[dict[str, Any]]:
     """Greedy answers to a few questions and whether each follows the s1 think/answer layout."""
@@ -272,6 +295,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision)
     set_pad_token(tokenizer, ft.pad_token)
     rows = load_s1k_rows(ft)
+    sample_questions = held_out_questions(cfg, ft.sample_generations) if ft.sample_generations else []
     examples, report = build_sft_examples(rows, tokenizer, ft, cfg.format)
     artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
     log.info(summarize_report(report))
@@ -361,8 +385,9 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     samples = []
     if ft.sample_generations and trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        questions = [row["question"] for row in rows[: ft.sample_generations]]
-        samples = layout_samples(unwrapped, tokenizer, questions, cfg.format, ft.sample_max_new_tokens)
+        samples = layout_samples(unwrapped, tokenizer, [q["question"] for q in sample_questions], cfg.format,
+                                 ft.sample_max_new_tokens)
+        samples = [{**question, **sample} for question, sample in zip(sample_questions, samples, strict=True)]
         artifacts.write_json(ctx.dir / SAMPLES, samples)
     if ft.push_to_hub and trainer.is_world_process_zero():
         push(ctx.dir / MODEL, ft.hub_model_id)

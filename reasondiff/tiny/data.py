@@ -1,17 +1,33 @@
-"""Text the project generates itself for the offline demo: a small world of arithmetic, comparisons
-and everyday sentences, written out in the schemas of the real datasets (s1K-1.1, gsm8k,
-MATH-500, boolq, a Pile-like `text` corpus) so every stage's real loading code runs on it.
+"""Text the project generates itself for the offline demo: a small world where thinking pays,
+written out in the schemas of the real datasets (s1K-1.1, gsm8k, MATH-500, boolq, a Pile-like
+`text` corpus) so every stage's real loading code runs on it.
 
-The base model sees questions followed by short, direct answers; the s1K-style rows add a
-step-by-step thinking trace. Fine-tuning therefore changes something visible: the tuned model
-starts to think before it answers.
+Every task is a running count changed a few times by one-digit amounts: word problems (gsm8k),
+bare expressions (MATH-500) and yes/no questions whose answer needs the count computed from the
+passage and compared (boolq). Written out, each change is one small fact the tiny model has seen
+many times (`23+8=31.`); answered at once, the result of two to five changes in one forward pass
+is beyond a model of the tiny size, so it guesses a number near the start.
+
+- The base model's corpus holds prose, worked solutions written as text ("Solution: 23+8=31. ...")
+  and chat turns in which the assistant answers *directly* (an instruct model before reasoning
+  fine-tuning): it can work a problem out as text, but in a chat it answers at once.
+- The s1K-style rows put the same worked solutions in the s1 layout as the assistant's thinking, so
+  the fine-tune teaches the model to think in a chat before it answers. A problem takes one to five
+  steps, so longer token limits let more traces reach their answer (the paper's scaling shape).
+- The bench questions are held out: no question of the corpus or the SFT rows has the same numbers
+  (in order) as a bench question of any task (`question_key`).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "June", "Kai", "Lena"]
 ITEMS = ["apples", "books", "coins", "pens", "shells", "stamps", "marbles", "cards", "eggs", "cups"]
@@ -19,111 +35,298 @@ PLACES = ["the market", "the school", "the park", "the library", "the station", 
 ADJECTIVES = ["small", "red", "quiet", "old", "bright", "heavy", "round", "busy", "cold", "green"]
 NOUNS = ["river", "house", "tree", "road", "cat", "train", "garden", "window", "bridge", "lamp"]
 VERBS = ["sees", "finds", "passes", "likes", "follows", "paints", "moves", "opens", "watches", "fixes"]
+GAINS = ["buys {n} more", "finds {n} more", "gets {n} more"]
+LOSSES = ["gives away {n}", "sells {n}", "loses {n}"]
 
+MIN_COUNT, MAX_COUNT = 1, 9
+"""Every count, start and intermediate, is one digit: one token under Qwen's digit split, so a step
+`3+4=7.` always has the same shape and its fact is one of a few dozen the model sees many times."""
+MIN_AMOUNT, MAX_AMOUNT = 1, 8
+"""Each change is one digit too, distinct within a problem, so the question names it once."""
+
+GSM8K_STEPS = (1, 2, 3, 4, 5)
+GSM8K_STEP_WEIGHTS = (0.1, 0.25, 0.3, 0.2, 0.15)
+MATH_STEPS = (2, 3, 4)
+BOOLQ_STEPS = (1, 2)
+
+
+# --- the one skill every task needs ---------------------------------------------------------------
+
+def apply(x: int, op: str, y: int) -> int:
+    if op not in "+-":
+        raise ValueError(f"unknown operation {op!r}")
+    return x + y if op == "+" else x - y
+
+
+def step_text(x: int, op: str, y: int) -> str:
+    """One change written out: `23+8=31.` Written without spaces around the signs: Qwen's tokenizer
+    makes a space before a digit a token of its own."""
+    return f"{x}{op}{y}={apply(x, op, y)}."
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A start count and the changes applied in order: 23, (+, 8), (-, 5) -> 26."""
+
+    start: int
+    ops: tuple[tuple[str, int], ...]
+
+    @property
+    def values(self) -> list[int]:
+        values = [self.start]
+        for op, y in self.ops:
+            values.append(apply(values[-1], op, y))
+        return values
+
+    @property
+    def result(self) -> int:
+        return self.values[-1]
+
+    def steps(self) -> list[str]:
+        return [step_text(x, op, y) for x, (op, y) in zip(self.values, self.ops, strict=False)]
+
+    @property
+    def expression(self) -> str:
+        return f"{self.start}" + "".join(f"{op}{y}" for op, y in self.ops)
+
+
+def random_chain(rng: random.Random, n_ops: int) -> Chain:
+    """Distinct one-digit changes; every count stays in [MIN_COUNT, MAX_COUNT]."""
+    while True:
+        value = start = rng.randint(MIN_COUNT, MAX_COUNT)
+        unused = list(range(MIN_AMOUNT, MAX_AMOUNT + 1))
+        ops: list[tuple[str, int]] = []
+        while len(ops) < n_ops:
+            moves = [(op, y) for y in unused for op in "+-" if MIN_COUNT <= apply(value, op, y) <= MAX_COUNT]
+            if not moves:
+                break
+            op, y = rng.choice(moves)
+            unused.remove(y)
+            ops.append((op, y))
+            value = apply(value, op, y)
+        if len(ops) == n_ops:
+            return Chain(start, tuple(ops))
+
+
+# --- the three tasks -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    """A question with its worked solution (thinking) and its final answer."""
+
+    task: str
+    """gsm8k, math500 or boolq: the benchmark whose schema the problem is written in."""
+    question: str
+    """What the user asks (a boolq problem: the question, without its passage)."""
+    thinking: str
+    answer: int | bool
+    passage: str = ""
+
+    @property
+    def user_text(self) -> str:
+        """The question as one text, with the passage first where there is one."""
+        return f"{self.passage}\n\nQuestion: {self.question}?" if self.passage else self.question
+
+    @property
+    def answer_text(self) -> str:
+        if isinstance(self.answer, bool):
+            return "yes" if self.answer else "no"
+        return str(self.answer)
+
+
+def question_key(text: str) -> tuple[int, ...]:
+    """The numbers of a question in order: two problems with the same key share every computation."""
+    return tuple(int(n) for n in re.findall(r"\d+", text))
+
+
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
+"""Each change happens on a day of its own: the trace names the day, then looks up what happened on
+it (the change a step needs is found by its day, not by counting changes)."""
+
+
+def _events(chain: Chain, name: str) -> str:
+    return " ".join(f"On {day} {name} {(GAINS if op == '+' else LOSSES)[y % 3].format(n=y)}."
+                    for day, (op, y) in zip(DAYS, chain.ops, strict=False))
+
+
+def _trace(chain: Chain) -> str:
+    return f"Start: {chain.start}. " + " ".join(f"{day}: {step}" for day, step in zip(DAYS, chain.steps(), strict=False))
+
+
+def word_problem(rng: random.Random, n_ops: int | None = None) -> Problem:
+    """gsm8k-shaped: someone's count of things, changed on one to five days."""
+    chain = random_chain(rng, n_ops or rng.choices(GSM8K_STEPS, GSM8K_STEP_WEIGHTS)[0])
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    last = DAYS[len(chain.ops) - 1]
+    question = f"{name} has {chain.start} {item}. {_events(chain, name)} How many {item} does {name} have after {last}?"
+    return Problem("gsm8k", question, _trace(chain), chain.result)
+
+
+def expression_problem(rng: random.Random, n_ops: int | None = None) -> Problem:
+    """MATH-shaped: a bare expression, worked left to right."""
+    chain = random_chain(rng, n_ops or rng.choice(MATH_STEPS))
+    return Problem("math500", f"Compute ${chain.expression}$.", " ".join(chain.steps()), chain.result)
+
+
+def passage_question(rng: random.Random, n_ops: int | None = None) -> Problem:
+    """boolq-shaped: a passage and a yes/no question that needs the count worked out, then compared.
+
+    The other person's count lies within 3 of the result, on either side: neither the start count
+    nor the direction of the changes gives the answer away."""
+    chain = random_chain(rng, n_ops or rng.choice(BOOLQ_STEPS))
+    result = chain.result
+    name, other = rng.sample(NAMES, 2)
+    item = rng.choice(ITEMS)
+    other_count = result
+    while other_count == result or not MIN_COUNT <= other_count <= MAX_COUNT:
+        other_count = result + rng.choice([-1, 1]) * rng.randint(1, 3)
+    passage = f"{name} has {chain.start} {item} and {other} has {other_count} {item}. {_events(chain, name)}"
+    more = rng.random() < 0.5
+    last = DAYS[len(chain.ops) - 1]
+    question = f"does {name} have {'more' if more else 'fewer'} {item} than {other} after {last}"
+    answer = result > other_count if more else result < other_count
+    thinking = f"{_trace(chain)} {other}: {other_count}. {comparison(result, 'more' if more else 'fewer', other_count)}"
+    return Problem("boolq", question, thinking, answer, passage=passage)
+
+
+def comparison(x: int, relation: str, y: int) -> str:
+    """The yes/no step in the question's own words (`Is 6 more than 4? yes.`): the relation is copied
+    from the question, the verdict is a fact the drills teach."""
+    holds = x > y if relation == "more" else x < y
+    return f"Is {x} {relation} than {y}? {'yes' if holds else 'no'}."
+
+
+GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
+    "gsm8k": word_problem, "math500": expression_problem, "boolq": passage_question}
+
+
+def user_turn(problem: Problem) -> str:
+    """The user turn the bench sends for `problem` (the default prompt templates)."""
+    from reasondiff.config.bench import PromptTemplates
+
+    return PromptTemplates().user_turn(problem.task, {"question": problem.question, "problem": problem.question,
+                                                       "passage": problem.passage})
+
+
+def direct_answer(problem: Problem) -> str:
+    """What an instruct model without reasoning training replies: the answer at once."""
+    if problem.task == "boolq":
+        return f"Answer: {problem.answer_text}"
+    return f"The answer is $\\boxed{{{problem.answer}}}$."
+
+
+def attempt(problem: Problem) -> str:
+    """The s1K `attempt`: the final answer after the thinking, first as the worked solutions in the
+    base's corpus end (`Answer: 4.`), then boxed. Straight after the thinking, `$\\boxed{` is where the
+    base answers at once from the question; with the number written first the box copies it."""
+    return problem.answer_text if problem.task == "boolq" else f"{problem.answer}. $\\boxed{{{problem.answer}}}$"
+
+
+# --- the base model's corpus -----------------------------------------------------------------------
 
 def _sentence(rng: random.Random) -> str:
-    kind = rng.randrange(4)
+    kind = rng.randrange(3)
     if kind == 0:
         return f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}."
     if kind == 1:
         return f"{rng.choice(NAMES)} went to {rng.choice(PLACES)} with {rng.randint(2, 9)} {rng.choice(ITEMS)}."
-    if kind == 2:
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        return f"{a} plus {b} is {a + b}."
-    a, b = rng.randint(1, 30), rng.randint(1, 30)
-    word = "greater than" if a > b else ("less than" if a < b else "equal to")
-    return f"{a} is {word} {b}."
+    a, b = rng.randint(MIN_COUNT, MAX_COUNT), rng.randint(MIN_COUNT, MAX_COUNT)
+    relation = "more than" if a > b else "fewer than" if a < b else "as many as"
+    return f"{a} is {relation} {b}."
 
 
 def general_text(rng: random.Random, n_sentences: int) -> str:
     return " ".join(_sentence(rng) for _ in range(n_sentences))
 
 
-def word_problem(rng: random.Random) -> dict:
-    """A gsm8k-shaped problem with its worked answer and thinking steps."""
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    a, b, c = rng.randint(2, 15), rng.randint(2, 15), rng.randint(1, 9)
-    total = a + b - c if a + b > c else a + b + c
-    op = "gives away" if a + b > c else "finds"
-    question = (f"{name} has {a} {item}. {name} buys {b} more {item} and then {op} {c}. "
-                f"How many {item} does {name} have now?")
-    sign = "-" if op == "gives away" else "+"
-    steps = [f"{name} starts with {a} {item}.", f"After buying {b} more: {a} + {b} = {a + b}.",
-             f"Then {name} {op} {c}: {a + b} {sign} {c} = {total}."]
-    return {"question": question, "steps": steps, "answer": total}
+def chat_turn(user: str, assistant: str) -> str:
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
 
 
-def expression_problem(rng: random.Random) -> dict:
-    a, b, c = rng.randint(2, 12), rng.randint(2, 9), rng.randint(2, 9)
-    value = a + b * c
-    return {"problem": f"Compute ${a} + {b} \\times {c}$.", "steps": [f"First {b} \\times {c} = {b * c}.",
-            f"Then {a} + {b * c} = {value}."], "answer": value}
+class ProblemSource:
+    """Problems of every task for training text, never one that shares its numbers with a held-out
+    (bench) question of any task."""
+
+    def __init__(self, rng: random.Random, held_out: set[tuple[int, ...]]):
+        self.rng, self.held_out = rng, held_out
+
+    def draw(self, task: str | None = None, max_steps: int | None = None) -> Problem:
+        """A problem of `task` (any task when None); of one to `max_steps` changes when given."""
+        while True:
+            n_ops = self.rng.randint(1, max_steps) if max_steps else None
+            problem = GENERATORS[task or self.rng.choice(list(GENERATORS))](self.rng, n_ops)
+            if question_key(problem.user_text) not in self.held_out:
+                return problem
 
 
-def comparison_question(rng: random.Random) -> dict:
-    a, b = rng.randint(1, 50), rng.randint(1, 50)
-    while a == b:
-        b = rng.randint(1, 50)
-    return {"question": f"is {a} greater than {b}", "answer": a > b,
-            "passage": f"The number {a} and the number {b} are compared. {a} is {'greater' if a > b else 'less'} than {b}."}
+CHAT_SHARE = 0.3
+"""Share of corpus documents that are chat turns answered directly."""
+CHAT_MAX_STEPS = 2
+"""The chat turns ask easy problems: one to this many changes (None: the tasks' own mix)."""
+INSTRUCTED_SHARE = 0.5
+"""Share of the worked solutions written after the question as the bench asks it (instruction included)."""
+DRILL_SHARE = 0.1
+"""Share of corpus documents that are drills of the one-step facts (`52+5=57.`, comparisons): the
+facts every written step uses, seen often enough that a model of the tiny size knows them."""
 
 
-def chat_exchange(rng: random.Random) -> str:
-    """A ChatML turn pair in which the assistant answers *directly* (no thinking), with the bench
-    prompts' wording: what an instruct base model does before reasoning fine-tuning."""
-    from reasondiff.config.bench import PromptTemplates
-
-    prompts = PromptTemplates()
-    kind = rng.randrange(3)
-    if kind == 0:
-        p = word_problem(rng)
-        user, answer = prompts.gsm8k.replace("{question}", p["question"]), f"The answer is $\\boxed{{{p['answer']}}}$."
-    elif kind == 1:
-        p = expression_problem(rng)
-        user, answer = prompts.math500.replace("{problem}", p["problem"]), f"The answer is $\\boxed{{{p['answer']}}}$."
-    else:
-        q = comparison_question(rng)
-        template = prompts.boolq if rng.random() < 0.5 else prompts.boolq_no_passage
-        user = template.replace("{passage}", q["passage"]).replace("{question}", q["question"])
-        answer = f"Answer: {'yes' if q['answer'] else 'no'}"
-    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
-
-
-def base_training_text(rng: random.Random) -> str:
-    """Pretraining document for the tiny base model: prose, direct question/answer pairs, and
-    chat turns answered directly (so the base model follows the bench prompts, without thinking)."""
-    if rng.random() < 0.3:
-        return "".join(chat_exchange(rng) for _ in range(rng.randint(1, 3)))
-    parts = [general_text(rng, rng.randint(3, 8))]
-    for _ in range(rng.randint(1, 3)):
-        kind = rng.randrange(3)
-        if kind == 0:
-            p = word_problem(rng)
-            parts.append(f"Question: {p['question']} Answer: {p['answer']}.")
-        elif kind == 1:
-            p = expression_problem(rng)
-            parts.append(f"Question: {p['problem']} Answer: ${p['answer']}$.")
+def drill_text(rng: random.Random, n_facts: int) -> str:
+    """One-step facts in the traces' own spelling, and comparisons of two counts."""
+    facts = []
+    for _ in range(n_facts):
+        if rng.random() < 0.8:
+            chain = random_chain(rng, 1)
+            facts.append(chain.steps()[0])
         else:
-            q = comparison_question(rng)
-            parts.append(f"Question: {q['question']}? Answer: {'yes' if q['answer'] else 'no'}.")
-        parts.append(general_text(rng, rng.randint(1, 4)))
-    return " ".join(parts)
+            x, y = rng.sample(range(MIN_COUNT, MAX_COUNT + 1), 2)
+            facts.append(comparison(x, rng.choice(["more", "fewer"]), y))
+    return " ".join(facts)
 
 
-def s1k_row(rng: random.Random) -> dict:
-    """One row in the s1K-1.1 schema: question, thinking trace, attempt (both trace sources)."""
-    if rng.random() < 0.5:
-        p = word_problem(rng)
-        question, steps, answer = p["question"], p["steps"], p["answer"]
-    else:
-        p = expression_problem(rng)
-        question, steps, answer = p["problem"], p["steps"], p["answer"]
-    thinking = "Let me think step by step. " + " ".join(steps) + f" So the answer is {answer}."
-    attempt = f"The answer is $\\boxed{{{answer}}}$."
-    return {"question": question, "solution": str(answer), "cot_type": "math", "source_type": "reasondiff/tiny",
-            "metadata": "{}", "gemini_thinking_trajectory": thinking, "gemini_attempt": attempt,
-            "deepseek_thinking_trajectory": thinking, "deepseek_attempt": attempt,
+def base_training_text(rng: random.Random, source: ProblemSource, *, chat_share: float = CHAT_SHARE,
+                       chat_max_steps: int | None = CHAT_MAX_STEPS, instructed_share: float = INSTRUCTED_SHARE) -> str:
+    """A pretraining document for the base model: prose, worked solutions written as text, and chat
+    turns answered directly (so the base follows the bench prompts, without thinking). With
+    `chat_max_steps` the chat turns ask easy questions only (one to that many changes): the ones an
+    instruct model is shown answering at once. `instructed_share` of the worked solutions follow the
+    question as the bench asks it, its instruction included: a model that only ever saw the solution
+    right after the question loses its place in the question when an instruction comes between."""
+    kind = rng.random()
+    if kind < DRILL_SHARE:
+        return drill_text(rng, rng.randint(8, 16))
+    if kind < DRILL_SHARE + chat_share:
+        problems = [source.draw(max_steps=chat_max_steps) for _ in range(rng.randint(1, 3))]
+        return "".join(chat_turn(user_turn(p), direct_answer(p)) for p in problems)
+    parts = [general_text(rng, rng.randint(0, 1))]
+    for _ in range(rng.randint(2, 3)):
+        p = source.draw()
+        question = user_turn(p) if rng.random() < instructed_share else p.user_text
+        parts.append(f"Question: {question} Solution: {p.thinking} Answer: {p.answer_text}.")
+    return " ".join(part for part in parts if part)
+
+
+def s1k_row(problem: Problem) -> dict:
+    """One row in the s1K-1.1 schema: question, thinking trace, attempt (both trace sources).
+
+    The question is the bench's user turn for the problem: s1K's own questions carry no
+    instruction, but a tiny model does not carry a layout over to a prompt worded otherwise."""
+    attempt_text = attempt(problem)
+    return {"question": user_turn(problem), "solution": problem.answer_text, "cot_type": "math",
+            "source_type": f"reasondiff/tiny/{problem.task}", "metadata": "{}",
+            "gemini_thinking_trajectory": problem.thinking, "gemini_attempt": attempt_text,
+            "deepseek_thinking_trajectory": problem.thinking, "deepseek_attempt": attempt_text,
             "gemini_grade": "Yes", "deepseek_grade": "Yes"}
+
+
+def eval_row(problem: Problem, index: int) -> dict:
+    """The problem in its benchmark's schema."""
+    if problem.task == "gsm8k":
+        return {"question": problem.question, "answer": f"{problem.thinking}\n#### {problem.answer}"}
+    if problem.task == "math500":
+        return {"problem": problem.question, "solution": f"{problem.thinking} $\\boxed{{{problem.answer}}}$",
+                "answer": str(problem.answer), "subject": "Prealgebra", "level": 1,
+                "unique_id": f"tiny/{index}.json"}
+    return {"question": problem.question, "answer": problem.answer, "passage": problem.passage}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -134,25 +337,39 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
+def held_out_problems(seed: int, n_eval: int) -> dict[str, list[Problem]]:
+    """The bench questions of every task, distinct within a task, from their own random stream."""
+    rng = random.Random(f"tiny-eval-{seed}")
+    out = {}
+    for task, generate in GENERATORS.items():
+        seen, problems = set(), []
+        while len(problems) < n_eval:
+            problem = generate(rng)
+            if question_key(problem.user_text) not in seen:
+                seen.add(question_key(problem.user_text))
+                problems.append(problem)
+        out[task] = problems
+    return out
+
+
 def write_tiny_datasets(directory: str | Path, seed: int = 0, *, n_corpus: int = 3000, n_s1k: int = 400,
-                        n_eval: int = 60) -> dict[str, Path]:
+                        n_eval: int = 100, chat_share: float = CHAT_SHARE,
+                        chat_max_steps: int | None = CHAT_MAX_STEPS,
+                        instructed_share: float = INSTRUCTED_SHARE) -> dict[str, Path]:
     """Write every dataset the tiny experiment reads; returns name -> path."""
     directory = Path(directory)
-    rng = random.Random(seed)
+    held = held_out_problems(seed, n_eval)
+    source = ProblemSource(random.Random(f"tiny-train-{seed}"),
+                           {question_key(p.user_text) for problems in held.values() for p in problems})
+    rng = random.Random(f"tiny-corpus-{seed}")
     paths = {name: directory / f"{name}.jsonl" for name in ("corpus", "s1k", "gsm8k", "math500", "boolq")}
-    _write_jsonl(paths["corpus"], [{"text": base_training_text(rng)} for _ in range(n_corpus)])
-    _write_jsonl(paths["s1k"], [s1k_row(rng) for _ in range(n_s1k)])
-    gsm = []
-    for _ in range(n_eval):
-        p = word_problem(rng)
-        gsm.append({"question": p["question"], "answer": " ".join(p["steps"]) + f"\n#### {p['answer']}"})
-    _write_jsonl(paths["gsm8k"], gsm)
-    math_rows = []
-    for i in range(n_eval):
-        p = expression_problem(rng)
-        math_rows.append({"problem": p["problem"], "solution": " ".join(p["steps"]) + f" $\\boxed{{{p['answer']}}}$",
-                          "answer": str(p["answer"]), "subject": "Prealgebra", "level": 1,
-                          "unique_id": f"tiny/{i}.json"})
-    _write_jsonl(paths["math500"], math_rows)
-    _write_jsonl(paths["boolq"], [comparison_question(rng) for _ in range(n_eval)])
+    documents = (base_training_text(rng, source, chat_share=chat_share, chat_max_steps=chat_max_steps,
+                                    instructed_share=instructed_share)
+                 for _ in tqdm(range(n_corpus), desc="tiny world corpus", unit="doc", dynamic_ncols=True,
+                               disable=n_corpus < 5000))
+    _write_jsonl(paths["corpus"], [{"text": text} for text in documents])
+    tasks = list(GENERATORS)
+    _write_jsonl(paths["s1k"], [s1k_row(source.draw(tasks[i % len(tasks)])) for i in range(n_s1k)])
+    for task, problems in held.items():
+        _write_jsonl(paths[task], [eval_row(p, i) for i, p in enumerate(problems)])
     return paths

@@ -1,23 +1,29 @@
 """The embedded default model: a small Qwen2-architecture LM built offline from generated text.
 
-`make_tokenizer` trains a byte-level BPE with Qwen2.5's special tokens and ChatML template;
-`make_model` gives a randomly initialised tiny Qwen2 (tests); `ensure_tiny_world` writes the
-generated datasets and pretrains the base model for a minute or two on CPU, cached under
-outputs/_tiny/ so later runs reuse it.
-"""
+`make_tokenizer` trains a byte-level BPE with Qwen2.5's pre-tokenizer (digits one by one), special
+tokens and ChatML template; `make_model` gives a randomly initialised tiny Qwen2 (tests);
+`ensure_tiny_world` writes the generated datasets under outputs/_tiny/ and puts the base model there:
+the copy shipped in reasondiff/tiny/base_model/ when it was built by the same `TinyRecipe`, else a
+fresh pretraining (1500 steps, ~18 min on one core of a 2-core CPU; docs/tiny.md)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
+import random
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from reasondiff import artifacts
-from reasondiff.tiny.data import chat_exchange, general_text, s1k_row, write_tiny_datasets
+from reasondiff.tiny import data as tiny_data
+from reasondiff.tiny.data import ProblemSource, base_training_text, general_text, write_tiny_datasets
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +35,57 @@ CHATML_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+# Qwen2's pre-tokenizer split (its tokenizer.json): every digit is a token of its own, so every
+# step of the tiny world's traces (`3+4=7.`) has the same few tokens.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+BUILD_FILE = "tiny_build.json"
+SHIPPED_BASE = Path(__file__).with_name("base_model")
+"""The tiny base model built from `TinyRecipe()`, shipped with the package: building it takes about
+20 CPU-minutes, copying it a second, so a fresh clone's demo and the test suite start at once.
+`python -m reasondiff.tiny.build` rebuilds it (a test fails when the recipe changes without it)."""
 
 
-def make_tokenizer(texts: list[str], vocab_size: int = 2048):
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Everything the cached tiny world depends on; a cache built from another recipe is rebuilt."""
+
+    version: int = 6
+    """Bumped whenever the generated text or the training code changes what gets built."""
+    seed: int = 0
+    n_corpus: int = 20000
+    """Pretraining documents (about 3.2M tokens): mostly worked solutions, some chat turns answered
+    directly, drills of the one-step facts and prose."""
+    chat_share: float = tiny_data.CHAT_SHARE
+    chat_max_steps: int | None = tiny_data.CHAT_MAX_STEPS
+    instructed_share: float = tiny_data.INSTRUCTED_SHARE
+    n_s1k: int = 400
+    n_eval: int = 100
+    """Held-out bench questions per task."""
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    n_layers: int = 4
+    intermediate_size: int = 512
+    steps: int = 1500
+    """The lookup of a day's change in the question is learnt between steps 500 and 1000 (held-out
+    worked-solution accuracy 15% at 500, 75% at 1000, 92% at 1500: docs/tiny.md)."""
+    seq_len: int = 128
+    batch_size: int = 32
+    lr: float = 3e-3
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_tokenizer(texts: list[str], vocab_size: int = 1024):
     """A byte-level BPE trained on `texts`, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -51,14 +99,14 @@ def make_tokenizer(texts: list[str], vocab_size: int = 2048):
 
 
 def tokenizer_training_texts(seed: int = 0, n: int = 400) -> list[str]:
-    import random
-
+    """Text of every kind the tiny world holds (prose, worked solutions, chat turns, s1 layout), in a
+    fixed mix: the corpus shares of the recipe do not move the vocabulary."""
     rng = random.Random(seed)
-    texts = [general_text(rng, 12) for _ in range(n)]
-    for _ in range(n // 2):
-        row = s1k_row(rng)
-        texts.append(row["question"] + " " + row["deepseek_thinking_trajectory"] + " " + row["deepseek_attempt"])
-        texts.append(chat_exchange(rng))
+    source = ProblemSource(rng, set())
+    texts = [general_text(rng, 12) for _ in range(n // 2)]
+    texts += [base_training_text(rng, source, chat_share=0.12, chat_max_steps=None, instructed_share=0.0)
+              for _ in range(n)]
+    texts += ["<|im_start|>think\n<|im_start|>answer\nAnswer: Final Answer:"]
     return texts
 
 
@@ -88,14 +136,20 @@ def make_model(tokenizer, seed: int = 0, **shape):
     return model.eval()
 
 
-def pretrain(model, tokenizer, texts: list[str], *, steps: int, seq_len: int = 256, batch_size: int = 16,
-             lr: float = 3e-3, seed: int = 0) -> list[float]:
-    """Plain next-token pretraining on packed text; returns the loss curve."""
+def pack(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
+    """Documents joined by <|endoftext|> and cut into rows of `seq_len` tokens."""
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    ids = []
-    for text in texts:
-        ids.extend(tokenizer(text)["input_ids"] + [eos])
-    data = torch.tensor(ids[: (len(ids) // seq_len) * seq_len]).view(-1, seq_len)
+    ids: list[int] = []
+    for encoded in tokenizer(texts)["input_ids"]:
+        ids.extend(encoded + [eos])
+    return torch.tensor(ids[: (len(ids) // seq_len) * seq_len]).view(-1, seq_len)
+
+
+def pretrain(model, data: torch.Tensor, *, steps: int, batch_size: int = 16, lr: float = 3e-3,
+             seed: int = 0) -> list[float]:
+    """Plain next-token pretraining on packed rows (warm-up, cosine decay); returns the loss curve."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -103,45 +157,96 @@ def pretrain(model, tokenizer, texts: list[str], *, steps: int, seq_len: int = 2
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
     losses = []
-    for step in range(steps):
-        batch = data[torch.randint(len(data), (batch_size,), generator=gen)]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 50 == 0 or step == steps - 1:
-            log.info("tiny base pretraining: step %d/%d loss %.3f", step + 1, steps, losses[-1])
+    with tqdm(total=steps, desc="tiny base pretraining", unit="step", dynamic_ncols=True) as bar:
+        for _ in range(steps):
+            batch = data[torch.randint(len(data), (batch_size,), generator=gen)]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            bar.update()
     model.eval()
     return losses
 
 
-def ensure_tiny_world(model_dir: str | Path, seed: int = 0, steps: int = 400) -> Path:
-    """Datasets in <root>/data and a pretrained base model in `model_dir` (root = its parent)."""
+def write_recipe_datasets(directory: Path, recipe: TinyRecipe) -> None:
+    write_tiny_datasets(directory, seed=recipe.seed, n_corpus=recipe.n_corpus, n_s1k=recipe.n_s1k,
+                        n_eval=recipe.n_eval, chat_share=recipe.chat_share, chat_max_steps=recipe.chat_max_steps,
+                        instructed_share=recipe.instructed_share)
+
+
+def _built_with(directory: Path, recipe: TinyRecipe) -> bool:
+    path = directory / BUILD_FILE
+    return artifacts.is_complete(directory) and path.is_file() and \
+        artifacts.read_json(path).get("fingerprint") == recipe.fingerprint()
+
+
+def ensure_tiny_world(model_dir: str | Path, seed: int = 0, recipe: TinyRecipe | None = None,
+                      threads: int | None = None) -> Path:
+    """Datasets in <root>/data and a pretrained base model in `model_dir` (root = its parent).
+
+    Built once and reused; a cache built by another recipe (an older version of this code) is
+    rebuilt. Concurrent callers (a test session beside `make demo`) wait for one build. `threads`
+    (hardware.cpu_threads) sets torch's intra-op threads for the build."""
+    from filelock import FileLock
+
+    recipe = recipe or TinyRecipe(seed=seed)
     model_dir = Path(model_dir)
     root = model_dir.parent
     data_dir = root / "data"
-    if not artifacts.is_complete(data_dir):
-        write_tiny_datasets(data_dir, seed=seed)
-        artifacts.mark_complete(data_dir)
-    if artifacts.is_complete(model_dir):
+    if _built_with(data_dir, recipe) and _built_with(model_dir, recipe):
         return model_dir
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".tiny_build.lock")):
+        build = {"fingerprint": recipe.fingerprint(), "recipe": dataclasses.asdict(recipe)}
+        if not _built_with(data_dir, recipe):
+            if data_dir.exists():
+                log.info("tiny world data in %s was made by another recipe; regenerating it", data_dir)
+            with artifacts.atomic_dir(data_dir) as staging:
+                write_recipe_datasets(staging, recipe)
+                artifacts.write_json(staging / BUILD_FILE, build)
+                artifacts.mark_complete(staging)
+        if _built_with(model_dir, recipe):
+            return model_dir
+        if model_dir.exists():
+            log.info("the cached tiny base model in %s was built by another recipe; replacing it", model_dir)
+        if _built_with(SHIPPED_BASE, recipe):
+            with artifacts.atomic_dir(model_dir) as staging:
+                shutil.copytree(SHIPPED_BASE, staging, dirs_exist_ok=True)
+            log.info("tiny base model: the build shipped with reasondiff (%s), cached at %s", SHIPPED_BASE, model_dir)
+            return model_dir
+        if threads:
+            torch.set_num_threads(threads)
+        log.info("building the tiny base model once (%d pretraining steps, %d torch threads); later runs and "
+                 "the test suite reuse it from %s", recipe.steps, torch.get_num_threads(), model_dir)
+        start = time.perf_counter()
+        build_base_model(model_dir, data_dir, recipe, build)
+        log.info("tiny base model built in %.0f s and cached at %s (`make clean-tiny` removes it)",
+                 time.perf_counter() - start, model_dir)
+    return model_dir
+
+
+def build_base_model(model_dir: Path, data_dir: Path, recipe: TinyRecipe, build: dict) -> None:
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    tokenizer = make_tokenizer(tokenizer_training_texts(seed))
-    model = make_model(tokenizer, seed=seed)
+    torch.manual_seed(recipe.seed)
+    tokenizer = make_tokenizer(tokenizer_training_texts(recipe.seed), vocab_size=recipe.vocab_size)
+    model = make_model(tokenizer, seed=recipe.seed, hidden_size=recipe.hidden_size, n_layers=recipe.n_layers,
+                       intermediate_size=recipe.intermediate_size)
     with open(data_dir / "corpus.jsonl") as handle:
         texts = [json.loads(line)["text"] for line in handle]
-    losses = pretrain(model, tokenizer, texts, steps=steps, seed=seed)
+    data = pack(tokenizer, texts, recipe.seq_len)
+    losses = pretrain(model, data, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed)
     with artifacts.atomic_dir(model_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        tail = losses[-20:]
         artifacts.write_json(staging / "pretraining.json", {
-            "steps": steps, "first_loss": losses[0], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "seconds": time.perf_counter() - start})
+            "steps": recipe.steps, "tokens": recipe.steps * recipe.batch_size * recipe.seq_len,
+            "corpus_tokens": data.numel(), "first_loss": losses[0], "final_loss": sum(tail) / len(tail),
+            "seconds": time.perf_counter() - start, "torch_threads": torch.get_num_threads()})
+        artifacts.write_json(staging / BUILD_FILE, build)
         artifacts.mark_complete(staging)
-    log.info("tiny base model built in %.0fs (loss %.2f -> %.2f): %s", time.perf_counter() - start,
-             losses[0], losses[-1], model_dir)
-    return model_dir
