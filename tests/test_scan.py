@@ -103,7 +103,7 @@ def scan_config(tmp_path, base_dir, tuned_dir, tiny_world, *extra):
         f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", f"model.path={base_dir}", "model.build_tiny=false",
         f"tuned_model={tuned_dir}", f"harvest.corpus={tiny_world / 'corpus.jsonl'}",
         f"finetune.dataset={tiny_world / 's1k.jsonl'}", "scan.n_general_contexts=4", "scan.n_reasoning_contexts=4",
-        "scan.context_length=48", "scan.patch_contexts=2", "hardware.analyze_batch_size=2", *extra, config_name="scan")
+        "scan.context_length=64", "scan.patch_contexts=2", "hardware.analyze_batch_size=2", *extra, config_name="scan")
 
 
 @pytest.mark.parametrize("planted", [1, 2])
