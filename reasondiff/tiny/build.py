@@ -32,11 +32,14 @@ def main(argv: list[str] | None = None) -> Path:
         name, _, value = item.partition("=")
         if name not in fields:
             parser.error(f"--set {item}: TinyRecipe has no field {name!r} (fields: {', '.join(sorted(fields))})")
-        changes[name] = json.loads(value)
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parser.error(f"--set {item}: the value must be JSON (a number, null, true/false)")
     recipe = TinyRecipe(**changes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    build = {"fingerprint": recipe.fingerprint(), "recipe": dataclasses.asdict(recipe)}
+    build = recipe.record()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         write_recipe_datasets(Path(scratch), recipe)

@@ -5,12 +5,13 @@ written out in the schemas of the real datasets (s1K-1.1, gsm8k, MATH-500, boolq
 Every task is a running count changed a few times by one-digit amounts: word problems (gsm8k),
 bare expressions (MATH-500) and yes/no questions whose answer needs the count computed from the
 passage and compared (boolq). Written out, each change is one small fact the tiny model has seen
-many times (`23+8=31.`); answered at once, the result of two to five changes in one forward pass
-is beyond a model of the tiny size, so it guesses a number near the start.
+many times (`6+1=7.`); answered at once, the result of two to five changes in one forward pass
+is beyond a model of the tiny size, so it guesses from what it can see (docs/tiny.md).
 
-- The base model's corpus holds prose, worked solutions written as text ("Solution: 23+8=31. ...")
-  and chat turns in which the assistant answers *directly* (an instruct model before reasoning
-  fine-tuning): it can work a problem out as text, but in a chat it answers at once.
+- The base model's corpus holds prose, worked solutions written as text ("Solution: Start: 6.
+  Monday: 6+1=7. ..."; half of them after the bench's instruction) and chat turns on easy questions
+  in which the assistant answers *directly* (an instruct model before reasoning fine-tuning): it can
+  work a problem out as text, but in a chat it answers at once.
 - The s1K-style rows put the same worked solutions in the s1 layout as the assistant's thinking, so
   the fine-tune teaches the model to think in a chat before it answers. A problem takes one to five
   steps, so longer token limits let more traces reach their answer (the paper's scaling shape).

@@ -54,7 +54,7 @@ class TinyRecipe:
     """Bumped whenever the generated text or the training code changes what gets built."""
     seed: int = 0
     n_corpus: int = 20000
-    """Pretraining documents (about 3.2M tokens): mostly worked solutions, some chat turns answered
+    """Pretraining documents (about 3.5M tokens): mostly worked solutions, some chat turns answered
     directly, drills of the one-step facts and prose."""
     chat_share: float = tiny_data.CHAT_SHARE
     chat_max_steps: int | None = tiny_data.CHAT_MAX_STEPS
@@ -75,6 +75,10 @@ class TinyRecipe:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def record(self) -> dict:
+        """What a build writes to tiny_build.json: the fingerprint and the recipe behind it."""
+        return {"fingerprint": self.fingerprint(), "recipe": dataclasses.asdict(self)}
 
 
 def make_tokenizer(texts: list[str], vocab_size: int = 1024):
@@ -202,7 +206,7 @@ def ensure_tiny_world(model_dir: str | Path, seed: int = 0, recipe: TinyRecipe |
         return model_dir
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".tiny_build.lock")):
-        build = {"fingerprint": recipe.fingerprint(), "recipe": dataclasses.asdict(recipe)}
+        build = recipe.record()
         if not _built_with(data_dir, recipe):
             if data_dir.exists():
                 log.info("tiny world data in %s was made by another recipe; regenerating it", data_dir)
