@@ -103,6 +103,7 @@ def test_outputs_are_complete_and_loadable(reference_run):
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "loss_curve.pdf").read_bytes()[:5] == b"%PDF-"  # Fig. 2 as a vector figure too
     report = json.loads((out / "length_report.json").read_text())
     assert report["n_rows"] == 16 and report["max_length"] == 256
     assert not (out / "checkpoints").exists()  # finished: the 7 GB-per-checkpoint optimizer state is gone

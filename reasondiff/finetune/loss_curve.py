@@ -6,8 +6,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reasondiff import artifacts
-
 
 def loss_points(log_history: Iterable[Mapping[str, Any]]) -> tuple[list[int], list[float]]:
     """(steps, losses) of the training-loss entries, one per step (a resumed run may log a step twice: last wins)."""
@@ -31,25 +29,20 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
 
 
 def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, *, title: str) -> Path:
-    """Write the loss curve PNG atomically; a smoothed line is drawn when there are enough points."""
-    import matplotlib
+    """Write the loss curve (Fig. 2) as PNG and PDF in the project's theme, atomically; a smoothed
+    line is drawn when there are enough points. Returns the PNG's path."""
+    from reasondiff import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=150)
-    ax.plot(steps, losses, color="#9bb7d4", linewidth=1.0, label="training loss")
-    if len(losses) >= 50:  # a real run logs every step; the tiny demo logs too few points to smooth
-        window = max(2, len(losses) // 20)
-        ax.plot(steps, moving_average(losses, window), color="#1f4e79", linewidth=1.8,
-                label=f"moving average ({window} logs)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    artifacts.atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    with figures.themed() as plt:
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+        ax.plot(steps, losses, color="#9bb7d4", linewidth=1.0, label="training loss")
+        if len(losses) >= 50:  # a real run logs every step; the tiny demo logs too few points to smooth
+            window = max(2, len(losses) // 20)
+            ax.plot(steps, moving_average(losses, window), color="#1f4e79", linewidth=1.8,
+                    label=f"moving average ({window} logs)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (assistant tokens)")
+        ax.set_title(title)
+        ax.legend(frameon=False)
+        fig.tight_layout()
+        return figures.save(fig, Path(path))
