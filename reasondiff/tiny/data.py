@@ -60,14 +60,14 @@ def apply(x: int, op: str, y: int) -> int:
 
 
 def step_text(x: int, op: str, y: int) -> str:
-    """One change written out: `23+8=31.` Written without spaces around the signs: Qwen's tokenizer
+    """One change written out: `6+1=7.` Written without spaces around the signs: Qwen's tokenizer
     makes a space before a digit a token of its own."""
     return f"{x}{op}{y}={apply(x, op, y)}."
 
 
 @dataclass(frozen=True)
 class Chain:
-    """A start count and the changes applied in order: 23, (+, 8), (-, 5) -> 26."""
+    """A start count and the changes applied in order: 6, (+, 1), (-, 5) -> 2."""
 
     start: int
     ops: tuple[tuple[str, int], ...]
@@ -267,7 +267,7 @@ CHAT_MAX_STEPS = 2
 INSTRUCTED_SHARE = 0.5
 """Share of the worked solutions written after the question as the bench asks it (instruction included)."""
 DRILL_SHARE = 0.1
-"""Share of corpus documents that are drills of the one-step facts (`52+5=57.`, comparisons): the
+"""Share of corpus documents that are drills of the one-step facts (`6+1=7.`, comparisons): the
 facts every written step uses, seen often enough that a model of the tiny size knows them."""
 
 
