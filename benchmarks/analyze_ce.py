@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from reasondiff.analyze.ce_recovery import CERecoveryMeter, ce_recovery_batch  # noqa: E402
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig, load_crosscoder  # noqa: E402
-from reasondiff.models import parse_hook  # noqa: E402
+from reasondiff.lm.models import parse_hook  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "wiki_text_sample.jsonl"
 
@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
 
 def load_models(args):
     from reasondiff.config import HardwareConfig
-    from reasondiff.models import load_model
+    from reasondiff.lm.models import load_model
 
     if args.model is None:
         from reasondiff.tiny import make_model, make_tokenizer, tokenizer_training_texts
@@ -96,7 +96,7 @@ def make_crosscoder(args, d_model: int) -> CrossCoder:
 
 
 def load_baseline(path: str):
-    """`ce_recovery_batch` of another ce_recovery.py (it imports this checkout's reasondiff.hooks)."""
+    """`ce_recovery_batch` of another ce_recovery.py (it imports this checkout's reasondiff.lm.hooks)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("baseline_ce_recovery", path)

@@ -29,7 +29,7 @@ from reasondiff.bench.grading import extract_answer, grade  # noqa: E402
 from reasondiff.bench.prompts import chat_prompt, prompt_ids, select_indices, user_turn  # noqa: E402
 from reasondiff.config import HardwareConfig, ReasoningFormat  # noqa: E402
 from reasondiff.config.bench import PromptTemplates  # noqa: E402
-from reasondiff.models import load_model  # noqa: E402
+from reasondiff.lm.models import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from reasondiff.harvest import store as store_io  # noqa: E402
 from reasondiff.harvest.corpus import ContextStream  # noqa: E402
 from reasondiff.harvest.pairs import PairedHarvester, paired_bridge_activations  # noqa: E402
 from reasondiff.harvest.run import StoreWriter  # noqa: E402
-from reasondiff.models import check_compatible, hooked, load_model, parse_hook  # noqa: E402
+from reasondiff.lm.models import check_compatible, hooked, load_model, parse_hook  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "wiki_text_sample.jsonl"
 

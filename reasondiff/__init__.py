@@ -1,9 +1,11 @@
 """reasondiff: what reasoning fine-tuning changes inside a language model (see README.md).
 
-The package tree is the pipeline: one package per app (`finetune/ bench/ harvest/ train/
+The package tree is the pipeline: one package per app (`finetune/ bench/ harvest/ scan/ train/
 analyze/`, each run as `python -m reasondiff.<app>`), the crosscoder as a library of its own
-(`crosscoder/`), and the foundation they share at the top (config/, stage.py, artifacts.py,
-models.py, hooks.py, ...). The names below are the public API, imported on first use.
+(`crosscoder/`), the typed configs (`config/`), and three foundation packages under them, arrows
+pointing down only: `app/` (the stage contract, preflight, sweeps, --help) -> `lm/` (models, hook
+points, forwards resumed at a hook, data) -> `core/` (files, run dirs, fingerprints, metrics,
+figures). The names below are the public API, imported on first use.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __getattr__ = lazy_exports(__name__, {
     "grade": "reasondiff.bench.grading",
     "extract_answer": "reasondiff.bench.grading",
     "ActivationStore": "reasondiff.harvest.store",
-    "run_stage": "reasondiff.stage",
+    "run_stage": "reasondiff.pipeline",
     "Config": "reasondiff.config",
 })
 __all__ = ["ActivationStore", "Config", "CrossCoder", "CrossCoderConfig", "extract_answer", "from_dictionary_learning",

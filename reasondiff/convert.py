@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    from reasondiff.core.errors import UserError
     from reasondiff.crosscoder.convert import convert
-    from reasondiff.errors import UserError
 
     try:
         out = convert(args.src, args.out, to=args.to, scaling_factors=args.scaling_factors, overwrite=args.overwrite)

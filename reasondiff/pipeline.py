@@ -1,6 +1,6 @@
 """`python -m reasondiff.pipeline +exp=NAME`: the stages in order (config.STAGES).
 
-Before any work the pipeline plans every stage (reasondiff.stage.decide): a finished stage with the
+Before any work the pipeline plans every stage (reasondiff.app.stage.decide): a finished stage with the
 same settings and inputs is skipped; one whose input stage will be redone is stale and redone; a
 partial one is resumed; a finished or partial one made with other settings stops the pipeline, with
 every such stage and key named at once. Then the inputs of all the stages that will run are checked
@@ -14,11 +14,11 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from reasondiff import preflight
+from reasondiff.app import preflight
+from reasondiff.app.stage import Decision, decide, execute, follow_runs, hydra_app
 from reasondiff.config import STAGES, Config
-from reasondiff.errors import UserError
-from reasondiff.preflight import prepare_tiny_world
-from reasondiff.stage import Decision, decide, execute, follow_runs, hydra_app
+from reasondiff.core.errors import UserError
+from reasondiff.tiny import prepare_tiny_world
 
 log = logging.getLogger("reasondiff")
 
@@ -55,13 +55,19 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] = STAGES) -> Path | None:
                                                              else "") for s, d in planned))
     for stage, _ in planned:
         log.info("pipeline: %s", stage)
-        execute(dataclasses.replace(cfg, stage=stage), stage)
+        execute(dataclasses.replace(cfg, stage=stage), stage, prepare=prepare_tiny_world)
     report = dataclasses.replace(cfg, stage="analyze").stage_dir("analyze") / "report.md"
     if "analyze" in stages and report.is_file():
         log.info("pipeline: report in %s", report)
         print(f"report: {report}")
         return report
     return None
+
+
+def run_stage(cfg: Config, stage: str | None = None, func=None) -> Path:
+    """One stage as its app runs it (the tiny world built first where `model.build_tiny` asks): the
+    public `reasondiff.run_stage`."""
+    return execute(cfg, stage, func, prepare=prepare_tiny_world).directory
 
 
 main = hydra_app("pipeline", body=run_pipeline)

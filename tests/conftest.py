@@ -13,8 +13,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from reasondiff.app.stage import CONF_DIR
 from reasondiff.config import Config, to_config
-from reasondiff.stage import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -94,7 +94,7 @@ def tiny_world(tmp_path_factory) -> Path:
 
 def make_config(*overrides: str, config_name: str = "train") -> Config:
     """Compose an app's config exactly as the CLI would (run=a=b quoted as the CLI does), then validate it."""
-    from reasondiff.cli import quote_run_values
+    from reasondiff.app.cli import quote_run_values
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return to_config(compose(config_name=config_name, overrides=quote_run_values(list(overrides))))
@@ -111,7 +111,7 @@ def trained_tiny_pair() -> tuple[Path, Path]:
     +exp=tiny, in outputs/_tiny_pair/finetune/). Built on first use, then reused across runs: the
     stage skips a finished run with the same settings and base model (delete the folders to rebuild).
     Unlike the random tiny models, these stop at different lengths and write answers."""
-    from reasondiff.stage import run_stage
+    from reasondiff.app.stage import run_stage
     from reasondiff.tiny import ensure_tiny_world
 
     output_root = REPO / "outputs"

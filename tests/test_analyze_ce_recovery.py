@@ -29,8 +29,8 @@ from reasondiff.analyze.ce_recovery import (
     splice,
 )
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
-from reasondiff.hooks import residual_hook
-from reasondiff.models import parse_hook
+from reasondiff.lm.hooks import residual_hook
+from reasondiff.lm.models import parse_hook
 
 HOOK = "blocks.2.hook_resid_pre"
 FACTORS = [10.0, 0.1]
@@ -353,7 +353,7 @@ def test_exact_crosscoder_on_the_real_qwen_architecture():
     import os
 
     from reasondiff.config import HardwareConfig
-    from reasondiff.models import load_model
+    from reasondiff.lm.models import load_model
 
     path = os.environ.get("REASONDIFF_QWEN", "/work/qwen05b")
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -471,7 +471,7 @@ def test_resumed_runs_give_the_reference_numbers(trained_pair, hook_name, keep_f
 def test_the_zero_ablation_everywhere_is_one_vector_for_every_position(trained_pair):
     """What the shortcut assumes, checked against full forwards longer than the probe: zeroing the
     hook at every position gives every position of every context the same final hidden state."""
-    from reasondiff.resume_forward import clean_run, final_norm, uniform_final_residual
+    from reasondiff.lm.resume_forward import clean_run, final_norm, uniform_final_residual
 
     model = trained_pair[0][0]
     for name in ("blocks.2.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"):
@@ -489,7 +489,7 @@ def test_a_model_that_cannot_take_a_shortcut_is_run_in_full(trained_pair, caplog
     (so every run is a full forward, the reason logged). The numbers are the reference's either way."""
     import copy
 
-    from reasondiff.resume_forward import clean_run, resume_problem, uniform_final_residual
+    from reasondiff.lm.resume_forward import clean_run, resume_problem, uniform_final_residual
 
     models, tokens = trained_pair
     models = [copy.deepcopy(m) for m in models]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import make_config
 
-from reasondiff import artifacts
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
-from reasondiff.stage import run_stage
 
 N_LATENTS = 256
 

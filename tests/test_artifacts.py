@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from reasondiff import artifacts
+from reasondiff.core import artifacts
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -38,7 +38,7 @@ def test_killed_process_mid_write_leaves_old_file(tmp_path):
     path.write_bytes(b"old")
     script = textwrap.dedent(f"""
         import sys, time
-        from reasondiff.artifacts import atomic_write
+        from reasondiff.core.artifacts import atomic_write
         with atomic_write({str(path)!r}) as handle:
             handle.write(b"x" * 1000)
             handle.flush()

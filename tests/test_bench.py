@@ -10,6 +10,7 @@ import math
 import pytest
 from conftest import make_config
 
+from reasondiff.app.stage import run_stage
 from reasondiff.bench import generation
 from reasondiff.bench import run as budget
 from reasondiff.bench.generation import Generation, HFGenerator, length_sorted_batches
@@ -23,8 +24,7 @@ from reasondiff.bench.run import (
     sweep_chunk,
 )
 from reasondiff.config.bench import PromptTemplates
-from reasondiff.errors import UserError
-from reasondiff.stage import run_stage
+from reasondiff.core.errors import UserError
 
 # --- pure functions -------------------------------------------------------------------------------
 

@@ -125,7 +125,7 @@ def test_real_qwen_wait_replaces_the_first_end_of_thinking(qwen_tokenizer):
 @pytest.fixture(scope="module")
 def tiny_tuned(trained_tiny_pair):
     from reasondiff.config import HardwareConfig
-    from reasondiff.models import load_model
+    from reasondiff.lm.models import load_model
 
     model, tokenizer = load_model(str(trained_tiny_pair[1]), HardwareConfig(device="cpu", dtype="float32"))
     return HFGenerator(model, tokenizer, batch_size=4), tokenizer
@@ -196,7 +196,7 @@ def test_one_sweep_equals_separate_runs_at_each_budget(tiny_tuned, trained_tiny_
 
 def test_a_base_model_that_ends_its_turn_answers_once(trained_tiny_pair):
     from reasondiff.config import HardwareConfig
-    from reasondiff.models import load_model
+    from reasondiff.lm.models import load_model
 
     model, tok = load_model(str(trained_tiny_pair[0]), HardwareConfig(device="cpu", dtype="float32"))
     generator = HFGenerator(model, tok, batch_size=4)
@@ -211,7 +211,7 @@ def test_a_base_model_that_ends_its_turn_answers_once(trained_tiny_pair):
 
 
 def test_until_thinking_must_be_one_token(tiny_tokenizer):
-    from reasondiff.errors import UserError
+    from reasondiff.core.errors import UserError
 
     generator = ReplayGenerator([], [tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")])
     with pytest.raises(UserError, match="bench.forcing.until_thinking"):

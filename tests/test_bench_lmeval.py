@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import make_config
 
+from reasondiff.app.stage import run_stage
 from reasondiff.bench import lmeval
-from reasondiff.stage import run_stage
 
 
 @pytest.mark.parametrize("completion, reference, strict, flexible", [

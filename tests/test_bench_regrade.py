@@ -9,9 +9,9 @@ from pathlib import Path
 
 from conftest import make_config
 
+from reasondiff.app.stage import run_stage
 from reasondiff.bench import regrade, scoring
 from reasondiff.bench.generation import HFGenerator
-from reasondiff.stage import run_stage
 
 
 def _legacy(row):

@@ -112,8 +112,8 @@ def test_auto_dtype_picks_bf16_on_cpu_only_where_the_cpu_has_it(monkeypatch, nat
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
     import torch
 
-    from reasondiff import models
     from reasondiff.config import common
+    from reasondiff.lm import models
 
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING"):
@@ -127,7 +127,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
 
 def test_every_config_key_has_a_one_line_description_for_help():
     """--help prints the docstring under each dataclass field; a key without one shows no description."""
-    from reasondiff.cli import schema_entries
+    from reasondiff.app.cli import schema_entries
 
     undocumented = [key for key, _, doc in schema_entries(make_config("+exp=tiny")) if not doc]
     assert not undocumented, undocumented

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, app_env, make_config
 
-from reasondiff import artifacts, fingerprint
-from reasondiff.errors import UserError
-from reasondiff.fingerprint import Fingerprint
+from reasondiff.app.stage import Decision, decide, run_stage
+from reasondiff.core import artifacts, fingerprint
+from reasondiff.core.errors import UserError
+from reasondiff.core.fingerprint import Fingerprint
 from reasondiff.pipeline import plan, run_pipeline
-from reasondiff.stage import Decision, decide, run_stage
 
 SMALL = ("train.data=synthetic", "model.build_tiny=false", "hardware.device=cpu", "train.synthetic.d_model=16",
          "train.n_latents=32", "train.batch_size=64", "train.n_tokens=1280", "train.eval_tokens=128",
@@ -197,7 +197,7 @@ def test_downstream_stages_read_the_run_of_the_same_name(chain, tmp_path):
 
 
 def test_multirun_job_names_are_readable_and_long_ones_are_hashed():
-    from reasondiff.runs import check_run_name, name_from_overrides
+    from reasondiff.core.runs import check_run_name, name_from_overrides
 
     assert name_from_overrides("train", ["+exp=tiny", "+sweep=l1_coeff", "train.l1_coeff=4"]) == "l1_coeff=4"
     assert name_from_overrides("bench", ["bench.token_limits=[16,32,64]", "hardware=cpu"]) == "token_limits=16-32-64"
@@ -246,9 +246,9 @@ def test_every_make_sweep_target_fits_the_tiny_experiment(target, app, sweep, tm
     (the paper's grid, the same check's counter-example, does not fit it)."""
     from hydra import compose, initialize_config_dir
 
+    from reasondiff.app.stage import CONF_DIR
+    from reasondiff.app.sweeps import expand_jobs, grid_problems
     from reasondiff.config import SweepGrids
-    from reasondiff.stage import CONF_DIR
-    from reasondiff.sweeps import expand_jobs, grid_problems
 
     makefile = (REPO / "Makefile").read_text()
     command = makefile.split(f"\n{target}:", 1)[1].split("\n")[1].strip()

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from reasondiff.core.errors import UserError
 from reasondiff.crosscoder.geometry import relative_decoder_norm
 from reasondiff.crosscoder.model import (
     CONFIG_FILE,
@@ -19,7 +20,6 @@ from reasondiff.crosscoder.model import (
     load_crosscoder,
     unfold_scaling_factors,
 )
-from reasondiff.errors import UserError
 
 
 def _trained_looking(variant: str = "l1", d: int = 8, F: int = 24) -> CrossCoder:

@@ -17,6 +17,7 @@ import torch
 from conftest import SHARED_DATA, app_env
 from safetensors.torch import load_file, save_file
 
+from reasondiff.core.errors import UserError
 from reasondiff.crosscoder.convert import (
     FORK_BATCHTOPK_CONFIG,
     FORK_CROSSCODER_CONFIG,
@@ -39,7 +40,6 @@ from reasondiff.crosscoder.model import (
     decoder_norm_sum,
     load_crosscoder,
 )
-from reasondiff.errors import UserError
 
 INTEROP = Path(os.environ.get("REASONDIFF_INTEROP", SHARED_DATA / "interop"))
 pytestmark = pytest.mark.skipif(not (INTEROP / "fork_l1" / "model.safetensors").is_file(),

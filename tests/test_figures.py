@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from reasondiff import figures
 from reasondiff.analyze import plots as analyze_plots
 from reasondiff.bench import plots as bench_plots
 from reasondiff.bench.tables import results_table
+from reasondiff.core import figures
 
 LIMITS = (16, 32, 64, 128)
 

@@ -16,8 +16,9 @@ from conftest import make_config
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from reasondiff import artifacts
-from reasondiff.errors import UserError
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 from reasondiff.finetune.run import (
     _callbacks_module,
     estimate_training_memory_gb,
@@ -27,7 +28,6 @@ from reasondiff.finetune.run import (
     save_dtype_name,
     warn_if_too_big,
 )
-from reasondiff.stage import run_stage
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reasondiff.config import FinetuneConfig, ReasoningFormat
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 from reasondiff.finetune.data import (
     IGNORE_INDEX,
     apply_overlong_policy,
@@ -17,7 +17,7 @@ from reasondiff.finetune.data import (
     load_s1k_rows,
     tokenize_example,
 )
-from reasondiff.s1_layout import format_assistant
+from reasondiff.lm.s1_layout import format_assistant
 
 FMT = ReasoningFormat()
 QWEN = Path("/work/qwen05b")

@@ -11,14 +11,14 @@ import pytest
 import torch
 from conftest import make_config
 
-from reasondiff import artifacts
-from reasondiff.errors import UserError
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 from reasondiff.harvest import store as store_io
 from reasondiff.harvest.corpus import ContextStream, StreamState, heldout_contexts, is_reasoning_context
 from reasondiff.harvest.store import ActivationStore, LiveActivationSource
-from reasondiff.hooks import capture
-from reasondiff.models import load_tokenizer, parse_hook
-from reasondiff.stage import run_stage
+from reasondiff.lm.hooks import capture
+from reasondiff.lm.models import load_tokenizer, parse_hook
 
 
 def harvest_config(tmp_path, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *overrides):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from reasondiff.harvest.pairs import bridge_activations, paired_activations
-from reasondiff.hooks import capture, residual_hook, select_positions
-from reasondiff.models import hooked, parse_hook
+from reasondiff.lm.hooks import capture, residual_hook, select_positions
+from reasondiff.lm.models import hooked, parse_hook
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.2.hook_resid_mid", "blocks.3.hook_resid_post"]
 

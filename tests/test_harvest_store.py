@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reasondiff import artifacts
-from reasondiff.errors import UserError
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 from reasondiff.harvest.store import (
     FORMAT_VERSION,
     STATS,

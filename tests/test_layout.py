@@ -86,3 +86,25 @@ def test_no_import_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+FOUNDATION = ("core", "lm", "app")
+"""Floors from the bottom: a foundation package imports only the floors below it (and the typed
+configs, above core); none imports a stage package, the crosscoder library or the tiny world."""
+
+
+def test_foundation_packages_import_only_downward():
+    offenders = []
+    for module, imported in MODULES.items():
+        parts = module.split(".")
+        if len(parts) < 2 or parts[1] not in FOUNDATION:
+            continue
+        below = set(FOUNDATION[:FOUNDATION.index(parts[1]) + 1]) | ({"config"} if parts[1] != "core" else set())
+        offenders += [f"{module} imports {name}" for name in imported
+                      if len(name.split(".")) > 1 and name.split(".")[1] not in below]
+    assert not offenders, offenders
+
+
+def test_the_package_root_holds_only_the_apps_on_top():
+    loose = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert loose == ["convert", "pipeline"], loose

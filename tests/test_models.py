@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from reasondiff.config import HardwareConfig
-from reasondiff.errors import UserError
-from reasondiff.models import check_compatible, hooked, load_model, parse_hook, valid_hook_names
+from reasondiff.core.errors import UserError
+from reasondiff.lm.models import check_compatible, hooked, load_model, parse_hook, valid_hook_names
 
 
 def test_load_from_local_dir(tiny_model_dir, tiny_model):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from reasondiff.config import HardwareConfig
-from reasondiff.models import ModelShape, check_compatible, load_model, parse_hook
+from reasondiff.lm.models import ModelShape, check_compatible, load_model, parse_hook
 
 QWEN = Path(os.environ.get("REASONDIFF_QWEN", "/work/qwen05b"))
 
@@ -43,7 +43,7 @@ def test_real_qwen_has_massive_tokens_beyond_the_sink_and_harvest_drops_them():
     one too. Those tokens must go with max_norm_ratio (else they dominate the crosscoder's MSE)."""
     import json
 
-    from reasondiff.hooks import residual_hook, select_positions
+    from reasondiff.lm.hooks import residual_hook, select_positions
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wiki_text_sample.jsonl"
     if not data.is_file():

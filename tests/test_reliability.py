@@ -28,11 +28,12 @@ from test_finetune import _At, _cfg, _run
 from test_harvest import _contents, harvest_config
 from test_train_stage import _interrupting_source, small_config
 
-from reasondiff import artifacts, preflight
-from reasondiff.errors import UserError
+from reasondiff.app import preflight
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
+from reasondiff.core.locking import StageLock, lock_path
 from reasondiff.harvest import store as store_io
-from reasondiff.locking import StageLock, lock_path
-from reasondiff.stage import run_stage
 
 
 def _csv_steps(path: Path) -> list[float]:
@@ -194,7 +195,7 @@ import os, signal, sys
 from pathlib import Path
 from test_train_stage import small_config
 from reasondiff.train.synthetic import SyntheticSource
-from reasondiff.stage import run_stage
+from reasondiff.app.stage import run_stage
 
 original = SyntheticSource.iter_batches
 
@@ -399,7 +400,7 @@ def test_an_empty_file_says_so(tmp_path, tiny_model_dir, tiny_tuned_model_dir, t
 
 
 def test_a_null_field_is_reported_as_null(tmp_path):
-    from reasondiff.data_sources import load_rows
+    from reasondiff.lm.data_sources import load_rows
 
     path = tmp_path / "rows.jsonl"
     path.write_text('{"text": "a"}\n\n{"text": null, "id": 3}\n')
@@ -422,7 +423,7 @@ def test_a_malformed_corpus_line_is_found_before_any_shard(tmp_path, tiny_model_
 # --- 10. two runs at once -----------------------------------------------------------------------------
 _HOLDER = """
 import sys, time
-from reasondiff.locking import StageLock
+from reasondiff.core.locking import StageLock
 with StageLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

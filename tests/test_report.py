@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from reasondiff import artifacts
 from reasondiff.analyze.contexts import ActivationHistogram
 from reasondiff.analyze.headline import bench_sentences, headline_sentences
 from reasondiff.analyze.logit_effects import (
@@ -21,6 +20,7 @@ from reasondiff.analyze.logit_effects import (
     logit_effect_rows,
 )
 from reasondiff.analyze.report import build_report, crosscoder_facts, write_csv, write_reports
+from reasondiff.core import artifacts
 
 SUMMARY = [
     {"model": "base", "task": "gsm8k", "performance": 17.5, "performance_low": 7.5, "performance_high": 30.0,

@@ -1,4 +1,4 @@
-"""Resuming a forward at a hook point (reasondiff/resume_forward.py) gives what a full forward with the
+"""Resuming a forward at a hook point (reasondiff/lm/resume_forward.py) gives what a full forward with the
 same edit at that hook gives: for resid_pre, resid_mid and resid_post, the first and last layers,
 several edits stacked in one batch or in groups, one context or several, sdpa or eager attention."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasondiff.hooks import residual_hook
-from reasondiff.models import parse_hook
-from reasondiff.resume_forward import RESUME_TOKENS, clean_run, final_norm, resume_layer, resumed_at_hook
+from reasondiff.lm.hooks import residual_hook
+from reasondiff.lm.models import parse_hook
+from reasondiff.lm.resume_forward import RESUME_TOKENS, clean_run, final_norm, resume_layer, resumed_at_hook
 
 N_LAYERS = 4  # the tiny model's
 

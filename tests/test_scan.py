@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import make_config
 
-from reasondiff import artifacts
-from reasondiff.hooks import residual_hook
-from reasondiff.models import parse_hook
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
+from reasondiff.lm.hooks import residual_hook
+from reasondiff.lm.models import parse_hook
 from reasondiff.scan.meters import resid_hook_name
 from reasondiff.scan.patching import Unembedding, check_unembedding, clean_run, patched_final_residuals
-from reasondiff.stage import run_stage
 
 N_LAYERS = 4  # the tiny model's
 

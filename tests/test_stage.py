@@ -9,9 +9,9 @@ import signal
 import pytest
 from conftest import make_config
 
-from reasondiff import artifacts
-from reasondiff.errors import UserError
-from reasondiff.stage import run_stage
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 
 
 @pytest.fixture

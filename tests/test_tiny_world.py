@@ -120,7 +120,7 @@ def test_s1k_rows_are_the_bench_prompt_with_the_worked_solution():
 def test_the_shipped_base_model_is_built_from_the_current_recipe():
     """A recipe (or generator, with its version bump) changed without `python -m reasondiff.tiny.build`
     would leave the demo on a model the code no longer makes: fail here instead."""
-    from reasondiff import artifacts
+    from reasondiff.core import artifacts
     from reasondiff.tiny.model import BUILD_FILE, SHIPPED_BASE, TinyRecipe
 
     assert artifacts.is_complete(SHIPPED_BASE), "reasondiff/tiny/base_model/ is missing or unfinished"
@@ -162,7 +162,7 @@ def test_ensure_tiny_world_copies_the_shipped_base_and_rebuilds_for_another_reci
 
 def _fake_demo_run(root: Path) -> Path:
     """A finished demo run's files, as the stages write them, with known numbers."""
-    from reasondiff import artifacts
+    from reasondiff.core import artifacts
     from reasondiff.tiny import demo_numbers
 
     run = root / "tiny"
@@ -211,8 +211,8 @@ def test_demo_numbers_come_from_the_run_files_and_replace_only_their_block(tmp_p
 
 
 def test_demo_numbers_refuse_an_unfinished_run_and_a_readme_without_the_block(tmp_path):
-    from reasondiff import artifacts
-    from reasondiff.errors import UserError
+    from reasondiff.core import artifacts
+    from reasondiff.core.errors import UserError
     from reasondiff.tiny import demo_numbers
 
     run = _fake_demo_run(tmp_path)
@@ -232,7 +232,7 @@ def tiny_bench(trained_tiny_pair, tmp_path_factory) -> Path:
     """The demo's bench (its prompts, token limits and held-out gsm8k-like questions) on the trained pair."""
     from conftest import make_config
 
-    from reasondiff.stage import run_stage
+    from reasondiff.app.stage import run_stage
 
     base, tuned = trained_tiny_pair
     data = base.parent / "data" / "gsm8k.jsonl"

@@ -8,10 +8,10 @@ import torch
 from conftest import make_config
 from test_harvest_store import make_store
 
-from reasondiff import artifacts
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
 from reasondiff.harvest.store import ActivationStore, LiveActivationSource
-from reasondiff.models import parse_hook
-from reasondiff.stage import run_stage
+from reasondiff.lm.models import parse_hook
 from reasondiff.train.heldout import heldout_live, split_store
 
 

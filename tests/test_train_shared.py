@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import make_config
 
-from reasondiff import artifacts
+from reasondiff.app.stage import run_stage
 from reasondiff.config import TrainConfig
 from reasondiff.config.train import SyntheticConfig
+from reasondiff.core import artifacts
 from reasondiff.crosscoder.convert import to_dictionary_learning
 from reasondiff.crosscoder.geometry import classify_latents, relative_decoder_norm
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig, load_crosscoder
-from reasondiff.stage import run_stage
 from reasondiff.train.synthetic import SyntheticSource, fit_synthetic
 from reasondiff.train.trainer import CrossCoderTrainer, crosscoder_config
 

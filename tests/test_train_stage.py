@@ -11,10 +11,11 @@ import torch
 from conftest import make_config
 from safetensors.torch import load_file
 
-from reasondiff import artifacts, harvest
+from reasondiff import harvest
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 from reasondiff.crosscoder.model import load_crosscoder
-from reasondiff.errors import UserError
-from reasondiff.stage import run_stage
 from reasondiff.train.run import CHECKPOINT_FILE, SUMMARY_FILE
 from reasondiff.train.synthetic import SyntheticSource
 

@@ -7,8 +7,8 @@ import csv
 import pytest
 from conftest import make_config
 
-from reasondiff import artifacts
-from reasondiff.stage import run_stage
+from reasondiff.app.stage import run_stage
+from reasondiff.core import artifacts
 from reasondiff.train.sweep_summary import MAIN, collect_runs, main, write_sweep_summary
 
 SMALL = ("train.data=synthetic", "model.build_tiny=false", "hardware.device=cpu", "train.synthetic.d_model=16",

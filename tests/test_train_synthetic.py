@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import make_config
 
-from reasondiff import artifacts
+from reasondiff.app.stage import run_stage
 from reasondiff.config.train import SyntheticConfig
-from reasondiff.stage import run_stage
+from reasondiff.core import artifacts
 from reasondiff.train.synthetic import SyntheticSource, load_ground_truth, plant_features, recovery_report
 
 CFG = SyntheticConfig(d_model=24, n_shared=10, n_base_only=5, n_tuned_only=5, n_rotated=5,

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from reasondiff.hooks import residual_hook, select_positions
-from reasondiff.resume_forward import (
+from reasondiff.lm.hooks import residual_hook, select_positions
+from reasondiff.lm.resume_forward import (
     CleanRun,
     clean_run,
     close_up_to_rounding,

@@ -1,4 +1,4 @@
-"""Figures of the analyze stage, each saved as PNG and PDF (reasondiff.figures: one theme for the
+"""Figures of the analyze stage, each saved as PNG and PDF (reasondiff.core.figures: one theme for the
 whole pipeline, atomic saves).
 
 Fig. 5: relative decoder norm histogram; Fig. 6: cosine of shared latents' decoder pairs;
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reasondiff import figures
+from reasondiff.core import figures
 
 CLASS_COLORS = figures.CLASS_COLORS
 LATENT_SCALING_LINEAR = (-2.0, 4.0)

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reasondiff import artifacts, figures
 from reasondiff.analyze.ce_recovery import METRICS
 from reasondiff.analyze.headline import headline_sentences, interval, num, top_tokens
 from reasondiff.analyze.latent_page import format_fact
+from reasondiff.core import artifacts, figures
 
 STAGE_ORDER = ("finetune", "bench", "harvest", "scan", "train", "analyze")
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from reasondiff import artifacts
 from reasondiff.analyze.ce_recovery import (
     CE_COLUMNS,
     CERecoveryMeter,
@@ -43,6 +42,10 @@ from reasondiff.analyze.logit_effects import LOGIT_COLUMNS, group_logit_rows, lo
 from reasondiff.analyze.report import ce_table_markdown, read_csv_rows, write_csv, write_reports
 from reasondiff.analyze.texts import Contexts, reasoning_conversations
 from reasondiff.config import Config
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
+from reasondiff.core.streamed_pass import PassState, resumable_pass
+from reasondiff.core.tracking import require_finite
 from reasondiff.crosscoder.geometry import (
     BASE,
     LATENT_CLASSES,
@@ -55,9 +58,6 @@ from reasondiff.crosscoder.geometry import (
     relative_decoder_norm,
 )
 from reasondiff.crosscoder.loss import ExplainedVarianceMeter
-from reasondiff.errors import UserError
-from reasondiff.streamed_pass import PassState, resumable_pass
-from reasondiff.tracking import require_finite
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,6 @@ def open_harvest(cfg: Config):
     if not artifacts.is_complete(harvest_dir):
         return None
     from reasondiff import harvest
-
     return harvest.ActivationStore.open(harvest_dir)
 
 
@@ -106,7 +105,6 @@ def heldout_contexts(cfg: Config, tokenizer, store) -> torch.Tensor:
     from dataclasses import replace
 
     from reasondiff import harvest
-
     a = cfg.analyze
     harvest_cfg, documents_used = cfg.harvest, 0
     if a.heldout_corpus:
@@ -126,7 +124,7 @@ def reasoning_contexts(cfg: Config, tokenizer) -> Contexts | None:
     if not source or cfg.analyze.n_reasoning_contexts == 0:
         return None
     from reasondiff.analyze.texts import trace_fields
-    from reasondiff.data_sources import load_rows
+    from reasondiff.lm.data_sources import load_rows
 
     key = "analyze.reasoning_corpus"
     fields = ("question", *trace_fields(cfg.finetune.trace_source))
@@ -137,7 +135,7 @@ def reasoning_contexts(cfg: Config, tokenizer) -> Contexts | None:
 
 
 def load_models(cfg: Config, device: torch.device):
-    from reasondiff.models import check_compatible, load_model
+    from reasondiff.lm.models import check_compatible, load_model
 
     base, base_tok = load_model(cfg.model.path, cfg.hardware, config_key="model.path", revision=cfg.model.revision,
                                 device=device, trust_remote_code=cfg.model.trust_remote_code)
@@ -351,7 +349,7 @@ def latent_cards(latents: list[int], rows: list[dict], tops: dict[str, tuple[Top
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
     from reasondiff.crosscoder.model import load_crosscoder
-    from reasondiff.models import parse_hook, resolve_device
+    from reasondiff.lm.models import parse_hook, resolve_device
 
     a = cfg.analyze
     device = resolve_device(cfg.hardware)

@@ -3,7 +3,7 @@ layout the fine-tune taught.
 
 General text: fixed-length packed contexts, every token real. Reasoning text: one s1K-style row per
 context, rendered with the tokenizer's chat template around the s1 layout of the assistant turn
-(`reasondiff/s1_layout.py`: `<|im_start|>think` thinking, `<|im_start|>answer` answer), exactly the
+(`reasondiff/lm/s1_layout.py`: `<|im_start|>think` thinking, `<|im_start|>answer` answer), exactly the
 conversation the fine-tune trained on, so that latents tied to the layout (the delimiters, the
 answer block) can fire at all. A conversation longer than the context loses the middle of its
 thinking, never its prompt, delimiters or answer; shorter ones are right-padded and `valid` marks the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from reasondiff.config import ReasoningFormat
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def conversation_ids(tokenizer, question: str, thinking: str, attempt: str, fmt:
                      max_length: int) -> list[int] | None:
     """The conversation as the fine-tune saw it (chat template around the s1 layout), cut to
     `max_length` tokens by dropping the middle of the thinking; None when even no thinking won't fit."""
-    from reasondiff.s1_layout import build_messages
+    from reasondiff.lm.s1_layout import build_messages
 
     thinking = thinking.strip()
     text = tokenizer.apply_chat_template(build_messages(question, thinking, attempt, fmt), tokenize=False)
@@ -92,7 +92,7 @@ def reasoning_conversations(rows: Iterable[dict], tokenizer, fmt: ReasoningForma
                             context_length: int, trace_source: str = "deepseek",
                             config_key: str = "analyze.reasoning_corpus") -> Contexts:
     """Up to `n_contexts` conversations, one per context, right-padded to the longest (<= context_length)."""
-    from reasondiff.data_sources import require_fields
+    from reasondiff.lm.data_sources import require_fields
 
     thinking_field, attempt_field = trace_fields(trace_source)
     fields = ("question", thinking_field, attempt_field)

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class VLLMGenerator:
                             "or use bench.backend=hf") from err
         if not torch.cuda.is_available():
             raise UserError("bench.backend=vllm needs a CUDA GPU; on CPU use bench.backend=hf")
-        from reasondiff.models import load_tokenizer
+        from reasondiff.lm.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(path)
         # generation_config="vllm": never take sampling defaults from the checkpoint

@@ -8,7 +8,7 @@
   the device are written on the figure) beside the tokens generated per question, which explain
   most of the time and, unlike it, do not depend on how busy the machine was.
 
-Theme, colours and the PNG + PDF save come from reasondiff.figures (shared with analyze).
+Theme, colours and the PNG + PDF save come from reasondiff.core.figures (shared with analyze).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reasondiff import figures
+from reasondiff.core import figures
 
 ACCURACY_LIMITS = (0.0, 100.0)
 DODGE = 0.06

@@ -13,8 +13,8 @@ from typing import Any
 
 from reasondiff.config import ReasoningFormat
 from reasondiff.config.bench import BenchConfig, PromptTemplates, TaskData
-from reasondiff.data_sources import load_rows, require_fields
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
+from reasondiff.lm.data_sources import load_rows, require_fields
 
 # task -> (field holding the question, field holding the gold reference)
 TASK_FIELDS: dict[str, tuple[str, str]] = {

@@ -29,7 +29,7 @@ from typing import Any
 
 from reasondiff.bench import legacy_grading, scoring
 from reasondiff.bench.grading import DEFAULT_ANSWER_DELIMITER, DEFAULT_THINK_DELIMITER
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -31,7 +31,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reasondiff import artifacts, figures
 from reasondiff.bench import forcing, lmeval, plots, scoring
 from reasondiff.bench.generation import Generation, decode_completion, length_sorted_batches
 from reasondiff.bench.prompts import Question, chat_prompt, load_questions, prompt_ids
@@ -46,7 +45,8 @@ from reasondiff.bench.tables import (
     summary_table,
 )
 from reasondiff.config import Config
-from reasondiff.errors import UserError
+from reasondiff.core import artifacts, figures
+from reasondiff.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def question_prompt(tokenizer, question: Question, cfg: Config, spec: ModelSpec,
 
 def fewshot_shots(cfg: Config, questions: Sequence[Question]) -> dict[str, list[dict[str, Any]]]:
     """protocol=lm_eval: gsm8k's shots per question id, drawn as lm-eval draws them."""
-    from reasondiff.data_sources import load_rows
+    from reasondiff.lm.data_sources import load_rows
 
     bench = cfg.bench
     data = bench.fewshot_data
@@ -328,7 +328,7 @@ def make_generator(cfg: Config, spec: ModelSpec):
                                   max_model_len=max_len, trust_remote_code=cfg.model.trust_remote_code)
         return generator, generator.tokenizer
     from reasondiff.bench.generation import HFGenerator
-    from reasondiff.models import load_model
+    from reasondiff.lm.models import load_model
 
     revision = cfg.model.revision if spec.label == "base" else None
     model, tokenizer = load_model(spec.path, cfg.hardware, config_key=spec.config_key, revision=revision,
@@ -364,7 +364,7 @@ def device_label(cfg: Config) -> str:
     """Where generation ran, for Fig. 3's caption: the GPU's name, or cpu and its thread count."""
     import torch
 
-    from reasondiff.models import resolve_device
+    from reasondiff.lm.models import resolve_device
 
     device = resolve_device(cfg.hardware)
     if device.type == "cuda":

@@ -22,7 +22,7 @@ from reasondiff.config.harvest import HarvestConfig
 from reasondiff.config.scan import ScanConfig
 from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
-from reasondiff.runs import check_run_name, dir_name, join
+from reasondiff.core.runs import check_run_name, dir_name, join
 
 STAGES = ("finetune", "bench", "harvest", "scan", "train", "analyze")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"

@@ -46,9 +46,9 @@ from typing import Any
 
 import torch
 
-from reasondiff import artifacts
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 from reasondiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE, CrossCoder, CrossCoderConfig
-from reasondiff.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from reasondiff import artifacts
 from reasondiff.config.common import check_choice
-from reasondiff.errors import UserError
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 
 WEIGHTS_FILE = "crosscoder.safetensors"
 CONFIG_FILE = "config.json"

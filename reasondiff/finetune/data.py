@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from reasondiff.config import FinetuneConfig, ReasoningFormat
-from reasondiff.data_sources import load_rows, require_fields
-from reasondiff.errors import UserError
-from reasondiff.s1_layout import build_messages, thinking_start
+from reasondiff.core.errors import UserError
+from reasondiff.lm.data_sources import load_rows, require_fields
+from reasondiff.lm.s1_layout import build_messages, thinking_start
 
 log = logging.getLogger(__name__)
 

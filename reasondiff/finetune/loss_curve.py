@@ -31,8 +31,7 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
 def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, *, title: str) -> Path:
     """Write the loss curve (Fig. 2) as PNG and PDF in the project's theme, atomically; a smoothed
     line is drawn when there are enough points. Returns the PNG's path."""
-    from reasondiff import figures
-
+    from reasondiff.core import figures
     with figures.themed() as plt:
         fig, ax = plt.subplots(figsize=(6.0, 3.6))
         ax.plot(steps, losses, color="#9bb7d4", linewidth=1.0, label="training loss")

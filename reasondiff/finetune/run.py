@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reasondiff import artifacts
+from reasondiff.app.stage import deferred_interrupts
 from reasondiff.config import Config, HardwareConfig, ReasoningFormat
-from reasondiff.errors import UserError
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
+from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_metrics
 from reasondiff.finetune.data import (
     SFTExample,
     build_sft_examples,
@@ -33,9 +35,7 @@ from reasondiff.finetune.data import (
     to_dataset,
 )
 from reasondiff.finetune.loss_curve import loss_points, plot_loss_curve
-from reasondiff.s1_layout import answer_start, thinking_start
-from reasondiff.stage import deferred_interrupts
-from reasondiff.tracking import MetricsLogger, require_finite, truncate_metrics
+from reasondiff.lm.s1_layout import answer_start, thinking_start
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def held_out_questions(cfg: Config, n: int) -> list[dict[str, Any]]:
     `bench.tasks`, each as the bench's user turn: what the tuned model will be scored on.
 
     Loaded before training, so an unreadable bench dataset stops the run before it starts."""
-    from reasondiff.data_sources import load_rows
+    from reasondiff.lm.data_sources import load_rows
 
     tasks = cfg.bench.tasks
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -282,7 +282,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from reasondiff.models import load_model, load_tokenizer, resolve_device
+    from reasondiff.lm.models import load_model, load_tokenizer, resolve_device
 
     ft = cfg.finetune
     device = resolve_device(cfg.hardware)
@@ -314,7 +314,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     save_dtype = save_dtype_name(ft.save_dtype, AutoConfig.from_pretrained(cfg.model.path, revision=cfg.model.revision))
     warn_if_too_big(model, cfg.hardware, ft.max_length, precision)
 
-    # settings of a resumed run were checked by the stage runner (reasondiff.fingerprint)
+    # settings of a resumed run were checked by the stage runner (reasondiff.core.fingerprint)
     checkpoints = ctx.dir / CHECKPOINTS
     resume = last_complete_checkpoint(checkpoints)
     truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
@@ -432,7 +432,7 @@ def warn_if_too_big(model, hardware: HardwareConfig, max_length: int, precision:
 def push(model_dir: Path, repo_id: str) -> None:
     from huggingface_hub import HfApi
 
-    from reasondiff.hub import prepare_hub
+    from reasondiff.lm.hub import prepare_hub
 
     if not prepare_hub():
         raise UserError(f"finetune.push_to_hub=true but the Hub is unreachable; the model is in {model_dir}")

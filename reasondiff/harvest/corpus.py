@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from reasondiff.config import HarvestConfig
-from reasondiff.data_sources import load_rows, require_fields
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
+from reasondiff.lm.data_sources import load_rows, require_fields
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Paired activations of the base and tuned models on the same tokens (what harvest stores).
 
-`paired_activations` runs both models up to the hook point (`reasondiff.hooks.capture`, early
+`paired_activations` runs both models up to the hook point (`reasondiff.lm.hooks.capture`, early
 stop); `bridge_activations` is the same read through TransformerLens's
 `TransformerBridge.run_with_cache` (`harvest.backend=bridge`); tests check that both paths give
 the same numbers.
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from reasondiff.hooks import capture, select_positions
-from reasondiff.models import HookPoint
+from reasondiff.lm.hooks import capture, select_positions
+from reasondiff.lm.models import HookPoint
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ class PairedHarvester:
 def load_pair(cfg) -> tuple[Any, Any, Any, HookPoint]:
     """(base, tuned, tokenizer, hook point) for `cfg` (model.path, tuned_model, harvest.hook),
     checked to be a compatible pair; TransformerBridges when harvest.backend=bridge."""
-    from reasondiff.models import check_compatible, hooked, load_model, parse_hook
+    from reasondiff.lm.models import check_compatible, hooked, load_model, parse_hook
 
     base, base_tok = load_model(cfg.model.path, cfg.hardware, config_key="model.path",
                                 revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reasondiff import artifacts
 from reasondiff.config import Config
-from reasondiff.errors import UserError
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 from reasondiff.harvest import store as store_io
 from reasondiff.harvest.corpus import ContextStream, StreamState
 from reasondiff.harvest.pairs import PairedHarvester, load_pair
@@ -157,7 +157,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         "max_norm_ratio": h.max_norm_ratio, "backend": h.backend, "n_tokens_requested": h.n_tokens,
         "n_tokens": 0, "documents_used": 0, "contexts_used": 0, "n_massive_dropped": 0,
     }
-    # settings of a resumed store were checked by the stage runner (reasondiff.fingerprint); a store
+    # settings of a resumed store were checked by the stage runner (reasondiff.core.fingerprint); a store
     # reopened to repair it (verify_finished found a bad shard) gets every shard hashed
     writer = StoreWriter.open(ctx.dir, header, full_check=(ctx.dir / STATS).is_file())
     ctx.metrics.truncate(writer.n_tokens)  # rows of shards a kill -9 lost are logged again

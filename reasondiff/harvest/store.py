@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reasondiff import artifacts
-from reasondiff.errors import UserError
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from reasondiff.hooks import select_positions
+from reasondiff.core.streamed_pass import PassState, resumable_pass
+from reasondiff.lm.hooks import select_positions
 from reasondiff.scan.meters import PatchMeter, RepresentationMeter, Site
 from reasondiff.scan.patching import Unembedding, clean_run, patched_final_residuals
 from reasondiff.scan.similarity import kl_divergence
 from reasondiff.scan.texts import ScanTexts
-from reasondiff.streamed_pass import PassState, resumable_pass
 
 log = logging.getLogger(__name__)
 

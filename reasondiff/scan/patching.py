@@ -5,7 +5,7 @@ Residual stream positions are numbered as in TransformerLens: layer L in 0..N-1 
 is the final residual, `blocks.{N-1}.hook_resid_post` (before the final norm). Components:
 `blocks.L.hook_attn_out` / `hook_mlp_out`, the attention / MLP outputs added to the residual.
 
-The machinery is the foundation's (`reasondiff/resume_forward.py`, shared with analyze's CE
+The machinery is the foundation's (`reasondiff/lm/resume_forward.py`, shared with analyze's CE
 recovery): `clean_run` runs the model once, keeping what each layer received: its residual input and
 the keyword arguments the model computed for it (rotary position embeddings, attention mask).
 Patching needs nothing else: the whole residual stream at layer L carries everything the layers
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from reasondiff.errors import UserError
-from reasondiff.hooks import base_transformer
-from reasondiff.resume_forward import CleanRun, clean_run, patched_final_residuals
+from reasondiff.core.errors import UserError
+from reasondiff.lm.hooks import base_transformer
+from reasondiff.lm.resume_forward import CleanRun, clean_run, patched_final_residuals
 from reasondiff.scan.similarity import kl_divergence
 
 __all__ = ["CleanRun", "Unembedding", "check_unembedding", "clean_run", "patched_final_residuals"]

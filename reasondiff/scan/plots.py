@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from reasondiff import artifacts
+from reasondiff.core import artifacts
 
 TEXT_COLORS = {"general": "#1f5fa8", "reasoning": "#b8460b", "reasoning_answer": "#2b7a2b"}
 TEXT_LABELS = {"general": "general text", "reasoning": "reasoning (all tokens)", "reasoning_answer": "reasoning (answer tokens)"}

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from reasondiff import artifacts
 from reasondiff.config import Config
+from reasondiff.core import artifacts
 from reasondiff.scan.meters import sites_of
 from reasondiff.scan.passes import patch_pass, representation_pass
 from reasondiff.scan.plots import scan_figure
@@ -37,7 +37,7 @@ VIEW_TEXT = {("general", "all"): "general", ("reasoning", "all"): "reasoning", (
 
 
 def load_pair(cfg: Config, device: torch.device):
-    from reasondiff.models import check_compatible, load_model
+    from reasondiff.lm.models import check_compatible, load_model
 
     base, base_tok = load_model(cfg.model.path, cfg.hardware, config_key="model.path", revision=cfg.model.revision,
                                 device=device, trust_remote_code=cfg.model.trust_remote_code)
@@ -54,7 +54,6 @@ def harvest_settings(cfg: Config) -> tuple[int, bool, float | None]:
     harvest_dir = cfg.stage_dir("harvest")
     if artifacts.is_complete(harvest_dir):
         from reasondiff import harvest
-
         manifest = harvest.ActivationStore.open(harvest_dir).manifest
         documents_used = int(manifest.get("documents_used", 0))
         drop_first = bool(manifest.get("drop_first_position", drop_first))
@@ -139,7 +138,7 @@ def recommendation_of(rows: list[dict[str, Any]], cfg: Config, n_layers: int) ->
 
 def experiment_args(cfg: Config) -> str:
     """`+exp=NAME` when an experiment file of that name exists, else a placeholder plus exp_name."""
-    from reasondiff.stage import CONF_DIR
+    from reasondiff.app.stage import CONF_DIR
 
     if (CONF_DIR / "exp" / f"{cfg.exp_name}.yaml").is_file():
         return f"+exp={cfg.exp_name}"
@@ -147,7 +146,7 @@ def experiment_args(cfg: Config) -> str:
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
-    from reasondiff.models import resolve_device
+    from reasondiff.lm.models import resolve_device
     from reasondiff.scan.patching import check_unembedding
 
     s = cfg.scan

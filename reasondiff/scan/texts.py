@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from reasondiff.config import Config
-from reasondiff.data_sources import load_rows
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
+from reasondiff.lm.data_sources import load_rows
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ def general_texts(cfg: Config, tokenizer, *, documents_used: int) -> ScanTexts:
     """`scan.n_general_contexts` contexts of `scan.context_length` tokens: `scan.general_corpus` from its
     start, or the harvest corpus after the `documents_used` documents the harvest read."""
     from reasondiff import harvest
-
     s = cfg.scan
     if s.general_corpus:
         source_cfg, skip = replace(cfg.harvest, corpus=s.general_corpus, corpus_config=None), 0
@@ -83,7 +82,6 @@ def reasoning_source(cfg: Config) -> str:
 def reasoning_texts(cfg: Config, tokenizer) -> ScanTexts | None:
     """Up to `scan.n_reasoning_contexts` conversations in the fine-tune's layout (None when 0 are asked)."""
     from reasondiff import finetune
-
     s = cfg.scan
     if s.n_reasoning_contexts == 0:
         return None

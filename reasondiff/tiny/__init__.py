@@ -3,15 +3,15 @@
 `make_tokenizer` / `make_model` give a random tiny model for unit tests; `ensure_tiny_world` puts
 the generated datasets and the pretrained tiny base model (shipped in base_model/, built by
 `python -m reasondiff.tiny.build`) under outputs/_tiny/ for the `+exp=tiny` demo. Open model.py
-first; data.py generates the text.
+first; data.py generates the text; prepare.py builds it for a stage (handed in by the apps).
 """
 
-from reasondiff.tiny.model import (
-    ensure_tiny_world,
-    make_config,
-    make_model,
-    make_tokenizer,
-    tokenizer_training_texts,
-)
+from reasondiff import lazy_exports
 
-__all__ = ["ensure_tiny_world", "make_config", "make_model", "make_tokenizer", "tokenizer_training_texts"]
+__getattr__ = lazy_exports(__name__, {
+    **dict.fromkeys(("ensure_tiny_world", "make_config", "make_model", "make_tokenizer", "tokenizer_training_texts"),
+                    "reasondiff.tiny.model"),
+    "prepare_tiny_world": "reasondiff.tiny.prepare",
+})
+__all__ = ["ensure_tiny_world", "make_config", "make_model", "make_tokenizer", "prepare_tiny_world",
+           "tokenizer_training_texts"]

@@ -331,7 +331,7 @@ def eval_row(problem: Problem, index: int) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from reasondiff.artifacts import atomic_write
+    from reasondiff.core.artifacts import atomic_write
 
     with atomic_write(path, "w") as handle:
         for row in rows:

@@ -18,9 +18,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from reasondiff import artifacts
 from reasondiff.config import STAGES
-from reasondiff.errors import UserError
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 
 BEGIN = "<!-- demo-numbers:begin (written by `python -m reasondiff.tiny.demo_numbers`; do not edit by hand) -->"
 END = "<!-- demo-numbers:end -->"

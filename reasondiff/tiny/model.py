@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from reasondiff import artifacts
+from reasondiff.core import artifacts
 from reasondiff.tiny import data as tiny_data
 from reasondiff.tiny.data import ProblemSource, base_training_text, general_text, write_tiny_datasets
 

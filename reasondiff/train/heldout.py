@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,6 @@ def heldout_live(cfg, source, *, total_steps: int, batch_size: int, eval_tokens:
     """Activations of corpus documents after those the live training stream touched (None when it
     went round the whole corpus or no text is left)."""
     from reasondiff import harvest
-
     if not hasattr(source, "documents_touched"):
         return None
     documents = source.documents_touched(total_steps, batch_size)

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from reasondiff import artifacts
+from reasondiff.app.stage import deferred_interrupts
 from reasondiff.config import Config
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
 from reasondiff.crosscoder.model import (
     WEIGHTS_FILE,
     CrossCoder,
 )
-from reasondiff.errors import UserError
-from reasondiff.stage import deferred_interrupts
 from reasondiff.train.heldout import heldout_live, split_store, training_data
 from reasondiff.train.trainer import ActivationSource, CrossCoderTrainer, crosscoder_config, evaluate
 
@@ -68,7 +68,7 @@ def open_source(cfg: Config, ctx_dir: Path, inputs: dict[str, Any]) -> Activatio
 # --- the stage -------------------------------------------------------------------------------
 def run(cfg: Config, ctx) -> dict[str, Any]:
     tc = cfg.train
-    from reasondiff.models import resolve_device
+    from reasondiff.lm.models import resolve_device
 
     device = resolve_device(cfg.hardware)
     source = open_source(cfg, ctx.dir, ctx.inputs)
@@ -82,7 +82,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if n_available and tc.n_tokens > n_available:
         log.warning("train.n_tokens=%d > %d stored tokens: the data is cycled %.1f times",
                     tc.n_tokens, n_available, tc.n_tokens / n_available)
-    # settings of a resumed run were checked by the stage runner (reasondiff.fingerprint)
+    # settings of a resumed run were checked by the stage runner (reasondiff.core.fingerprint)
     checkpoint = ctx.dir / CHECKPOINT_FILE
 
     cc = CrossCoder(cc_cfg)

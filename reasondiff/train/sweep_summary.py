@@ -21,8 +21,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from reasondiff import artifacts
-from reasondiff.runs import dir_name, split_dir_name
+from reasondiff.core import artifacts
+from reasondiff.core.runs import dir_name, split_dir_name
 
 log = logging.getLogger(__name__)
 

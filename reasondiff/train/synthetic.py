@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reasondiff import artifacts
 from reasondiff.config.train import SyntheticConfig
+from reasondiff.core import artifacts
 from reasondiff.crosscoder.geometry import classify_latents, decoder_cosine, relative_decoder_norm
 from reasondiff.crosscoder.model import CrossCoder
 

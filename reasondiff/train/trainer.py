@@ -22,8 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from reasondiff import artifacts
 from reasondiff.config import TrainConfig
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
+from reasondiff.core.tracking import require_finite
 from reasondiff.crosscoder.loss import (
     ExplainedVarianceMeter,
     explained_variance,
@@ -33,8 +35,6 @@ from reasondiff.crosscoder.loss import (
     update_threshold,
 )
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
-from reasondiff.errors import UserError
-from reasondiff.tracking import require_finite
 from reasondiff.train.step import (
     Objective,
     StepOutput,

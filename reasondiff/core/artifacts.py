@@ -134,7 +134,7 @@ def is_complete(directory: str | os.PathLike) -> bool:
 
 def mark_complete(directory: str | os.PathLike, record: dict[str, Any] | None = None) -> None:
     """Write `COMPLETED` (last): a small JSON record — when, and for a stage its fingerprint and
-    artifact id (reasondiff.fingerprint), so that downstream stages can tell a redone input."""
+    artifact id (reasondiff.core.fingerprint), so that downstream stages can tell a redone input."""
     record = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(record or {})}
     write_text(Path(directory) / COMPLETED, json.dumps(record, sort_keys=True) + "\n")
 

@@ -88,7 +88,7 @@ def _show(value: Any) -> str:
 
 def _wanted(app: str, cfg) -> list[str]:
     """Prefixes of the keys an app reads (the pipeline: the shared ones, stages point to their --help)."""
-    from reasondiff.fingerprint import reads
+    from reasondiff.core.fingerprint import reads
 
     shared = ["exp_name", "output_root", "seed", "overwrite", "run", "wait_for_lock", "wandb"]
     if app == "pipeline":

@@ -36,8 +36,7 @@ def record_outcome(status: str, *, run_dir: str | None = None, error: str | None
     """Called inside a multirun job: write its outcome into the job's Hydra output directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    from reasondiff import artifacts
-
+    from reasondiff.core import artifacts
     hydra_cfg = HydraConfig.get()
     outcome = {"status": status, "run_dir": run_dir, "error": error, "job": int(hydra_cfg.job.num),
                "overrides": list(hydra_cfg.overrides.task)}
@@ -72,7 +71,7 @@ def expand_jobs(config: DictConfig) -> list[list[str]] | None:
 
 def job_run_name(stage: str, overrides: list[str], swept: list[str] | None) -> str:
     """A job's run name: its values of the swept keys (all its overrides when they are unknown)."""
-    from reasondiff.runs import name_from_overrides
+    from reasondiff.core.runs import name_from_overrides
 
     if swept:
         overrides = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] in swept]
@@ -83,8 +82,9 @@ def grid_problems(config_name: str, jobs: list[list[str]]) -> list[str]:
     """What would make jobs fail before doing any work, checked on each job's composed config."""
     from hydra import compose
 
-    from reasondiff import artifacts, preflight, runs
+    from reasondiff.app import preflight
     from reasondiff.config import STAGES, to_config
+    from reasondiff.core import artifacts, runs
 
     problems: list[str] = []
     built = False
@@ -149,7 +149,7 @@ class SweepReport(Callback):
         if not jobs or not self.check_grid:
             return
         config_name = kwargs.get("config_name") or str(config.hydra.job.config_name)
-        from reasondiff.errors import UserError
+        from reasondiff.core.errors import UserError
 
         try:
             problems = grid_problems(config_name, jobs)

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reasondiff.errors import UserError
-from reasondiff.models import looks_local
+from reasondiff.core.errors import UserError
+from reasondiff.lm.models import looks_local
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
@@ -90,7 +90,7 @@ def load_rows(source: str, *, split: str = "train", config_name: str | None = No
         except Exception as err:  # datasets raises many types for malformed files
             raise UserError(f"{config_key}={source}: could not read it as {builder} "
                             f"({_first_line(err)})") from err
-    from reasondiff.hub import prepare_hub
+    from reasondiff.lm.hub import prepare_hub
 
     prepare_hub()
     try:

@@ -64,8 +64,7 @@ class MetricsLogger:
 
 def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
     """Keep the rows of a metrics CSV with step <= `last_step` (rows without a step stay)."""
-    from reasondiff import artifacts
-
+    from reasondiff.core import artifacts
     path = Path(path)
     if not path.exists():
         return 0

@@ -6,7 +6,7 @@ raises ONE UserError listing every problem (a missing local model, a hub id that
 nor reachable, an empty or malformed data file, an unfinished upstream stage), plus the settings that
 cannot fit the model (a token limit beyond its context, a hook past its last layer) and the disk
 space the stage will need. The same list tells `run_stage` which upstream artifacts a result
-depends on (reasondiff.fingerprint).
+depends on (reasondiff.core.fingerprint).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasondiff import artifacts
-from reasondiff.errors import UserError
-from reasondiff.fingerprint import FINGERPRINT_FILE
-from reasondiff.runs import split_dir_name
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
+from reasondiff.core.fingerprint import FINGERPRINT_FILE
+from reasondiff.core.runs import split_dir_name
 
 log = logging.getLogger("reasondiff")
 
@@ -86,7 +86,7 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
 def owning_stage_dir(cfg, path: str | Path) -> Path | None:
     """The stage directory (finished or not) holding `path`: `<output_root>/<exp>/<stage>[@run]/...`,
     or any directory a stage wrote (it has a fingerprint.json or manifest.json)."""
-    from reasondiff.models import looks_local
+    from reasondiff.lm.models import looks_local
 
     if not looks_local(str(path)):
         return None
@@ -119,7 +119,7 @@ def relative_name(cfg, directory: Path) -> str:
 
 def upstream_ids(cfg, stage: str) -> dict[str, str]:
     """{upstream dir (relative to output_root): artifact id} of the finished upstream stages."""
-    from reasondiff.fingerprint import artifact_id
+    from reasondiff.core.fingerprint import artifact_id
 
     ids = {}
     for directory in upstream_dirs(cfg, stage):
@@ -129,26 +129,9 @@ def upstream_ids(cfg, stage: str) -> dict[str, str]:
     return ids
 
 
-def prepare_tiny_world(cfg, stage: str) -> None:
-    """Build the embedded tiny model and data (model.build_tiny) — only at its own place: a mistyped
-    model.path must fail, not receive a freshly built tiny model."""
-    if not cfg.model.build_tiny or (stage == "train" and cfg.train.data == "synthetic"):
-        return
-    default = Path(cfg.output_root) / "_tiny" / "base_model"
-    path = Path(cfg.model.path)
-    if path.absolute() != default.absolute():
-        if not (path / "config.json").is_file():
-            raise UserError(f"model.path={cfg.model.path}: no such model directory (model.build_tiny=true builds the "
-                            f"tiny model only at {default}; set model.build_tiny=false to use another model)")
-        return
-    from reasondiff.tiny import ensure_tiny_world
-
-    ensure_tiny_world(cfg.model.path, seed=cfg.seed, threads=cfg.hardware.cpu_threads)
-
-
 # --- the checks -----------------------------------------------------------------------------------
 def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
-    from reasondiff.models import looks_local
+    from reasondiff.lm.models import looks_local
 
     owner = owning_stage_dir(cfg, item.value)
     if owner is not None and owner.absolute() in produced:
@@ -173,8 +156,8 @@ def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
 
 
 def _dataset_problem(item: Input) -> str | None:
-    from reasondiff.data_sources import validate_local
-    from reasondiff.models import looks_local
+    from reasondiff.lm.data_sources import validate_local
+    from reasondiff.lm.models import looks_local
 
     if looks_local(item.value):
         try:
@@ -202,7 +185,7 @@ def _stage_problem(cfg, item: Input, produced: set[Path]) -> str | None:
 
 
 def _hub_up() -> bool:
-    from reasondiff.hub import prepare_hub
+    from reasondiff.lm.hub import prepare_hub
 
     return prepare_hub()
 
@@ -230,7 +213,7 @@ def _dataset_cached(repo: str) -> bool:
 
 def model_config(cfg, path: str, revision: str | None = None) -> dict[str, Any] | None:
     """config.json of a local model dir or a cached hub model (None when unavailable)."""
-    from reasondiff.models import looks_local
+    from reasondiff.lm.models import looks_local
 
     file = Path(path) / "config.json" if looks_local(path) else _hub_file(path, "config.json", revision)
     if file is None or not Path(file).is_file():
@@ -255,7 +238,7 @@ def shape_problems(cfg, stage: str) -> list[str]:
     problems = []
     hook_used = stage == "harvest" or (stage == "train" and cfg.train.data == "live")
     if hook_used and n_layers:
-        from reasondiff.models import parse_hook
+        from reasondiff.lm.models import parse_hook
 
         try:
             parse_hook(cfg.harvest.hook, int(n_layers))
@@ -310,7 +293,7 @@ def disk_needed(cfg, stage: str) -> tuple[int, str] | None:
 
 
 def _n_params(path: str) -> int | None:
-    from reasondiff.models import looks_local
+    from reasondiff.lm.models import looks_local
 
     if not looks_local(path) or not Path(path).is_dir():
         return None

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reasondiff import artifacts
-from reasondiff.errors import UserError
-from reasondiff.runs import name_from_overrides
+from reasondiff.core import artifacts
+from reasondiff.core.errors import UserError
+from reasondiff.core.runs import name_from_overrides
 
 log = logging.getLogger("reasondiff")
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from reasondiff import artifacts
+from reasondiff.core import artifacts
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 
 log = logging.getLogger("reasondiff")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from reasondiff.models import HookPoint
+from reasondiff.lm.models import HookPoint
 
 ActivationFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 

@@ -26,12 +26,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from reasondiff import artifacts, fingerprint, preflight, runs
+from reasondiff.app import preflight
 from reasondiff.config import CONF_DIR, Config, to_config
-from reasondiff.errors import UserError
-from reasondiff.fingerprint import Fingerprint
-from reasondiff.locking import StageLock
-from reasondiff.tracking import MetricsLogger, finish_wandb, init_wandb
+from reasondiff.core import artifacts, fingerprint, runs
+from reasondiff.core.errors import UserError
+from reasondiff.core.fingerprint import Fingerprint
+from reasondiff.core.locking import StageLock
+from reasondiff.core.tracking import MetricsLogger, finish_wandb, init_wandb
 
 log = logging.getLogger("reasondiff")
 
@@ -198,8 +199,14 @@ def verify_finished(cfg: Config, stage: str, directory: Path) -> str | None:
 
 
 # --- running -----------------------------------------------------------------------------------------
-def preflight_stage(cfg: Config, stage: str) -> None:
-    preflight.prepare_tiny_world(cfg, stage)
+Prepare = Callable[[Config, str], None]
+"""Work handed in by an app to run before a stage's input checks (the tiny world's builder,
+reasondiff.tiny.prepare_tiny_world): the stage contract itself imports no stage package."""
+
+
+def preflight_stage(cfg: Config, stage: str, prepare: Prepare | None = None) -> None:
+    if prepare is not None:
+        prepare(cfg, stage)
     preflight.check([(cfg, stage)])
 
 
@@ -227,20 +234,22 @@ class Outcome:
 
 
 def run_stage(cfg: Config, stage: str | None = None,
-              func: Callable[[Config, StageContext], dict[str, Any]] | None = None) -> Path:
+              func: Callable[[Config, StageContext], dict[str, Any]] | None = None,
+              prepare: Prepare | None = None) -> Path:
     """Run one stage into its stable directory, or skip it when finished with the same settings."""
-    return execute(cfg, stage, func).directory
+    return execute(cfg, stage, func, prepare).directory
 
 
 def execute(cfg: Config, stage: str | None = None,
-            func: Callable[[Config, StageContext], dict[str, Any]] | None = None) -> Outcome:
+            func: Callable[[Config, StageContext], dict[str, Any]] | None = None,
+            prepare: Prepare | None = None) -> Outcome:
     stage = stage or cfg.stage
     cfg = follow_runs(cfg)
     out_dir = cfg.stage_dir(stage)
     main = is_main_process()
     try:
         with StageLock(out_dir, wait=cfg.wait_for_lock) if main else contextlib.nullcontext():
-            return _execute_locked(cfg, stage, func, out_dir, main)
+            return _execute_locked(cfg, stage, func, out_dir, main, prepare)
     except Exception as err:
         converted = disk_error(err, cfg, stage, out_dir)
         if converted is not None:
@@ -248,7 +257,7 @@ def execute(cfg: Config, stage: str | None = None,
         raise
 
 
-def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool) -> Outcome:
+def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, prepare: Prepare | None) -> Outcome:
     decision = decide(cfg, stage)
     if decision.action == "skip":
         problem = verify_finished(cfg, stage, out_dir)
@@ -263,7 +272,7 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool) ->
         log.warning("%s: %s: redoing %s", stage, decision.reason, out_dir)
     elif decision.action == "resume":
         log.info("%s: resuming the partial run in %s (same settings)", stage, out_dir)
-    preflight_stage(cfg, stage)
+    preflight_stage(cfg, stage, prepare)
     if decision.action == "redo" and out_dir.exists() and main:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,25 +333,21 @@ def _apply_hydra_runtime(cfg: Config) -> Config:
         overrides = list(hydra_cfg.overrides.task)
         RUN_OVERRIDES[:] = overrides
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            from reasondiff.sweeps import SWEPT_KEYS_ENV, job_run_name
+            from reasondiff.app.sweeps import SWEPT_KEYS_ENV, job_run_name
 
             swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k] or None
             cfg.run = runs.join(cfg.run, job_run_name(cfg.stage, overrides, swept))
     return cfg
 
 
-def _run_app_stage(cfg: Config) -> Outcome:
-    return execute(cfg)
-
-
-def main_for(cfg_node, body: Callable[[Config], Any] | None = None) -> None:
+def main_for(cfg_node, body: Callable[[Config], Any] | None = None, prepare: Prepare | None = None) -> None:
     """Body of every Hydra app: validate, run `body(cfg)` (default: this run's stage), and turn
     user errors into one line + exit 2. In a multirun, a failing job is logged and recorded for
-    the sweep's tally (reasondiff.sweeps), and the sweep goes on."""
+    the sweep's tally (reasondiff.app.sweeps), and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from reasondiff.sweeps import one_line, record_outcome
+    from reasondiff.app.sweeps import one_line, record_outcome
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     status, error, run_dir = "failed", None, None
@@ -350,7 +355,7 @@ def main_for(cfg_node, body: Callable[[Config], Any] | None = None) -> None:
         cfg = _apply_hydra_runtime(to_config(cfg_node))
         run_dir = str(cfg.stage_dir(cfg.stage)) if cfg.stage != "pipeline" else None
         if body is None:
-            outcome = _run_app_stage(cfg)
+            outcome = execute(cfg, prepare=prepare)
             run_dir, status = str(outcome.directory), "skipped" if outcome.status == "skipped" else "ok"
         else:
             body(cfg)
@@ -377,18 +382,18 @@ def main_for(cfg_node, body: Callable[[Config], Any] | None = None) -> None:
             record_outcome(status, run_dir=run_dir, error=error)
 
 
-def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None) -> Callable[[], None]:
+def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None,
+              prepare: Prepare | None = None) -> Callable[[], None]:
     """The `main` of an app: conf/<config_name>.yaml composed by Hydra, then `main_for(cfg, body)`.
     Before Hydra parses the command line: our `--help`, the typo check, `run=` quoting (cli.py)."""
     import hydra
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _main(cfg_node) -> None:
-        main_for(cfg_node, body)
+        main_for(cfg_node, body, prepare)
 
     def entry() -> None:
-        from reasondiff import cli
-
+        from reasondiff.app import cli
         argv = sys.argv[1:]
         if cli.help_requested(argv):
             try:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from reasondiff.config import HardwareConfig
-from reasondiff.errors import UserError
+from reasondiff.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _check_path(path: str, config_key: str) -> str:
         if not (local / "config.json").is_file():
             raise UserError(f"{config_key}={path}: not a Hugging Face model directory (no config.json)")
         return str(local)
-    from reasondiff.hub import prepare_hub
+    from reasondiff.lm.hub import prepare_hub
 
     prepare_hub()
     return path

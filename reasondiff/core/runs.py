@@ -91,8 +91,7 @@ def join(*parts: str) -> str:
 def record_run(exp_dir: str | os.PathLike, name: str, entry: dict) -> None:
     """Add `name -> entry` to `<exp_dir>/runs.json` (read-modify-write under an flock, since
     multirun jobs on a cluster may finish at once)."""
-    from reasondiff import artifacts
-
+    from reasondiff.core import artifacts
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     path = exp_dir / RUNS_FILE

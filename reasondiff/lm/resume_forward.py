@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from reasondiff.hooks import ActivationFn, base_transformer, decoder_layers, residual_hook
-from reasondiff.models import HookPoint
+from reasondiff.lm.hooks import ActivationFn, base_transformer, decoder_layers, residual_hook
+from reasondiff.lm.models import HookPoint
 
 RESUME_TOKENS = 16 * 512
 """Tokens (copies x batch x positions) run through the resumed layers at once: at most a few hundred

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from reasondiff import artifacts
+from reasondiff.core import artifacts
 
 FORMATS = ("png", "pdf")
 """Every figure is saved in these formats, side by side (same stem)."""

@@ -1,0 +1,25 @@
+"""The tiny world built before a stage's input checks, when `model.build_tiny` asks for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reasondiff.core.errors import UserError
+
+
+def prepare_tiny_world(cfg, stage: str) -> None:
+    """Build the embedded tiny model and data (model.build_tiny) — only at its own place: a mistyped
+    model.path must fail, not receive a freshly built tiny model. Handed in to the stage contract
+    (`reasondiff.app.stage.execute(prepare=...)`) by the apps: the foundation imports no stage package."""
+    if not cfg.model.build_tiny or (stage == "train" and cfg.train.data == "synthetic"):
+        return
+    default = Path(cfg.output_root) / "_tiny" / "base_model"
+    path = Path(cfg.model.path)
+    if path.absolute() != default.absolute():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.path={cfg.model.path}: no such model directory (model.build_tiny=true builds the "
+                            f"tiny model only at {default}; set model.build_tiny=false to use another model)")
+        return
+    from reasondiff.tiny.model import ensure_tiny_world  # torch: only when there is something to build
+
+    ensure_tiny_world(cfg.model.path, seed=cfg.seed, threads=cfg.hardware.cpu_threads)
