@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from reasondiff.analyze.calibration import calibrate
 from reasondiff.analyze.ce_recovery import (
     CE_COLUMNS,
     CERecoveryMeter,
@@ -465,6 +466,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                     | {f"heldout_explained_variance_{r['text']}_{r['model']}": r["explained_variance"] for r in fit_rows}
                     | {"heldout_l0": fit_rows[0]["l0"]}
                     | {f"n_{c}": n for c, n in outputs["class_counts"].items()}, step=0)
+
+    # seed stability and the calibrated table (docs/null.md): decoders of the sibling train runs only
+    calibrated = calibrate(cfg, ctx.dir, cc_dir, W_dec, designated, thresholds)
+    if calibrated:
+        outputs["calibration"] = calibrated
+        ctx.inputs["calibration_runs"] = {"seeds": calibrated["seeds"], "nulls": calibrated["nulls"]}
 
     # figures
     from reasondiff.analyze import plots

@@ -57,7 +57,10 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
     if cfg.harvest.reasoning_fraction > 0 and cfg.harvest.reasoning_corpus:
         corpora.append(Input("harvest.reasoning_corpus", cfg.harvest.reasoning_corpus, "dataset"))
     if stage == "harvest":
-        return [model, tuned, *corpora]
+        from reasondiff.app.reuse import base_rows_source
+
+        lender = base_rows_source(cfg)[0]  # a null pair's base rows, copied from the main store (docs/null.md)
+        return [model, tuned, *corpora] + ([Input("harvest.reuse_base", str(lender), "stage", "harvest")] if lender else [])
     if stage == "train":
         if cfg.train.data == "store":
             return [Input("train.data=store", str(cfg.stage_dir("harvest")), "stage", "harvest")]
@@ -70,7 +73,10 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
                   Input("analyze.heldout_corpus", a.heldout_corpus, "dataset") if a.heldout_corpus else corpora[0]]
         if a.reasoning_corpus and a.n_reasoning_contexts:
             inputs.append(Input("analyze.reasoning_corpus", a.reasoning_corpus, "dataset"))
-        return inputs
+        from reasondiff.app.ensembles import sibling_train_dirs  # seed siblings and null pairs (docs/null.md)
+
+        return inputs + [Input("analyze.seeds / analyze.nulls", str(d), "stage", "train", optional=True)
+                         for d in sibling_train_dirs(cfg)]
     if stage == "scan":
         sc = cfg.scan
         inputs = [model, tuned, Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),

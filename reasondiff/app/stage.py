@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from reasondiff.app import preflight
-from reasondiff.config import CONF_DIR, Config, to_config
+from reasondiff.config import CONF_DIR, Config, to_config, upstream_candidates
 from reasondiff.core import artifacts, fingerprint, runs
 from reasondiff.core.errors import UserError
 from reasondiff.core.fingerprint import Fingerprint
@@ -148,9 +148,10 @@ def follow_runs(cfg: Config) -> Config:
     """A named run reads the finetune run of its own name when there is one (tuned_model's default
     points at the main run)."""
     if cfg.run and Path(cfg.tuned_model) == cfg.exp_dir / "finetune" / "model":
-        sibling = cfg.exp_dir / runs.dir_name("finetune", cfg.run)
-        if sibling.is_dir():
-            return dataclasses.replace(cfg, tuned_model=str(sibling / "model"))
+        for run in upstream_candidates(cfg.run):  # `a+seed=1` reads finetune@a+seed=1, else finetune@a
+            sibling = cfg.exp_dir / runs.dir_name("finetune", run)
+            if sibling.is_dir():
+                return dataclasses.replace(cfg, tuned_model=str(sibling / "model"))
     return cfg
 
 

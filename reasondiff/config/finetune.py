@@ -15,6 +15,9 @@ class FinetuneConfig:
     """Hub split (ignored for local files)."""
     trace_source: str = "deepseek"
     """Which s1K-1.1 trace/attempt pair becomes the assistant turn."""
+    require_thinking: bool = True
+    """Refuse a row whose thinking is empty. False for the control fine-tune (+null=control): chat
+    rows answered at once, in the same layout with nothing between the think delimiters."""
     limit_rows: int | None = None
     """Use only the first N rows (debug, CPU runs)."""
     max_length: int = 2048

@@ -46,11 +46,13 @@ def load_s1k_rows(cfg: FinetuneConfig) -> list[dict[str, Any]]:
     if not rows:
         raise UserError(f"finetune.dataset={cfg.dataset}: no rows (split {cfg.split!r})")
     for index, row in enumerate(rows):
-        validate_row(row, index=index, source=cfg.dataset, trace_source=cfg.trace_source)
+        validate_row(row, index=index, source=cfg.dataset, trace_source=cfg.trace_source,
+                     require_thinking=cfg.require_thinking)
     return rows
 
 
-def validate_row(row: Mapping[str, Any], *, index: int, source: str, trace_source: str) -> None:
+def validate_row(row: Mapping[str, Any], *, index: int, source: str, trace_source: str,
+                 require_thinking: bool = True) -> None:
     thinking_field, attempt_field = TRACE_FIELDS[trace_source]
     fields = ("question", thinking_field, attempt_field)
     require_fields(row, fields, index=index, source=source)
@@ -60,7 +62,7 @@ def validate_row(row: Mapping[str, Any], *, index: int, source: str, trace_sourc
             # s1K (v1.0) stores `thinking_trajectories` as a list; s1K-1.1 traces are strings.
             raise UserError(f"{source}: row {index} field {name} is a {type(value).__name__}, expected a string "
                             "(is this s1K-1.1? set finetune.dataset=simplescaling/s1K-1.1)")
-        if not value.strip():
+        if not value.strip() and (require_thinking or name != thinking_field):
             raise UserError(f"{source}: row {index} field {name} is empty "
                             f"(try finetune.trace_source={'gemini' if trace_source == 'deepseek' else 'deepseek'})")
 

@@ -23,12 +23,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from reasondiff.app.reuse import base_rows_source
 from reasondiff.config import Config
 from reasondiff.core import artifacts
 from reasondiff.core.errors import UserError
 from reasondiff.harvest import store as store_io
 from reasondiff.harvest.corpus import ContextStream, StreamState
 from reasondiff.harvest.pairs import PairedHarvester, load_pair
+from reasondiff.harvest.reuse import BaseRowReader, ReusedBaseHarvester
 from reasondiff.harvest.store import STATS, STORE_MANIFEST, ActivationStore
 
 log = logging.getLogger(__name__)
@@ -169,11 +171,22 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                     f"harvesting {remaining:,} paired activations")
     except artifacts.DiskSpaceError as err:
         raise UserError(f"{err} (harvest.n_tokens, harvest.store_dtype)") from err
+    reused_from, not_reused = base_rows_source(cfg)
+    if cfg.run and reused_from is None:
+        log.info("harvest: running the base model too (its rows in the main store cannot be reused: %s)", not_reused)
+    harvester: PairedHarvester | ReusedBaseHarvester = PairedHarvester(
+        base, tuned, hook, backend=h.backend, drop_first_position=h.drop_first_position, max_norm_ratio=h.max_norm_ratio)
+    if reused_from is not None:
+        same_model = cfg.tuned_model == cfg.model.path  # base_vs_base: no model runs at all
+        harvester = ReusedBaseHarvester(None if same_model else tuned, hook,
+                                        BaseRowReader(ActivationStore.open(reused_from, verify="size"), writer.n_tokens),
+                                        drop_first_position=h.drop_first_position, dtype=next(base.parameters()).dtype)
+        ctx.inputs["base_rows_from"] = str(reused_from)
+        log.info("harvest: the base model's rows come from %s (%s)", reused_from,
+                 "no model runs" if same_model else "only the tuned model runs")
     try:
         if remaining > 0:
-            _harvest_loop(cfg, ctx, writer, PairedHarvester(
-                base, tuned, hook, backend=h.backend, drop_first_position=h.drop_first_position,
-                max_norm_ratio=h.max_norm_ratio), tokenizer)
+            _harvest_loop(cfg, ctx, writer, harvester, tokenizer)
         writer.wait()
     finally:
         writer.close()
@@ -194,10 +207,13 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             "store_dtype": h.store_dtype, "documents_used": writer.manifest["documents_used"],
             "drop_first_position": h.drop_first_position, "n_massive_dropped": writer.manifest["n_massive_dropped"],
             "scaling_factors": stats["scaling_factors"], "mean_norm": stats["mean_norm"],
-            "bytes": sum(s[k]["bytes"] for s in writer.manifest["shards"] for k in ("acts", "tokens"))}
+            "bytes": sum(s[k]["bytes"] for s in writer.manifest["shards"] for k in ("acts", "tokens")),
+            "base_rows_from": str(reused_from) if reused_from is not None else None,
+            "forward_contexts_saved": getattr(harvester, "forwards_saved", 0)}
 
 
-def _harvest_loop(cfg: Config, ctx, writer: StoreWriter, harvester: PairedHarvester, tokenizer) -> None:
+def _harvest_loop(cfg: Config, ctx, writer: StoreWriter, harvester: PairedHarvester | ReusedBaseHarvester,
+                  tokenizer) -> None:
     h = cfg.harvest
     previous = writer.stream_state
     stream = ContextStream(h, tokenizer, state=previous)
