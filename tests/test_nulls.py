@@ -190,3 +190,53 @@ def test_null_harvests_reuse_the_base_rows_of_the_main_store(tmp_path, tiny_mode
     # another corpus length: the main store's settings differ, so the base model runs
     changed = run_stage(_harvest(tmp_path, tiny_model_dir, other, tiny_world, "run=ctx", "harvest.context_length=16"))
     assert artifacts.read_json(changed / "manifest.json")["outputs"]["base_rows_from"] is None
+
+
+# --- base vs base on the tiny world ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base_vs_base_store(tmp_path_factory):
+    """The tiny world's base model against itself: a harvest@base_vs_base store of 12k tokens."""
+    from conftest import REPO
+
+    root = tmp_path_factory.mktemp("bvb")
+    (root / "_tiny").mkdir()
+    (root / "_tiny" / "base_model").symlink_to(REPO / "outputs" / "_tiny" / "base_model")  # built by ensure_tiny_world
+    (root / "_tiny" / "data").symlink_to(REPO / "outputs" / "_tiny" / "data")
+    from reasondiff.tiny import ensure_tiny_world
+
+    ensure_tiny_world(REPO / "outputs" / "_tiny" / "base_model")
+    cfg = make_config("+exp=tiny", "+null=base_vs_base", f"output_root={root}", "hardware.device=cpu",
+                      "harvest.n_tokens=12000", "harvest.shard_tokens=8192", config_name="harvest")
+    run_stage(cfg)
+    return root
+
+
+def _trained(root, *overrides):
+    cfg = make_config("+exp=tiny", "+null=base_vs_base", f"output_root={root}", "hardware.device=cpu",
+                      "train.n_latents=256", "train.batch_size=512", "train.n_tokens=100000", "train.dead_tokens=50000",
+                      "train.eval_tokens=2048", *overrides, config_name="train")
+    from reasondiff.analyze.calibration import load_classified
+
+    return load_classified(run_stage(cfg), {"base_only_max": 0.1, "shared_min": 0.3, "shared_max": 0.7,
+                                            "tuned_only_min": 0.9})
+
+
+def test_base_vs_base_finds_no_model_specific_latents(base_vs_base_store):
+    store = ActivationStore.open(base_vs_base_store / "tiny" / "harvest@base_vs_base")
+    rows = store.gather(torch.arange(store.n_tokens))
+    assert torch.equal(rows[:, 0], rows[:, 1])  # one model, twice
+
+    # the default (the paper's) initialisation: one random decoder direction per model, both of norm
+    # dec_init_norm (r = 0.5 at step 0). The two decoders then see the same data and the same convex
+    # per-model problem, so they are pulled to the same optimum: what is left is optimisation noise
+    default = _trained(base_vs_base_store, "run=default_init")
+    alive = np.array([c != "dead" for c in default.classes["r"]])
+    assert alive.sum() > 50
+    for rule in ("r", "delta"):
+        assert default.count(rule, "model_specific") == 0, rule
+    assert np.abs(default.relative_norm[alive] - 0.5).max() < 0.1  # far from the classes' thresholds
+    # the same decoder direction for both models at step 0: identical gradients at every step, so the
+    # two decoders stay equal and r = Δ = 0.5 for EVERY latent, dead or alive (an exact null)
+    same = _trained(base_vs_base_store, "run=same_init", "train.same_init_across_models=true")
+    assert np.abs(same.relative_norm - 0.5).max() < 1e-6 and np.abs(same.delta - 0.5).max() < 1e-6
+    assert torch.allclose(same.W_dec[:, 0], same.W_dec[:, 1], atol=1e-6, rtol=0)

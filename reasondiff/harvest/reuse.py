@@ -57,12 +57,14 @@ class ReusedBaseHarvester:
         shape_only = tuned if tuned is not None else input_ids.new_zeros((*input_ids.shape, 1))
         keep, _ = select_positions(shape_only, attention_mask, drop_first_position=self.drop_first_position,
                                    max_norm_ratio=None)
-        token_ids = input_ids.to(keep.device)[keep]
-        base, stored_tokens = self.reader.take(int(keep.sum()))
+        # the main store ends where its n_tokens did (inside a batch): this run, no longer, stops there too
+        n = min(int(keep.sum()), self.reader.store.n_tokens - self.reader.position)
+        token_ids = input_ids.to(keep.device)[keep][:n]
+        base, stored_tokens = self.reader.take(n)
         if not np.array_equal(stored_tokens, token_ids.cpu().numpy()):
             raise UserError(f"{self.reader.store.directory}: its tokens differ from this run's at rows "
                             f"{self.reader.position - len(stored_tokens)}..; the corpus changed since the main "
                             "harvest: set harvest.reuse_base=false (or redo the main harvest)")
         base = base.to(device=device, dtype=self.dtype if tuned is None else tuned.dtype)
         self.forwards_saved += int(input_ids.shape[0])
-        return torch.stack((base, base if tuned is None else tuned[keep]), dim=1), token_ids
+        return torch.stack((base, base if tuned is None else tuned[keep][:n]), dim=1), token_ids
