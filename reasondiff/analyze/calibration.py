@@ -168,11 +168,14 @@ def calibration_rows(reasoning: dict[int, Classified], nulls: dict[str, dict[int
             mean_ours = float(np.mean(list(ours.values())))
             for pair, runs in nulls.items():
                 theirs = {s: c.count(rule, latent_class) for s, c in sorted(runs.items())}
-                paired = [_ratio(theirs[s], ours[s]) for s in theirs if s in ours]
+                # a shared latent is no discovery: its null count is shown, without a false-discovery rate
+                discovery = latent_class != "shared"
+                paired = [_ratio(theirs[s], ours[s]) for s in theirs if s in ours and discovery]
                 finite = [x for x in paired if not math.isnan(x)]
                 row.update({pair: theirs.get(own_seed, next(iter(theirs.values()))),
                             f"{pair}_seeds": "/".join(str(v) for v in theirs.values()),
-                            f"fdr_{pair}": _ratio(float(np.mean(list(theirs.values()))), mean_ours),
+                            f"fdr_{pair}": _ratio(float(np.mean(list(theirs.values()))), mean_ours)
+                            if discovery else math.nan,
                             f"fdr_{pair}_low": min(finite) if finite else math.nan,
                             f"fdr_{pair}_high": max(finite) if finite else math.nan,
                             f"within_{pair}": bool(mean_ours <= max(theirs.values()))})
@@ -191,6 +194,8 @@ def calibration_columns(nulls: list[str], with_stability: bool) -> list[str]:
 
 def _fdr_text(row: dict[str, Any], pair: str) -> str:
     point, low, high = row[f"fdr_{pair}"], row[f"fdr_{pair}_low"], row[f"fdr_{pair}_high"]
+    if row["class"] == "shared":
+        return "n/a"
     if math.isnan(point):
         return "—"
     text = "∞" if math.isinf(point) else f"{point:.2f}"
@@ -220,10 +225,12 @@ def calibration_markdown(rows: list[dict[str, Any]], nulls: list[str], *, seeds:
         shown.append(cell)
     out = ["## Model-specific latents against a null\n",
            f"Latents per class in the reasoning pair and in each null pair (docs/null.md), counted on every "
-           f"crosscoder the same way: decoder norms, latents alive at the end of training. In brackets: the counts "
-           f"for seeds {'/'.join(map(str, seeds))}"
-           + "".join(f"; {names.get(p, p)}: seeds {'/'.join(map(str, null_seeds[p]))}" for p in nulls)
-           + ". FDR = mean null count ÷ mean reasoning-pair count, [smallest, largest] over seeds paired by seed. "
+           f"crosscoder the same way: decoder norms, latents alive at the end of training"
+           + (f". In brackets: the counts for seeds {'/'.join(map(str, seeds))}"
+              + "".join(f"; {names.get(p, p)}: seeds {'/'.join(map(str, null_seeds[p]))}" for p in nulls)
+              if len(seeds) > 1 or any(len(v) > 1 for v in null_seeds.values()) else "")
+           + ". FDR = mean null count ÷ mean reasoning-pair count, [smallest, largest] over seeds paired by seed "
+           "(model-specific classes only: a shared latent is no discovery). "
            + (f"Stable: matched (concatenated-decoder cosine ≥ {match_cosine}, one to one) in at least "
               f"{stable_fraction:.0%} of the other seeds; in brackets, with every match in the same class.\n"
               if with_stability else "Stability needs seed siblings (analyze.seeds; none finished).\n"),
