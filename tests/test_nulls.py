@@ -240,3 +240,27 @@ def test_base_vs_base_finds_no_model_specific_latents(base_vs_base_store):
     same = _trained(base_vs_base_store, "run=same_init", "train.same_init_across_models=true")
     assert np.abs(same.relative_norm - 0.5).max() < 1e-6 and np.abs(same.delta - 0.5).max() < 1e-6
     assert torch.allclose(same.W_dec[:, 0], same.W_dec[:, 1], atol=1e-6, rtol=0)
+
+
+def test_control_rows_from_general_text_train_in_the_chat_layout(shared_data, tiny_tokenizer):
+    import json
+
+    from reasondiff.config import ReasoningFormat
+    from reasondiff.finetune import tokenize_example, validate_row
+    from reasondiff.finetune.control_data import control_rows
+    from reasondiff.core.errors import UserError
+
+    texts = [json.loads(line)["text"] for line in (shared_data / "wiki_text_sample.jsonl").open()][:20]
+    rows = control_rows(texts, 40, chars=800)
+    assert len(rows) == 40 and len({r["question"] for r in rows}) == 40
+    assert len({r["question"] for r in rows[:20]}) == 20  # one passage of every document before a second
+    for i, row in enumerate(rows):
+        validate_row(row, index=i, source="control", trace_source="deepseek", require_thinking=False)
+    with pytest.raises(UserError, match="thinking_trajectory is empty"):
+        validate_row(rows[0], index=0, source="control", trace_source="deepseek")
+    example = tokenize_example(tiny_tokenizer, rows[0]["question"], "", rows[0]["deepseek_attempt"], ReasoningFormat())
+    supervised = tiny_tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True) if label >= 0])
+    assert "<|im_start|>think" in supervised and rows[0]["deepseek_attempt"][:40] in supervised
+    assert example.thinking_span[0] == example.thinking_span[1] or example.thinking_span[1] - example.thinking_span[0] <= 1
+    with pytest.raises(UserError, match="control rows"):
+        control_rows(texts[:2], 500, chars=800)
