@@ -10,7 +10,13 @@ import pytest
 import torch
 from conftest import make_config
 
-from reasondiff.analyze.calibration import Classified, build_ensemble, calibration_markdown, calibration_rows, classify
+from reasondiff.analyze.calibration import (
+    Classified,
+    build_ensemble,
+    calibration_markdown,
+    calibration_rows,
+    classify,
+)
 from reasondiff.app.stage import run_stage
 from reasondiff.core import artifacts
 from reasondiff.crosscoder.matching import match_latents, spread_across_matches, stability
@@ -165,8 +171,8 @@ def _rows(directory):
 def test_null_harvests_reuse_the_base_rows_of_the_main_store(tmp_path, tiny_model_dir, tiny_tuned_model_dir,
                                                              tiny_world, caplog):
     other = tmp_path / "other_tuned"  # the control model: neither the base nor the main run's tuned model
-    from reasondiff.tiny import make_model
     from reasondiff.lm.models import load_tokenizer
+    from reasondiff.tiny import make_model
 
     make_model(load_tokenizer(str(tiny_model_dir)), seed=7).save_pretrained(other)
     load_tokenizer(str(tiny_model_dir)).save_pretrained(other)
@@ -246,9 +252,9 @@ def test_control_rows_from_general_text_train_in_the_chat_layout(shared_data, ti
     import json
 
     from reasondiff.config import ReasoningFormat
+    from reasondiff.core.errors import UserError
     from reasondiff.finetune import tokenize_example, validate_row
     from reasondiff.finetune.control_data import control_rows
-    from reasondiff.core.errors import UserError
 
     texts = [json.loads(line)["text"] for line in (shared_data / "wiki_text_sample.jsonl").open()][:20]
     rows = control_rows(texts, 40, chars=800)

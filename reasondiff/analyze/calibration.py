@@ -28,7 +28,12 @@ import numpy as np
 import torch
 
 from reasondiff.core import artifacts
-from reasondiff.crosscoder.geometry import classify_latents, classify_latents_delta, delta_norm, relative_decoder_norm
+from reasondiff.crosscoder.geometry import (
+    classify_latents,
+    classify_latents_delta,
+    delta_norm,
+    relative_decoder_norm,
+)
 from reasondiff.crosscoder.matching import Matching, match_latents, spread_across_matches, stability
 
 RULES = ("r", "delta")
@@ -224,8 +229,8 @@ def calibration_markdown(rows: list[dict[str, Any]], nulls: list[str], *, seeds:
             cell[f"FDR vs {names.get(pair, pair)}"] = _fdr_text(row, pair)
         shown.append(cell)
     out = ["## Model-specific latents against a null\n",
-           f"Latents per class in the reasoning pair and in each null pair (docs/null.md), counted on every "
-           f"crosscoder the same way: decoder norms, latents alive at the end of training"
+           "Latents per class in the reasoning pair and in each null pair (docs/null.md), counted on every "
+           "crosscoder the same way: decoder norms, latents alive at the end of training"
            + (f". In brackets: the counts for seeds {'/'.join(map(str, seeds))}"
               + "".join(f"; {names.get(p, p)}: seeds {'/'.join(map(str, null_seeds[p]))}" for p in nulls)
               if len(seeds) > 1 or any(len(v) > 1 for v in null_seeds.values()) else "")

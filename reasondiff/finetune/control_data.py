@@ -14,6 +14,7 @@ characters).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,7 +45,7 @@ def control_rows(texts: Iterable[str], n_rows: int, *, chars: int = 1500) -> lis
     pairs_per_doc = []
     for text in texts:
         parts = [p for p in passages(text, chars) if len(p) >= chars // 4]
-        pairs_per_doc.append(list(zip(parts, parts[1:])))  # each passage is continued by the next
+        pairs_per_doc.append(list(itertools.pairwise(parts)))  # each passage is continued by the next
     rows: list[dict[str, str]] = []
     depth = 0
     while len(rows) < n_rows and any(len(p) > depth for p in pairs_per_doc):
