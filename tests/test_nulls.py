@@ -270,3 +270,12 @@ def test_control_rows_from_general_text_train_in_the_chat_layout(shared_data, ti
     assert example.thinking_span[0] == example.thinking_span[1] or example.thinking_span[1] - example.thinking_span[0] <= 1
     with pytest.raises(UserError, match="control rows"):
         control_rows(texts[:2], 500, chars=800)
+
+
+def test_a_seed_sibling_does_not_rebuild_the_tiny_world(monkeypatch, tmp_path):
+    from reasondiff.tiny import prepare_tiny_world
+
+    calls = []
+    monkeypatch.setattr("reasondiff.tiny.model.ensure_tiny_world", lambda path, **kw: calls.append(kw))
+    prepare_tiny_world(make_config("+exp=tiny", "seed=1", f"output_root={tmp_path}"), "train")
+    assert calls and calls[0].get("seed", 0) == 0 and calls[0].get("recipe") is None  # the one tiny world
