@@ -187,7 +187,24 @@ def test_null_harvests_reuse_the_base_rows_of_the_main_store(tmp_path, tiny_mode
     assert manifest["outputs"]["forward_contexts_saved"] > 0 and manifest["outputs"]["base_rows_from"]
     assert "tiny/harvest" in manifest["upstream"]  # a redone main harvest makes this store stale
 
-    reused = run_stage(_harvest(tmp_path, tiny_model_dir, other, tiny_world, "run=control"))
+    # killed while writing its second shard, then resumed: the reader picks up at the rows stored so far
+    from reasondiff.harvest import store as store_io
+
+    original, calls = store_io.write_shard, {"n": 0}
+
+    def dying_write(directory, index, acts, tokens):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(directory, index, acts, tokens)
+
+    control = _harvest(tmp_path, tiny_model_dir, other, tiny_world, "run=control")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_io, "write_shard", dying_write)
+        with pytest.raises(KeyboardInterrupt):
+            run_stage(control)
+    assert not artifacts.is_complete(control.stage_dir("harvest"))
+    reused = run_stage(control)
     fresh = run_stage(_harvest(tmp_path, tiny_model_dir, other, tiny_world, "run=fresh", "harvest.reuse_base=false"))
     assert artifacts.read_json(fresh / "manifest.json")["outputs"]["forward_contexts_saved"] == 0
     (a, ta), (b, tb) = _rows(reused), _rows(fresh)
