@@ -296,3 +296,65 @@ def test_a_seed_sibling_does_not_rebuild_the_tiny_world(monkeypatch, tmp_path):
     monkeypatch.setattr("reasondiff.tiny.model.ensure_tiny_world", lambda path, **kw: calls.append(kw))
     prepare_tiny_world(make_config("+exp=tiny", "seed=1", f"output_root={tmp_path}"), "train")
     assert calls and calls[0].get("seed", 0) == 0 and calls[0].get("recipe") is None  # the one tiny world
+
+
+# --- analyze reads the seed and null runs -------------------------------------------------------------
+def _save_train_dir(directory, W_dec, *, dead_tokens=100):
+    """A finished train directory holding a crosscoder with decoder `W_dec` (every latent alive)."""
+    from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
+
+    cc = CrossCoder(CrossCoderConfig(d_model=W_dec.shape[-1], n_latents=W_dec.shape[0]))
+    with torch.no_grad():
+        cc.W_dec.copy_(W_dec)
+    cc.save(directory, extra={"train": {"dead_tokens": dead_tokens}})
+    torch.save(torch.zeros(W_dec.shape[0], dtype=torch.long), directory / "final_counters.pt")
+    artifacts.mark_complete(directory, {"artifact_id": directory.name})
+
+
+def test_analyze_calibrates_against_the_finished_seed_and_null_runs(tmp_path):
+    from reasondiff.analyze.calibration import calibrate
+    from reasondiff.analyze.report import build_report
+    from reasondiff.app.preflight import upstream_dirs
+
+    cfg = make_config("+exp=tiny", f"output_root={tmp_path}", config_name="analyze")
+    exp = tmp_path / "tiny"
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.randn(40, 16, generator=generator)
+    norms = torch.ones(40, 2)
+    norms[:6, 0] = 0.02  # six tuned-only latents in the reasoning pair
+    W = directions[:, None, :] / directions.norm(dim=1)[:, None, None] * norms[:, :, None]
+    _save_train_dir(exp / "train", W)
+    _save_train_dir(exp / "train@seed=1", W[torch.randperm(40, generator=generator)])  # the same latents, reordered
+    (exp / "train@seed=2").mkdir()  # unfinished: not read
+    same = W.clone()
+    same[:, 0] = same[:, 1] = W.mean(dim=1)
+    _save_train_dir(exp / "train@base_vs_base", same)
+    control = W.clone()
+    control[:6, 0] = 1.0
+    control[:2, 0] = 0.02  # two tuned-only latents
+    _save_train_dir(exp / "train@control", control)
+    _save_train_dir(exp / "train@control+seed=1", control)
+
+    assert {p.name for p in upstream_dirs(cfg, "analyze")} >= {"train@seed=1", "train@base_vs_base", "train@control",
+                                                                "train@control+seed=1"}
+    out = exp / "analyze"
+    out.mkdir()
+    result = calibrate(cfg, out, exp / "train", W, torch.zeros(40, dtype=torch.bool),
+                       {"base_only_max": 0.1, "shared_min": 0.3, "shared_max": 0.7, "tuned_only_min": 0.9})
+    assert result["seeds"] == [0, 1] and result["nulls"] == {"base_vs_base": [0], "control": [0, 1]}
+    rows = {(r["rule"], r["class"]): r for r in result["calibration"]}
+    tuned = rows[("r", "tuned_only")]
+    assert (tuned["reasoning_seeds"], tuned["stable"], tuned["stable_same_class"]) == ("6/6", 6, 6)
+    assert tuned["base_vs_base"] == 0 and tuned["control_seeds"] == "2/2"
+    assert tuned["fdr_control"] == pytest.approx(2 / 6) and not tuned["within_control"]
+    assert (out / "stability.csv").is_file() and (out / "calibration.csv").is_file()
+    report = build_report(tmp_path / "tiny", out, title="t")
+    assert report.index("## Model-specific latents against a null") < report.index("## Fine-tuning")
+
+    # a null run's own analysis compares seeds, never other nulls
+    control_cfg = make_config("+exp=tiny", "+null=control", f"output_root={tmp_path}", config_name="analyze")
+    out = exp / "analyze@control"
+    out.mkdir()
+    result = calibrate(control_cfg, out, exp / "train@control", control, torch.zeros(40, dtype=torch.bool),
+                       {"base_only_max": 0.1, "shared_min": 0.3, "shared_max": 0.7, "tuned_only_min": 0.9})
+    assert result["seeds"] == [0, 1] and result["nulls"] == {}
