@@ -358,3 +358,14 @@ def test_analyze_calibrates_against_the_finished_seed_and_null_runs(tmp_path):
     result = calibrate(control_cfg, out, exp / "train@control", control, torch.zeros(40, dtype=torch.bool),
                        {"base_only_max": 0.1, "shared_min": 0.3, "shared_max": 0.7, "tuned_only_min": 0.9})
     assert result["seeds"] == [0, 1] and result["nulls"] == {}
+
+
+def test_no_within_sentence_for_counts_the_reasoning_pair_does_not_claim():
+    rows = calibration_rows({0: _with_counts(0, 3, 5)}, {"base_vs_base": {0: _with_counts(0, 0, 8)}}, own_seed=0)
+    text = calibration_markdown(rows, ["base_vs_base"], seeds=[0], null_seeds={"base_vs_base": [0]},
+                                with_stability=False, match_cosine=0.9, stable_fraction=1.0)
+    assert "Within the null" not in text and "above every null's largest count" in text
+    none = calibration_rows({0: _with_counts(0, 0, 5)}, {"base_vs_base": {0: _with_counts(0, 0, 8)}}, own_seed=0)
+    assert "no model-specific latent" in calibration_markdown(
+        none, ["base_vs_base"], seeds=[0], null_seeds={"base_vs_base": [0]}, with_stability=False,
+        match_cosine=0.9, stable_fraction=1.0)

@@ -167,10 +167,10 @@ def calibration_rows(reasoning: dict[int, Classified], nulls: dict[str, dict[int
             ours = {s: c.count(rule, latent_class) for s, c in sorted(reasoning.items())}
             row: dict[str, Any] = {"rule": rule, "class": latent_class, "reasoning": ours[own_seed],
                                    "reasoning_seeds": "/".join(str(v) for v in ours.values()),
-                                   "n_seeds": len(ours)}
+                                   "reasoning_mean": float(np.mean(list(ours.values()))), "n_seeds": len(ours)}
             if ensemble is not None and ensemble.matchings:
                 row["stable"], row["stable_same_class"] = ensemble.stable_counts(rule, latent_class)
-            mean_ours = float(np.mean(list(ours.values())))
+            mean_ours = row["reasoning_mean"]
             for pair, runs in nulls.items():
                 theirs = {s: c.count(rule, latent_class) for s, c in sorted(runs.items())}
                 # a shared latent is no discovery: its null count is shown, without a false-discovery rate
@@ -189,7 +189,7 @@ def calibration_rows(reasoning: dict[int, Classified], nulls: dict[str, dict[int
 
 
 def calibration_columns(nulls: list[str], with_stability: bool) -> list[str]:
-    columns = ["rule", "class", "reasoning", "reasoning_seeds", "n_seeds"]
+    columns = ["rule", "class", "reasoning", "reasoning_seeds", "reasoning_mean", "n_seeds"]
     if with_stability:
         columns += ["stable", "stable_same_class"]
     for pair in nulls:
@@ -240,10 +240,11 @@ def calibration_markdown(rows: list[dict[str, Any]], nulls: list[str], *, seeds:
               f"{stable_fraction:.0%} of the other seeds; in brackets, with every match in the same class.\n"
               if with_stability else "Stability needs seed siblings (analyze.seeds; none finished).\n"),
            markdown_table(shown, preformatted=True)]
-    within = []
+    within, claimed = [], False
     for row in rows:
-        if row["class"] == "shared":
+        if row["class"] == "shared" or row["reasoning_mean"] == 0:  # no count to calibrate
             continue
+        claimed = True
         for pair in nulls:
             if row[f"within_{pair}"]:
                 within.append(f"{row['class'].replace('_', '-')} by {row['rule'] if row['rule'] == 'r' else 'Δ'}: "
@@ -252,8 +253,10 @@ def calibration_markdown(rows: list[dict[str, Any]], nulls: list[str], *, seeds:
     if within:
         out.append("\n**Within the null** (the reasoning pair finds no more than the null's largest count, so these "
                    "counts are no evidence of latents specific to the reasoning fine-tune): " + "; ".join(within) + ".\n")
-    else:
+    elif claimed and nulls:
         out.append("\nEvery model-specific count of the reasoning pair is above every null's largest count.\n")
+    elif nulls:
+        out.append("\nThe reasoning pair has no model-specific latent by either rule.\n")
     return "\n".join(out)
 
 
