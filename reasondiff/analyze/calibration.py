@@ -228,9 +228,11 @@ def calibration_markdown(rows: list[dict[str, Any]], nulls: list[str], *, seeds:
                 else str(row[pair])
             cell[f"FDR vs {names.get(pair, pair)}"] = _fdr_text(row, pair)
         shown.append(cell)
-    out = ["## Model-specific latents against a null\n",
-           "Latents per class in the reasoning pair and in each null pair (docs/null.md), counted on every "
-           "crosscoder the same way: decoder norms, latents alive at the end of training"
+    out = ["## Model-specific latents against a null\n" if nulls else "## Model-specific latents across seeds\n",
+           ("Latents per class in the reasoning pair and in each null pair (docs/null.md), counted on every "
+            if nulls else "Latents per class in this pair's crosscoders, one per seed (docs/null.md; the `reasoning "
+            "pair` column is this pair), counted on every ")
+           + "crosscoder the same way: decoder norms, latents alive at the end of training"
            + (f". In brackets: the counts for seeds {'/'.join(map(str, seeds))}"
               + "".join(f"; {names.get(p, p)}: seeds {'/'.join(map(str, null_seeds[p]))}" for p in nulls)
               if len(seeds) > 1 or any(len(v) > 1 for v in null_seeds.values()) else "")
