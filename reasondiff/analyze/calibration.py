@@ -132,9 +132,8 @@ class Ensemble:
         d_spread = spread_across_matches(ref.delta, [self.others[s].delta for s in seeds], matchings)
         stab, stable = self.stability, self.stable
         same_r, same_d = self.same_class("r"), self.same_class("delta")
-        cos = np.vstack([m.cosine for m in matchings])
-        with np.errstate(invalid="ignore"):
-            min_cos = np.where(np.isnan(cos).all(axis=0), np.nan, np.nanmin(np.where(np.isnan(cos), np.inf, cos), axis=0))
+        worst = np.vstack([np.nan_to_num(m.cosine, nan=np.inf) for m in matchings]).min(axis=0)
+        min_cos = np.where(np.isinf(worst), np.nan, worst)  # NaN: matched in no other seed
         return [{"latent": i, "class": ref.classes["r"][i], "class_delta": ref.classes["delta"][i],
                  "stability": float(stab[i]), "n_other_seeds": len(seeds), "stable": bool(stable[i]),
                  "stable_same_class": bool(stable[i] and same_r[i]),

@@ -101,7 +101,6 @@ def spread_across_matches(values: np.ndarray, others: list[np.ndarray], matching
         matched[ok] = np.asarray(other, dtype=float)[m.partner[ok]]
         stacked.append(matched)
     table = np.vstack(stacked)
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
-        spread = np.nanmax(table, axis=0) - np.nanmin(table, axis=0)
-    return np.nan_to_num(spread, nan=0.0)
+    high = np.nan_to_num(table, nan=-np.inf).max(axis=0)
+    low = np.nan_to_num(table, nan=np.inf).min(axis=0)
+    return np.where(np.isfinite(high) & np.isfinite(low), high - low, 0.0)
