@@ -158,7 +158,8 @@ def _stage_config_section(stage: str, stage_dir: Path, start: Path) -> str:
     if manifest_path.is_file():
         manifest = artifacts.read_json(manifest_path)
         line += (f": {manifest.get('wall_seconds', '?')} s, finished {manifest.get('finished_at', '?')}, "
-                 f"commit `{(manifest.get('git_commit') or 'unknown')[:10]}`, "
+                 f"commit `{(manifest.get('git_commit') or 'unknown')[:10]}`"
+                 f"{' (uncommitted changes, diff sha256 `' + str(manifest.get('git_diff_sha256'))[:12] + '`)' if manifest.get('git_dirty') else ''}, "
                  f"[manifest]({_rel(manifest_path, start)})")
     if not config_path.is_file():
         return line + "\n"
