@@ -88,11 +88,12 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[s
         writer.writerows(rows)
 
 
-CE_MARKDOWN_COLUMNS = ("text", "convention", "model", "ce_recovered", "ce_clean", "ce_zero_ablation", "ce_spliced",
+CE_MARKDOWN_COLUMNS = ("text", "text_source", "convention", "model", "ce_recovered", "ce_clean", "ce_zero_ablation", "ce_spliced",
                        "delta_ce", "kl_spliced", "kl_zero_ablation", "n_tokens")
 CE_HEADERS = {"ce_recovered": "CE recovered [95% CI]", "ce_clean": "CE clean (nats)",
               "ce_zero_ablation": "CE zero-ablated (nats)", "ce_spliced": "CE spliced (nats)", "delta_ce": "ΔCE (nats)",
-              "kl_spliced": "KL spliced (nats)", "kl_zero_ablation": "KL zero-ablated (nats)", "n_tokens": "predictions"}
+              "kl_spliced": "KL spliced (nats)", "kl_zero_ablation": "KL zero-ablated (nats)", "n_tokens": "predictions",
+              "text_source": "text is"}
 
 
 def format_ce_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

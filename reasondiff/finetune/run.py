@@ -30,7 +30,7 @@ from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_met
 from reasondiff.finetune.data import (
     SFTExample,
     build_sft_examples,
-    load_s1k_rows,
+    load_s1k_split,
     summarize_report,
     to_dataset,
 )
@@ -294,7 +294,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision)
     set_pad_token(tokenizer, ft.pad_token)
-    rows = load_s1k_rows(ft)
+    all_rows, holdout = load_s1k_split(ft)
+    rows = [all_rows[i] for i in holdout.trained]
+    log.info("finetune: training on %d rows of %s, %d held out (finetune.holdout; recorded in the manifest)",
+             len(rows), ft.dataset, len(holdout.heldout))
     sample_questions = held_out_questions(cfg, ft.sample_generations) if ft.sample_generations else []
     examples, report = build_sft_examples(rows, tokenizer, ft, cfg.format)
     artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
@@ -403,6 +406,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "length_report": str(ctx.dir / LENGTH_REPORT),
         "global_step": trainer.state.global_step,
         "train_rows": len(examples),
+        "holdout": holdout.to_record(),
         "first_loss": first,
         "final_loss": final,
         "train_runtime_s": result.metrics.get("train_runtime"),

@@ -27,11 +27,11 @@ from reasondiff.scan.meters import sites_of
 from reasondiff.scan.passes import patch_pass, representation_pass
 from reasondiff.scan.plots import scan_figure
 from reasondiff.scan.recommend import Recommendation, recommend
-from reasondiff.scan.texts import ScanTexts, general_texts, reasoning_source, reasoning_texts
+from reasondiff.scan.texts import ScanTexts, general_texts, reasoning_texts
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ["text", "site", "layer", "hook", "n_tokens", "relative_change", "cosine", "cka",
+CSV_COLUMNS = ["text", "text_source", "site", "layer", "hook", "n_tokens", "relative_change", "cosine", "cka",
                "n_patch_tokens", "kl_base_tuned", "closed_tuned_into_base", "closed_base_into_tuned"]
 VIEW_TEXT = {("general", "all"): "general", ("reasoning", "all"): "reasoning", ("reasoning", "answer"): "reasoning_answer"}
 
@@ -90,14 +90,15 @@ def forward_equivalents(texts: list[ScanTexts], model, cfg: Config) -> float:
                for t in texts)
 
 
-def table_rows(text_name: str, representation: dict, patching: dict | None, cfg: Config) -> list[dict[str, Any]]:
+def table_rows(text_name: str, representation: dict, patching: dict | None, cfg: Config,
+               text_source: str = "") -> list[dict[str, Any]]:
     rows = []
     for view, meter in representation.items():
         text = VIEW_TEXT[(text_name, view)]
         patch = patching.get(view) if patching else None
         fractions = patch.fractions(min_kl=cfg.scan.min_kl) if patch is not None else {}
         for row in meter.rows():
-            row = {"text": text, **row}
+            row = {"text": text, "text_source": text_source, **row}
             if row["site"] == "resid" and patch is not None and int(patch.n_tokens) > 0:
                 row["n_patch_tokens"] = int(patch.n_tokens)
                 row["kl_base_tuned"] = patch.mean_gap()
@@ -164,8 +165,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     sites = sites_of(n_layers, components=s.component_sites)
     ctx.inputs.update(base_model=cfg.model.path, tuned_model=cfg.tuned_model, n_layers=n_layers,
                       general_text=texts[0].source, reasoning_text=reasoning.source if reasoning else None,
+                      reasoning_text_kind=s.reasoning_text if reasoning else None,
                       harvest_documents_used=documents_used, exclude_first_position=exclude_first,
                       max_norm_ratio=max_norm_ratio)
+    for text in texts:
+        log.info("scan: %s text: %s, %d contexts, %d tokens (%s)", text.name, text.label, len(text),
+                 int(text.valid.sum()), text.source)
     log.info("scan: %d layers, %s; about %.0f forward-equivalents of one context (patching %d contexts per text "
              "in %d direction(s))", n_layers, ", ".join(f"{len(t)} {t.name} contexts" for t in texts),
              forward_equivalents(texts, models[0], cfg), s.patch_contexts, len(s.directions))
@@ -185,7 +190,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             patching = patch_pass(models, text, list(s.directions), ctx.dir / f"partial_{text.name}_patching.pt",
                                   {**fingerprint, "directions": list(s.directions), "n_contexts": s.patch_contexts},
                                   n_contexts=s.patch_contexts, batch_size=s.patch_batch_size, exclude_first=exclude_first)
-        rows += table_rows(text.name, representation, patching, cfg)
+        rows += table_rows(text.name, representation, patching, cfg, text.label)
     write_csv(ctx.dir / "scan.csv", rows)
 
     recommendation, fractions = recommendation_of(rows, cfg, n_layers)
@@ -204,5 +209,5 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if curve:
         ctx.metrics.log(curve, step=0)
     return {"csv": "scan.csv", "figure": ["scan.png", "scan.pdf"], "recommendation": recommendation.to_dict(),
-            "texts": {t.name: {"contexts": len(t), "source": t.source} for t in texts},
-            "reasoning_corpus": reasoning_source(cfg) if reasoning else None}
+            "texts": {t.name: {"contexts": len(t), "tokens": int(t.valid.sum()), "source": t.source,
+                               "label": t.label} for t in texts}}
