@@ -44,7 +44,13 @@ def on_policy_conversations(cfg: Config, tokenizer, *, n_contexts: int, context_
     """Up to `n_contexts` of the tuned model's bench generations (round-robin over bench.tasks, in
     question order), each cut to `context_length` tokens by dropping the middle of the generation."""
     from reasondiff.bench.prompts import load_questions
-    from reasondiff.bench.run import GENERATIONS, GenerationLog, question_prompt, resolve_models, sweep_fingerprint
+    from reasondiff.bench.run import (
+        GENERATIONS,
+        GenerationLog,
+        question_prompt,
+        resolve_models,
+        sweep_fingerprint,
+    )
     from reasondiff.core import artifacts
 
     bench_dir = cfg.stage_dir("bench")

@@ -136,6 +136,19 @@ def precision_flags(hardware: HardwareConfig, device_type: str) -> dict[str, boo
     return {"bf16": hardware.dtype == "bfloat16", "fp16": hardware.dtype == "float16"}
 
 
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """A finished fine-tune made before finetune.holdout trained on every row; when the config now
+    holds rows out, its model is not what the config says, so the stage is redone (with the split)."""
+    holdout = cfg.finetune.holdout
+    if holdout.n_rows == 0 or (holdout.n_rows is None and holdout.fraction == 0):
+        return None
+    manifest = directory / artifacts.MANIFEST
+    if manifest.is_file() and not (artifacts.read_json(manifest).get("outputs") or {}).get("holdout"):
+        return ("it was made before finetune.holdout and trained on every row, while finetune.holdout now holds "
+                "rows out (finetune.holdout.n_rows=0 keeps it as it is)")
+    return None
+
+
 # --- trainer callbacks ------------------------------------------------------------------------------
 
 def _callbacks_module():

@@ -65,6 +65,18 @@ def harvest_settings(cfg: Config) -> tuple[int, bool, float | None]:
     return documents_used, exclude_first, ratio
 
 
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """A finished scan from before held-out reasoning text read the fine-tune's trained rows (its
+    default was finetune.dataset): it is redone on the text `scan.reasoning_text` names."""
+    manifest = directory / artifacts.MANIFEST
+    if not manifest.is_file() or not cfg.scan.n_reasoning_contexts:
+        return None
+    texts = (artifacts.read_json(manifest).get("outputs") or {}).get("texts") or {}
+    if "reasoning" in texts and "label" not in texts["reasoning"]:
+        return "it was made before held-out reasoning text (it read the rows the fine-tune trained on)"
+    return None
+
+
 def model_identity(path: str, revision: str | None) -> list:
     """What identifies a model's weights for resuming: file sizes and times of a local directory."""
     local = Path(path).expanduser()
