@@ -106,7 +106,7 @@ def format_ce_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
     out = []
     for row in rows:
-        shown = {k: str(row.get(k, "")) for k in ("text", "convention", "model")}
+        shown = {k: str(row.get(k, "")) for k in ("text", "text_source", "convention", "model")}
         for key in METRICS:
             if key not in row:
                 continue
@@ -120,7 +120,8 @@ def format_ce_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 def ce_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Table 2: CE recovered with its 95% interval, the three losses, ΔCE and the two KLs (nats)."""
-    columns = [c for c in CE_MARKDOWN_COLUMNS if not rows or c in rows[0] or c in ("text", "convention")]
+    columns = [c for c in CE_MARKDOWN_COLUMNS if not rows or c in ("text", "convention")
+               or (c in rows[0] and (c != "text_source" or any(r.get(c) for r in rows)))]
     return markdown_table(format_ce_rows(rows), columns, floatfmt={k: ".4f" for k in METRICS} | {"n_tokens": "d"},
                           headers=CE_HEADERS)
 
