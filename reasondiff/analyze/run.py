@@ -99,16 +99,36 @@ def open_harvest(cfg: Config):
     return harvest.ActivationStore.open(harvest_dir)
 
 
-def heldout_contexts(cfg: Config, tokenizer, store) -> torch.Tensor:
+def live_documents_touched(cc_dir: Path) -> int | None:
+    """Corpus documents a crosscoder trained on a live stream (train.data=live) read, from train's
+    summary.json; None when it was not trained live. -1 when unknown (its stream went round the
+    whole corpus, or it predates the record): no corpus document is then held out for sure."""
+    config, summary = cc_dir / "config.json", cc_dir / "summary.json"
+    if not config.is_file() or artifacts.read_json(config).get("data") != "live":
+        return None
+    touched = artifacts.read_json(summary).get("documents_touched") if summary.is_file() else None
+    return int(touched) if touched is not None else -1
+
+
+def heldout_contexts(cfg: Config, tokenizer, store, cc_dir: Path | None = None) -> torch.Tensor:
     """General-text contexts the crosscoder never trained on: the harvest corpus after the documents
-    harvest used, or `analyze.heldout_corpus` from its start."""
+    harvest used (and, for a crosscoder trained on a live stream, after the documents that stream
+    read), or `analyze.heldout_corpus` from its start."""
     from dataclasses import replace
 
     from reasondiff import harvest
     a = cfg.analyze
     harvest_cfg, documents_used = cfg.harvest, 0
+    live = live_documents_touched(cc_dir) if cc_dir is not None else None
     if a.heldout_corpus:
         harvest_cfg = replace(cfg.harvest, corpus=a.heldout_corpus, reasoning_fraction=0.0, reasoning_corpus=None)
+    elif live is not None:
+        harvest_cfg = replace(cfg.harvest, reasoning_fraction=0.0, reasoning_corpus=None)
+        documents_used = max(live, int(store.manifest["documents_used"]) if store is not None else 0)
+        if live < 0:
+            log.warning("the crosscoder in %s was trained on a live stream that read the whole of harvest.corpus "
+                        "(or records no position): its held-out general text may be training text; set "
+                        "analyze.heldout_corpus to text it never saw", cc_dir)
     elif store is not None:
         harvest_cfg = replace(cfg.harvest, reasoning_fraction=0.0, reasoning_corpus=None)
         documents_used = int(store.manifest["documents_used"])
@@ -418,7 +438,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     ctx.inputs.update({"hook": hook.name, "exclude_first_position": keep_first, "max_norm_ratio": max_norm_ratio,
                        "harvest_documents_used": int(store.manifest["documents_used"]) if store is not None else None})
 
-    texts = {"general": Contexts.packed("general", heldout_contexts(cfg, tokenizer, store))}
+    texts = {"general": Contexts.packed("general", heldout_contexts(cfg, tokenizer, store, cc_dir))}
     reasoning_texts = reasoning_contexts(cfg, tokenizer)
     if reasoning_texts is not None:
         texts["reasoning"] = reasoning_texts
