@@ -187,6 +187,9 @@ def test_scan_on_trained_rows_with_the_flag_says_trained_rows(tmp_path, tiny_mod
     manifest = artifacts.read_json(out / artifacts.MANIFEST)
     assert manifest["outputs"]["texts"]["reasoning"]["label"] == "held-out rows"
     assert manifest["inputs"]["reasoning_text_kind"] == "heldout_rows"
+    from reasondiff.analyze.report import build_report
+    report = build_report(out.parent, out.parent / "analyze", title="r")
+    assert "Texts scanned — general: held-out general, 2 contexts" in report and "reasoning: held-out rows" in report
     from reasondiff.scan.run import verify_finished
     assert verify_finished(default, out) is None
     # a scan finished before held-out text (no label) is redone

@@ -210,10 +210,22 @@ def _scan_section(scan_dir: Path, start: Path, exp: str) -> str:
         return head + _missing("the layer scan", f"python -m reasondiff.scan +exp={exp}")
     found = artifacts.read_json(recommendation)
     follow_up = "".join(f"{command}\n" for command in found.get("follow_up", []))
-    return (head + f"{found['line']}\n\n" + (f"```bash\n{follow_up}```\n\n" if follow_up else "")
+    return (head + f"{found['line']}\n\n" + scan_texts_line(scan_dir)
+            + (f"```bash\n{follow_up}```\n\n" if follow_up else "")
             + _figure(figure, start, "Layer scan: fraction of KL(base ‖ tuned) closed by patching each residual "
                                      "layer, and representation change per layer")
             + f"\nPer-layer numbers: [scan.csv]({_rel(scan_dir / 'scan.csv', start)}).\n")
+
+
+def scan_texts_line(scan_dir: Path) -> str:
+    """Which texts the scan read (its manifest): a reasoning text of trained rows is named as such."""
+    manifest = scan_dir / artifacts.MANIFEST
+    texts = (artifacts.read_json(manifest).get("outputs") or {}).get("texts") if manifest.is_file() else None
+    if not texts:
+        return ""
+    parts = [f"{name}: {t.get('label', 'not recorded (made before held-out reasoning text: trained rows)')}, "
+             f"{t.get('contexts', '?')} contexts, {t.get('tokens', '?')} tokens" for name, t in texts.items()]
+    return "Texts scanned — " + "; ".join(parts) + ".\n\n"
 
 
 # --- benchmarks ------------------------------------------------------------------------------------
