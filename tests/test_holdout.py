@@ -254,3 +254,14 @@ def test_harvest_keeps_the_held_out_questions_out_of_its_reasoning_mix(tiny_worl
     assert len(texts) == len(rows)  # positions stay row indices (resume)
     for index, text in enumerate(texts):
         assert text == ("" if index in split.heldout else reasoning_text(rows[index]))
+
+
+def test_the_reasoning_text_source_is_part_of_the_result_it_makes():
+    from reasondiff.core import fingerprint
+
+    for stage in ("scan", "analyze"):
+        held = fingerprint.settings(make_config(config_name=stage), stage)
+        assert held[f"{stage}.reasoning_text"] == "heldout_rows" and "finetune.holdout.fraction" in held
+        assert held != fingerprint.settings(make_config("finetune.holdout.seed=1", config_name=stage), stage)
+        on_policy = fingerprint.settings(make_config(f"{stage}.reasoning_text=on_policy", config_name=stage), stage)
+        assert "bench.token_limits" in on_policy and "finetune.holdout.fraction" not in on_policy
