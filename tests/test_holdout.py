@@ -198,14 +198,19 @@ def test_scan_on_trained_rows_with_the_flag_says_trained_rows(tmp_path, tiny_mod
     assert "trained on" in verify_finished(default, out)
 
 
-def test_on_policy_text_is_the_tuned_models_bench_generations_in_the_chat_layout(tmp_path, tiny_world, tiny_tokenizer):
+BENCH = ("bench.tasks=[gsm8k]", "bench.token_limits=[8,64]", "bench.limit=3")
+
+
+def test_on_policy_text_is_the_tuned_models_bench_generations_in_the_chat_layout(tmp_path, tiny_world, tiny_tokenizer,
+                                                                                tiny_model_dir, tiny_tuned_model_dir):
     from reasondiff import bench
+    from reasondiff.app.stage import run_stage
     from reasondiff.bench.prompts import load_questions
     from reasondiff.bench.run import GENERATIONS, question_prompt, resolve_models, sweep_fingerprint
 
-    cfg = make_config(f"output_root={tmp_path}", "exp_name=t", "model.build_tiny=false", "bench.tasks=[gsm8k]",
-                      f"bench.data.gsm8k.path={tiny_world / 'gsm8k.jsonl'}", "bench.token_limits=[8,64]",
-                      "bench.limit=3", config_name="bench")
+    cfg = make_config(f"output_root={tmp_path}", "exp_name=t", "model.build_tiny=false",
+                      f"tuned_model={tiny_tuned_model_dir}", f"bench.data.gsm8k.path={tiny_world / 'gsm8k.jsonl'}",
+                      *BENCH, config_name="bench")
     questions = load_questions("gsm8k", cfg.bench)
     spec = [s for s in resolve_models(cfg) if s.label == "tuned"][0]
     fingerprint = sweep_fingerprint(cfg, spec, "gsm8k")
@@ -242,6 +247,18 @@ def test_on_policy_text_is_the_tuned_models_bench_generations_in_the_chat_layout
     short = bench.on_policy_conversations(cfg, tiny_tokenizer, n_contexts=1, context_length=len(prompt) + 6,
                                           config_key="scan.reasoning_text")
     assert short.conversations == [whole[:len(prompt) + 3] + whole[-3:]]
+
+    # the scan reads it with scan.reasoning_text=on_policy and says so
+    scan = make_config(f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", "model.build_tiny=false",
+                       f"model.path={tiny_model_dir}", f"tuned_model={tiny_tuned_model_dir}",
+                       f"bench.data.gsm8k.path={tiny_world / 'gsm8k.jsonl'}", *BENCH,
+                       f"harvest.corpus={tiny_world / 'corpus.jsonl'}", "scan.reasoning_text=on_policy",
+                       "scan.n_general_contexts=2", "scan.n_reasoning_contexts=4", "scan.context_length=96",
+                       "scan.patch_contexts=1", "scan.component_sites=false", config_name="scan")
+    texts = artifacts.read_json(run_stage(scan) / artifacts.MANIFEST)["outputs"]["texts"]
+    assert texts["reasoning"]["label"] == "on-policy" and texts["reasoning"]["contexts"] == 2
+    at_96 = bench.on_policy_conversations(scan, tiny_tokenizer, n_contexts=4, context_length=96, config_key="x")
+    assert texts["reasoning"]["tokens"] == sum(len(ids) for ids in at_96.conversations)
 
 
 def test_harvest_keeps_the_held_out_questions_out_of_its_reasoning_mix(tiny_world):
