@@ -391,7 +391,9 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
                    "prediction scored); `sink_preserving` touches and scores only the positions the crosscoder "
                    "stands in for (docs/analyze.md). ΔCE = L_spliced − L_clean and KL(clean ‖ ·) are in nats per "
                    "prediction; brackets: 95% bootstrap intervals over contexts. `general` = held-out text, "
-                   "`reasoning` = s1K conversations in the fine-tune's chat layout.\n\n")
+                   "`reasoning` = conversations in the fine-tune's chat layout; `text is` says which: the "
+                   "fine-tune's held-out rows, the tuned model's own bench generations (on-policy), a file, "
+                   "or trained rows (asked for explicitly: memorised text).\n\n")
         out.append(ce_table_markdown(read_csv_rows(ce)) + f"\nSource: [{ce.name}]({_rel(ce, analyze_dir)})\n")
     else:
         out.append(_missing("CE recovery", f"python -m reasondiff.analyze +exp={exp}"))
