@@ -6,6 +6,7 @@ one that does not, and a plain chat model); tokenizer compatibility; the pair co
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import subprocess
 import sys
@@ -280,3 +281,40 @@ def test_preflight_names_the_override_for_a_missing_hub_model(monkeypatch):
     (tuned,) = [line for line in lines if line.startswith("tuned_model=")]
     assert "tuned_model=/path/to/DeepSeek-R1-Distill-Qwen-1.5B" in tuned and "\n" not in tuned
     assert any(line.startswith("model.path=Qwen/Qwen2.5-Math-1.5B") and "model.path=/path/to/" in line for line in lines)
+
+
+# --- a bench run on a pair of tiny models in different layouts and templates ----------------------
+
+@pytest.fixture(scope="module")
+def tiny_r1_model_dir(tmp_path_factory, r1_tokenizer):
+    """A randomly initialised tiny model whose tokenizer has <think> / </think> and R1's template."""
+    from reasondiff.tiny import make_model
+
+    path = tmp_path_factory.mktemp("tiny_r1_model")
+    make_model(r1_tokenizer, seed=1).save_pretrained(path)
+    r1_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_forced_bench_prompts_each_model_in_its_own_layout(tmp_path, tiny_world, tiny_model_dir, tiny_r1_model_dir):
+    from reasondiff.app.stage import run_stage
+    from reasondiff.bench.run import GENERATIONS
+
+    cfg = make_config(f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "model.build_tiny=false",
+                      f"tuned_model={tiny_r1_model_dir}", "format.layout=think", "bench.mode=forced",
+                      "bench.models=[base,tuned]", "bench.tasks=[math500]", "bench.limit=2",
+                      "bench.token_limits=[3,6]", "bench.forcing.max_tokens_answer=4", "hardware.bench_batch_size=2",
+                      f"bench.data.math500.path={tiny_world}/math500.jsonl", config_name="bench")
+    out = run_stage(cfg)
+    rows = [json.loads(line) for line in (out / GENERATIONS).read_text().splitlines()]
+    tuned = [r for r in rows if r["model"] == "tuned"]
+    base = [r for r in rows if r["model"] == "base"]
+    assert len(tuned) == len(base) == 4
+    # the tuned model: R1's template opened <think>; forced with </think> and its budget closing
+    assert all(r["thinking_opened"] for r in tuned)
+    for row in tuned:
+        closing = "</think>\n\nFinal Answer:" if row["forced"] else "</think>"
+        assert closing in row["completion"] and row["answer_source"] != "no_answer_section"
+        assert row["thinking_tokens"] <= row["limit"]
+    # the base (ChatML, layout none, no </think> token): one plain generation per limit, nothing inserted
+    assert not any(r["thinking_opened"] or r["forced"] or "</think>" in r["completion"] for r in base)

@@ -157,15 +157,20 @@ class GenerationLog:
 
 # --- prompts -------------------------------------------------------------------------------------
 
-def model_layout(cfg: Config, spec: ModelSpec) -> ReasoningLayout:
+def model_layout(cfg: Config, spec: ModelSpec, tokenizer=None) -> ReasoningLayout:
     """The layout bench prompts, forces and grades `spec` in: its own (format.layout or
     format.base_layout). In forced mode a model without one is forced with the tuned model's
-    strings, as s1's harness forces every model it evaluates with the same delimiters."""
+    strings, as s1's harness forces every model it evaluates with the same delimiters, when its
+    tokenizer has the tuned layout's stop as one token (given `tokenizer`); otherwise (a Qwen2.5
+    base beside an R1 distill has no `</think>` token) it gets one plain generation, which is how
+    s1 scores its base models."""
     until = cfg.bench.forcing.until_thinking
     own = layout_named("none", cfg.format) if spec.role == "plain" else layout_for(cfg.format, spec.role,
                                                                                      until_thinking=until)
     if not own.thinks and cfg.bench.mode == "forced":
-        return layout_for(cfg.format, "tuned", until_thinking=until)
+        tuned = layout_for(cfg.format, "tuned", until_thinking=until)
+        if tuned.thinks and (tokenizer is None or len(forcing.encode(tokenizer, tuned.stop)) == 1):
+            return tuned
     return own
 
 
@@ -191,7 +196,7 @@ def question_prompt(tokenizer, question: Question, cfg: Config, spec: ModelSpec,
 def question_text(tokenizer, question: Question, cfg: Config, spec: ModelSpec) -> str:
     """The rendered chat prompt of one question in the model's layout (see `question_prompt`)."""
     return chat_prompt(tokenizer, question.user_turn, system_prompt=cfg.bench.system_prompt,
-                       start_thinking=thinking_opened(cfg, spec, question.task), layout=model_layout(cfg, spec),
+                       start_thinking=thinking_opened(cfg, spec, question.task), layout=model_layout(cfg, spec, tokenizer),
                        plain=spec.entry in cfg.bench.plain_prompt_models)
 
 
@@ -203,7 +208,8 @@ def prompt_opened(tokenizer, questions: Sequence[Question], cfg: Config, spec: M
         return False
     if thinking_opened(cfg, spec, task):
         return True
-    return bool(questions) and model_layout(cfg, spec).opened_in(question_text(tokenizer, questions[0], cfg, spec))
+    return bool(questions) and model_layout(cfg, spec, tokenizer).opened_in(
+        question_text(tokenizer, questions[0], cfg, spec))
 
 
 def fewshot_shots(cfg: Config, questions: Sequence[Question]) -> dict[str, list[dict[str, Any]]]:
@@ -274,7 +280,7 @@ def sweep_chunk(generator, tokenizer, questions: Sequence[Question], prompts: Se
     rows = []
     common = {"model": model, "cfg": cfg, "opened": opened, "batch": batch, "fingerprint": fingerprint,
               "layout": layout}
-    if bench.mode == "forced":
+    if bench.mode == "forced" and layout.thinks:
         forced = forcing.force(generator, tokenizer, prompts, limits, opened=opened, layout=layout,
                                n_ignore=bench.forcing.thinking_n_ignore, ignore_str=bench.forcing.thinking_n_ignore_str,
                                max_tokens_answer=bench.forcing.max_tokens_answer)
@@ -469,7 +475,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                     for chunk in length_sorted_batches([len(p) for p in prompts], generator.chunk_size):
                         rows = sweep_chunk(generator, tokenizer, [todo[i] for i in chunk], [prompts[i] for i in chunk],
                                            model=spec.label, cfg=cfg, fingerprint=fingerprint, opened=opened,
-                                           layout=model_layout(cfg, spec))
+                                           layout=model_layout(cfg, spec, tokenizer))
                         generation_log.append(rows)
                         progress.update(len(chunk))
         finally:
