@@ -62,7 +62,7 @@ def trace_fields(trace_source: str) -> tuple[str, str]:
 
 def conversation_ids(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat,
                      max_length: int) -> list[int] | None:
-    """The conversation as the fine-tune saw it (chat template around the s1 layout), cut to
+    """The conversation as the fine-tune saw it (chat template around the tuned layout), cut to
     `max_length` tokens by dropping the middle of the thinking; None when even no thinking won't fit."""
     from reasondiff.lm.layouts import conversation_text, layout_for
 

@@ -1,7 +1,8 @@
-"""s1K-1.1 rows -> tokenized SFT examples in the s1 layout, with loss on the assistant turn only.
+"""s1K-1.1 rows -> tokenized SFT examples in the tuned layout, with loss on the assistant turn only.
 
-The assistant turn is `{think}\\n{thinking}\\n{answer}\\n{prefix}{attempt}` (simplescaling/s1) inside
-the model's own chat template, the question being the user turn. We tokenize the whole rendered
+The assistant turn is `{think}\\n{thinking}\\n{answer}\\n{prefix}{attempt}` (simplescaling/s1; another
+`format.layout` writes its own delimiters, reasondiff/lm/layouts.py) inside the model's own chat
+template, the question being the user turn. We tokenize the whole rendered
 conversation once and map character spans to tokens through the offset mapping, so the labels,
 the thinking span (for `keep_answer`) and the closing end-of-turn token are exact even where BPE
 merges across a boundary — tokenizing the pieces separately would not give the same ids.
