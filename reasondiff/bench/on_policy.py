@@ -65,7 +65,10 @@ def on_policy_conversations(cfg: Config, tokenizer, *, n_contexts: int, context_
     fingerprints = {("tuned", task): sweep_fingerprint(cfg, spec, task) for task in cfg.bench.tasks}
     rows = GenerationLog(bench_dir / GENERATIONS).current(fingerprints=fingerprints, limits=[limit])
     by_question = {(r["task"], r["id"]): r for r in rows if r.get("completion") is not None}
-    eos, delimiter = tokenizer.eos_token_id, cfg.format.answer_delimiter
+    from reasondiff.lm.layouts import layout_for
+
+    # where the tuned model's answer block opens in its own layout (s1: <|im_start|>answer, think: </think>)
+    eos, delimiter = tokenizer.eos_token_id, layout_for(cfg.format, "tuned").think_close
     per_task = {task: [q for q in load_questions(task, cfg.bench) if (task, q.id) in by_question]
                 for task in cfg.bench.tasks}
     out = OnPolicyText(source=f"tuned model's bench generations ({bench_dir / GENERATIONS}, limit {limit}, "
@@ -99,7 +102,10 @@ def on_policy_conversations(cfg: Config, tokenizer, *, n_contexts: int, context_
 
 
 def _answer_token(tokenizer, ids: list[int], prompt_tokens: int, delimiter: str) -> int | None:
-    """First token of the answer delimiter in the generation (None when the model never answered)."""
+    """First token of the answer delimiter in the generation (None when the model never answered,
+    or its layout has no thinking: then there is no answer block to mark)."""
+    if not delimiter:
+        return None
     target = tokenizer(delimiter, add_special_tokens=False)["input_ids"]
     for start in range(prompt_tokens, len(ids) - len(target) + 1):
         if ids[start:start + len(target)] == target:

@@ -158,7 +158,8 @@ def resolve_split(cfg, finetune_dir: str | Path | None) -> HoldoutSplit:
                        seed=ft.holdout.seed, limit_trained=ft.limit_rows)
     origin = ("computed from finetune.holdout (the finetune stage has not finished yet)" if finetune_dir is not None
               else f"computed from finetune.holdout: tuned_model={cfg.tuned_model} was not made by a finetune "
-                   "stage here, so which rows it trained on is not recorded")
+                   "stage here, so which rows it trained on is not recorded (a released model may have trained on "
+                   "all of them: reasoning_text=on_policy reads its own generations instead)")
     return replace(split, origin=origin)
 
 

@@ -4,15 +4,16 @@ General text comes through harvest's public reader (`harvest.heldout_contexts`):
 packed exactly as harvest packs it, from the first document the harvest did not use. Reasoning text
 (`scan.reasoning_text`) is by default the fine-tune's HELD-OUT rows (never trained on, as its
 manifest recorded them; `finetune.heldout_rows`), one s1K-style row per sequence, rendered and
-tokenized by finetune's own `tokenize_example` (chat template, `<|im_start|>think` thinking,
-`<|im_start|>answer` answer, closing end-of-turn token), so the tuned model sees the kind of
-sequence it was trained on, not the sequences themselves; a row longer than the context loses the
-middle of its thinking (finetune's `keep_answer`). `on_policy` reads the tuned model's own bench
-generations instead, `file` any s1K-style corpus (refused when it shares questions with the trained
-rows, unless `scan.allow_trained_text`). Sequences are right-padded.
+tokenized by finetune's own `tokenize_example` with the tuned model's tokenizer (its chat template,
+the turn in its layout `format.layout`: s1's `<|im_start|>think` ... `<|im_start|>answer`, or R1's
+`<think>` ... `</think>`; its end-of-turn token), so the tuned model sees the kind of sequence it was
+trained on, not the sequences themselves; a row longer than the context loses the middle of its
+thinking (finetune's `keep_answer`). `on_policy` reads the tuned model's own bench generations
+instead, `file` any s1K-style corpus (refused when it shares questions with the trained rows, unless
+`scan.allow_trained_text`). Sequences are right-padded.
 
-Answer tokens: the positions whose NEXT token belongs to the s1 answer block, from the answer
-delimiter through the closing end-of-turn token: where the model states its answer.
+Answer tokens: the positions whose NEXT token belongs to the answer block, from the closing
+delimiter of the thinking through the closing end-of-turn token: where the model states its answer.
 """
 
 from __future__ import annotations
