@@ -284,6 +284,7 @@ def loglikelihood_rows(generator, tokenizer, questions: Sequence[Question], *, m
                          "finished": True, "thinking_opened": False, "reference": question.reference, "tokens": 0,
                          "seconds": round(seconds, 6), "batch": batch, "forced": False, "answer": choice,
                          "answer_source": "lm_eval_loglikelihood", "correct": correct, "no_answer": False,
+                         "correct_finished_only": correct,
                          "loglikelihoods": {"no": scores[0], "yes": scores[1]}, "grader": scoring.GRADER_VERSION})
     return rows
 
