@@ -294,6 +294,12 @@ def _num(value: Any, fmt: str) -> str:
     return "n/a" if value == "" or value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
+def _with_interval(value: Any, low: Any, high: Any, fmt: str) -> str:
+    """`value [low, high]`, or `n/a` alone when there is no value."""
+    shown = _num(value, fmt)
+    return shown if shown == "n/a" else f"{shown} [{_num(low, fmt)}, {_num(high, fmt)}]"
+
+
 def comparison_sentences(summary: Sequence[dict[str, Any]], confidence_level: float = 0.95) -> list[str]:
     """One sentence per compared (model, task): the difference, the test, and whether it is significant."""
     alpha = 1 - confidence_level
@@ -318,6 +324,10 @@ def comparison_sentences(summary: Sequence[dict[str, Any]], confidence_level: fl
                      f"{'significant' if slope_significant else '**not significant** (the interval contains 0)'}.")
         out.append(perf)
     return out
+
+
+def _top(row: dict[str, Any]) -> str:
+    return f"`{row['top_answer']}` ({_num(row.get('top_answer_share'), '.0f')})" if row.get("top_answer") else "–"
 
 
 def constant_answer_sentence(row: dict[str, Any]) -> str | None:
@@ -368,9 +378,8 @@ def summary_markdown(summary: Sequence[dict[str, Any]], results: Sequence[dict[s
         lines.append(
             f"| {row['model']} | {row['task']} | {row['performance']:.1f} "
             f"[{_num(row['performance_low'], '.1f')}, {_num(row['performance_high'], '.1f')}] | "
-            f"{_num(row['scaling'], '.5f')} [{_num(row['scaling_low'], '.5f')}, {_num(row['scaling_high'], '.5f')}] | "
-            f"{_num(row.get('s1_scaling'), '.5f')} [{_num(row.get('s1_scaling_low'), '.5f')}, "
-            f"{_num(row.get('s1_scaling_high'), '.5f')}] | "
+            f"{_with_interval(row['scaling'], row['scaling_low'], row['scaling_high'], '.5f')} | "
+            f"{_with_interval(row.get('s1_scaling'), row.get('s1_scaling_low'), row.get('s1_scaling_high'), '.5f')} | "
             f"{row['best_limit']} | {row['token_limits']} | {row['n']} | {_num(row.get('performance_finished_only'), '.1f')} |")
     lines += ["", "## Answers and baselines (at each model's best limit)", "",
               f"A model is flagged when one answer covers more than {CONSTANT_ANSWER_SHARE:.0f}% of the questions. "
@@ -381,7 +390,8 @@ def summary_markdown(summary: Sequence[dict[str, Any]], results: Sequence[dict[s
               "|---|---|---:|---|---:|---:|---|"]
     for row in summary:
         flag = "**one answer > half**" if row.get("constant_answerer") is True else ""
-        lines.append(f"| {row['model']} | {row['task']} | {row['performance']:.1f} | `{row.get('top_answer', '')}` | "
+        lines.append(f"| {row['model']} | {row['task']} | {row['performance']:.1f} | "
+                     f"{'`' + row['top_answer'] + '`' if row.get('top_answer') else '–'} | "
                      f"{_num(row.get('top_answer_share'), '.1f')} | "
                      f"{_num(row.get('majority_baseline'), '.1f')} (`{row.get('majority_answer', '')}`) | {flag} |")
     lines += ["", "## Per limit", "",
@@ -393,6 +403,6 @@ def summary_markdown(summary: Sequence[dict[str, Any]], results: Sequence[dict[s
                      f"[{_num(row['accuracy_low'], '.1f')}, {_num(row['accuracy_high'], '.1f')}] | "
                      f"{_num(row.get('accuracy_finished_only'), '.1f')} | "
                      f"{row['no_answer']}/{row['n']} | {row['finished']}/{row['n']} | "
-                     f"`{row.get('top_answer', '')}` ({_num(row.get('top_answer_share'), '.0f')}) | "
+                     f"{_top(row)} | "
                      f"{_num(row.get('compute_tokens'), '.1f')} | {row['seconds_per_question']:.3f} |")
     return "\n".join(lines) + "\n"
