@@ -160,7 +160,7 @@ def test_s1_scaling_interval_resamples_questions_and_holds_the_point():
 
 def _answer_rows(model, task, answers, references, *, limits=(64, 128), finished=True):
     """Rows that give `answers` (one per question) at every limit; correct by the gold labels."""
-    from reasondiff.bench.tables import answer_key, gold_answer
+    from reasondiff.bench.baselines import answer_key, gold_answer
 
     rows = []
     for q, (answer, reference) in enumerate(zip(answers, references, strict=True)):

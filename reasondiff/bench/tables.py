@@ -15,14 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from reasondiff.bench import grading, stats
+from reasondiff.bench import stats
+from reasondiff.bench.baselines import CONSTANT_ANSWER_SHARE, majority_baseline, top_answer
 
 RESULT_COLUMNS = ["model", "task", "limit", "accuracy", "accuracy_low", "accuracy_high", "n", "correct", "no_answer",
                   "finished", "seconds", "seconds_per_question", "mean_tokens", "flexible_extract",
@@ -35,9 +35,6 @@ SUMMARY_COLUMNS = ["model", "task", "performance", "performance_low", "performan
                    # issue 26 (appended)
                    "s1_scaling", "s1_scaling_low", "s1_scaling_high", "performance_finished_only", "top_answer",
                    "top_answer_share", "majority_answer", "majority_baseline", "constant_answerer"]
-CONSTANT_ANSWER_SHARE = 50.0
-"""A model whose most common answer covers more than this share (%) of the questions is flagged
-(`constant_answerer`): its accuracy is then mostly the share of that answer among the gold labels."""
 
 
 # --- Table 1's two numbers ---------------------------------------------------------------------------
@@ -68,56 +65,6 @@ def s1_scaling(compute_tokens: Sequence[float], accuracy_pct: Sequence[float]) -
 def limit_grid(limits: Sequence[int]) -> str:
     """The grid a slope was fitted on, e.g. 128-256-512: slopes from different grids differ in kind."""
     return "-".join(str(limit) for limit in sorted(limits))
-
-
-# --- what an accuracy is read against -------------------------------------------------------------
-
-def answer_key(answer: Any) -> str | None:
-    """An answer as counted in the answer distribution: spaces, `$` and digit-group commas dropped,
-    trailing zeros of a decimal dropped, lower case (`$1,000.00` and `1000` count as one answer).
-    None for no answer."""
-    if answer is None or str(answer).strip() == "":
-        return None
-    key = re.sub(r"\s+|\\?\$", "", str(answer)).lower().rstrip(".")
-    number = key.replace(",", "")
-    if re.fullmatch(r"-?\d+(\.\d+)?", number):
-        key = number.rstrip("0").rstrip(".") if "." in number else number
-    return key
-
-
-def gold_answer(task: str, reference: Any) -> str | None:
-    """The gold answer of a row as an answer key: the number after gsm8k's `####`, boolq's label as
-    yes/no, MATH's answer string."""
-    if reference is None:
-        return None
-    if task == "gsm8k":
-        return answer_key(grading.gsm8k_reference(reference))
-    if task == "boolq":
-        label = grading.boolq_reference(reference)
-        return None if label is None else ("yes" if label else "no")
-    return answer_key(reference)
-
-
-def top_answer(answers: Sequence[Any]) -> tuple[str, float]:
-    """(most common answer, its share of all the replies in %), no answer counting in the total but
-    never as the top answer; ("", 0.0) when no reply answers."""
-    counts = Counter(key for key in map(answer_key, answers) if key is not None)
-    if not counts or not answers:
-        return "", 0.0
-    key, count = counts.most_common(1)[0]
-    return key, 100.0 * count / len(answers)
-
-
-def majority_baseline(task: str, references: Sequence[Any]) -> tuple[str, float]:
-    """(most common gold answer, accuracy in % of always giving it) on these questions. For boolq
-    it is the majority class; for open-answer tasks (gsm8k, MATH) the most common gold number or
-    expression, which few questions share, so the baseline is near 0. ("", nan) without golds."""
-    golds = [gold_answer(task, reference) for reference in references]
-    counts = Counter(g for g in golds if g is not None)
-    if not counts:
-        return "", math.nan
-    key, count = counts.most_common(1)[0]
-    return key, 100.0 * count / len(golds)
 
 
 # --- results.csv -----------------------------------------------------------------------------------
