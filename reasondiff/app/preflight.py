@@ -92,6 +92,12 @@ def reasoning_input(cfg, stage: str) -> Input:
     return Input("finetune.dataset", cfg.finetune.dataset, "dataset")
 
 
+def finetune_dir_of(cfg) -> Path | None:
+    """The finetune stage directory that made `tuned_model` (None for a model made elsewhere)."""
+    owner = owning_stage_dir(cfg, cfg.tuned_model)
+    return owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
+
+
 def reasoning_text_problem(cfg, stage: str) -> str | None:
     """Reasoning text that would measure rows the fine-tune trained on: a reasoning_corpus sharing
     questions with the trained rows (unless `<stage>.allow_trained_text`), or held-out rows asked
@@ -105,10 +111,8 @@ def reasoning_text_problem(cfg, stage: str) -> str | None:
     section = getattr(cfg, stage, None)
     if section is None or not getattr(section, "n_reasoning_contexts", 0) or section.reasoning_text == "on_policy":
         return None
-    owner = owning_stage_dir(cfg, cfg.tuned_model)
-    finetune_dir = owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
     try:
-        split = resolve_split(cfg, finetune_dir)
+        split = resolve_split(cfg, finetune_dir_of(cfg))
         if section.reasoning_text == "heldout_rows":
             if split.heldout:
                 return None

@@ -2,14 +2,16 @@
 
 `holdout_split(cfg)` is the split of the tuned model's dataset into trained and held-out rows, as
 its finetune run recorded it in manifest.json (reasondiff/lm/holdout.py has the rule);
-`heldout_rows(cfg)` loads the held-out rows themselves, checked against the recorded hashes.
+`heldout_rows(cfg)` loads the held-out rows themselves, checked against the recorded hashes;
+`reasoning_rows(cfg, stage, max_rows=...)` is what a stage reads for `<stage>.reasoning_text` =
+heldout_rows or file (a file sharing questions with the trained rows refused unless
+`<stage>.allow_trained_text`), with the label its tables carry.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from reasondiff.core.errors import UserError
@@ -18,17 +20,10 @@ from reasondiff.lm.holdout import HoldoutSplit, resolve_split, row_key
 log = logging.getLogger(__name__)
 
 
-def finetune_dir_of(cfg) -> Path | None:
-    """The finetune stage directory that made `tuned_model` (None for a model made elsewhere)."""
-    from reasondiff.app.preflight import owning_stage_dir
-    from reasondiff.core.runs import split_dir_name
-
-    owner = owning_stage_dir(cfg, cfg.tuned_model)
-    return owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
-
-
 def holdout_split(cfg) -> HoldoutSplit:
     """Which rows of the fine-tune's dataset the tuned model trained on and which it never saw."""
+    from reasondiff.app.preflight import finetune_dir_of
+
     return resolve_split(cfg, finetune_dir_of(cfg))
 
 
