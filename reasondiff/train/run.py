@@ -95,6 +95,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         log.info("resuming from %s at step %d/%d", checkpoint, trainer.step, total_steps)
     if not final_done:  # rows a killed run logged after its last checkpoint are done again
         ctx.metrics.truncate(trainer.step)
+    if final_done and (damage := verify_finished(cfg, ctx.dir)) is not None:
+        log.warning("%s: training again (from the last checkpoint, or the start)", damage)
+        final_done = False
+        if checkpoint.is_file():
+            trainer.load_checkpoint(checkpoint)
+        ctx.metrics.truncate(trainer.step)
     if final_done:
         trainer.cc = cc = CrossCoder.load(ctx.dir, device=device)
         _load_final_counters(trainer, ctx.dir)
@@ -116,7 +122,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                "frac_dead": float(trainer.dead_latents().float().mean()), **heldout.info,
                **evaluate(cc, heldout.source, batch_size=heldout.batch_size, n_tokens=heldout.n_tokens,
                           seed=cfg.seed + 1, device=device)}
-    outputs: dict[str, Any] = {"crosscoder": str(ctx.dir / WEIGHTS_FILE), "summary": summary}
+    # the weights' checksum, as harvest records its shards' (config.json holds it too: load checks it)
+    outputs: dict[str, Any] = {"crosscoder": str(ctx.dir / WEIGHTS_FILE),
+                               "crosscoder_sha256": artifacts.sha256_file(ctx.dir / WEIGHTS_FILE), "summary": summary}
     if tc.data == "synthetic":
         from reasondiff.train.synthetic import recovery_report
 
@@ -148,6 +156,16 @@ def _load_final_counters(trainer: CrossCoderTrainer, directory: Path) -> None:
         raise UserError(f"{directory}: the final crosscoder has no {FINAL_COUNTERS_FILE} (written by an older version "
                         "or damaged): its dead-latent counts are unknown; set overwrite=true to retrain")
     trainer.tokens_since_fired.copy_(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """Checked when a finished train is run again (and before reusing final weights): a crosscoder that
+    no longer matches its recorded sha256, or cannot be read, is trained again rather than skipped."""
+    try:
+        CrossCoder.load(directory)
+    except UserError as err:
+        return str(err)
+    return None
 
 
 def _final_is_complete(directory: Path, total_steps: int) -> bool:
