@@ -92,3 +92,13 @@ def test_a_config_that_disagrees_with_its_weights_is_one_line(tmp_path, tiny_mod
     problems = preflight.problems([(cfg, "scan")], disk=False)
     assert any("config.json disagrees with the weights" in p and "tuned_model=" in p for p in problems), problems
     assert not any("model.path=" in p and "disagrees" in p for p in problems)  # the intact one passes
+
+
+def test_saved_tokenizer_does_not_record_the_environment(tmp_path, tiny_model_dir):
+    """Issue 32.4: tokenizer_config.json held local_files_only (true offline, false online)."""
+    import json
+
+    from reasondiff.lm.models import load_tokenizer
+
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path)
+    assert "local_files_only" not in json.loads((tmp_path / "tokenizer_config.json").read_text())

@@ -66,6 +66,9 @@ def load_tokenizer(path: str, *, config_key: str = "model.path", revision: str |
     except (OSError, ValueError) as err:
         raise UserError(f"{config_key}={path}: could not load the tokenizer ({_first_line(err)}); "
                         f"offline? set {config_key} to a local directory") from err
+    # transformers records how it was loaded (HF_HUB_OFFLINE forces local_files_only=True) in the
+    # kwargs that save_pretrained writes: the same run would write other bytes online and offline
+    tokenizer.init_kwargs.pop("local_files_only", None)
     return tokenizer
 
 
