@@ -311,6 +311,8 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
     except Exception:
         if main and not holds_work(out_dir, stage) and artifacts.disk_error_kind(sys.exc_info()[1]) is None:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed run leaves no directory that looks like a run
+            if name:
+                runs.forget_run(cfg.exp_dir, out_dir.name)  # nor a name in runs.json
         raise
     finally:
         if run is not None:
