@@ -142,3 +142,31 @@ def test_model_styles_tell_base_and_tuned_apart():
     assert base["color"] != tuned["color"] and base["marker"] != tuned["marker"]
     assert base["linestyle"] != tuned["linestyle"]
     assert figures.model_style("other", 0)["marker"] not in (base["marker"], tuned["marker"])
+
+
+def _kept_figure(monkeypatch, module):
+    """The figure a plotting function draws, kept open for inspection (its save still runs)."""
+    kept = []
+
+    def keep(fig, path):
+        kept.append(fig)
+        return path
+
+    monkeypatch.setattr(module, "_save", keep)
+    return kept
+
+
+def test_relative_norm_histogram_states_its_bin_width_and_names_every_zone(monkeypatch, tmp_path):
+    """Issue 33.6: no bin width, and the two gaps between the classes were unlabelled."""
+    kept = _kept_figure(monkeypatch, analyze_plots)
+    analyze_plots.relative_norm_histogram(np.random.default_rng(0).random(200).tolist(), tmp_path / "r.png",
+                                          base_only_max=0.1, shared_min=0.3, shared_max=0.7, tuned_only_min=0.9)
+    ax = kept[0].axes[0]
+    assert "bin width 0.02" in ax.get_ylabel()
+    widths = {round(p.get_width(), 6) for p in ax.patches if p.get_height() > 0 and p.get_width() < 0.05}
+    assert widths == {0.02}  # the bars are as wide as the label says
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(label.startswith("other") for label in labels) and len(labels) == 4
+    # every part of [0, 1] is inside exactly one labelled zone
+    spans = sorted((p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_width() >= 0.05)
+    assert spans[0][0] == 0 and spans[-1][1] == 1 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
