@@ -170,3 +170,35 @@ def test_relative_norm_histogram_states_its_bin_width_and_names_every_zone(monke
     # every part of [0, 1] is inside exactly one labelled zone
     spans = sorted((p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_width() >= 0.05)
     assert spans[0][0] == 0 and spans[-1][1] == 1 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_scan_figure_block_axis_ends_at_the_last_block_and_legends_cover_no_line(monkeypatch, tmp_path):
+    """Issue 33.6: panel (d) ran past the last block (it shared the residual axis) and a legend
+    covered a line."""
+    import matplotlib.pyplot as plt
+
+    from reasondiff.scan.plots import scan_figure
+
+    closed = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: closed.append(fig))
+    n_layers = 4
+    rows = []
+    for text in ("general", "reasoning"):
+        for layer in range(n_layers + 1):
+            rows.append({"text": text, "site": "resid", "layer": layer, "closed_tuned_into_base": layer / 4,
+                         "closed_base_into_tuned": layer / 5, "relative_change": 0.1 * layer, "cka": 1 - 0.1 * layer,
+                         "cosine": 1 - 0.05 * layer})
+        for layer in range(n_layers):
+            for site in ("attn_out", "mlp_out"):
+                rows.append({"text": text, "site": site, "layer": layer, "relative_change": 2.0 - 0.1 * layer})
+    scan_figure(rows, tmp_path / "scan.png", n_layers=n_layers, threshold=0.5, recommended_layer=1)
+    fig = closed[0]
+    ax_kl, ax_rel, ax_cka, ax_comp = fig.axes[:4]
+    assert ax_comp.get_xlim() == (-0.5, n_layers - 0.5) and ax_kl.get_xlim() == (-0.5, n_layers + 0.5)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in (ax_kl, ax_rel, ax_cka, ax_comp):
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.y1 <= ax.get_window_extent(renderer).y0  # below the axes, over none of its lines
+    monkeypatch.undo()
+    plt.close(fig)
