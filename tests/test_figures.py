@@ -169,7 +169,7 @@ def test_relative_norm_histogram_states_its_bin_width_and_names_every_zone(monke
     assert any(label.startswith("other") for label in labels) and len(labels) == 4
     # every part of [0, 1] is inside exactly one labelled zone
     spans = sorted((p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_width() >= 0.05)
-    assert spans[0][0] == 0 and spans[-1][1] == 1 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert spans[0][0] == 0 and spans[-1][1] == 1 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_scan_figure_block_axis_ends_at_the_last_block_and_legends_cover_no_line(monkeypatch, tmp_path):

@@ -148,3 +148,4 @@ def test_whitespace_tokens_show_escaped_and_search_keeps_to_the_index():
     assert "check" not in search and "shared" in search and "␣so" in search
     assert "let me check" in context
     assert 'id="in-contexts"' in page and '<td class="tokcell">␣</td>' in page
+    assert '<span id="count">2 of 2 latents</span>' in page

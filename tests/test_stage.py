@@ -118,7 +118,7 @@ def test_a_named_run_that_fails_before_any_work_leaves_no_name_in_runs_json(tmp_
     assert set(json.loads((tmp_path / "tiny" / "runs.json").read_text())) == {kept.stage_dir("train").name}
 
 
-def _app(*args: str) -> "subprocess.CompletedProcess":
+def _app(*args: str):
     import subprocess
     import sys
 

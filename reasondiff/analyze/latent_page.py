@@ -359,8 +359,8 @@ def render_latents_html(sections: dict[str, list[LatentCard]], *, title: str, in
     if intro:
         parts.append(f'<p class="intro">{_esc(intro)}</p>')
     parts.append('<div class="toolbar"><input id="search" type="search" placeholder="filter: a token, a class, '
-                 f'#latent id" aria-label="filter latents"><label><input id="in-contexts" type="checkbox"> '
-                 'also search contexts</label><span id="count">{n_cards} of {n_cards} latents</span></div>')
+                 '#latent id" aria-label="filter latents"><label><input id="in-contexts" type="checkbox"> '
+                 f'also search contexts</label><span id="count">{n_cards} of {n_cards} latents</span></div>')
     parts.append(f'<h2 id="index">Index ({n_cards} latents; click a column to sort)</h2>'
                  f'<table class="index"><thead><tr>{header}</tr></thead><tbody>')
     parts.extend(_index_row(card, section) for section, cards in sections.items() for card in cards)

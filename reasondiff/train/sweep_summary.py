@@ -141,7 +141,6 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     # the CE panel is always drawn: the runs it lacks are named in it, not left out silently
