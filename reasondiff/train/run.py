@@ -95,7 +95,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         log.info("resuming from %s at step %d/%d", checkpoint, trainer.step, total_steps)
     if not final_done:  # rows a killed run logged after its last checkpoint are done again
         ctx.metrics.truncate(trainer.step)
-    if final_done and (damage := verify_finished(cfg, ctx.dir)) is not None:
+    if final_done and (damage := crosscoder_damage(ctx.dir)) is not None:
         log.warning("%s: training again (from the last checkpoint, or the start)", damage)
         final_done = False
         if checkpoint.is_file():
@@ -158,14 +158,24 @@ def _load_final_counters(trainer: CrossCoderTrainer, directory: Path) -> None:
     trainer.tokens_since_fired.copy_(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def verify_finished(cfg: Config, directory: Path) -> str | None:
-    """Checked when a finished train is run again (and before reusing final weights): a crosscoder that
-    no longer matches its recorded sha256, or cannot be read, is trained again rather than skipped."""
+def crosscoder_damage(directory: Path) -> str | None:
+    """Why the crosscoder saved in `directory` cannot be used (its sha256, its header, its numbers)."""
     try:
         CrossCoder.load(directory)
     except UserError as err:
         return str(err)
     return None
+
+
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """Checked when a finished train is run again: the crosscoder its manifest records (with its
+    sha256, like harvest's shards) must still be there and intact, else it is trained again rather
+    than skipped."""
+    manifest = directory / artifacts.MANIFEST
+    recorded = artifacts.read_json(manifest).get("outputs", {}) if manifest.is_file() else {}
+    if not recorded.get("crosscoder_sha256"):
+        return None  # finished before checksums were recorded (or not by this stage's run)
+    return crosscoder_damage(directory)
 
 
 def _final_is_complete(directory: Path, total_steps: int) -> bool:
