@@ -246,3 +246,48 @@ def test_math_grading_works_in_worker_threads():
     with ThreadPoolExecutor(max_workers=2) as pool:
         verdicts = list(pool.map(lambda c: grade("math500", c[0], c[1]), cases))
     assert verdicts == [c[2] for c in cases]
+
+
+# --- every reasoning layout: the answer region, and inline math after prose (issue 29) ------------
+
+_LAYOUT_DELIMITERS = {"s1": ("<|im_start|>think", "<|im_start|>answer"), "think": ("<think>", "</think>"),
+                      "none": (None, None)}
+_LAYOUT_TURNS = {  # (thinking with a decoy box, answer): how each layout writes a turn
+    "s1": ("<|im_start|>think\nFirst \\boxed{3}, no.\n<|im_start|>answer\n", ""),
+    "think": ("<think>\nFirst \\boxed{3}, no.\n</think>\n\n", ""),
+    "none": ("", ""),
+}
+
+
+@pytest.mark.parametrize("layout", ["s1", "think", "none"])
+@pytest.mark.parametrize("task, answer, reference, expected", [
+    ("math500", "Answer: the sum is $\\frac{7}{2}$.", "\\frac{7}{2}", "$\\frac{7}{2}$"),
+    ("math500", "Final Answer: so $x = \\frac{7}{2}$ in lowest terms.", "\\frac{7}{2}", "$x = \\frac{7}{2}$"),
+    ("math500", "**Final Answer:** the area is $12\\pi$ square units.", "12\\pi", "$12\\pi$"),
+    ("gsm8k", "Answer: she has $18$ apples left.", "#### 18", "$18$"),
+    ("gsm8k", "Answer: it costs $18 and $5 more.", "#### 5", None),  # currency, not math: no value after the marker
+])
+def test_inline_math_after_prose_in_every_layout(layout, task, answer, reference, expected):
+    think, answer_delimiter = _LAYOUT_DELIMITERS[layout]
+    completion = _LAYOUT_TURNS[layout][0] + answer
+    extraction = extract(task, completion, think_delimiter=think, answer_delimiter=answer_delimiter)
+    if expected is None:  # a finished gsm8k reply falls back to its last number, never the marker
+        assert extraction.source != "marker"
+        return
+    assert (extraction.answer, extraction.source) == (expected, "marker")
+    assert grade(task, completion, reference, think_delimiter=think, answer_delimiter=answer_delimiter)
+
+
+@pytest.mark.parametrize("layout", ["s1", "think"])
+def test_the_answer_region_of_each_thinking_layout(layout):
+    think, close = _LAYOUT_DELIMITERS[layout]
+    kwargs = {"think_delimiter": think, "answer_delimiter": close}
+    opened = "First \\boxed{3}, then 7/2"  # the prompt opened the thinking, the model continues it
+    assert extract("math500", opened, finished=False, thinking_opened=True, **kwargs).source == "no_answer_section"
+    # the turn ended inside the thinking: the thinking is the region (s1's scorer's fallback)
+    assert extract("math500", opened + ".", finished=True, thinking_opened=True, **kwargs).answer == "3"
+    closed = f"{opened}\n{close}\n\nAnswer: the sum is $\\frac{{7}}{{2}}$."
+    assert answer_region(closed, thinking_opened=True, **kwargs) == "\n\nAnswer: the sum is $\\frac{7}{2}$."
+    assert grade("math500", closed, "\\frac{7}{2}", thinking_opened=True, **kwargs)
+    # a plain model's turn is all answer, delimiters of other layouts mean nothing to it
+    assert answer_region(closed, think_delimiter=None, answer_delimiter=None) == closed

@@ -12,7 +12,9 @@ a table of examples; tests/test_bench_grading.py checks every row of it):
    completion is its own region.
 2. **The final answer in the region.** Take the last closed `\\boxed{}`. Otherwise take the value
    right after the last explicit marker that is followed by one: `Answer:`, `Final Answer:`,
-   "The (final) answer is", `####`, and their bold and heading variants. Otherwise, **only when
+   "The (final) answer is", `####`, and their bold and heading variants; a value stated in prose
+   after the marker is read from the sentence's last inline math (`Answer: the sum is $\\frac{7}{2}$.`,
+   never a bare number in prose). Otherwise, **only when
    the model finished**, take the last number of the region (gsm8k) or its last yes/no (boolq).
    "Finished" means the model emitted its end of turn within the limit. The bench knows this; the
    text cannot tell it, so it is passed in. MATH has no such fallback, because its prompt asks for
@@ -190,16 +192,36 @@ def _leading_value(task: str, text: str) -> str | None:
         env = _MATH_ENV.match(text)
         if env:
             return env.group(0)
-        sentence = _first_sentence(text).strip()
-        return sentence if sentence and not _PROSE.search(sentence) else None
-    sentence = _first_sentence(text)
+        sentence = _first_sentence_of_math(text).strip()
+        if sentence and not _PROSE.search(sentence):
+            return sentence
+        return _inline_math_after_prose(sentence)
+    sentence = _first_sentence_of_math(text)
     if "=" in sentence and _EXPRESSION.fullmatch(sentence.rsplit("=", 1)[0]):
         sentence = sentence.rsplit("=", 1)[1].lstrip()  # "Answer: 3 * 24 = 72", "x = 18": the result
     number = _GSM8K_VALUE.match(sentence)
     if number:
         return _gsm8k_token(number.group(0))
     env = _MATH_ENV.match(sentence)
-    return env.group(0) if env else None
+    return env.group(0) if env else _inline_math_after_prose(sentence)
+
+
+def _first_sentence_of_math(text: str) -> str:
+    """The first sentence, never ending inside a math span (`$x = 1. y$` is one span)."""
+    spans = [m.span() for m in _MATH_ENV.finditer(text)]
+    for end in _SENTENCE_END.finditer(text):
+        if not any(lo < end.start() < hi for lo, hi in spans):
+            return text[:end.start()]
+    return text
+
+
+def _inline_math_after_prose(sentence: str) -> str | None:
+    """The last inline math span of a sentence that states its value in prose (`Answer: the sum is
+    $\\frac{7}{2}$.`): the prose names the value, the math is it. A span whose content starts or
+    ends with a space is two currency amounts (`$18 and $`), not math."""
+    spans = [m.group(0) for m in _MATH_ENV.finditer(sentence)]
+    spans = [s for s in spans if s.startswith("$$") or s[1:-1] == s[1:-1].strip()]
+    return spans[-1] if spans else None
 
 
 def value_after_last_marker(task: str, region: str) -> str | None:

@@ -15,13 +15,13 @@ from typing import Any
 
 from reasondiff.bench import grading, lmeval
 
-GRADER_VERSION = "2"
+GRADER_VERSION = "3"
 """Bump with every change to grading.py or lmeval.py that can change a verdict."""
 
 
 def score(task: str, completion: str, reference: Any, *, finished: bool, thinking_opened: bool = False,
-          protocol: str = "chat", think_delimiter: str = grading.DEFAULT_THINK_DELIMITER,
-          answer_delimiter: str = grading.DEFAULT_ANSWER_DELIMITER) -> dict[str, Any]:
+          protocol: str = "chat", think_delimiter: str | None = grading.DEFAULT_THINK_DELIMITER,
+          answer_delimiter: str | None = grading.DEFAULT_ANSWER_DELIMITER) -> dict[str, Any]:
     """The grading fields of a row: answer, answer_source, correct, no_answer (+ lm-eval's scores)."""
     if protocol == "lm_eval" and task == "gsm8k":
         scores = lmeval.gsm8k_scores(completion, str(reference))
@@ -55,10 +55,13 @@ def infer_finished(rows: Iterable[dict[str, Any]]) -> dict[tuple, bool]:
     return finished
 
 
-def regrade(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], Any], think_delimiter: str,
-            answer_delimiter: str) -> int:
+def regrade(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], Any],
+            think_delimiter: str | None = grading.DEFAULT_THINK_DELIMITER,
+            answer_delimiter: str | None = grading.DEFAULT_ANSWER_DELIMITER,
+            delimiters: Mapping[str, tuple[str | None, str | None]] | None = None) -> int:
     """Regrade (in place) rows from another grader version; returns how many were regraded.
-    `references`: {(task, id): gold} for rows that do not carry their own."""
+    `references`: {(task, id): gold} for rows that do not carry their own. `delimiters`:
+    {model: (think, answer)} of each model's own layout (a model not in it gets the two defaults)."""
     stale = [r for r in rows if r.get("grader") != GRADER_VERSION]
     if not stale:
         return 0
@@ -66,10 +69,10 @@ def regrade(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], 
     for row in stale:
         reference = row["reference"] if "reference" in row else references.get((row["task"], row["id"]))
         finished = row["finished"] if "finished" in row else inferred[(row["model"], row["task"], row["id"], row["limit"])]
+        think, answer = (delimiters or {}).get(row["model"], (think_delimiter, answer_delimiter))
         row.update(score(row["task"], row["completion"], reference, finished=finished,
                          thinking_opened=bool(row.get("thinking_opened", False)),
-                         protocol=row.get("protocol", "chat"), think_delimiter=think_delimiter,
-                         answer_delimiter=answer_delimiter))
+                         protocol=row.get("protocol", "chat"), think_delimiter=think, answer_delimiter=answer))
         row.setdefault("finished", finished)
         row.setdefault("reference", reference)
     return len(stale)

@@ -44,7 +44,7 @@ def load_pair(cfg: Config, device: torch.device):
     tuned, tuned_tok = load_model(cfg.tuned_model, cfg.hardware, config_key="tuned_model", device=device,
                                   trust_remote_code=cfg.model.trust_remote_code)
     shape = check_compatible(base, tuned, base_tok, tuned_tok)
-    return (base, tuned), base_tok, shape
+    return (base, tuned), (base_tok, tuned_tok), shape
 
 
 def harvest_settings(cfg: Config) -> tuple[int, bool, float | None]:
@@ -151,12 +151,13 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     s = cfg.scan
     device = resolve_device(cfg.hardware)
-    models, tokenizer, shape = load_pair(cfg, device)
+    # the reasoning text is the tuned model's: rendered with its tokenizer's chat template and layout
+    models, (tokenizer, tuned_tokenizer), shape = load_pair(cfg, device)
     n_layers = shape.n_layers
     documents_used, exclude_first, max_norm_ratio = harvest_settings(cfg)
 
     texts = [general_texts(cfg, tokenizer, documents_used=documents_used)]
-    reasoning = reasoning_texts(cfg, tokenizer)
+    reasoning = reasoning_texts(cfg, tuned_tokenizer)
     if reasoning is not None:
         texts.append(reasoning)
     for model in models:
