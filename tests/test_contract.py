@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, app_env, make_config
 
+import reasondiff
 from reasondiff.app.stage import Decision, decide, run_stage
 from reasondiff.core import artifacts, fingerprint
 from reasondiff.core.errors import UserError
@@ -280,8 +281,11 @@ def test_help_names_the_app_and_lists_only_its_keys(app):
     keys = [line.split("=", 1)[0].strip() for line in text.splitlines() if line.startswith("  ") and "=" in line]
     assert any(k.startswith(f"{app}.") for k in keys)
     foreign = [k for k in keys if k.startswith(OTHER_SECTIONS) and not k.startswith(f"{app}.")]
-    if app == "analyze":  # analyze reads where harvest took its text from
-        assert foreign and all(k.startswith("harvest.") for k in foreign)
+    if app == "analyze":  # analyze reads where harvest took its text from, and the fine-tune's held-out rows
+        assert foreign and all(k.startswith(("harvest.", "finetune.")) for k in foreign)
+        assert {k for k in foreign if k.startswith("finetune.")} <= {
+            "finetune.dataset", "finetune.split", "finetune.trace_source", "finetune.holdout.fraction",
+            "finetune.holdout.n_rows", "finetune.holdout.seed"}
     else:
         assert not foreign, foreign
     assert "--cfg job --resolve" in text
@@ -310,7 +314,7 @@ def test_wandb_offline_logs_its_directory_and_the_sync_command(tmp_path, caplog)
 def test_the_pipeline_ends_with_the_path_of_the_report(chain, monkeypatch, capsys):
     import reasondiff.pipeline as pipeline
 
-    def fake_execute(cfg, stage=None, func=None):
+    def fake_execute(cfg, stage=None, func=None, prepare=None):
         if stage == "analyze":
             artifacts.write_text(cfg.stage_dir("analyze") / "report.md", "# report\n")
 
@@ -325,7 +329,7 @@ def test_a_wrong_model_path_is_never_given_a_new_tiny_model(tmp_path):
     cfg = make_config("+exp=tiny", f"output_root={tmp_path}", f"model.path={wrong}", config_name="finetune")
     assert cfg.model.build_tiny
     with pytest.raises(UserError, match=r"model.path=.*typo/base_model: no such model directory.*build_tiny"):
-        run_stage(cfg, func=lambda cfg, ctx: pytest.fail("ran"))
+        reasondiff.run_stage(cfg, func=lambda cfg, ctx: pytest.fail("ran"))  # as the apps run it
     assert not wrong.exists()
 
 

@@ -19,7 +19,7 @@ import textwrap
 import typing
 from typing import Any
 
-GROUPS = ("model", "hardware", "exp", "sweep", "debug")
+GROUPS = ("model", "hardware", "exp", "pair", "sweep", "debug")
 APP_TITLES = {
     "finetune": "stage 1: SFT of the base model on s1K-1.1 (trl)",
     "bench": "stage 2: token-budget sweeps, accuracy and time per token limit",
@@ -120,7 +120,7 @@ def app_help(app: str, overrides: list[str]) -> str:
            f"       python -m reasondiff.{app} --cfg job --resolve [+exp=NAME ...]   print the resolved config",
            f"       python -m reasondiff.{app} -m +exp=NAME +sweep=GRID [...]         multirun (a tally at the end)",
            "", "config groups: " + "  ".join(
-               f"{'+' if g in ('exp', 'sweep', 'debug') else ''}{g}={{{','.join(groups[g])}}}" for g in GROUPS),
+               f"{'+' if g in ('exp', 'pair', 'sweep', 'debug') else ''}{g}={{{','.join(groups[g])}}}" for g in GROUPS),
            f"values below: {' '.join(overrides) or 'the defaults'} applied", ""]
     if own:
         out += [f"{app}.* (reasondiff/config/{app}.py)", *(line(*e) for e in own), ""]
@@ -183,6 +183,34 @@ def unknown_key(app: str, overrides: list[str]) -> str | None:
         hint = f"; did you mean {near[0]}?" if near else ""
         return (f"{key} is not a config key{hint} (python -m reasondiff.{app} --help lists the keys; "
                 "config groups are model=, hardware=, +exp=, +sweep=, +debug=)")
+    return None
+
+
+def bad_value(app: str, argv: list[str]) -> str | None:
+    """A one-line error for an override whose value the typed schema refuses (`train.l1_coeff=abc`),
+    else None. Hydra reports it in five lines (and exit code 1); composing the config here first
+    finds it in the schema's words. A multirun's comma lists are left to the sweeper."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf.errors import ValidationError
+
+    from reasondiff.config import CONF_DIR
+
+    if any(a in ("-m", "--multirun") or a.startswith("--cfg") for a in argv):
+        return None
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name=app, overrides=overrides)
+    except Exception as err:  # noqa: BLE001 (only a refused value is ours to word; Hydra reports the rest)
+        cause = err
+        while cause is not None and not isinstance(cause, ValidationError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return None
+        key = getattr(cause, "full_key", None) or ""
+        given = next((o.lstrip("+") for o in overrides if key and o.lstrip("+").split("=", 1)[0] == key), key)
+        reason = one_line_error(cause)
+        return (f"{given}: {reason} (python -m reasondiff.{app} --help shows each key's current value)")
     return None
 
 

@@ -15,6 +15,23 @@ def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
+
+REASONING_TEXTS = ("heldout_rows", "on_policy", "file")
+"""Where scan / analyze (and intervene) take their reasoning text (docs/finetune.md, held-out rows):
+heldout_rows = rows of finetune.dataset the fine-tune never trained on (finetune.holdout, as its
+manifest recorded them); on_policy = the tuned model's own bench generations on held-out questions,
+in the chat layout; file = an s1K-style corpus named by `<stage>.reasoning_corpus`."""
+
+
+def check_reasoning_text(stage: str, reasoning_text: str, reasoning_corpus: str | None) -> None:
+    check_choice(f"{stage}.reasoning_text", reasoning_text, REASONING_TEXTS)
+    if reasoning_text == "file" and not reasoning_corpus:
+        raise ValueError(f"{stage}.reasoning_text=file needs {stage}.reasoning_corpus")
+    if reasoning_corpus and reasoning_text != "file":
+        raise ValueError(f"{stage}.reasoning_corpus={reasoning_corpus} is read only with {stage}.reasoning_text=file "
+                         f"(it is {reasoning_text})")
+
+
 @dataclass
 class ModelConfig:
     """The base model. `path` is a hub id (Qwen/Qwen2.5-0.5B-Instruct) or a local HF directory."""
@@ -89,18 +106,34 @@ class WandbConfig:
         check_choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
 
 
+LAYOUTS = ("s1", "think", "none")
+"""Reasoning layouts (reasondiff/lm/layouts.py): s1's <|im_start|>think/<|im_start|>answer, the
+R1/Qwen3/OpenThinker <think>...</think>, and none (a plain chat model)."""
+
+
 @dataclass
 class ReasoningFormat:
-    """The s1 layout of an assistant turn; SFT writes it and budget forcing in bench reuses it."""
+    """Each model's reasoning layout, and the strings of the s1 layout (SFT writes it; bench,
+    scan, analyze and intervene read every layout through reasondiff.lm.layouts.layout_for)."""
+
+    layout: str = "s1"
+    """The tuned model's layout: s1 (<|im_start|>think ... <|im_start|>answer, this project's SFT and
+    s1/s1.1), think (<think> ... </think>: DeepSeek-R1 distills, Qwen3, OpenThinker2/3) or none."""
+    base_layout: str = "none"
+    """The base model's layout (none: a plain model whose whole turn is its answer)."""
 
     think_delimiter: str = "<|im_start|>think"
-    """What opens the thinking in an assistant turn (s1: <|im_start|>think)."""
+    """s1 layout: what opens the thinking in an assistant turn (s1: <|im_start|>think)."""
     answer_delimiter: str = "<|im_start|>answer"
-    """What closes the thinking and opens the answer (s1: <|im_start|>answer)."""
+    """s1 layout: what closes the thinking and opens the answer (s1: <|im_start|>answer)."""
     answer_prefix: str = "Answer: "
-    """Written after the answer delimiter, before the final answer."""
+    """s1 layout: written after the answer delimiter, before the final answer."""
     final_answer_prompt: str = "Final Answer:"
     """What budget forcing appends after closing the thinking at the token limit."""
+
+    def __post_init__(self) -> None:
+        check_choice("format.layout", self.layout, LAYOUTS)
+        check_choice("format.base_layout", self.base_layout, LAYOUTS)
 
 
 @functools.cache

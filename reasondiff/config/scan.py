@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reasondiff.config.common import check_choice
+from reasondiff.config.common import check_choice, check_reasoning_text
 
 DIRECTIONS = ("tuned_into_base", "base_into_tuned")
 RECOMMEND_ON = ("reasoning", "reasoning_answer", "general")
@@ -16,13 +16,18 @@ class ScanConfig:
     """General text. None = `harvest.corpus`, from the first document the finished harvest did not use
     (held-out text, packed exactly like harvest); any other hub id / local file (column
     `harvest.text_column`) is read from its start."""
+    reasoning_text: str = "heldout_rows"
+    """Reasoning text, in the fine-tune's chat layout (tokenized exactly as SFT tokenized it):
+    heldout_rows (rows of finetune.dataset never trained on, per the finetune manifest), on_policy
+    (the tuned model's own bench generations on held-out questions) or file (scan.reasoning_corpus)."""
     reasoning_corpus: str | None = None
-    """s1K-style rows (question, thinking trace, attempt) rendered in the fine-tune's layout: the chat
-    template with the s1 think/answer assistant turn, tokenized exactly as SFT tokenized them.
-    None = `finetune.dataset` (the traces the fine-tune learned from; point this at held-out traces
-    to measure how far the change generalises). Fields follow `finetune.trace_source`."""
+    """reasoning_text=file: s1K-style rows (question, thinking trace, attempt; fields follow
+    `finetune.trace_source`)."""
     reasoning_split: str = "train"
     """Split of a hub `scan.reasoning_corpus` (ignored for local files)."""
+    allow_trained_text: bool = False
+    """Accept a reasoning_corpus that shares questions with the rows the fine-tune trained on (refused
+    by default: it measures memorised rows); scan.csv then labels its rows "trained rows"."""
     n_general_contexts: int = 16
     """General-text contexts of `context_length` tokens (representation metrics and clean KL on all)."""
     n_reasoning_contexts: int = 16
@@ -33,7 +38,8 @@ class ScanConfig:
     patch_contexts: int = 4
     """Contexts per text (the first ones) on which every layer is activation-patched in each of
     `directions`: the expensive part of the scan (about N/2 forwards plus N+1 unembeddings per
-    context and direction for an N-layer model). 0 = representation metrics only."""
+    context and direction for an N-layer model). 0 = representation metrics only. The fractions'
+    intervals are over these contexts: two give an interval, but a wide and rough one."""
     patch_batch_size: int = 1
     """Contexts per patching batch. The batch is replicated once per patched layer (N+1 copies), so
     1 already gives (N+1) x context_length rows per forward."""
@@ -59,13 +65,19 @@ class ScanConfig:
     text: the fractions are undefined (empty cells) and nothing is recommended."""
     checkpoint_every: int = 4
     """Save the streamed sums every this many batches (a killed scan resumes from there)."""
+    bootstrap_samples: int = 1000
+    """Resamples of the patched contexts for the 95% bootstrap intervals of the fractions closed
+    (seeded by `seed`). With fewer than two patched contexts there is no interval."""
 
     def __post_init__(self) -> None:
+        check_reasoning_text("scan", self.reasoning_text, self.reasoning_corpus)
         for direction in self.directions:
             check_choice("scan.directions", direction, DIRECTIONS)
         if len(set(self.directions)) != len(self.directions):
             raise ValueError(f"scan.directions lists a direction twice: {self.directions}")
         check_choice("scan.recommend_on", self.recommend_on, RECOMMEND_ON)
+        if self.bootstrap_samples < 100:
+            raise ValueError(f"scan.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
         for key in ("n_general_contexts", "context_length", "patch_batch_size", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"scan.{key} must be >= 1, got {getattr(self, key)}")

@@ -1,7 +1,8 @@
 """The scan figure: per-layer curves on every text, saved as PNG and PDF (matplotlib, Agg backend).
 
 (a) causal effect: fraction of KL(base || tuned) closed by patching each residual layer, per text and
-direction, with the threshold and the recommended layer; (b) relative change of the residual stream;
+direction, with its 95% bootstrap band over the patched contexts, the threshold and the recommended
+layer; (b) relative change of the residual stream;
 (c) linear CKA and cosine of the residual stream; (d) relative change of each block's attention and
 MLP outputs. Built from the rows of scan.csv, so it can be redrawn from the CSV alone.
 """
@@ -25,6 +26,14 @@ def _series(rows: Sequence[dict], text: str, site: str, column: str) -> tuple[li
     return [x for x, _ in pts], [y for _, y in pts]
 
 
+def _band(rows: Sequence[dict], text: str, column: str) -> tuple[list[int], list[float], list[float]]:
+    """(layers, low, high) of a residual column's interval where both bounds are finite."""
+    low = dict(zip(*_series(rows, text, "resid", f"{column}_low"), strict=True))
+    high = dict(zip(*_series(rows, text, "resid", f"{column}_high"), strict=True))
+    layers = sorted(set(low) & set(high))
+    return layers, [low[x] for x in layers], [high[x] for x in layers]
+
+
 def _float(value) -> float:
     try:
         return float(value)
@@ -41,7 +50,8 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
     import matplotlib.pyplot as plt
 
     texts = [t for t in TEXT_COLORS if any(r["text"] == t for r in rows)]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    # the residual panels share layers 0..n_layers; (d) has its own axis, blocks 0..n_layers-1
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10.5), layout="constrained")
     (ax_kl, ax_rel), (ax_cka, ax_comp) = axes
     for text in texts:
         color = TEXT_COLORS[text]
@@ -49,6 +59,9 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
             x, y = _series(rows, text, "resid", f"closed_{direction}")
             if x:
                 ax_kl.plot(x, y, style, marker="o", ms=3, color=color, label=f"{TEXT_LABELS[text]}, {label}")
+            band = _band(rows, text, f"closed_{direction}")
+            if band[0]:
+                ax_kl.fill_between(*band, color=color, alpha=0.10 if style == "-" else 0.06, lw=0)
         x, y = _series(rows, text, "resid", "relative_change")
         ax_rel.plot(x, y, "-", marker="o", ms=3, color=color, label=TEXT_LABELS[text])
         x, y = _series(rows, text, "resid", "cka")
@@ -68,28 +81,33 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
 
     ax_kl.set_ylim(-0.05, 1.05)
     ax_kl.set_ylabel("fraction of KL(base ‖ tuned) closed")
-    recommended = f" (recommended: {recommended_layer})" if recommended_layer is not None else ""
-    ax_kl.set_title(f"(a) causal effect: residual stream patched at layer L{recommended}")
+    recommended = f"; recommended: {recommended_layer}" if recommended_layer is not None else ""
+    ax_kl.set_title(f"(a) causal effect: residual stream patched at layer L (95% bands{recommended})")
     ax_rel.set_ylabel("mean ‖h_tuned − h_base‖ / ‖h_base‖")
     ax_rel.set_title("(b) residual stream: relative change")
     ax_cka.set_ylabel("similarity")
     ax_cka.set_title("(c) residual stream: linear CKA (solid), cosine (dotted)")
     ax_comp.set_ylabel("mean ‖o_tuned − o_base‖ / ‖o_base‖")
     ax_comp.set_title("(d) block outputs: MLP (solid), attention (dashed)")
-    for ax in (ax_cka, ax_comp):
-        ax.set_xlabel(f"layer (residual: 0 = embeddings … {n_layers} = final; blocks 0 … {n_layers - 1})")
+    for ax in (ax_kl, ax_rel, ax_cka):
+        ax.set_xlabel(f"residual layer (0 = embeddings … {n_layers} = final)")
+        ax.set_xlim(-0.5, n_layers + 0.5)
+    ax_comp.set_xlabel(f"block (0 … {n_layers - 1})")
+    ax_comp.set_xlim(-0.5, n_layers - 0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     empty = {ax_kl: "no fraction to show: patching off, or KL(base ‖ tuned) ≈ 0 (identical models)",
              ax_comp: "block outputs not compared (scan.component_sites=false)"}
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # below the axes: a legend never covers a line
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
         elif ax in empty:
             ax.text(0.5, 0.5, empty[ax], transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
-    ax_kl.set_xlim(-0.5, n_layers + 0.5)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     out = []
     for path, fmt in ((path_png, "png"), (path_png.with_suffix(".pdf"), "pdf")):
         artifacts.atomic_save(path, lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=130, bbox_inches="tight", format=fmt))
