@@ -99,7 +99,12 @@ def reasoning_input(cfg, stage: str) -> Input:
 
 
 def finetune_dir_of(cfg) -> Path | None:
-    """The finetune stage directory that made `tuned_model` (None for a model made elsewhere)."""
+    """The finetune stage directory that made `tuned_model` (None for a model made elsewhere). For a
+    null pair (docs/null.md), the reasoning fine-tune's: its analysis reads the reasoning pair's
+    held-out rows (the same text), never the control fine-tune's chat rows."""
+    if cfg.nulls.pair:
+        reasoning = cfg.exp_dir / "finetune"
+        return reasoning if reasoning.is_dir() else None
     owner = owning_stage_dir(cfg, cfg.tuned_model)
     return owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
 
