@@ -142,6 +142,12 @@ def test_null_configs_resolve_to_sibling_runs(tmp_path):
     assert same.stage_dir("harvest") == tmp_path / "tiny" / "harvest"  # nothing of the pair's yet: the main run
     (tmp_path / "tiny" / "harvest@base_vs_base").mkdir(parents=True)
     assert same.stage_dir("harvest") == tmp_path / "tiny" / "harvest@base_vs_base"  # a seed job reads its pair's store
+    # a null pair's analysis reads the reasoning fine-tune's held-out rows, not the control's chat rows
+    from reasondiff.app.preflight import finetune_dir_of
+
+    (tmp_path / "tiny" / "finetune").mkdir()
+    (tmp_path / "tiny" / "finetune@control").mkdir()
+    assert finetune_dir_of(control) == tmp_path / "tiny" / "finetune" == finetune_dir_of(same)
     with pytest.raises(ValueError, match="analyze.nulls"):
         make_config("+exp=tiny", "analyze.nulls=[base_vs_tuned]", config_name="analyze")
 
