@@ -7,6 +7,7 @@ re-run resumes it), and the sharding helpers split and gather exactly."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -84,13 +85,23 @@ def _rows(directory: Path) -> tuple[Counter, dict]:
     return rows, json.loads((directory / "stats.json").read_text())
 
 
-def test_two_ranks_harvest_the_rows_of_one_process(tmp_path, tiny_model_dir, tiny_tuned_model_dir, small_corpus):
-    args = (tiny_model_dir, tiny_tuned_model_dir, small_corpus, "harvest.n_tokens=100000")
-    single = run_stage(make_config(*_harvest_overrides(tmp_path / "one", *args), config_name="harvest"))
-    check(torchrun("reasondiff.harvest", *_harvest_overrides(tmp_path / "two", *args)))
+@pytest.fixture(scope="module")
+def harvest_args(tiny_model_dir, tiny_tuned_model_dir, small_corpus) -> tuple:
+    return tiny_model_dir, tiny_tuned_model_dir, small_corpus, "harvest.n_tokens=100000"
+
+
+@pytest.fixture(scope="module")
+def single_harvest(tmp_path_factory, harvest_args) -> Path:
+    """A single-process harvest of the small corpus (the reference, and train's input)."""
+    root = tmp_path_factory.mktemp("one")
+    return run_stage(make_config(*_harvest_overrides(root, *harvest_args), config_name="harvest"))
+
+
+def test_two_ranks_harvest_the_rows_of_one_process(tmp_path, harvest_args, single_harvest):
+    check(torchrun("reasondiff.harvest", *_harvest_overrides(tmp_path / "two", *harvest_args)))
     out = tmp_path / "two" / "tiny" / "harvest"
     assert artifacts.is_complete(out)
-    rows_1, stats_1 = _rows(single)
+    rows_1, stats_1 = _rows(single_harvest)
     rows_2, stats_2 = _rows(out)
     assert rows_2 == rows_1  # the same rows (the corpus ran out before the budget)
     manifest = json.loads((out / "store.json").read_text())
@@ -101,4 +112,46 @@ def test_two_ranks_harvest_the_rows_of_one_process(tmp_path, tiny_model_dir, tin
     assert stats_2["n_sample_tokens"] == stats_1["n_sample_tokens"] == sum(rows_1.values())
     # one manifest, written once, by rank 0, after both ranks finished
     assert json.loads((out / "manifest.json").read_text())["world_size"] == RANKS
-    assert manifest["documents_used"] == json.loads((single / "store.json").read_text())["documents_used"]
+    assert manifest["documents_used"] == json.loads((single_harvest / "store.json").read_text())["documents_used"]
+
+
+# --- train ------------------------------------------------------------------------------------------------
+TRAIN = ("train.data=store", "train.n_latents=256", "train.batch_size=64", "train.n_tokens=1280",
+         "train.eval_tokens=200", "train.log_every=5", "train.checkpoint_every=8", "train.shared_latents=0.05",
+         "train.dead_tokens=128", "train.l1_coeff=5")
+
+
+def _copy_harvest(single: Path, root: Path) -> None:
+    shutil.copytree(single, root / "tiny" / "harvest")
+
+
+@pytest.mark.parametrize("sparse", ["on"])
+def test_two_ranks_train_the_crosscoder_of_one_process(tmp_path, harvest_args, single_harvest, sparse):
+    """Same global batch (64 = 2 x 32): the same crosscoder after 20 steps of Adam, to float32
+    summation order (atol 1e-5 on weights of size ~0.1), the same dead latents, the shared rows tied."""
+    runs = {}
+    for name, nproc in (("one", 1), ("two", RANKS)):
+        root = tmp_path / name
+        _copy_harvest(single_harvest, root)
+        overrides = [*_harvest_overrides(root, *harvest_args), *TRAIN, f"train.sparse={sparse}"]
+        if nproc == 1:
+            run_stage(make_config(*overrides, config_name="train"))
+        else:
+            check(torchrun("reasondiff.train", *overrides))
+        runs[name] = root / "tiny" / "train"
+    from reasondiff.crosscoder.model import CrossCoder
+
+    one, two = (CrossCoder.load(runs[n]) for n in ("one", "two"))
+    for key, value in one.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    n_shared = one.cfg.n_shared_latents
+    assert n_shared > 0 and torch.equal(two.W_dec[:n_shared, 0], two.W_dec[:n_shared, 1])  # tying survived
+    counters = [torch.load(runs[n] / "final_counters.pt") for n in ("one", "two")]
+    assert torch.equal(counters[0], counters[1]) and 0 < int((counters[0] >= 128).sum()) < 256
+    summaries = [json.loads((runs[n] / "summary.json").read_text()) for n in ("one", "two")]
+    assert summaries[1]["frac_dead"] == summaries[0]["frac_dead"]
+    assert summaries[1]["fvu"] == pytest.approx(summaries[0]["fvu"], rel=1e-3)
+    manifest = json.loads((runs["two"] / "manifest.json").read_text())
+    assert manifest["world_size"] == RANKS and "world_size" not in manifest["settings"]  # same result, same fingerprint
+    fingerprint = [json.loads((runs[n] / "manifest.json").read_text())["fingerprint"] for n in ("one", "two")]
+    assert fingerprint[0] == fingerprint[1]

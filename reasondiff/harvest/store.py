@@ -255,17 +255,19 @@ class ActivationStore:
         return result
 
     def iter_batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
-                     prefetch: int = 4) -> Iterator[torch.Tensor]:
+                     prefetch: int = 4, rows: slice | None = None) -> Iterator[torch.Tensor]:
         """Endless shuffled [batch_size, 2, d_model] float32 RAW batches (unscaled), epoch after epoch
         (each reshuffled from `seed`); batch b depends only on (seed, b). A background thread
-        reads ahead `prefetch` batches."""
+        reads ahead `prefetch` batches. `rows`: only these rows of every batch are read (a torchrun
+        rank's slice of the global batch)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         arrays = self._arrays()
         n_tokens = self.n_tokens
+        rows = rows or slice(None)
 
         def produce(batch: int, cache: dict) -> torch.Tensor:
-            return self.gather(batch_indices(n_tokens, batch_size, seed, batch, cache), arrays=arrays)
+            return self.gather(batch_indices(n_tokens, batch_size, seed, batch, cache)[rows], arrays=arrays)
 
         return _prefetched(produce, start_batch, prefetch)
 
