@@ -25,11 +25,12 @@ from reasondiff.harvest.store import ActivationStore
 RANKS = 2
 
 
-def torchrun(module: str, *overrides: str, nproc: int = RANKS, timeout: int = 240,
+def torchrun(module: str, *overrides: str, nproc: int = RANKS, timeout: int = 240, module_: bool = True,
              env: dict | None = None) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=N -m <module> <overrides>` (one thread per rank)."""
+    """`torchrun --standalone --nproc_per_node=N -m <module> <overrides>` (one thread per rank;
+    `module_=False`: a script path instead of a module)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", module, *overrides]
+               *(["-m"] if module_ else []), module, *overrides]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=app_env(WANDB_MODE="disabled", HF_DATASETS_OFFLINE="1", **(env or {})))
 
@@ -97,10 +98,21 @@ def single_harvest(tmp_path_factory, harvest_args) -> Path:
     return run_stage(make_config(*_harvest_overrides(root, *harvest_args), config_name="harvest"))
 
 
-def test_two_ranks_harvest_the_rows_of_one_process(tmp_path, harvest_args, single_harvest):
-    check(torchrun("reasondiff.harvest", *_harvest_overrides(tmp_path / "two", *harvest_args)))
+def test_two_ranks_harvest_the_rows_of_one_process_and_resume_a_killed_rank(tmp_path, harvest_args, single_harvest):
+    overrides = _harvest_overrides(tmp_path / "two", *harvest_args)
     out = tmp_path / "two" / "tiny" / "harvest"
-    assert artifacts.is_complete(out)
+    # rank 1 killed (SIGKILL) after its third shard: the launch fails, nothing is marked complete
+    killed = torchrun(str(Path(__file__).parent / "torchrun_kill.py"), *overrides, module_=False,
+                      env={"KILL_RANK": "1", "KILL_AFTER": "3"})
+    assert killed.returncode != 0 and "Signal 9" in killed.stderr and "torchrun_kill.py" in killed.stderr
+    assert not artifacts.is_complete(out) and not (out / "store.json").is_file()  # rank 0 merges only at the end
+    kept = json.loads((out / "store.rank1.json").read_text())["shards"]
+    assert len(kept) == 2  # the third shard's file was written, not listed: a stray the resume removes
+    first = out / kept[0]["acts"]["file"]
+    before = first.stat().st_mtime_ns
+    # the same command again: every rank resumes its own part
+    check(torchrun("reasondiff.harvest", *overrides))
+    assert artifacts.is_complete(out) and first.stat().st_mtime_ns == before  # rank 1's shards kept, not redone
     rows_1, stats_1 = _rows(single_harvest)
     rows_2, stats_2 = _rows(out)
     assert rows_2 == rows_1  # the same rows (the corpus ran out before the budget)
