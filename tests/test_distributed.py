@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, app_env, make_config
@@ -167,3 +168,49 @@ def test_two_ranks_train_the_crosscoder_of_one_process(tmp_path, harvest_args, s
     assert manifest["world_size"] == RANKS and "world_size" not in manifest["settings"]  # same result, same fingerprint
     fingerprint = [json.loads((runs[n] / "manifest.json").read_text())["fingerprint"] for n in ("one", "two")]
     assert fingerprint[0] == fingerprint[1]
+
+
+# --- bench ------------------------------------------------------------------------------------------------
+TIMING = {"seconds", "batch", "seconds_per_question"}
+"""Wall times and batch ids: the only fields a rank split may change."""
+
+
+def _generations(directory: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (directory / "generations.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def _table(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    return table.drop(columns=[c for c in table.columns if c in TIMING])
+
+
+def test_two_ranks_bench_the_questions_of_one_process(tmp_path, tiny_world, tiny_model_dir, tiny_tuned_model_dir):
+    """Questions split over the ranks, gathered in question order: the same generations and the same
+    tables (bootstrap intervals included) as one process, times aside."""
+    data = [f"bench.data.{task}.path={tiny_world}/{task}.jsonl" for task in ("gsm8k", "math500", "boolq")]
+    common = ["+exp=tiny", f"model.path={tiny_model_dir}", "model.build_tiny=false", f"tuned_model={tiny_tuned_model_dir}",
+              "bench.models=[base,tuned]", "bench.limit=5", "bench.token_limits=[4,9]", "hardware.bench_batch_size=1",
+              "hardware.device=cpu", "hardware.cpu_threads=1", "wandb.mode=disabled", *data]
+    one = run_stage(make_config(f"output_root={tmp_path / 'one'}", *common, config_name="bench"))
+    check(torchrun("reasondiff.bench", f"output_root={tmp_path / 'two'}", *common))
+    two = tmp_path / "two" / "tiny" / "bench"
+    assert artifacts.is_complete(two)
+    ranks = [_generations_of(two / f"generations.rank{r}.jsonl") for r in range(RANKS)]
+    assert all(ranks) and not {r["id"] for r in ranks[0]} & {r["id"] for r in ranks[1]}  # split, no overlap
+    merged, single = _generations(two), _generations(one)
+    key = lambda r: (r["model"], r["task"], r["id"], r["limit"])  # noqa: E731
+    assert sorted(merged, key=key) == sorted(single, key=key)
+    # the merged file is in question order: each task's ids as the seeded subset lists them
+    from reasondiff.bench.prompts import load_questions
+
+    cfg = make_config(f"output_root={tmp_path / 'one'}", *common, config_name="bench")
+    for task in cfg.bench.tasks:
+        ids = [q.id for q in load_questions(task, cfg.bench)]
+        assert [r["id"] for r in merged if r["model"] == "base" and r["task"] == task and r["limit"] == 4] == ids
+    for table in ("results.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(_table(two / table), _table(one / table))
+
+
+def _generations_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
