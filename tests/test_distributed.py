@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, app_env, make_config
+from test_analyze_stage import analyze_overrides, crosscoder_dir  # noqa: F401, F811 (a fixture)
 
 from reasondiff.app.stage import run_stage
 from reasondiff.core import artifacts, distributed
@@ -214,3 +215,19 @@ def test_two_ranks_bench_the_questions_of_one_process(tmp_path, tiny_world, tiny
 
 def _generations_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- analyze ----------------------------------------------------------------------------------------------
+def test_two_ranks_analyze_with_the_intervals_of_one_process(tmp_path, crosscoder_dir, tiny_model_dir,  # noqa: F811
+                                                             tiny_tuned_model_dir, tiny_world):
+    """Contexts split over the ranks, per-context sums merged before the bootstrap: ce_recovery.csv
+    (values and intervals) is the single process's exactly; the latent statistics to float64 rounding."""
+    overrides = analyze_overrides(tmp_path / "one", crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world,
+                                  "wandb.mode=disabled", "hardware.cpu_threads=1")
+    one = run_stage(make_config(*overrides, config_name="analyze"))
+    check(torchrun("reasondiff.analyze", *[o.replace(str(tmp_path / "one"), str(tmp_path / "two")) for o in overrides]))
+    two = tmp_path / "two" / "t" / "analyze"
+    assert artifacts.is_complete(two) and not list(two.glob("partial_*"))
+    assert (two / "ce_recovery.csv").read_text() == (one / "ce_recovery.csv").read_text()
+    for table in ("latents.csv", "reconstruction.csv", "class_counts.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(two / table), pd.read_csv(one / table), rtol=1e-9, obj=table)
