@@ -231,3 +231,30 @@ def test_two_ranks_analyze_with_the_intervals_of_one_process(tmp_path, crosscode
     assert (two / "ce_recovery.csv").read_text() == (one / "ce_recovery.csv").read_text()
     for table in ("latents.csv", "reconstruction.csv", "class_counts.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(two / table), pd.read_csv(one / table), rtol=1e-9, obj=table)
+
+
+# --- Slurm through Hydra's submitit launcher (its local executor) ------------------------------------------
+def test_a_two_job_multirun_through_submitit_with_two_ranks_per_job(tmp_path):
+    """`hydra/launcher=submitit_local` with two tasks per job: each sweep point is one job whose two
+    tasks are the two ranks of one data-parallel run (as `slurm_ddp` on a cluster), the sweep
+    tallies two finished jobs, and each job's crosscoder is the single-process one."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the [slurm] extra")
+    small = ["+exp=tiny", f"output_root={tmp_path}", "train.data=synthetic", "model.build_tiny=false",
+             "hardware.device=cpu", "hardware.cpu_threads=1", "train.synthetic.d_model=16", "train.n_latents=32",
+             "train.batch_size=64", "train.n_tokens=640", "train.eval_tokens=128", "train.log_every=5",
+             "wandb.mode=disabled"]
+    result = subprocess.run([sys.executable, "-m", "reasondiff.train", "-m", *small, "train.l1_coeff=1,2",
+                             "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                             "hydra.launcher.timeout_min=5"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=app_env(WANDB_MODE="disabled"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from reasondiff.crosscoder.model import CrossCoder
+
+    for l1 in (1, 2):
+        out = tmp_path / "tiny" / f"train@synthetic+l1_coeff={l1}"
+        assert artifacts.is_complete(out)
+        assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
+        alone = run_stage(make_config(*[o.replace(str(tmp_path), str(tmp_path / f"alone{l1}")) for o in small],
+                                      f"train.l1_coeff={l1}"))
+        torch.testing.assert_close(CrossCoder.load(out).W_dec, CrossCoder.load(alone).W_dec, atol=1e-5, rtol=1e-4)

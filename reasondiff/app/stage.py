@@ -436,7 +436,7 @@ def main_for(cfg_node, body: Callable[[Config], Any] | None = None, prepare: Pre
             return
         raise
     finally:
-        if multirun:
+        if multirun and is_main_process():  # a job of several ranks has one outcome
             record_outcome(status, run_dir=run_dir, error=error)
 
 

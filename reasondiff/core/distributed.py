@@ -63,10 +63,28 @@ def is_distributed() -> bool:
     return world_size() > 1
 
 
+def from_submitit() -> bool:
+    """A Slurm job of several tasks started by Hydra's submitit launcher (or submitit's local
+    executor) runs each task as one rank: submitit's own TorchDistributedEnvironment sets the
+    variables torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR from the job's first host,
+    MASTER_PORT from the job id). Nothing happens outside such a job or under torchrun."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return False
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks <= 1:
+        return False
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
 def init() -> bool:
-    """Join the process group of a torchrun launch (once); False for a single process.
+    """Join the process group of a torchrun launch, or of a several-task submitit job (once); False
+    for a single process.
 
     gloo on CPUs, NCCL when this process has a GPU (each rank on cuda:LOCAL_RANK)."""
+    from_submitit()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     import torch
