@@ -60,6 +60,34 @@ def test_a_single_process_is_world_size_one():
         distributed.gather_by_index({0: "a", 2: "c"}, n_items=3)
 
 
+def test_meter_states_merge_into_the_single_pass_state():
+    """Two ranks' halves of a pass merge into the state of one pass over everything: sums add,
+    maxima max, per-context arrays hold each context's own numbers, top-k re-ranked, ids must agree."""
+    from reasondiff.analyze.contexts import LatentStats, TopContexts
+    from reasondiff.core.streamed_pass import merge_states
+
+    torch.manual_seed(0)
+    f = torch.relu(torch.randn(2, 6, 8, 5))  # [halves, contexts, tokens, latents]
+    whole, halves = LatentStats(5), [LatentStats(5), LatentStats(5)]
+    top_whole, top_halves = TopContexts([1, 3], 2, 8), [TopContexts([1, 3], 2, 8) for _ in range(2)]
+    for h in range(2):
+        halves[h].update(f[h].reshape(-1, 5))
+        whole.update(f[h].reshape(-1, 5))
+        index = torch.arange(6) + 6 * h
+        top_halves[h].update(f[h], index)
+        top_whole.update(f[h], index)
+    merged = merge_states([m.state_dict() for m in halves], LatentStats.MERGE)
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(merged[key], value, msg=key)
+    top_halves[0].merge_states([t.state_dict() for t in top_halves])
+    for key in ("values", "context", "rows"):
+        assert torch.equal(getattr(top_halves[0], key), getattr(top_whole, key)), key
+    per_context = [torch.zeros(4).index_fill_(0, torch.tensor([r, r + 2]), float(r + 1)) for r in range(2)]
+    assert merge_states([{"sums": c} for c in per_context], {})["sums"].tolist() == [1.0, 2.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="ranks disagree on latents"):
+        merge_states([{"latents": torch.tensor([1])}, {"latents": torch.tensor([2])}], {"latents": "same"})
+
+
 # --- harvest ----------------------------------------------------------------------------------------------
 def _harvest_overrides(root: Path, model: Path, tuned: Path, corpus: Path, *extra: str) -> list[str]:
     return ["+exp=tiny", f"output_root={root}", "model.build_tiny=false", f"model.path={model}",
