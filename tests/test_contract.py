@@ -310,7 +310,7 @@ def test_wandb_offline_logs_its_directory_and_the_sync_command(tmp_path, caplog)
 def test_the_pipeline_ends_with_the_path_of_the_report(chain, monkeypatch, capsys):
     import reasondiff.pipeline as pipeline
 
-    def fake_execute(cfg, stage=None, func=None):
+    def fake_execute(cfg, stage=None, func=None, prepare=None):
         if stage == "analyze":
             artifacts.write_text(cfg.stage_dir("analyze") / "report.md", "# report\n")
 

@@ -19,6 +19,7 @@ from reasondiff.config.bench import BenchConfig, TaskData
 from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningFormat, WandbConfig
 from reasondiff.config.finetune import FinetuneConfig
 from reasondiff.config.harvest import HarvestConfig
+from reasondiff.config.pipeline import PipelineConfig
 from reasondiff.config.scan import ScanConfig
 from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
@@ -30,7 +31,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 
 __all__ = [
     "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig",
-    "ModelConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig", "TaskData", "TrainConfig",
+    "ModelConfig", "PipelineConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig", "TaskData", "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
 
@@ -67,11 +68,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     sweeps: SweepGrids = field(default_factory=SweepGrids)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         if self.stage and self.stage not in STAGES + ("pipeline",):
             raise ValueError(f"stage must be one of {STAGES + ('pipeline',)}, got {self.stage!r}")
         check_run_name(self.run)
+        unknown = [s for s in self.pipeline.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"pipeline.stages: {', '.join(map(repr, unknown))} is not a stage (the stages: "
+                             f"{', '.join(STAGES)})")
 
     @property
     def exp_dir(self) -> Path:
