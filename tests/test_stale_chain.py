@@ -33,7 +33,7 @@ def fake_stages(tuned_source, calls: list[str]):
 
     def harvest(cfg, ctx):
         calls.append(ctx.dir.name)
-        artifacts.write_text(ctx.dir / "store.json", json.dumps({"d_model": 16}))
+        artifacts.write_text(ctx.dir / "store.json", json.dumps({"d_model": 16, "shards": []}))
         return {}
 
     def train(cfg, ctx):

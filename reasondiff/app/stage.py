@@ -293,11 +293,16 @@ def _shell(word: str) -> str:
     return shlex.quote(word) if re.search(r"[\s$&;|<>()*?!`\\{}\"#]", word) else word
 
 
-def user_command(app: str, cfg: Config, *extra: str, drop: tuple[str, ...] = ("overwrite",)) -> str:
-    """`python -m reasondiff.<app>` with this run's overrides (`exp_name=`, `tuned_model=`,
-    `model.path=` ... so it can be pasted) and `extra`, which replace the carried ones of the same key."""
+def command_args(cfg: Config, *extra: str, drop: tuple[str, ...] = ("overwrite",)) -> str:
+    """This run's overrides (`exp_name=`, `tuned_model=`, `model.path=` ... so a printed command can
+    be pasted) and `extra`, which replace the carried ones of the same key; shell-quoted where needed."""
     carried = carried_overrides(cfg, drop=(*drop, *(_key_of(e) for e in extra)))
-    return " ".join([f"python -m reasondiff.{app}", *(_shell(w) for w in (*carried, *extra))])
+    return " ".join(_shell(w) for w in (*carried, *extra))
+
+
+def user_command(app: str, cfg: Config, *extra: str, drop: tuple[str, ...] = ("overwrite",)) -> str:
+    """`python -m reasondiff.<app>` with this run's overrides and `extra` (see `command_args`)."""
+    return f"python -m reasondiff.{app} {command_args(cfg, *extra, drop=drop)}".rstrip()
 
 
 def verify_finished(cfg: Config, stage: str, directory: Path) -> str | None:
