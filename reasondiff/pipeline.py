@@ -153,7 +153,7 @@ def plan(cfg: Config, stages: tuple[str, ...] | None = None) -> list[tuple[str, 
             refused.append(err)
             continue
         except UserError as err:
-            others.append(str(err))
+            others.append(str(err).removesuffix(" (nothing was run)"))
             continue
         assert decision.directory is not None
         if decision.action != "skip":

@@ -324,7 +324,8 @@ def test_a_wrong_model_path_is_never_given_a_new_tiny_model(tmp_path):
     wrong = tmp_path / "typo" / "base_model"
     cfg = make_config("+exp=tiny", f"output_root={tmp_path}", f"model.path={wrong}", config_name="finetune")
     assert cfg.model.build_tiny
-    from reasondiff.pipeline import run_stage as app_run_stage  # as the apps run it: the tiny world's builder first
+    # as the apps run it: the tiny world's builder first
+    from reasondiff.pipeline import run_stage as app_run_stage
 
     with pytest.raises(UserError, match=r"model.path=.*typo/base_model: no such model directory.*build_tiny"):
         app_run_stage(cfg, func=lambda cfg, ctx: pytest.fail("ran"))
