@@ -8,6 +8,6 @@ from dataclasses import dataclass, field
 @dataclass
 class PipelineConfig:
     stages: list[str] = field(default_factory=list)
-    """Stages to run, e.g. [harvest,train,analyze] (run in the pipeline's order whatever the order
-    given; the stages left out are read where they are). Empty: every stage, finetune left out when
-    tuned_model names a model other than this experiment's fine-tune."""
+    """Stages to run, like [harvest,train,analyze]; empty runs every stage (finetune left out when
+    tuned_model names a model other than this experiment's fine-tune). They run in the pipeline's
+    order whatever the order given; the stages left out are read where they are."""
