@@ -172,3 +172,15 @@ def test_printed_commands_carry_the_overrides_the_run_was_made_with(world, monke
 def test_the_printed_plan_names_each_stage_and_where(world, done):
     cfg = world("pipeline")
     assert describe(cfg, plan(cfg)).startswith("finetune skip tiny/finetune, bench skip tiny/bench")
+
+
+def test_the_report_of_a_given_pair_names_no_fine_tune_and_carries_the_overrides(tmp_path):
+    from reasondiff.analyze.report import build_report
+
+    exp = tmp_path / "pair"
+    (exp / "analyze").mkdir(parents=True)
+    args = "+exp=tiny exp_name=pair tuned_model=/models/tuned"
+    text = build_report(exp, exp / "analyze", title="t", command_args=args, given_tuned_model="/models/tuned")
+    assert "No fine-tune in this experiment: the tuned model was given (`tuned_model=/models/tuned`)" in text
+    assert f"python -m reasondiff.bench {args}" in text and f"python -m reasondiff.scan {args}" in text
+    assert "+exp=pair" not in text and "reasondiff.finetune" not in text  # before: `python -m reasondiff.finetune +exp=pair`

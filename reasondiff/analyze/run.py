@@ -514,8 +514,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     # report.md (+ appendix and the self-contained report.html) gathers everything above plus the
     # earlier stages' tables and figures
+    from reasondiff.app.preflight import tuned_model_given
+    from reasondiff.app.stage import command_args
+
     write_reports(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}", crosscoder_dir=cc_dir,
-                  thresholds=thresholds)
+                  thresholds=thresholds, command_args=command_args(cfg, drop=("overwrite", "run", "pipeline.")),
+                  given_tuned_model=cfg.tuned_model if tuned_model_given(cfg) else None)
     for name in TEXTS:
         partial_file(ctx.dir, name).unlink(missing_ok=True)
     log.info("CE recovered (general text): %s", ", ".join(
