@@ -290,6 +290,8 @@ def carried_overrides(cfg: Config, *, drop: tuple[str, ...] = ()) -> list[str]:
 def _shell(word: str) -> str:
     import shlex
 
+    if re.fullmatch(r"[^\s]*<\w+>[^\s]*", word):
+        return word  # a placeholder for the user to fill in (+exp=<experiment>)
     return shlex.quote(word) if re.search(r"[\s$&;|<>()*?!`\\{}\"#]", word) else word
 
 
