@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, app_env, make_config
 
+import reasondiff
 from reasondiff.app.stage import Decision, decide, run_stage
 from reasondiff.core import artifacts, fingerprint
 from reasondiff.core.errors import UserError
@@ -324,11 +325,8 @@ def test_a_wrong_model_path_is_never_given_a_new_tiny_model(tmp_path):
     wrong = tmp_path / "typo" / "base_model"
     cfg = make_config("+exp=tiny", f"output_root={tmp_path}", f"model.path={wrong}", config_name="finetune")
     assert cfg.model.build_tiny
-    # as the apps run it: the tiny world's builder first
-    from reasondiff.pipeline import run_stage as app_run_stage
-
     with pytest.raises(UserError, match=r"model.path=.*typo/base_model: no such model directory.*build_tiny"):
-        app_run_stage(cfg, func=lambda cfg, ctx: pytest.fail("ran"))
+        reasondiff.run_stage(cfg, func=lambda cfg, ctx: pytest.fail("ran"))  # as the apps run it
     assert not wrong.exists()
 
 

@@ -80,8 +80,8 @@ def job_run_name(stage: str, overrides: list[str], swept: list[str] | None) -> s
 
 
 def grid_problems(config_name: str, jobs: list[list[str]], prepare: Callable[[Any, str], None] | None = None) -> list[str]:
-    """What would make jobs fail before doing any work, checked on each job's composed config.
-    `prepare`: what the first job would do before its checks (the tiny world's builder)."""
+    """What would make jobs fail before doing any work, checked on each job's composed config;
+    `prepare(cfg, stage)` first does what the first job would do before its checks (the tiny world)."""
     from hydra import compose
 
     from reasondiff.app import preflight
@@ -141,8 +141,8 @@ def format_tally(outcomes: list[dict[str, Any]], missing: int) -> str:
 
 class SweepReport(Callback):
     def __init__(self, check_grid: bool = True, prepare: str | None = None) -> None:
-        """`prepare`: dotted name of the work the apps hand in before input checks (conf/common.yaml
-        names the tiny world's builder; the foundation imports no package above it)."""
+        """`prepare`: the dotted name of what a job runs before its checks (conf/common.yaml hands in
+        the tiny world's builder, reasondiff.tiny.prepare_tiny_world: the foundation imports no stage)."""
         self.check_grid = check_grid
         self.prepare = prepare
         self.expected: int | None = None
