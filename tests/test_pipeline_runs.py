@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import make_config
+from conftest import REPO, make_config
 from test_stale_chain import fake_stages
 
 import reasondiff.app.stage as stage_module
@@ -184,3 +184,14 @@ def test_the_report_of_a_given_pair_names_no_fine_tune_and_carries_the_overrides
     assert "No fine-tune in this experiment: the tuned model was given (`tuned_model=/models/tuned`)" in text
     assert f"python -m reasondiff.bench {args}" in text and f"python -m reasondiff.scan {args}" in text
     assert "+exp=pair" not in text and "reasondiff.finetune" not in text  # before: `python -m reasondiff.finetune +exp=pair`
+
+
+@pytest.mark.parametrize("pair", sorted(p.stem for p in (REPO / "conf" / "pair").glob("*.yaml")))
+def test_a_released_pair_runs_no_finetune_stage_and_the_finetune_app_refuses(pair, tmp_path):
+    cfg = make_config(f"+pair={pair}", f"output_root={tmp_path}", config_name="pipeline")
+    stages, note = selected_stages(cfg)
+    assert "finetune" not in stages and note.startswith(f"finetune not run: tuned_model={cfg.tuned_model} is given")
+    with pytest.raises(UserError, match=rf"^tuned_model={cfg.tuned_model} is given: there is nothing to fine-tune"):
+        run_stage(make_config(f"+pair={pair}", f"output_root={tmp_path}", config_name="finetune"),
+                  func=lambda cfg, ctx: pytest.fail("ran"))
+    assert not (tmp_path / cfg.exp_name).exists()
