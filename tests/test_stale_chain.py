@@ -138,3 +138,16 @@ def test_a_harvest_whose_tuned_model_is_gone_is_not_called_stale(world, chain, t
     funcs, calls = chain
     shutil.rmtree(tmp_path / "tiny" / "finetune")
     assert decide(world("train"), "train").action == "skip"
+
+
+def test_a_stale_chain_is_seen_when_the_stage_between_was_deleted(world, chain, tmp_path):
+    """Activation stores are large and get deleted after training: the crosscoder's recorded lineage
+    still says which fine-tune its activations came from."""
+    funcs, calls = chain
+    exp = tmp_path / "tiny"
+    assert artifacts.read_json(exp / "train" / "fingerprint.json")["lineage"].keys() == {"tiny/finetune"}
+    shutil.rmtree(exp / "harvest")
+    run_stage(world("finetune", "overwrite=true", "finetune.learning_rate=1e-3"), func=funcs["finetune"])
+    with pytest.raises(UserError, match=r"^analyze: tiny/train is stale: tiny/finetune was redone after it was read"):
+        run_stage(world("analyze"), func=funcs["analyze"])
+    assert calls == ["finetune"]

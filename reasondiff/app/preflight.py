@@ -176,7 +176,40 @@ def stale_links(cfg, directories, *, pending=frozenset()) -> list[StaleLink]:
 
     for directory in directories:
         visit(Path(directory))
+    if not links:  # an intermediate directory may be gone: each input's recorded lineage still tells
+        for directory in directories:
+            record = recorded(directory) if Path(directory).absolute() not in pending else None
+            for name, read_id in (record.lineage if record is not None else {}).items():
+                source = directory_of(cfg, name)
+                if source.absolute() in pending or (source.exists() and artifact_id(source) != read_id):
+                    links.append(StaleLink(Path(directory), source))
     return sorted(links, key=lambda link: _stage_order(link.reader))
+
+
+def lineage(cfg, directories) -> dict[str, str]:
+    """{stage directory: artifact id it had when read} for everything up the chain of `directories`
+    (their own upstream and lineage records, all the way up), not the directories themselves."""
+    from reasondiff.core.fingerprint import recorded
+
+    found: dict[str, str] = {}
+    seen: set[Path] = set()
+
+    def visit(directory: Path) -> None:
+        if directory.absolute() in seen:
+            return
+        seen.add(directory.absolute())
+        record = recorded(directory)
+        if record is None:
+            return
+        for name, read_id in {**record.lineage, **record.upstream}.items():
+            found.setdefault(name, read_id)
+        if not record.lineage:  # recorded before lineages were: walk what is on disk
+            for name in record.upstream:
+                visit(directory_of(cfg, name))
+
+    for directory in directories:
+        visit(Path(directory))
+    return found
 
 
 def own_finetune_output(cfg, path: str) -> bool:

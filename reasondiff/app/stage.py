@@ -160,10 +160,11 @@ def follow_runs(cfg: Config) -> Config:
 def current_fingerprint(cfg: Config, stage: str, reads: list[Path] | None = None) -> Fingerprint:
     """This run's settings and the artifact ids of the finished stage directories it reads
     (`reads`: those directories, when the caller resolved them itself)."""
-    if reads is None:
-        return Fingerprint(settings=fingerprint.settings(cfg, stage), upstream=preflight.upstream_ids(cfg, stage))
-    ids = {preflight.relative_name(cfg, d): found for d in reads if (found := fingerprint.artifact_id(d)) is not None}
-    return Fingerprint(settings=fingerprint.settings(cfg, stage), upstream=ids)
+    reads = preflight.upstream_dirs(cfg, stage) if reads is None else reads
+    finished = {d: found for d in reads if (found := fingerprint.artifact_id(d)) is not None}
+    return Fingerprint(settings=fingerprint.settings(cfg, stage),
+                       upstream={preflight.relative_name(cfg, d): found for d, found in finished.items()},
+                       lineage=preflight.lineage(cfg, list(finished)))
 
 
 def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozenset(),

@@ -180,6 +180,10 @@ class Fingerprint:
     settings: dict[str, Any]
     upstream: dict[str, str] = field(default_factory=dict)
     """Upstream stage directory (relative to output_root) -> its artifact id when this run read it."""
+    lineage: dict[str, str] = field(default_factory=dict)
+    """Every stage directory further up (what the upstream read, and so on) -> its id then: the
+    chain stays checkable when an intermediate directory is deleted (a large activation store).
+    Not part of the digest: it follows from the upstream ids."""
 
     @property
     def digest(self) -> str:
@@ -187,11 +191,13 @@ class Fingerprint:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
-        return {"fingerprint": self.digest, "settings": self.settings, "upstream": self.upstream}
+        return {"fingerprint": self.digest, "settings": self.settings, "upstream": self.upstream,
+                "lineage": self.lineage}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fingerprint:
-        return cls(settings=dict(data.get("settings", {})), upstream=dict(data.get("upstream", {})))
+        return cls(settings=dict(data.get("settings", {})), upstream=dict(data.get("upstream", {})),
+                   lineage=dict(data.get("lineage", {})))
 
 
 def new_artifact_id(fingerprint: Fingerprint) -> str:
