@@ -6,7 +6,8 @@ raises ONE UserError listing every problem (a missing local model, a hub id that
 nor reachable, an empty or malformed data file, an unfinished upstream stage), plus the settings that
 cannot fit the model (a token limit beyond its context, a hook past its last layer) and the disk
 space the stage will need. The same list tells `run_stage` which upstream artifacts a result
-depends on (reasondiff.core.fingerprint).
+depends on (reasondiff.core.fingerprint), and `stale_links` follows each one's own recorded inputs
+up the whole chain (a harvest of a fine-tune redone since is stale for everything that reads it).
 """
 
 from __future__ import annotations
@@ -115,18 +116,6 @@ def relative_name(cfg, directory: Path) -> str:
         return str(directory.absolute().relative_to(Path(cfg.output_root).absolute()))
     except ValueError:
         return str(directory.absolute())
-
-
-def upstream_ids(cfg, stage: str) -> dict[str, str]:
-    """{upstream dir (relative to output_root): artifact id} of the finished upstream stages."""
-    from reasondiff.core.fingerprint import artifact_id
-
-    ids = {}
-    for directory in upstream_dirs(cfg, stage):
-        found = artifact_id(directory)
-        if found is not None:
-            ids[relative_name(cfg, directory)] = found
-    return ids
 
 
 def directory_of(cfg, name: str) -> Path:

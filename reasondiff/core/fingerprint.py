@@ -255,11 +255,6 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], *, defaults: dict[str
     return changes
 
 
-def stale_inputs(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    """Upstream directories redone (or gone) since the recorded run read them."""
-    return sorted(name for name in old if new.get(name) != old[name])
-
-
 def _show(value: Any) -> str:
     if isinstance(value, str):
         return value if value and " " not in value else json.dumps(value)
