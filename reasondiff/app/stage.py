@@ -413,6 +413,9 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
                      config=asdict(cfg), directory=out_dir)
     ctx = StageContext(cfg=cfg, dir=out_dir, metrics=MetricsLogger(out_dir, run=run), wandb_run=run)
     start = time.perf_counter()
+    git = artifacts.git_state() if main else {}  # the code that runs: taken now, not when it ends
+    if artifacts.dirty_warning(git, stage):
+        log.warning("%s", artifacts.dirty_warning(git, stage))
     try:
         with sigterm_as_interrupt():
             outputs = func(cfg, ctx) or {}
@@ -421,7 +424,7 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
         record = {"stage": stage, "run": name, "fingerprint": decision.fingerprint.digest,
                   "artifact_id": fingerprint.new_artifact_id(decision.fingerprint)}
         manifest = artifacts.build_manifest(stage, inputs=ctx.inputs, outputs=outputs, seed=cfg.seed,
-                                            wall_seconds=time.perf_counter() - start,
+                                            wall_seconds=time.perf_counter() - start, git=git,
                                             extra={**record, "settings": decision.fingerprint.settings,
                                                    "upstream": decision.fingerprint.upstream})
         artifacts.write_json(out_dir / artifacts.MANIFEST, manifest)

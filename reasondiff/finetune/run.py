@@ -30,7 +30,7 @@ from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_met
 from reasondiff.finetune.data import (
     SFTExample,
     build_sft_examples,
-    load_s1k_rows,
+    load_s1k_split,
     summarize_report,
     to_dataset,
 )
@@ -141,6 +141,19 @@ def precision_flags(hardware: HardwareConfig, device_type: str) -> dict[str, boo
         raise UserError("hardware.dtype=float16 needs a GPU (CPU autocast has no fp16 training): "
                         "use hardware=cpu (float32) or hardware.dtype=bfloat16")
     return {"bf16": hardware.dtype == "bfloat16", "fp16": hardware.dtype == "float16"}
+
+
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """A finished fine-tune made before finetune.holdout trained on every row; when the config now
+    holds rows out, its model is not what the config says, so the stage is redone (with the split)."""
+    holdout = cfg.finetune.holdout
+    if holdout.n_rows == 0 or (holdout.n_rows is None and holdout.fraction == 0):
+        return None
+    manifest = directory / artifacts.MANIFEST
+    if manifest.is_file() and not (artifacts.read_json(manifest).get("outputs") or {}).get("holdout"):
+        return ("it was made before finetune.holdout and trained on every row, while finetune.holdout now holds "
+                "rows out (finetune.holdout.n_rows=0 keeps it as it is)")
+    return None
 
 
 # --- trainer callbacks ------------------------------------------------------------------------------
@@ -301,7 +314,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision)
     set_pad_token(tokenizer, ft.pad_token)
-    rows = load_s1k_rows(ft)
+    all_rows, holdout = load_s1k_split(ft)
+    rows = [all_rows[i] for i in holdout.trained]
+    log.info("finetune: training on %d rows of %s, %d held out (finetune.holdout; recorded in the manifest)",
+             len(rows), ft.dataset, len(holdout.heldout))
     sample_questions = held_out_questions(cfg, ft.sample_generations) if ft.sample_generations else []
     examples, report = build_sft_examples(rows, tokenizer, ft, cfg.format)
     artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
@@ -413,6 +429,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "length_report": str(ctx.dir / LENGTH_REPORT),
         "global_step": trainer.state.global_step,
         "train_rows": len(examples),
+        "holdout": holdout.to_record(),
         "first_loss": first,
         "final_loss": final,
         "train_runtime_s": result.metrics.get("train_runtime"),

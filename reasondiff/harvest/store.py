@@ -356,9 +356,9 @@ class LiveActivationSource:
         self._next_refill = None
 
     def _new_stream(self):
-        from reasondiff.harvest.corpus import ContextStream
+        from reasondiff.harvest.corpus import ContextStream, evaluation_questions
 
-        return ContextStream(self.harvest, self.tokenizer, cycle=True)
+        return ContextStream(self.harvest, self.tokenizer, cycle=True, exclude_questions=evaluation_questions(self.cfg))
 
     def _run(self, stream, n_contexts: int) -> torch.Tensor:
         rows = []
