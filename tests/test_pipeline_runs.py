@@ -27,7 +27,8 @@ def world(tmp_path, tiny_model_dir, tiny_world):
         return make_config("+exp=tiny", f"output_root={tmp_path}", "model.build_tiny=false",
                            f"model.path={tiny_model_dir}", f"finetune.dataset={tiny_world}/s1k.jsonl",
                            f"harvest.corpus={tiny_world}/corpus.jsonl", "harvest.reasoning_fraction=0",
-                           f"analyze.reasoning_corpus={tiny_world}/s1k.jsonl", "train.data=store",
+                           "finetune.holdout.n_rows=0", "analyze.n_reasoning_contexts=0", "scan.n_reasoning_contexts=0",
+                           "train.data=store",
                            *(f"bench.data.{t}.path={tiny_world}/{t}.jsonl" for t in ("gsm8k", "math500", "boolq")),
                            *overrides, config_name=stage)
     return cfg
