@@ -152,7 +152,9 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     assert "latents.html" in report and "## Summary" in report
     assert "## Configurations" not in report and "analyze config" in (out / "report_appendix.md").read_text()
     assert "data:image/png;base64," in (out / "report.html").read_text()
-    assert "python -m reasondiff.finetune +exp=t" in report  # missing stages are named, not fatal
+    # missing stages are named, not fatal, with the overrides the run was made with (no exp file named t)
+    assert f"python -m reasondiff.bench +exp=<experiment> exp_name=t tuned_model={tiny_tuned_model_dir}" in report
+    assert "No fine-tune in this experiment: the tuned model was given" in report  # tuned_model is given here
     manifest = artifacts.read_json(out / "manifest.json")
     assert manifest["inputs"]["crosscoder_dir"] == str(crosscoder_dir)
     assert manifest["inputs"]["exclude_first_position"] is True

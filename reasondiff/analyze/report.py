@@ -202,12 +202,12 @@ def _crosscoder_line(crosscoder_dir: Path) -> str:
     return f"Crosscoder: `{crosscoder_dir}` ({facts}).\n"
 
 
-def _scan_section(scan_dir: Path, start: Path, exp: str) -> str:
+def _scan_section(scan_dir: Path, start: Path, args: str) -> str:
     """The layer scan's figure and recommendation (stage scan, docs/scan.md)."""
     head = "## Layer scan: where the fine-tune acts\n"
     figure, recommendation = scan_dir / "scan.png", scan_dir / "recommendation.json"
     if not (figure.is_file() and recommendation.is_file()):
-        return head + _missing("the layer scan", f"python -m reasondiff.scan +exp={exp}")
+        return head + _missing("the layer scan", f"python -m reasondiff.scan {args}")
     found = artifacts.read_json(recommendation)
     follow_up = "".join(f"{command}\n" for command in found.get("follow_up", []))
     return (head + f"{found['line']}\n\n" + scan_texts_line(scan_dir)
@@ -283,11 +283,11 @@ def per_limit_rows(results: Sequence[Mapping[str, str]]) -> list[dict[str, str]]
     return rows
 
 
-def _bench_section(bench: Path, start: Path, exp: str) -> str:
+def _bench_section(bench: Path, start: Path, args: str) -> str:
     out = ["## Token-budget benchmarks (Table 1, Figs. 3-4)\n"]
     summary, results = bench / "summary.csv", bench / "results.csv"
     if not summary.is_file():
-        return out[0] + _missing("the benchmark summary", f"python -m reasondiff.bench +exp={exp}")
+        return out[0] + _missing("the benchmark summary", f"python -m reasondiff.bench {args}")
     result_rows = read_csv_rows(results) if results.is_file() else []
     out.append("**Table 1.** Performance = best accuracy over the token limits; scaling = least-squares slope of "
                "accuracy against the limit (comparable only on the same limit grid); brackets: 95% bootstrap "
@@ -349,10 +349,15 @@ APPENDIX = "report_appendix.md"
 
 
 def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir: Path | None = None,
-                 thresholds: Mapping[str, float] | None = None) -> str:
-    """The report's markdown; every path in it is relative to `analyze_dir` (where it is written)."""
+                 thresholds: Mapping[str, float] | None = None, command_args: str | None = None,
+                 given_tuned_model: str | None = None) -> str:
+    """The report's markdown; every path in it is relative to `analyze_dir` (where it is written).
+    `command_args`: the overrides the run was made with, carried by the commands the report prints
+    (default `+exp=<experiment dir's name>`); `given_tuned_model`: tuned_model when the experiment
+    fine-tuned nothing itself (a pair diffed as given)."""
     exp_dir, analyze_dir = Path(exp_dir), Path(analyze_dir)
     exp = exp_dir.name
+    args = command_args or f"+exp={exp}"
     out = [f"# {title}\n"]
     calibration = analyze_dir / "calibration.md"  # against the nulls and across seeds: first (docs/null.md)
     if calibration.is_file():
@@ -368,11 +373,14 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
 
     out.append("## Fine-tuning (Fig. 2)\n")
     loss_curve = exp_dir / "finetune" / "loss_curve.png"
-    out.append(_figure(loss_curve, analyze_dir, figures.caption("loss_curve")) if loss_curve.is_file()
-               else _missing("the fine-tuning loss curve", f"python -m reasondiff.finetune +exp={exp}"))
+    if given_tuned_model and not loss_curve.is_file():
+        out.append(f"No fine-tune in this experiment: the tuned model was given (`tuned_model={given_tuned_model}`).\n")
+    else:
+        out.append(_figure(loss_curve, analyze_dir, figures.caption("loss_curve")) if loss_curve.is_file()
+                   else _missing("the fine-tuning loss curve", f"python -m reasondiff.finetune {args}"))
 
-    out.append(_bench_section(exp_dir / "bench", analyze_dir, exp))
-    out.append(_scan_section(exp_dir / "scan", analyze_dir, exp))
+    out.append(_bench_section(exp_dir / "bench", analyze_dir, args))
+    out.append(_scan_section(exp_dir / "scan", analyze_dir, args))
 
     out.append("## The crosscoder\n")
     factors = analyze_dir / "scaling_factors.csv"
@@ -410,7 +418,7 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
                    "or trained rows (asked for explicitly: memorised text).\n\n")
         out.append(ce_table_markdown(read_csv_rows(ce)) + f"\nSource: [{ce.name}]({_rel(ce, analyze_dir)})\n")
     else:
-        out.append(_missing("CE recovery", f"python -m reasondiff.analyze +exp={exp}"))
+        out.append(_missing("CE recovery", f"python -m reasondiff.analyze {args}"))
     fit = analyze_dir / "reconstruction.csv"
     if fit.is_file():
         out.append("\nOn the same held-out tokens: explained variance of each model's activations (in the "
@@ -430,7 +438,7 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
                                 headers={"n_latents": "latents (by r)", "fraction": "share (by r)",
                                          "n_latents_delta": "latents (by Δ)", "fraction_delta": "share (by Δ)"}))
     else:
-        out.append(_missing("latent classes", f"python -m reasondiff.analyze +exp={exp}"))
+        out.append(_missing("latent classes", f"python -m reasondiff.analyze {args}"))
     for stem in ("relative_norm_hist", "cosine_hist", "decoder_norms", "frequency_hist"):
         if (analyze_dir / f"{stem}.png").is_file():
             out.append(_figure(analyze_dir / f"{stem}.png", analyze_dir, figures.caption(stem)))
@@ -478,12 +486,14 @@ def build_appendix(exp_dir: Path, analyze_dir: Path, *, title: str) -> str:
 
 
 def write_reports(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir: Path | None = None,
-                  thresholds: Mapping[str, float] | None = None) -> dict[str, Path]:
-    """Write report.md, report_appendix.md and report.html into analyze_dir."""
+                  thresholds: Mapping[str, float] | None = None, command_args: str | None = None,
+                  given_tuned_model: str | None = None) -> dict[str, Path]:
+    """Write report.md, report_appendix.md and report.html into analyze_dir (see `build_report`)."""
     from reasondiff.analyze.report_html import render_report_html
 
     analyze_dir = Path(analyze_dir)
-    report = build_report(exp_dir, analyze_dir, title=title, crosscoder_dir=crosscoder_dir, thresholds=thresholds)
+    report = build_report(exp_dir, analyze_dir, title=title, crosscoder_dir=crosscoder_dir, thresholds=thresholds,
+                          command_args=command_args, given_tuned_model=given_tuned_model)
     appendix = build_appendix(exp_dir, analyze_dir, title=title)
     paths = {"report": analyze_dir / "report.md", "appendix": analyze_dir / APPENDIX, "html": analyze_dir / "report.html"}
     artifacts.write_text(paths["report"], report)

@@ -564,8 +564,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     # report.md (+ appendix and the self-contained report.html) gathers everything above plus the
     # earlier stages' tables and figures
+    from reasondiff.app.preflight import tuned_model_given
+    from reasondiff.app.stage import command_args
+
     write_reports(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}", crosscoder_dir=cc_dir,
-                  thresholds=thresholds)
+                  thresholds=thresholds, command_args=command_args(cfg, drop=("overwrite", "run", "pipeline.")),
+                  given_tuned_model=cfg.tuned_model if tuned_model_given(cfg) else None)
     for name in TEXTS:  # and the torchrun ranks' own partial_<text>.rank<r>.pt
         for path in [partial_file(ctx.dir, name), *ctx.dir.glob(f"partial_{name}.rank*.pt")]:
             path.unlink(missing_ok=True)

@@ -92,7 +92,7 @@ def _wanted(app: str, cfg) -> list[str]:
 
     shared = ["exp_name", "output_root", "seed", "overwrite", "run", "wait_for_lock", "wandb"]
     if app == "pipeline":
-        return [*shared, "model", "tuned_model", "format", *(f"hardware.{k}" for k in HARDWARE_SHARED)]
+        return [*shared, "pipeline", "model", "tuned_model", "format", *(f"hardware.{k}" for k in HARDWARE_SHARED)]
     hardware = [f"hardware.{k}" for k in (*HARDWARE_SHARED, *HARDWARE_OF.get(app, ()))]
     return [*shared, *reads(cfg, app), *hardware, *(f"sweeps.{k}" for k in SWEEPS_OF.get(app, ()))]
 

@@ -6,7 +6,8 @@ raises ONE UserError listing every problem (a missing local model, a hub id that
 nor reachable, an empty or malformed data file, an unfinished upstream stage), plus the settings that
 cannot fit the model (a token limit beyond its context, a hook past its last layer) and the disk
 space the stage will need. The same list tells `run_stage` which upstream artifacts a result
-depends on (reasondiff.core.fingerprint).
+depends on (reasondiff.core.fingerprint), and `stale_links` follows each one's own recorded inputs
+up the whole chain (a harvest of a fine-tune redone since is stale for everything that reads it).
 """
 
 from __future__ import annotations
@@ -173,16 +174,110 @@ def relative_name(cfg, directory: Path) -> str:
         return str(directory.absolute())
 
 
-def upstream_ids(cfg, stage: str) -> dict[str, str]:
-    """{upstream dir (relative to output_root): artifact id} of the finished upstream stages."""
-    from reasondiff.core.fingerprint import artifact_id
+def directory_of(cfg, name: str) -> Path:
+    """The directory a recorded upstream name stands for (the inverse of `relative_name`)."""
+    path = Path(name)
+    return path if path.is_absolute() else Path(cfg.output_root) / path
 
-    ids = {}
-    for directory in upstream_dirs(cfg, stage):
-        found = artifact_id(directory)
-        if found is not None:
-            ids[relative_name(cfg, directory)] = found
-    return ids
+
+# --- a stale input two stages up ------------------------------------------------------------------
+@dataclass(frozen=True)
+class StaleLink:
+    reader: Path
+    """A stage directory that read `redone`..."""
+    redone: Path
+    """...before that input was redone (or while it is being redone, or will be: the pipeline's plan)."""
+
+
+def _stage_order(directory: Path) -> int:
+    stage = split_dir_name(directory.name)[0]
+    return _stages().index(stage) if stage in _stages() else len(_stages())
+
+
+def stale_links(cfg, directories, *, pending=frozenset()) -> list[StaleLink]:
+    """Every stage directory among `directories` and upstream of them whose recorded input is not
+    what is there today, nearest the start of the pipeline first: each upstream's own recorded
+    upstream (the harvest's finetune id) is compared with today's, all the way up. An input in
+    `pending` (the pipeline will redo it) counts as redone; a directory in `pending` is not looked
+    into (it will be redone on today's inputs); an input that is gone replaced nothing."""
+    from reasondiff.core.fingerprint import artifact_id, recorded
+
+    pending = {Path(p).absolute() for p in pending}
+    links: list[StaleLink] = []
+    seen: set[Path] = set()
+
+    def visit(directory: Path) -> None:
+        if directory.absolute() in seen or directory.absolute() in pending:
+            return
+        seen.add(directory.absolute())
+        record = recorded(directory)
+        if record is None:  # not a stage directory, or made before fingerprints
+            return
+        for name, read_id in record.upstream.items():
+            source = directory_of(cfg, name)
+            visit(source)
+            if source.absolute() in pending or (source.exists() and artifact_id(source) != read_id):
+                links.append(StaleLink(directory, source))
+
+    for directory in directories:
+        visit(Path(directory))
+    if not links:  # an intermediate directory may be gone: each input's recorded lineage still tells
+        for directory in directories:
+            record = recorded(directory) if Path(directory).absolute() not in pending else None
+            for name, read_id in (record.lineage if record is not None else {}).items():
+                source = directory_of(cfg, name)
+                if source.absolute() in pending or (source.exists() and artifact_id(source) != read_id):
+                    links.append(StaleLink(Path(directory), source))
+    return sorted(links, key=lambda link: _stage_order(link.reader))
+
+
+def lineage(cfg, directories) -> dict[str, str]:
+    """{stage directory: artifact id it had when read} for everything up the chain of `directories`
+    (their own upstream and lineage records, all the way up), not the directories themselves."""
+    from reasondiff.core.fingerprint import recorded
+
+    found: dict[str, str] = {}
+    seen: set[Path] = set()
+
+    def visit(directory: Path) -> None:
+        if directory.absolute() in seen:
+            return
+        seen.add(directory.absolute())
+        record = recorded(directory)
+        if record is None:
+            return
+        for name, read_id in {**record.lineage, **record.upstream}.items():
+            found.setdefault(name, read_id)
+        if not record.lineage:  # recorded before lineages were: walk what is on disk
+            for name in record.upstream:
+                visit(directory_of(cfg, name))
+
+    for directory in directories:
+        visit(Path(directory))
+    return found
+
+
+def own_finetune_output(cfg, path: str) -> bool:
+    """Whether `path` is this experiment's fine-tune (`<exp>/finetune[@run]/model`)."""
+    from reasondiff.lm.models import looks_local
+
+    if not looks_local(path):
+        return False  # a hub id
+    model = Path(path).expanduser().absolute()
+    return model.name == "model" and model.parent.parent == cfg.exp_dir.absolute() \
+        and split_dir_name(model.parent.name)[0] == "finetune"
+
+
+def tuned_model_given(cfg) -> bool:
+    """`tuned_model` names a model this experiment does not fine-tune itself (a hub id, a local
+    directory, another experiment's fine-tune): then there is nothing to fine-tune."""
+    return not own_finetune_output(cfg, cfg.tuned_model)
+
+
+def nothing_to_finetune(cfg) -> str:
+    return (f"tuned_model={cfg.tuned_model} is given: there is nothing to fine-tune (the finetune stage writes "
+            f"{cfg.exp_dir / 'finetune' / 'model'}, the default tuned_model; the other stages diff model.path "
+            "against the given model)")
 
 
 # --- the checks -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -125,6 +126,8 @@ class Decision:
     and inputs) | redo (overwrite=true, or stale: an input was redone since)."""
     fingerprint: Fingerprint
     reason: str = ""
+    directory: Path | None = None
+    """Where the stage reads or writes (set by the pipeline's plan: a named run may reuse the main run)."""
 
 
 BOOKKEEPING = {".hydra", fingerprint.FINGERPRINT_FILE, "metrics.csv", "wandb", artifacts.MANIFEST, artifacts.COMPLETED}
@@ -155,11 +158,17 @@ def follow_runs(cfg: Config) -> Config:
     return cfg
 
 
-def current_fingerprint(cfg: Config, stage: str) -> Fingerprint:
+def current_fingerprint(cfg: Config, stage: str, reads: list[Path] | None = None) -> Fingerprint:
+    """This run's settings and the artifact ids of the finished stage directories it reads
+    (`reads`: those directories, when the caller resolved them itself)."""
+    reads = preflight.upstream_dirs(cfg, stage) if reads is None else reads
+    finished = {d: found for d in reads if (found := fingerprint.artifact_id(d)) is not None}
     settings = fingerprint.settings(cfg, stage)
     if distributed.world_size() > 1 and _world_size_matters(stage):
         settings["world_size"] = distributed.world_size()
-    return Fingerprint(settings=settings, upstream=preflight.upstream_ids(cfg, stage))
+    return Fingerprint(settings=settings,
+                       upstream={preflight.relative_name(cfg, d): found for d, found in finished.items()},
+                       lineage=preflight.lineage(cfg, list(finished)))
 
 
 def _world_size_matters(stage: str) -> bool:
@@ -171,12 +180,19 @@ def _world_size_matters(stage: str) -> bool:
     return False
 
 
-def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozenset()) -> Decision:
+def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozenset(),
+           planned: dict[Path, Path] | None = None) -> Decision:
     """Compare this run's fingerprint with the one recorded in the stage directory. Raises a
-    one-line UserError naming every changed key when the settings differ. `pending`: upstream
-    directories that will be (re)done before this stage runs (the pipeline's plan)."""
+    one-line UserError naming every changed key when the settings differ, or naming the first
+    stale stage up the chain when an input read an input redone since. `pending`: upstream
+    directories that will be (re)done before this stage runs (the pipeline's plan); `planned`:
+    directories the stage will read instead of the ones resolved today (a named run the plan
+    will create: {main run's dir: named run's dir})."""
     out_dir = cfg.stage_dir(stage)
-    current = current_fingerprint(cfg, stage)
+    planned = {Path(k).absolute(): Path(v) for k, v in (planned or {}).items()}
+    reads = [planned.get(d.absolute(), d) for d in preflight.upstream_dirs(cfg, stage)]
+    current = current_fingerprint(cfg, stage, reads)
+    check_chain(cfg, stage, reads, pending)
     if cfg.overwrite:
         return Decision("redo", current, "overwrite=true")
     old = fingerprint.recorded(out_dir)
@@ -192,16 +208,117 @@ def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozense
     changes = fingerprint.changed_keys(old.settings, current.settings, defaults=defaults, tolerate=tolerate)
     if changes:
         raise fingerprint.refusal(stage, out_dir, changes, finished=finished)
+    names = [preflight.relative_name(cfg, d) for d in reads]
+    replaced = sibling_replacements(list(old.upstream), names)
+    if replaced:
+        before, after = replaced[0]
+        raise UserError(f"{stage}: {out_dir} was made from {before}; this run reads {after} instead (a run of that "
+                        f"name made since) — overwrite=true redoes it on {after}, or another run= name keeps both")
     pending_names = {preflight.relative_name(cfg, p) for p in pending}
     stale = [name for name in sorted(set(old.upstream) | set(current.upstream))
              if old.upstream.get(name) != current.upstream.get(name) or name in pending_names]
-    stale += [n for n in (preflight.relative_name(cfg, d) for d in preflight.upstream_dirs(cfg, stage))
-              if n in pending_names and n not in stale]
+    stale += [n for n in names if n in pending_names and n not in stale]
     if stale:
         return Decision("redo", current, f"stale: {', '.join(stale)} {'was' if len(stale) == 1 else 'were'} redone "
                                          f"since this {'result' if finished else 'partial run'} read "
                                          f"{'it' if len(stale) == 1 else 'them'}")
     return Decision("skip" if finished else "resume", current)
+
+
+def sibling_replacements(recorded: list[str], reads: list[str]) -> list[tuple[str, str]]:
+    """(what a result read, what this run reads in its place) for each input now read from another
+    run of the same stage (`harvest` -> `harvest@x`): a changed input, not a redone one, so never
+    called stale."""
+    out = []
+    for before in recorded:
+        if before in reads:
+            continue
+        parent, stage = str(Path(before).parent), runs.split_dir_name(Path(before).name)[0]
+        for after in reads:
+            if after not in recorded and str(Path(after).parent) == parent \
+                    and runs.split_dir_name(Path(after).name)[0] == stage:
+                out.append((before, after))
+    return out
+
+
+def check_chain(cfg: Config, stage: str, reads: list[Path], pending: set[Path] | frozenset = frozenset()) -> None:
+    """Refuse, in one line, to read an input that itself read an input redone since (a harvest
+    of the old fine-tune, a crosscoder of the old harvest): name the first stale stage and the
+    command that redoes the chain."""
+    links = preflight.stale_links(cfg, reads, pending=pending)
+    if not links:
+        return
+    link = links[0]
+    pending_abs = {Path(p).absolute() for p in pending}
+    reader, redone = preflight.relative_name(cfg, link.reader), preflight.relative_name(cfg, link.redone)
+    when = "is redone before it in this run" if link.redone.absolute() in pending_abs else \
+        "was redone after it was read"
+    reader_stage = runs.split_dir_name(link.reader.name)[0]
+    raise UserError(f"{stage}: {reader} is stale: {redone} {when} — {redo_chain_command(cfg, link.redone)} "
+                    f"redoes the chain from {reader_stage} (nothing was run)")
+
+
+def redo_chain_command(cfg: Config, redone: Path) -> str:
+    """The pipeline command that keeps the redone stage and redoes what read it: this run's
+    overrides plus the redone stage's own settings where they differ from this run's (the
+    finetune redone alone with `finetune.learning_rate=1e-3` needs it again on the pipeline)."""
+    from reasondiff.config import STAGES
+
+    redone_stage = runs.split_dir_name(redone.name)[0]
+    extra: list[str] = []
+    record = fingerprint.recorded(redone)
+    if record is not None and redone_stage in STAGES and \
+            redone.absolute() == cfg.stage_dir(redone_stage).absolute():
+        today = fingerprint.settings(cfg, redone_stage)
+        extra = [fingerprint.as_override(key, value, cfg.output_root) for key, value in sorted(record.settings.items())
+                 if key in today and today[key] != value]
+    return user_command("pipeline", cfg, *extra, drop=("overwrite", "pipeline.stages"))
+
+
+# --- commands printed for the user ----------------------------------------------------------------
+def _key_of(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def experiment_args(cfg: Config) -> list[str]:
+    """`+exp=NAME` when an experiment file named like exp_name exists, else a placeholder plus exp_name."""
+    if (CONF_DIR / "exp" / f"{cfg.exp_name}.yaml").is_file():
+        return [f"+exp={cfg.exp_name}"]
+    return ["+exp=<experiment>", f"exp_name={cfg.exp_name}"]
+
+
+def carried_overrides(cfg: Config, *, drop: tuple[str, ...] = ()) -> list[str]:
+    """The overrides this run was made with (its command line; from the config where there was
+    none, as in a library call), less the keys in `drop` (a key, or a section ending in `.`)."""
+    overrides = list(RUN_OVERRIDES)
+    if not overrides:
+        overrides = experiment_args(cfg)
+        if preflight.tuned_model_given(cfg):
+            overrides.append(f"tuned_model={cfg.tuned_model}")
+        if cfg.run:
+            overrides.append(f"run={cfg.run}")
+    return [o for o in overrides if not any(_key_of(o) == d or (d.endswith(".") and _key_of(o).startswith(d))
+                                            for d in (*drop, "hydra."))]
+
+
+def _shell(word: str) -> str:
+    import shlex
+
+    if re.fullmatch(r"[^\s]*<\w+>[^\s]*", word):
+        return word  # a placeholder for the user to fill in (+exp=<experiment>)
+    return shlex.quote(word) if re.search(r"[\s$&;|<>()*?!`\\{}\"#]", word) else word
+
+
+def command_args(cfg: Config, *extra: str, drop: tuple[str, ...] = ("overwrite",)) -> str:
+    """This run's overrides (`exp_name=`, `tuned_model=`, `model.path=` ... so a printed command can
+    be pasted) and `extra`, which replace the carried ones of the same key; shell-quoted where needed."""
+    carried = carried_overrides(cfg, drop=(*drop, *(_key_of(e) for e in extra)))
+    return " ".join(_shell(w) for w in (*carried, *extra))
+
+
+def user_command(app: str, cfg: Config, *extra: str, drop: tuple[str, ...] = ("overwrite",)) -> str:
+    """`python -m reasondiff.<app>` with this run's overrides and `extra` (see `command_args`)."""
+    return f"python -m reasondiff.{app} {command_args(cfg, *extra, drop=drop)}".rstrip()
 
 
 def verify_finished(cfg: Config, stage: str, directory: Path) -> str | None:
@@ -261,6 +378,8 @@ def execute(cfg: Config, stage: str | None = None,
     COMPLETED); the other ranks wait for its decision and run the stage on their share."""
     stage = stage or cfg.stage
     cfg = follow_runs(cfg)
+    if stage == "finetune" and preflight.tuned_model_given(cfg):
+        raise UserError(preflight.nothing_to_finetune(cfg))
     out_dir = cfg.stage_dir(stage)
     distributed.init()
     main = is_main_process()

@@ -20,6 +20,7 @@ from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningForma
 from reasondiff.config.finetune import FinetuneConfig, HoldoutConfig
 from reasondiff.config.harvest import HarvestConfig
 from reasondiff.config.nulls import NullConfig
+from reasondiff.config.pipeline import PipelineConfig
 from reasondiff.config.scan import ScanConfig
 from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
@@ -31,8 +32,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 
 __all__ = [
     "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig", "HoldoutConfig",
-    "ModelConfig", "NullConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig", "TaskData",
-    "TrainConfig",
+    "ModelConfig", "NullConfig", "PipelineConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids",
+    "SyntheticConfig", "TaskData", "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
 
@@ -70,6 +71,7 @@ class Config:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     sweeps: SweepGrids = field(default_factory=SweepGrids)
     nulls: NullConfig = field(default_factory=NullConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         if self.stage and self.stage not in STAGES + ("pipeline",):
@@ -77,6 +79,10 @@ class Config:
         if self.nulls.pair and self.run.split(ITEM_SEPARATOR)[0] != self.nulls.pair:
             self.run = join(self.nulls.pair, self.run)  # +null=control: every stage writes <stage>@control
         check_run_name(self.run)
+        unknown = [s for s in self.pipeline.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"pipeline.stages: {', '.join(map(repr, unknown))} is not a stage (the stages: "
+                             f"{', '.join(STAGES)})")
 
     @property
     def exp_dir(self) -> Path:

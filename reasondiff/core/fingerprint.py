@@ -192,6 +192,10 @@ class Fingerprint:
     settings: dict[str, Any]
     upstream: dict[str, str] = field(default_factory=dict)
     """Upstream stage directory (relative to output_root) -> its artifact id when this run read it."""
+    lineage: dict[str, str] = field(default_factory=dict)
+    """Every stage directory further up (what the upstream read, and so on) -> its id then: the
+    chain stays checkable when an intermediate directory is deleted (a large activation store).
+    Not part of the digest: it follows from the upstream ids."""
 
     @property
     def digest(self) -> str:
@@ -199,11 +203,13 @@ class Fingerprint:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
-        return {"fingerprint": self.digest, "settings": self.settings, "upstream": self.upstream}
+        return {"fingerprint": self.digest, "settings": self.settings, "upstream": self.upstream,
+                "lineage": self.lineage}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fingerprint:
-        return cls(settings=dict(data.get("settings", {})), upstream=dict(data.get("upstream", {})))
+        return cls(settings=dict(data.get("settings", {})), upstream=dict(data.get("upstream", {})),
+                   lineage=dict(data.get("lineage", {})))
 
 
 def new_artifact_id(fingerprint: Fingerprint) -> str:
@@ -261,11 +267,6 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], *, defaults: dict[str
     return changes
 
 
-def stale_inputs(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    """Upstream directories redone (or gone) since the recorded run read them."""
-    return sorted(name for name in old if new.get(name) != old[name])
-
-
 def _show(value: Any) -> str:
     if isinstance(value, str):
         return value if value and " " not in value else json.dumps(value)
@@ -284,12 +285,34 @@ def suggested_run(stage: str, changes: list[tuple[str, Any, Any]]) -> str:
                                        for k, _, b in changes])
 
 
-def refusal(stage: str, directory: Path, changes: list[tuple[str, Any, Any]], *, finished: bool) -> UserError:
+def as_override(key: str, value: Any, output_root: str) -> str:
+    """`key=value` as typed on a command line, from a recorded setting (paths recorded relative to
+    output_root put back)."""
+    if isinstance(value, str) and value.startswith("<output_root>/"):
+        value = str(Path(output_root) / value[len("<output_root>/"):])
+    if isinstance(value, list):
+        return f"{key}=[{','.join(_show(v) for v in value)}]"
+    return f"{key}={'null' if value is None else _show(value)}"
+
+
+class SettingsChanged(UserError):
+    """A finished or partial run made with other settings: one line for a stage run alone; the
+    pipeline words its own (it knows which command does what the user most likely wants)."""
+
+    def __init__(self, message: str, *, stage: str, directory: Path, changes: list[tuple[str, Any, Any]],
+                 finished: bool) -> None:
+        super().__init__(message)
+        self.stage, self.directory, self.changes, self.finished = stage, Path(directory), changes, finished
+
+
+def refusal(stage: str, directory: Path, changes: list[tuple[str, Any, Any]], *, finished: bool) -> SettingsChanged:
     before, after = describe_changes(changes)
     separate = f"run={suggested_run(stage, changes)}"
     if finished:
-        return UserError(f"{stage}: finished with {before}; you asked {after} ({directory}) — overwrite=true to "
-                         f"redo it there, or {separate} for a separate run beside it")
-    return UserError(f"{stage}: {directory} holds a partial run made with other settings ({before}; you asked "
-                     f"{after}) — the old settings resume it, overwrite=true starts it over, or {separate} makes "
-                     "a separate run beside it")
+        message = (f"{stage}: finished with {before}; you asked {after} ({directory}) — overwrite=true to "
+                   f"redo it there, or {separate} for a separate run beside it")
+    else:
+        message = (f"{stage}: {directory} holds a partial run made with other settings ({before}; you asked "
+                   f"{after}) — the old settings resume it, overwrite=true starts it over, or {separate} makes "
+                   "a separate run beside it")
+    return SettingsChanged(message, stage=stage, directory=directory, changes=changes, finished=finished)

@@ -171,12 +171,11 @@ def recommendation_of(rows: list[dict[str, Any]], cfg: Config, n_layers: int) ->
 
 
 def experiment_args(cfg: Config) -> str:
-    """`+exp=NAME` when an experiment file of that name exists, else a placeholder plus exp_name."""
-    from reasondiff.app.stage import CONF_DIR
+    """The overrides this scan was made with (`+exp=`, `exp_name=`, `tuned_model=`, `model.path=` ...),
+    so its follow-up commands can be pasted as printed; the keys they set themselves left out."""
+    from reasondiff.app.stage import command_args
 
-    if (CONF_DIR / "exp" / f"{cfg.exp_name}.yaml").is_file():
-        return f"+exp={cfg.exp_name}"
-    return f"+exp=<experiment> exp_name={cfg.exp_name}"
+    return command_args(cfg, drop=("overwrite", "run", "scan.", "harvest.hook", "pipeline.", "stage"))
 
 
 def run(cfg: Config, ctx) -> dict[str, Any]:
