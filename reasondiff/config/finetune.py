@@ -48,6 +48,11 @@ class FinetuneConfig:
     keep_checkpoints: bool = False
     """Keep the trainer checkpoints after a finished run (weights + Adam state in fp32: ~7 GB each for
     Qwen2.5-0.5B); by default only model/ stays, since a finished stage never resumes."""
+    padding_free: bool = False
+    """Flatten each micro batch into one row with per-sequence position ids (trl's `padding_free`):
+    the same rows per step and the same loss (on the assistant turn only), no pad tokens computed.
+    Attention stays within each sequence (transformers builds the block-diagonal mask from the
+    position ids). Off by default: the paper's run pads."""
     pad_token: str = "<|fim_pad|>"
     """Padding token for SFT batches; never the EOS token (s1 uses <|fim_pad|>), saved with the tokenizer."""
     save_dtype: str = "auto"

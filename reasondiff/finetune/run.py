@@ -326,8 +326,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     stopper = GracefulStop()
     args = SFTConfig(
         output_dir=str(checkpoints),
-        max_length=ft.max_length,
+        # padding-free: rows are cut in to_dataset (trl refuses a max_length it would not enforce)
+        max_length=None if ft.padding_free else ft.max_length,
         packing=False,
+        padding_free=ft.padding_free,
         learning_rate=ft.learning_rate,
         weight_decay=ft.weight_decay,
         num_train_epochs=ft.num_epochs,
@@ -357,7 +359,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_dataset(examples),
+        train_dataset=to_dataset(examples, ft.max_length if ft.padding_free else None),
         processing_class=tokenizer,
         # metrics.csv is written here, not through ctx.metrics, so that with W&B on the trainer's own
         # WandbCallback is the only writer to the run (two writers fight over W&B's step counter).
