@@ -165,7 +165,7 @@ def crosscoder_rows(args, d: int) -> tuple[dict, dict]:
         seconds = best_of(fwd_bwd, args.repeats)
         rows[f"crosscoder_dense_fwd_bwd_{name}"] = {"seconds": seconds, "gflop": flops_of(fwd_bwd) / 1e9, "tokens": B}
         out = fwd_bwd()
-        numbers[f"crosscoder_{name}"] = {"loss": float(out.loss), "l2": float(out.l2), "l1": float(out.l1)}
+        numbers[f"crosscoder_{name}"] = {"loss": float(out.loss.detach()), "l2": float(out.l2), "l1": float(out.l1)}
     return rows, numbers
 
 
