@@ -314,7 +314,7 @@ def test_forced_bench_prompts_each_model_in_its_own_layout(tmp_path, tiny_world,
     assert all(r["thinking_opened"] for r in tuned)
     for row in tuned:
         closing = "</think>\n\nFinal Answer:" if row["forced"] else "</think>"
-        assert closing in row["completion"] and row["answer_source"] != "no_answer_section"
+        assert closing in row["completion"] and row["answer_source"] != "unfinished"
         assert row["thinking_tokens"] <= row["limit"]
     # the base (ChatML, layout none, no </think> token): one plain generation per limit, nothing inserted
     assert not any(r["thinking_opened"] or r["forced"] or "</think>" in r["completion"] for r in base)

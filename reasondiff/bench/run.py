@@ -324,6 +324,7 @@ def loglikelihood_rows(generator, tokenizer, questions: Sequence[Question], *, m
                          "finished": True, "thinking_opened": False, "reference": question.reference, "tokens": 0,
                          "seconds": round(seconds, 6), "batch": batch, "forced": False, "answer": choice,
                          "answer_source": "lm_eval_loglikelihood", "correct": correct, "no_answer": False,
+                         "correct_finished_only": correct,
                          "loglikelihoods": {"no": scores[0], "yes": scores[1]}, "grader": scoring.GRADER_VERSION})
     return rows
 
@@ -496,8 +497,13 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                          f"{row['model']}/{row['task']}/seconds_per_question": row["seconds_per_question"]},
                         step=row["limit"])
     for row in tables["summary"]:
-        log.info("bench: %s %s performance %.1f%% [%.1f, %.1f] scaling %.5f %%/token", row["model"], row["task"],
-                 row["performance"], row["performance_low"], row["performance_high"], row["scaling"])
+        log.info("bench: %s %s performance %.1f%% [%.1f, %.1f] scaling %.5f %%/token (s1's Scaling %.5f)", row["model"],
+                 row["task"], row["performance"], row["performance_low"], row["performance_high"], row["scaling"],
+                 row["s1_scaling"])
+        if row["constant_answerer"]:
+            log.warning("bench: %s answers %r to %.0f%% of the %s questions at its best limit; read its %.1f%% against "
+                        "the majority-class baseline (%s%%), not against chance", row["model"], row["top_answer"],
+                        row["top_answer_share"], row["task"], row["performance"], row["majority_baseline"])
     return {
         "generations": GENERATIONS, "results": RESULTS, "summary": SUMMARY, "summary_md": SUMMARY_MD,
         "figures": [p.name for name in (TIME_FIGURE, ACCURACY_FIGURE) for p in figures.outputs_of(Path(name))],
