@@ -1,5 +1,9 @@
 """SFT throughput: trl SFTTrainer (what the finetune stage runs) vs a plain torch training loop.
 
+Arms: `trl` (SFTTrainer with trl's chunked LM-head loss), `trl_model_loss` (the stage's trainer with
+finetune.loss_head=auto: on CPU the model's own loss), `trl_padding_free` (with --padding-free),
+`plain` (a torch loop).
+
     .venv/bin/python benchmarks/sft_throughput.py --model /work/qwen05b [--max-length 256] [--steps 3]
 
 Both paths train the same model on the same batches (s1K-layout rows tokenized by
@@ -58,10 +62,12 @@ def batches(examples, micro_batch: int, max_length: int, pad_id: int, n: int):
     return out
 
 
-def time_trl(model, tokenizer, examples, args, device, padding_free: bool = False) -> dict:
+def time_trl(model, tokenizer, examples, args, device, padding_free: bool = False, loss_head: str = "trl") -> dict:
     import datasets
     from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from reasondiff.finetune.run import sft_trainer_class
 
     stamps: list[float] = []
     tokens: list[int] = []
@@ -88,7 +94,7 @@ def time_trl(model, tokenizer, examples, args, device, padding_free: bool = Fals
                     bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16", use_cpu=device.type == "cpu",
                     activation_checkpointing=args.gradient_checkpointing, save_strategy="no", logging_steps=1,
                     report_to="none", disable_tqdm=True, seed=0, shuffle_dataset=False)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
+    trainer = sft_trainer_class(loss_head, device.type)(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[Clock()])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -146,6 +152,8 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-plain", action="store_true", help="only time the trl path")
+    parser.add_argument("--loss-head", default="auto", choices=("auto", "trl", "model"),
+                        help="finetune.loss_head of the extra trl arms (trl_model_loss, trl_padding_free)")
     parser.add_argument("--padding-free", action="store_true",
                         help="also time trl with padding_free=True (finetune.padding_free): the same rows flattened")
     parser.add_argument("--all-lengths", action="store_true",
@@ -175,8 +183,11 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
 
     results = {"trl": time_trl(model, tokenizer, examples, args, device)}
+    if args.loss_head != "trl":  # the stage's default on CPU: the model's own loss (finetune.loss_head)
+        results["trl_model_loss"] = time_trl(model, tokenizer, examples, args, device, loss_head=args.loss_head)
     if args.padding_free:
-        results["trl_padding_free"] = time_trl(model, tokenizer, examples, args, device, padding_free=True)
+        results["trl_padding_free"] = time_trl(model, tokenizer, examples, args, device, padding_free=True,
+                                               loss_head=args.loss_head)
     if not args.skip_plain:
         results["plain"] = time_plain(model, examples, tokenizer, args, device)
 
@@ -203,6 +214,10 @@ def main() -> None:
     if "plain" in results:
         figures["trl_over_plain_speed"] = round(figures["trl_tokens_per_s"] / figures["plain_tokens_per_s"], 3)
         print(f"trl / plain loop speed: {figures['trl_over_plain_speed']:.2f}x")
+        if "trl_model_loss" in results:
+            figures["trl_model_loss_over_plain_speed"] = round(
+                figures["trl_model_loss_tokens_per_s"] / figures["plain_tokens_per_s"], 3)
+            print(f"trl with the model's own loss / plain loop speed: {figures['trl_model_loss_over_plain_speed']:.2f}x")
         if "trl_padding_free" in results:
             figures["trl_padding_free_over_plain_speed"] = round(
                 figures["trl_padding_free_tokens_per_s"] / figures["plain_tokens_per_s"], 3)

@@ -3,6 +3,7 @@ give the padded batch's loss (the same rows, no pad tokens computed)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from reasondiff.config import ReasoningFormat
@@ -64,3 +65,22 @@ def test_padding_free_loss_equals_the_padded_loss(tiny_tokenizer, tiny_model, tm
         with torch.no_grad():
             losses[padding_free] = float(tiny_model(**batch).loss)
     assert abs(losses[True] - losses[False]) <= 1e-5 * abs(losses[False])
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_model_loss_head_equals_trls_chunked_head(tiny_tokenizer, tiny_model, tmp_path, padding_free):
+    """finetune.loss_head=model (the default on CPU) computes trl's loss: the same mean NLL over the
+    assistant tokens, through the model's own forward instead of trl's chunked LM head."""
+    from reasondiff.finetune.run import sft_trainer_class
+
+    assert sft_trainer_class("auto", "cpu") is sft_trainer_class("model", "cuda") is not None
+    examples = _examples(tiny_tokenizer)
+    trainer = _trainer(tiny_tokenizer, tiny_model, examples, tmp_path, padding_free)
+    assert type(trainer).__name__ == "SFTTrainer"
+    batch = next(iter(trainer.get_train_dataloader()))
+    n_items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    with torch.no_grad():
+        want = float(trainer.compute_loss(tiny_model, dict(batch), num_items_in_batch=torch.tensor(n_items)))
+        got = float(sft_trainer_class("model", "cpu").compute_loss(trainer, tiny_model, dict(batch),
+                                                                    num_items_in_batch=torch.tensor(n_items)))
+    assert abs(got - want) <= 1e-5 * abs(want)
