@@ -1,5 +1,6 @@
 """finetune.padding_free: trl's padding-free batches keep the loss on the assistant turn only and
-give the padded batch's loss (the same rows, no pad tokens computed)."""
+give the padded batch's loss (the same rows, no pad tokens computed); finetune.loss_head=model gives
+trl's loss through the model's own forward."""
 
 from __future__ import annotations
 
