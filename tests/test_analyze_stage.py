@@ -174,3 +174,27 @@ def test_killed_analyze_resumes_to_the_same_numbers(tmp_path, crosscoder_dir, ti
     assert read_rows(out / "ce_recovery.csv") == read_rows(reference / "ce_recovery.csv")
     assert read_rows(out / "latents.csv") == read_rows(reference / "latents.csv")
     assert read_rows(out / "reconstruction.csv") == read_rows(reference / "reconstruction.csv")
+
+
+@pytest.mark.parametrize("how", ["truncated", "random bytes", "zeroed"])
+def test_a_damaged_crosscoder_is_one_line_and_leaves_no_run(tmp_path, crosscoder_dir, tiny_model_dir,
+                                                            tiny_tuned_model_dir, tiny_world, how):
+    """Issue 32.2: a traceback (truncated), a FloatingPointError and a partial sibling run (random bytes),
+    or a silent run on other numbers (zeroed). Now one line before any work, and no run left behind."""
+    import json
+    import shutil
+
+    from test_crosscoder import _damage
+
+    from reasondiff.core.errors import UserError
+
+    damaged = tmp_path / "cc"
+    shutil.copytree(crosscoder_dir, damaged)
+    _damage(damaged / "crosscoder.safetensors", how)
+    cfg = analyze_config(tmp_path, damaged, tiny_model_dir, tiny_tuned_model_dir, tiny_world, "run=sibling")
+    with pytest.raises(UserError, match=r"cc/crosscoder\.safetensors does not match the sha256") as err:
+        run_stage(cfg, func=None)
+    assert "\n" not in str(err.value)
+    assert not cfg.stage_dir("analyze").exists()
+    runs = tmp_path / "t" / "runs.json"
+    assert not runs.is_file() or cfg.stage_dir("analyze").name not in json.loads(runs.read_text())

@@ -131,7 +131,7 @@ def upstream_ids(cfg, stage: str) -> dict[str, str]:
 
 # --- the checks -----------------------------------------------------------------------------------
 def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
-    from reasondiff.lm.models import looks_local
+    from reasondiff.lm.models import looks_local, weights_mismatch
 
     owner = owning_stage_dir(cfg, item.value)
     if owner is not None and owner.absolute() in produced:
@@ -147,7 +147,7 @@ def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
             return f"{item.key}={item.value}: no such local directory (set {item.key} to a hub id or an HF model dir)"
         if not (local / "config.json").is_file():
             return f"{item.key}={item.value}: not a Hugging Face model directory (no config.json)"
-        return None
+        return weights_mismatch(local, item.key)
     if _hub_file(item.value, "config.json", cfg.model.revision if item.key == "model.path" else None) is None \
             and not _hub_up():
         local = "/path/to/" + item.value.rsplit("/", 1)[-1]

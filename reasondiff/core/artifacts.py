@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -91,6 +92,8 @@ def atomic_save(path: str | os.PathLike, save_fn) -> None:
     os.close(fd)
     try:
         save_fn(tmp)
+        with contextlib.suppress(OSError):  # some writers (safetensors) replace the file: mkstemp's 0600 back
+            os.chmod(tmp, _file_mode())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -99,6 +102,15 @@ def atomic_save(path: str | os.PathLike, save_fn) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 16 * 2**20) -> str:
+    """The sha256 of a file, read in chunks (shard and crosscoder checksums)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_dir(final: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:

@@ -84,6 +84,13 @@ def estimate_training_memory_gb(*, n_params: int, n_layers: int, d_model: int, d
     return (states + activations) / 1e9 + overhead_gb
 
 
+def tokens_seen(checkpoint: Path) -> int:
+    """The training tokens counted up to `checkpoint` (its last logged `num_tokens`; 0 when none)."""
+    history = json.loads((checkpoint / "trainer_state.json").read_text()).get("log_history", [])
+    counts = [entry["num_tokens"] for entry in history if "num_tokens" in entry and "loss" in entry]
+    return int(counts[-1]) if counts else 0
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why a trainer checkpoint cannot be resumed (None when it can).
 
@@ -394,6 +401,9 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         # the guard after the stopper: a save the stopper asks for is checked too
         callbacks=[MetricsToCsv(MetricsLogger(ctx.dir)), stopper, NonFiniteLossGuard(), *callbacks],
     )
+    if resume and hasattr(trainer, "_total_train_tokens"):
+        # trl counts num_tokens in the trainer object, not in the checkpoint: a resume restarted it at 0
+        trainer._total_train_tokens = tokens_seen(resume)
     try:
         with deferred_interrupts(stopper):
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
