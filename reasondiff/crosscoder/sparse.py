@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 SORT_MAX_DENSITY = 0.04
 """Up to this L0/F the latent-major order is sorted from the token-major one: at 2×896 → 14336
-latents, batch 1024 on one core of the shared (loaded) machine, a stable sort of the pairs costs 11 / 42 / 450 ms at L0/F
-0.5% / 2% / 10%, the transposed mask's copy + `nonzero` 137 / 155 / 235 ms."""
+latents, batch 1024, on one core of the shared (loaded) machine, a stable sort of the pairs costs
+11 / 42 / 450 ms at L0/F 0.5% / 2% / 10%, the transposed mask's copy + `nonzero` 137 / 155 / 235 ms."""
 
 
 @dataclass
