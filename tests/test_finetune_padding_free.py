@@ -80,8 +80,12 @@ def test_model_loss_head_equals_trls_chunked_head(tiny_tokenizer, tiny_model, tm
     assert type(trainer).__name__ == "SFTTrainer"
     batch = next(iter(trainer.get_train_dataloader()))
     n_items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    tiny_model.train()  # as in a training step: both count the batch's tokens (no dropout in this model)
+    assert tiny_model.config.attention_dropout == 0
     with torch.no_grad():
         want = float(trainer.compute_loss(tiny_model, dict(batch), num_items_in_batch=torch.tensor(n_items)))
         got = float(sft_trainer_class("model", "cpu").compute_loss(trainer, tiny_model, dict(batch),
                                                                     num_items_in_batch=torch.tensor(n_items)))
     assert abs(got - want) <= 1e-5 * abs(want)
+    assert trainer._metrics["train"]["num_tokens"] == [2 * int(batch["labels"].numel() if padding_free
+                                                          else batch["attention_mask"].sum())]  # both counted

@@ -210,11 +210,17 @@ def sft_trainer_class(loss_head: str, device_type: str):
 
 @functools.cache
 def _model_loss_sft_trainer():
+    import torch
     from transformers import Trainer
     from trl import SFTTrainer
 
     class ModelLossSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.model.training:  # trl's num_tokens log (its compute_loss counts them; resume reads it)
+                tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
+                    torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(tokens).sum()) // self._tp_size
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             inputs = {**inputs, "use_cache": False}
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
