@@ -41,14 +41,20 @@ CONTEXT = 96
 prompt plus a worked solution) fit whole, so the reasoning pass runs in two batches."""
 
 
-def analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):
-    return make_config(
+def analyze_overrides(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra) -> list[str]:
+    return [
         f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", f"model.path={tiny_model_dir}", "model.build_tiny=false",
         f"tuned_model={tiny_tuned_model_dir}", f"analyze.crosscoder_dir={crosscoder_dir}",
-        f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"analyze.reasoning_corpus={tiny_world / 's1k.jsonl'}",
+        f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"finetune.dataset={tiny_world / 's1k.jsonl'}",
+        "finetune.holdout.fraction=0.5",
         "analyze.n_heldout_contexts=6", "analyze.n_reasoning_contexts=4", f"analyze.context_length={CONTEXT}",
         "analyze.n_top_latents=3", "analyze.n_shared_sample=2", "analyze.n_contexts_per_latent=2",
-        "harvest.hook=blocks.2.hook_resid_pre", "hardware.analyze_batch_size=2", *extra, config_name="analyze")
+        "harvest.hook=blocks.2.hook_resid_pre", "hardware.analyze_batch_size=2", *extra]
+
+
+def analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):
+    return make_config(*analyze_overrides(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world,
+                                          *extra), config_name="analyze")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -74,6 +80,12 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     assert [(r["text"], r["convention"], r["model"]) for r in ce] == [
         (t, c, m) for t in ("general", "reasoning") for c in ("paper", "sink_preserving") for m in ("base", "tuned")]
     by = {(r["text"], r["convention"], r["model"]): r for r in ce}
+    # the reasoning text is the fine-tune's held-out rows by default, and every table says so
+    assert {r["text_source"] for r in ce if r["text"] == "reasoning"} == {"held-out rows"}
+    assert {r["text_source"] for r in read_rows(out / "reconstruction.csv")} == {"held-out general", "held-out rows"}
+    assert {r["reasoning_text_source"] for r in read_rows(out / "class_frequency.csv")} == {"held-out rows"}
+    texts = artifacts.read_json(out / artifacts.MANIFEST)["inputs"]["texts"]
+    assert texts["reasoning"]["label"] == "held-out rows" and texts["reasoning"]["tokens"] > 0
     for m in ("base", "tuned"):
         assert int(by[("general", "paper", m)]["n_tokens"]) == 6 * (CONTEXT - 1)  # every prediction
         assert int(by[("general", "sink_preserving", m)]["n_tokens"]) == 6 * (CONTEXT - 2)  # sink position out too
@@ -131,8 +143,9 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
                 assert values == sorted(values, reverse=direction == "promoted")
     assert page.count('<table class="logit') == 2 * len(shown)
     report = (out / "report.md").read_text()
-    assert "CE-loss recovery (Table 2)" in report and "| general | paper | base |" in report
-    assert "| reasoning | sink_preserving | tuned |" in report and "| explained variance |" in report
+    assert "CE-loss recovery (Table 2)" in report and "| general | held-out general | paper | base |" in report
+    assert "| reasoning | held-out rows | paper | base |" in report
+    assert "| reasoning | held-out rows | sink_preserving | tuned |" in report and "| explained variance |" in report
     assert "Ratio tuned / base = **0.25**" in report and "| latents (by Δ) |" in report
     for figure in ("relative_norm_hist.png", "decoder_norms.png", "frequency_hist.png", "training_curves.png"):
         assert f"]({figure})" in report

@@ -176,7 +176,9 @@ def ce_sentence(ce_rows: Sequence[Mapping[str, str]]) -> str | None:
         sentence += "; " + " and ".join(f"{v}" for _, v in other) + " under the sink-preserving convention"
     reasoning = [(m, shown("reasoning", convention, m, False)) for m in models]
     if all(v for _, v in reasoning):
-        sentence += "; " + " and ".join(f"{v}" for _, v in reasoning) + " on reasoning conversations"
+        source = by[("reasoning", convention, models[0])].get("text_source")
+        sentence += "; " + " and ".join(f"{v}" for _, v in reasoning) + " on reasoning conversations" + (
+            f" ({source}{': the fine-tune trained on them' if source == 'trained rows' else ''})" if source else "")
     return sentence + "."
 
 

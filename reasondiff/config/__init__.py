@@ -17,20 +17,22 @@ from omegaconf import DictConfig, OmegaConf
 from reasondiff.config.analyze import AnalyzeConfig
 from reasondiff.config.bench import BenchConfig, TaskData
 from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningFormat, WandbConfig
-from reasondiff.config.finetune import FinetuneConfig
+from reasondiff.config.finetune import FinetuneConfig, HoldoutConfig
 from reasondiff.config.harvest import HarvestConfig
+from reasondiff.config.nulls import NullConfig
 from reasondiff.config.scan import ScanConfig
 from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
-from reasondiff.core.runs import check_run_name, dir_name, join
+from reasondiff.core.runs import ITEM_SEPARATOR, check_run_name, dir_name, join
 
 STAGES = ("finetune", "bench", "harvest", "scan", "train", "analyze")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 """The Hydra config directory of the apps (conf/)."""
 
 __all__ = [
-    "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig",
-    "ModelConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig", "TaskData", "TrainConfig",
+    "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig", "HoldoutConfig",
+    "ModelConfig", "NullConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig", "TaskData",
+    "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
 
@@ -67,10 +69,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     sweeps: SweepGrids = field(default_factory=SweepGrids)
+    nulls: NullConfig = field(default_factory=NullConfig)
 
     def __post_init__(self) -> None:
         if self.stage and self.stage not in STAGES + ("pipeline",):
             raise ValueError(f"stage must be one of {STAGES + ('pipeline',)}, got {self.stage!r}")
+        if self.nulls.pair and self.run.split(ITEM_SEPARATOR)[0] != self.nulls.pair:
+            self.run = join(self.nulls.pair, self.run)  # +null=control: every stage writes <stage>@control
         check_run_name(self.run)
 
     @property
@@ -84,12 +89,23 @@ class Config:
         kind = "synthetic" if stage == "train" and self.train.data == "synthetic" else ""
         if stage == self.stage or not self.run:
             return join(kind, self.run) if stage == self.stage else kind
-        named = join(kind, self.run)
-        return named if (self.exp_dir / dir_name(stage, named)).is_dir() else kind
+        for run in upstream_candidates(self.run):
+            named = join(kind, run)
+            if (self.exp_dir / dir_name(stage, named)).is_dir():
+                return named
+        return kind
 
     def stage_dir(self, stage: str) -> Path:
         """Stable artifact directory of `stage`: outputs/<exp>/<stage>[@<run>]/ (see `run_of`)."""
         return self.exp_dir / dir_name(stage, self.run_of(stage))
+
+
+def upstream_candidates(run: str) -> list[str]:
+    """The runs an upstream stage is looked up under, longest first: `control+seed=1` reads
+    `<stage>@control+seed=1`, else `<stage>@control`, else the main run (a seed sibling of a null
+    pair trains on the null pair's store)."""
+    items = run.split(ITEM_SEPARATOR) if run else []
+    return [ITEM_SEPARATOR.join(items[:n]) for n in range(len(items), 0, -1)]
 
 
 def register_configs() -> None:

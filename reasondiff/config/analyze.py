@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from reasondiff.config.common import check_reasoning_text
 
 
 @dataclass
@@ -13,9 +15,15 @@ class AnalyzeConfig:
     heldout_corpus: str | None = None
     """None = the harvest corpus, skipping the documents harvest used (held-out by construction).
     Any other dataset (hub id or local file with harvest.text_column) is used from its start."""
+    reasoning_text: str = "heldout_rows"
+    """Reasoning text analysed beside general text, in the fine-tune's chat layout: heldout_rows
+    (rows of finetune.dataset never trained on, per the finetune manifest), on_policy (the tuned
+    model's own bench generations on held-out questions) or file (analyze.reasoning_corpus)."""
     reasoning_corpus: str | None = None
-    """s1K-style dataset (question + finetune.trace_source's thinking and attempt) whose conversations,
-    in the fine-tune's chat layout, are analysed beside general text (None = skip)."""
+    """reasoning_text=file: s1K-style dataset (question + finetune.trace_source's thinking and attempt)."""
+    allow_trained_text: bool = False
+    """Accept a reasoning_corpus that shares questions with the rows the fine-tune trained on (refused
+    by default: it measures memorised rows); every table then labels its rows "trained rows"."""
     n_heldout_contexts: int = 64
     """Held-out general-text contexts for CE/KL recovery, explained variance, latent statistics and Latent Scaling."""
     n_reasoning_contexts: int = 64
@@ -54,10 +62,25 @@ class AnalyzeConfig:
     specific_ratio_max: float = 0.2
     """A model-specific latent counts as *truly* specific when the other model needs its direction
     at most this much: nu_error = beta_error(other) / beta_error(own) <= specific_ratio_max."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seed ensemble (docs/null.md): the crosscoders trained with these seeds on the same activations —
+    this run's own crosscoder for its `seed`, the sibling run train@seed=S (train@<run>+seed=S) for
+    the others, those that have finished — are matched latent by latent; each latent's stability is
+    the fraction of the other seeds holding a match. Train them with
+    `python -m reasondiff.train -m +exp=NAME seed=1,2`."""
+    nulls: list[str] = field(default_factory=lambda: ["base_vs_base", "control"])
+    """Null pairs (+null=NAME runs) whose finished crosscoders (train@NAME, train@NAME+seed=S) are
+    counted beside this run's in the calibrated table (calibration.csv), which then leads report.md."""
+    match_cosine: float = 0.9
+    """Two latents of different seeds match when their concatenated decoders [d_base; d_tuned] have
+    at least this cosine (one-to-one: reasondiff/crosscoder/matching.py)."""
+    stable_fraction: float = 1.0
+    """A latent is stable when it has a match in at least this fraction of the other seeds."""
     checkpoint_every: int = 8
     """Save the streaming statistics every this many batches (a killed run resumes from there)."""
 
     def __post_init__(self) -> None:
+        check_reasoning_text("analyze", self.reasoning_text, self.reasoning_corpus)
         if not 0 <= self.base_only_max < self.shared_min <= self.shared_max < self.tuned_only_min <= 1:
             raise ValueError("analyze thresholds must satisfy 0 <= base_only_max < shared_min <= shared_max "
                              f"< tuned_only_min <= 1, got {self.base_only_max}, {self.shared_min}, "
@@ -71,5 +94,15 @@ class AnalyzeConfig:
                 raise ValueError(f"analyze.{key} must be >= 0, got {getattr(self, key)}")
         if self.context_length < 2:
             raise ValueError("analyze.context_length must be >= 2 (CE needs a next token)")
+        if not -1.0 <= self.match_cosine <= 1.0 or not 0.0 < self.stable_fraction <= 1.0:
+            raise ValueError(f"analyze.match_cosine must be in [-1, 1] and analyze.stable_fraction in (0, 1], got "
+                             f"{self.match_cosine}, {self.stable_fraction}")
+        from reasondiff.config.nulls import NULL_PAIRS
+
+        for pair in self.nulls:
+            if pair not in NULL_PAIRS:
+                raise ValueError(f"analyze.nulls: {pair!r} is not one of {', '.join(NULL_PAIRS)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"analyze.seeds lists a seed twice: {self.seeds}")
         if self.specific_ratio_max < 0:
             raise ValueError(f"analyze.specific_ratio_max must be >= 0, got {self.specific_ratio_max}")

@@ -71,6 +71,8 @@ COSMETIC: dict[str, str] = {
                     "rounding: tests/test_train_sparse.py)",
     "train.sparse_max_density": "when train.sparse=auto takes the sparse step (the same gradients up to "
                                 "floating-point rounding)",
+    "harvest.reuse_base": "the base model's rows are copied from the main store instead of computed again: the same "
+                          "rows, each checked by its token id (docs/null.md)",
     "analyze.checkpoint_every": "how often the streamed sums are saved",
     "scan.checkpoint_every": "how often the streamed sums are saved",
 }
@@ -127,10 +129,11 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
             return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
         return ("seed", "train")
     if stage == "analyze":
+        reasoning = reasoning_text_keys(cfg, cfg.analyze) if cfg.analyze.n_reasoning_contexts else ()
         return ("seed", "analyze", "tuned_model", *MODEL_KEYS, "hardware.analyze_batch_size", "harvest.corpus",
                 "harvest.corpus_split",
                 "harvest.corpus_config", "harvest.text_column", "harvest.hook", "harvest.drop_first_position",
-                "harvest.max_norm_ratio")
+                "harvest.max_norm_ratio", *reasoning)
     if stage == "scan":
         # CKA's minibatch and the massive-activation median are per context: no batch size counts
         harvest = ("harvest.drop_first_position", "harvest.max_norm_ratio")
@@ -138,12 +141,21 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
             harvest += ("harvest.corpus", "harvest.corpus_split", "harvest.corpus_config", "harvest.text_column")
         else:
             harvest += ("harvest.text_column",)
-        reasoning = ()
-        if cfg.scan.n_reasoning_contexts:
-            reasoning = ("format", "finetune.trace_source") + (() if cfg.scan.reasoning_corpus else ("finetune.dataset",))
+        reasoning = reasoning_text_keys(cfg, cfg.scan) if cfg.scan.n_reasoning_contexts else ()
         return ("seed", "scan", "tuned_model", *MODEL_KEYS, *harvest, *reasoning)
     # a stage this module does not know yet: its section and the models, to be safe
     return ("seed", stage, "tuned_model", *MODEL_KEYS)
+
+
+def reasoning_text_keys(cfg, section) -> tuple[str, ...]:
+    """What a stage's reasoning text (`<stage>.reasoning_text`, config/common.py) depends on outside
+    its own section: the layout, and the fine-tune's held-out rows or the bench's prompts."""
+    keys = ("format", "finetune.trace_source")
+    if section.reasoning_text == "heldout_rows":
+        keys += ("finetune.dataset", "finetune.split", "finetune.holdout")
+    elif section.reasoning_text == "on_policy":
+        keys += ("bench",)
+    return keys
 
 
 BATCH_MEDIAN_KEYS = ("hardware.harvest_batch_size", "hardware.analyze_batch_size")

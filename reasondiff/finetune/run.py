@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,13 +24,13 @@ from typing import Any
 
 from reasondiff.app.stage import deferred_interrupts
 from reasondiff.config import Config, HardwareConfig, ReasoningFormat
-from reasondiff.core import artifacts
+from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_metrics
 from reasondiff.finetune.data import (
     SFTExample,
     build_sft_examples,
-    load_s1k_rows,
+    load_s1k_split,
     summarize_report,
     to_dataset,
 )
@@ -142,6 +141,19 @@ def precision_flags(hardware: HardwareConfig, device_type: str) -> dict[str, boo
         raise UserError("hardware.dtype=float16 needs a GPU (CPU autocast has no fp16 training): "
                         "use hardware=cpu (float32) or hardware.dtype=bfloat16")
     return {"bf16": hardware.dtype == "bfloat16", "fp16": hardware.dtype == "float16"}
+
+
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """A finished fine-tune made before finetune.holdout trained on every row; when the config now
+    holds rows out, its model is not what the config says, so the stage is redone (with the split)."""
+    holdout = cfg.finetune.holdout
+    if holdout.n_rows == 0 or (holdout.n_rows is None and holdout.fraction == 0):
+        return None
+    manifest = directory / artifacts.MANIFEST
+    if manifest.is_file() and not (artifacts.read_json(manifest).get("outputs") or {}).get("holdout"):
+        return ("it was made before finetune.holdout and trained on every row, while finetune.holdout now holds "
+                "rows out (finetune.holdout.n_rows=0 keeps it as it is)")
+    return None
 
 
 # --- trainer callbacks ------------------------------------------------------------------------------
@@ -327,7 +339,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     ft = cfg.finetune
     device = resolve_device(cfg.hardware)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # under torchrun trl/accelerate run DDP (one process per GPU): the configured effective batch is
+    # micro batch x accumulation x world size, so the accumulation shrinks as ranks are added
+    world_size = distributed.world_size()
+    main = distributed.is_main_process()
     accumulation = gradient_accumulation(ft.effective_batch_size, cfg.hardware.finetune_micro_batch, world_size)
     precision = precision_flags(cfg.hardware, device.type)
     ctx.inputs.update({"base_model": cfg.model.path, "dataset": ft.dataset, "split": ft.split,
@@ -335,10 +350,14 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision)
     set_pad_token(tokenizer, ft.pad_token)
-    rows = load_s1k_rows(ft)
+    all_rows, holdout = load_s1k_split(ft)
+    rows = [all_rows[i] for i in holdout.trained]
+    log.info("finetune: training on %d rows of %s, %d held out (finetune.holdout; recorded in the manifest)",
+             len(rows), ft.dataset, len(holdout.heldout))
     sample_questions = held_out_questions(cfg, ft.sample_generations) if ft.sample_generations else []
     examples, report = build_sft_examples(rows, tokenizer, ft, cfg.format)
-    artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
+    if main:
+        artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
     log.info(summarize_report(report))
     if report["n_overlong"] and ft.overlong_policy == "truncate":
         log.warning("%d rows are cut at max_length=%d and %d lose their whole answer; "
@@ -358,7 +377,8 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     # settings of a resumed run were checked by the stage runner (reasondiff.core.fingerprint)
     checkpoints = ctx.dir / CHECKPOINTS
     resume = last_complete_checkpoint(checkpoints)
-    truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
+    if main:
+        truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)
     ctx.inputs["resumed_from"] = str(resume) if resume else None
@@ -393,6 +413,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=cfg.hardware.dataloader_workers,
+        ddp_find_unused_parameters=False,  # torchrun: every parameter gets a gradient (no extra autograd walk)
         report_to=["wandb"] if cfg.wandb.mode != "disabled" else "none",
         run_name=f"{cfg.exp_name}-finetune",
         disable_tqdm=False,
@@ -405,7 +426,8 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         # metrics.csv is written here, not through ctx.metrics, so that with W&B on the trainer's own
         # WandbCallback is the only writer to the run (two writers fight over W&B's step counter).
         # the guard after the stopper: a save the stopper asks for is checked too
-        callbacks=[MetricsToCsv(MetricsLogger(ctx.dir)), stopper, NonFiniteLossGuard(), *callbacks],
+        callbacks=[MetricsToCsv(MetricsLogger(ctx.dir) if main else ctx.metrics), stopper, NonFiniteLossGuard(),
+                   *callbacks],
     )
     if resume and hasattr(trainer, "_total_train_tokens"):
         # trl counts num_tokens in the trainer object, not in the checkpoint: a resume restarted it at 0
@@ -449,10 +471,14 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "length_report": str(ctx.dir / LENGTH_REPORT),
         "global_step": trainer.state.global_step,
         "train_rows": len(examples),
+        "holdout": holdout.to_record(),
         "first_loss": first,
         "final_loss": final,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "gradient_accumulation_steps": accumulation,
+        "effective_batch": {"effective_batch_size": ft.effective_batch_size,
+                            "micro_batch": cfg.hardware.finetune_micro_batch,
+                            "gradient_accumulation_steps": accumulation, "world_size": world_size},
         "save_dtype": save_dtype,
         "layout_rate": _mean([float(s["starts_with_think"] and s["has_answer"]) for s in samples]) if samples else None,
     }
