@@ -1,5 +1,9 @@
 """SFT throughput: trl SFTTrainer (what the finetune stage runs) vs a plain torch training loop.
 
+Arms: `trl` (SFTTrainer with trl's chunked LM-head loss), `trl_model_loss` (the stage's trainer with
+finetune.loss_head=auto: on CPU the model's own loss), `trl_padding_free` (with --padding-free),
+`plain` (a torch loop).
+
     .venv/bin/python benchmarks/sft_throughput.py --model /work/qwen05b [--max-length 256] [--steps 3]
 
 Both paths train the same model on the same batches (s1K-layout rows tokenized by
@@ -58,10 +62,12 @@ def batches(examples, micro_batch: int, max_length: int, pad_id: int, n: int):
     return out
 
 
-def time_trl(model, tokenizer, examples, args, device) -> dict:
+def time_trl(model, tokenizer, examples, args, device, padding_free: bool = False, loss_head: str = "trl") -> dict:
     import datasets
     from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from reasondiff.finetune.run import sft_trainer_class
 
     stamps: list[float] = []
     tokens: list[int] = []
@@ -78,16 +84,17 @@ def time_trl(model, tokenizer, examples, args, device) -> dict:
             stamps.append(time.perf_counter())
 
     n_steps = args.warmup + args.steps
-    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    rows = [{"input_ids": e.input_ids[:args.max_length], "labels": e.labels[:args.max_length]} for e in examples]
     rows = [rows[i % len(rows)] for i in range(n_steps * args.micro_batch)]
     tokens = [min(len(r["input_ids"]), args.max_length) for r in rows]
-    cfg = SFTConfig(output_dir=str(args.workdir), max_length=args.max_length, max_steps=n_steps,
+    cfg = SFTConfig(output_dir=str(args.workdir), max_length=None if padding_free else args.max_length,
+                    padding_free=padding_free, max_steps=n_steps,
                     per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=1,
                     learning_rate=1e-5, weight_decay=1e-4, adam_beta2=0.95, lr_scheduler_type="constant",
                     bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16", use_cpu=device.type == "cpu",
                     activation_checkpointing=args.gradient_checkpointing, save_strategy="no", logging_steps=1,
                     report_to="none", disable_tqdm=True, seed=0, shuffle_dataset=False)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
+    trainer = sft_trainer_class(loss_head, device.type)(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[Clock()])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -145,6 +152,13 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-plain", action="store_true", help="only time the trl path")
+    parser.add_argument("--loss-head", default="auto", choices=("auto", "trl", "model"),
+                        help="finetune.loss_head of the extra trl arms (trl_model_loss, trl_padding_free)")
+    parser.add_argument("--padding-free", action="store_true",
+                        help="also time trl with padding_free=True (finetune.padding_free): the same rows flattened")
+    parser.add_argument("--all-lengths", action="store_true",
+                        help="keep rows shorter than --max-length (padding then costs something; token counts "
+                             "assume the trainer keeps the rows' order: shuffle_dataset=False, sequential sampler)")
     parser.add_argument("--data", type=Path, default=SHARED_SAMPLE)
     parser.add_argument("--workdir", type=Path, default=REPO / "outputs" / "_bench" / "sft_throughput")
     args = parser.parse_args()
@@ -163,11 +177,17 @@ def main() -> None:
     examples, report = build_sft_examples(make_rows(args.data, 4 * n_rows), tokenizer, cfg, ReasoningFormat())
     # full-length rows only (keep_answer trims overlong ones to exactly max_length): every batch then holds
     # the same tokens whatever order the trainer's sampler draws them in
-    examples = [e for e in examples if len(e) == args.max_length] or examples
+    if not args.all_lengths:
+        examples = [e for e in examples if len(e) == args.max_length] or examples
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     n_params = sum(p.numel() for p in model.parameters())
 
     results = {"trl": time_trl(model, tokenizer, examples, args, device)}
+    if args.loss_head != "trl":  # the stage's default on CPU: the model's own loss (finetune.loss_head)
+        results["trl_model_loss"] = time_trl(model, tokenizer, examples, args, device, loss_head=args.loss_head)
+    if args.padding_free:
+        results["trl_padding_free"] = time_trl(model, tokenizer, examples, args, device, padding_free=True,
+                                               loss_head=args.loss_head)
     if not args.skip_plain:
         results["plain"] = time_plain(model, examples, tokenizer, args, device)
 
@@ -179,7 +199,7 @@ def main() -> None:
                "steps": args.steps, "rows_overlong_at_max_length": report["n_overlong"]}
     print(f"\nSFT throughput, {figures['device_name']} ({device.type}, {figures['threads']} threads), "
           f"{n_params / 1e6:.0f}M params, max_length {args.max_length}, micro batch {args.micro_batch}, {args.dtype}")
-    print(f"{'path':<8}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'s/step':>9}{'peak GiB':>10}"
+    print(f"{'path':<18}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'s/step':>9}{'peak GiB':>10}"
           f"{'5 ep s1K@2048 (h)':>19}")
     for name, r in results.items():
         rate = r["tokens"] / r["seconds"]
@@ -189,11 +209,19 @@ def main() -> None:
         figures[f"{name}_peak_gib"] = round(r["peak_gib"], 2) if r["peak_gib"] is not None else None
         figures[f"{name}_projected_hours_5_epochs_2048"] = round(hours, 2)
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
-        print(f"{name:<8}{r['tokens']:>8}{r['seconds']:>10.2f}{rate:>10.1f}{r['seconds'] / args.steps:>9.2f}"
+        print(f"{name:<18}{r['tokens']:>8}{r['seconds']:>10.2f}{rate:>10.1f}{r['seconds'] / args.steps:>9.2f}"
               f"{peak:>10}{hours:>19.1f}")
     if "plain" in results:
         figures["trl_over_plain_speed"] = round(figures["trl_tokens_per_s"] / figures["plain_tokens_per_s"], 3)
         print(f"trl / plain loop speed: {figures['trl_over_plain_speed']:.2f}x")
+        if "trl_model_loss" in results:
+            figures["trl_model_loss_over_plain_speed"] = round(
+                figures["trl_model_loss_tokens_per_s"] / figures["plain_tokens_per_s"], 3)
+            print(f"trl with the model's own loss / plain loop speed: {figures['trl_model_loss_over_plain_speed']:.2f}x")
+        if "trl_padding_free" in results:
+            figures["trl_padding_free_over_plain_speed"] = round(
+                figures["trl_padding_free_tokens_per_s"] / figures["plain_tokens_per_s"], 3)
+            print(f"trl padding-free / plain loop speed: {figures['trl_padding_free_over_plain_speed']:.2f}x")
     figures["projected_tokens_5_epochs_2048"] = paper_tokens
     print(json.dumps(figures))
 

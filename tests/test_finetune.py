@@ -157,6 +157,27 @@ def test_trainer_uses_the_configured_max_length(tmp_path, tiny_model_dir, tiny_w
     assert seen == {"max_length": 40, "longest": 40}  # ... and every batch is cut exactly there
 
 
+def test_padding_free_stage_cuts_rows_and_flattens_batches(tmp_path, tiny_model_dir, tiny_world):
+    """finetune.padding_free: the stage hands trl flat rows (no attention mask, position ids restarting
+    per sequence), each sequence still cut at max_length, and training runs."""
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            batch = next(iter(train_dataloader))
+            seen.update(padding_free=args.padding_free, rows=batch["input_ids"].shape[0],
+                        mask="attention_mask" in batch,
+                        lengths=torch.diff((batch["position_ids"][0] == 0).nonzero().flatten(),
+                                           append=torch.tensor([batch["input_ids"].shape[1]])).tolist())
+
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_world, "finetune.max_length=40", "finetune.max_steps=1",
+               "finetune.padding_free=true")
+    out = _run(cfg, Capture())
+    assert seen["padding_free"] and seen["rows"] == 1 and not seen["mask"]
+    assert len(seen["lengths"]) > 1 and max(seen["lengths"]) == 40  # several sequences, each cut at 40
+    assert (out / "model" / "config.json").exists()
+
+
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, tiny_world, reference_run):
     cfg = _cfg(tmp_path, tiny_model_dir, tiny_world)
     with pytest.raises(KeyboardInterrupt):

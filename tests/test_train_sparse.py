@@ -24,8 +24,10 @@ def _mask(B=12, F=40, density=0.15, seed=0):
     return torch.rand(B, F, generator=gen) < density
 
 
-def test_active_pairs_orders_and_values():
-    mask = _mask()
+@pytest.mark.parametrize("density", [0.02, 0.15])  # latent-major order by sort / by the transposed mask
+def test_active_pairs_orders_and_values(density):
+    assert (density <= sparse.SORT_MAX_DENSITY) == (density == 0.02)
+    mask = _mask(B=30, F=200, density=density)
     mask[3] = False  # a token with no active latent
     mask[:, 7] = False  # a latent active nowhere
     dense = torch.randn(mask.shape)
@@ -41,6 +43,7 @@ def test_active_pairs_orders_and_values():
     assert torch.equal(pairs.token_offsets, torch.cumsum(mask.sum(1), 0) - mask.sum(1))
     assert torch.equal(pairs.latent_offsets, torch.cumsum(mask.sum(0), 0) - mask.sum(0))
     torch.testing.assert_close(pairs.per_latent_sum(pairs.latent_major(dense)), (dense * mask).sum(0))
+    assert torch.equal(pairs.latent_counts(), mask.sum(0))
 
 
 def test_kernels_equal_the_dense_products():
@@ -168,3 +171,36 @@ def test_auto_takes_the_sparse_step_only_where_it_pays():
     on, _, _ = _train("on", "l1", steps=1)
     off, _, _ = _train("off", "l1", steps=1)
     assert on.use_sparse(0.9) and not off.use_sparse(0.0)
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_clip_folded_into_fused_adam_equals_clip_then_adam(mode):
+    """The clip coefficient handed to the fused Adam kernel as `grad_scale` gives the parameters of
+    torch's clip_grad_norm_ followed by a plain (for-loop) Adam, with the clip biting every step."""
+    steps = 3
+    train = TrainConfig(variant="l1", batch_size=64, n_tokens=64 * steps, lr=1e-2, l1_coeff=0.5, grad_clip=0.01,
+                        sparse=mode)
+    cc, reference = _crosscoder(), _crosscoder()
+    trainer = CrossCoderTrainer(cc, train, steps, torch.device("cpu"))
+    assert trainer.optimizer.defaults["fused"]
+    params = [reference.W_enc_by_latent, reference.W_dec, reference.b_enc, reference.b_dec]
+    adam = torch.optim.Adam(params, lr=train.lr, betas=(0.9, 0.999), foreach=False)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        x = torch.randn(64, 2, 6, generator=gen) * 3
+        l1_coeff, lr = trainer.l1_coeff(), trainer.optimizer.param_groups[0]["lr"]
+        trainer.train_step(x)
+        xn = reference.normalise(x)
+        pre = reference.pre_activations(xn)
+        loss = dense_objective(reference, xn, pre, select_active(reference, pre)[0], l1_coeff=l1_coeff, dead=None,
+                               objective=Objective()).loss
+        adam.zero_grad()
+        loss.backward()
+        assert torch.nn.utils.clip_grad_norm_(params, train.grad_clip) > 10 * train.grad_clip
+        adam.param_groups[0]["lr"] = lr
+        adam.step()
+    for name in ("W_enc_by_latent", "W_dec", "b_enc", "b_dec"):
+        moved = (getattr(cc, name) - getattr(_crosscoder(), name)).abs().max()
+        assert moved > 100 * PARAM_ATOL, name
+        torch.testing.assert_close(getattr(cc, name).detach(), getattr(reference, name).detach(), rtol=0,
+                                   atol=PARAM_ATOL, msg=lambda m, n=name: f"{n}: {m}")

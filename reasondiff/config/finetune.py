@@ -73,6 +73,17 @@ class FinetuneConfig:
     keep_checkpoints: bool = False
     """Keep the trainer checkpoints after a finished run (weights + Adam state in fp32: ~7 GB each for
     Qwen2.5-0.5B); by default only model/ stays, since a finished stage never resumes."""
+    padding_free: bool = False
+    """Flatten each micro batch into one row with per-sequence position ids (trl's `padding_free`):
+    the same rows per step and the same loss (on the assistant turn only), no pad tokens computed.
+    Attention stays within each sequence (transformers builds the block-diagonal mask from the
+    position ids). Off by default: the paper's run pads."""
+    loss_head: str = "auto"
+    """How the SFT loss reaches the logits: `trl` = trl's chunked LM head (never materialises the
+    [tokens, vocab] logits, adds entropy / token-accuracy logs; on a device without Triton it scores
+    every position and recomputes each logits tile in the backward), `model` = the model's own
+    forward loss (what a plain loop computes: the same mean NLL over the assistant tokens), `auto` =
+    `model` on CPU, `trl` elsewhere."""
     pad_token: str = "<|fim_pad|>"
     """Padding token for SFT batches; never the EOS token (s1 uses <|fim_pad|>), saved with the tokenizer."""
     save_dtype: str = "auto"
@@ -91,6 +102,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_choice("finetune.trace_source", self.trace_source, ("deepseek", "gemini"))
         check_choice("finetune.overlong_policy", self.overlong_policy, ("truncate", "drop", "keep_answer"))
+        check_choice("finetune.loss_head", self.loss_head, ("auto", "trl", "model"))
         if self.max_length < 16:
             raise ValueError(f"finetune.max_length must be >= 16, got {self.max_length}")
         check_choice("finetune.save_dtype", self.save_dtype, ("auto", "float32", "bfloat16", "float16"))

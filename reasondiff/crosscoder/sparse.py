@@ -25,6 +25,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+SORT_MAX_DENSITY = 0.04
+"""Up to this L0/F the latent-major order is sorted from the token-major one: at 2×896 → 14336
+latents, batch 1024, on one core of the shared (loaded) machine, a stable sort of the pairs costs
+11 / 42 / 450 ms at L0/F 0.5% / 2% / 10%, the transposed mask's copy + `nonzero` 137 / 155 / 235 ms."""
+
 
 @dataclass
 class ActivePairs:
@@ -49,22 +54,35 @@ class ActivePairs:
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> ActivePairs:
-        """mask [B, F] bool. Two `nonzero` passes (over the mask and its transpose) give both orders
-        already sorted, cheaper than sorting one of them."""
+        """mask [B, F] bool. One `nonzero` pass gives the token-major order; the latent-major order is
+        a stable sort of its latents when the pairs are few (≤ SORT_MAX_DENSITY of the mask), else a
+        second `nonzero` over the transposed mask (sorting 3M pairs costs more than the transpose)."""
         B, n_latents = mask.shape
         flat = mask.reshape(-1).nonzero().squeeze(1)
-        flat_t = mask.t().contiguous().reshape(-1).nonzero().squeeze(1)
-        latent_t, token_t = flat_t // B, flat_t % B
-        # offsets by binary search in the sorted flat indices: a bool mask.sum(dim) would first
+        token_latent = flat % n_latents
+        if flat.numel() <= SORT_MAX_DENSITY * mask.numel():
+            # stable: within a latent the pairs keep their (ascending) token order
+            latent_t, order = torch.sort(token_latent, stable=True)
+            token_t = flat[order] // n_latents
+        else:
+            flat_t = mask.t().contiguous().reshape(-1).nonzero().squeeze(1)
+            latent_t, token_t = flat_t // B, flat_t % B
+        # offsets by binary search in the sorted indices: a bool mask.sum(dim) would first
         # cast the whole [B, F] mask to int64 (10x the time of everything else here)
         starts = torch.arange(max(B, n_latents), device=mask.device)
         return cls(
             n_tokens=B, n_latents=n_latents,
-            token_offsets=torch.searchsorted(flat, starts[:B] * n_latents), token_major_latent=flat % n_latents,
+            token_offsets=torch.searchsorted(flat, starts[:B] * n_latents), token_major_latent=token_latent,
             token_major_flat=flat,
-            latent_offsets=torch.searchsorted(flat_t, starts[:n_latents] * B), latent_major_token=token_t,
+            latent_offsets=torch.searchsorted(latent_t, starts[:n_latents]), latent_major_token=token_t,
             latent_major_latent=latent_t, latent_major_flat=token_t * n_latents + latent_t,
         )
+
+    def latent_counts(self) -> torch.Tensor:
+        """[F]: active pairs per latent (> 0: the latent fired in this batch), from the offsets alone,
+        never a pass over the [B, F] mask."""
+        ends = torch.cat([self.latent_offsets[1:], self.latent_offsets.new_tensor([self.nnz])])
+        return ends - self.latent_offsets
 
     @property
     def nnz(self) -> int:

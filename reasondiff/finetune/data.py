@@ -280,10 +280,12 @@ def build_sft_examples(rows: Sequence[Mapping[str, Any]], tokenizer, cfg: Finetu
     return train, report
 
 
-def to_dataset(examples: Sequence[SFTExample]):
+def to_dataset(examples: Sequence[SFTExample], max_length: int | None = None):
     """A `datasets.Dataset` with `input_ids` and `labels`: trl treats it as already processed and only
-    applies its `max_length` truncation to it."""
+    applies its `max_length` truncation to it. With `max_length` the rows are cut here (keeping the
+    start, as trl does): trl's padding-free mode enforces no length itself."""
     import datasets
 
-    return datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
-                                       "labels": [e.labels for e in examples]})
+    cut = slice(None) if max_length is None else slice(0, max_length)
+    return datasets.Dataset.from_dict({"input_ids": [e.input_ids[cut] for e in examples],
+                                       "labels": [e.labels[cut] for e in examples]})

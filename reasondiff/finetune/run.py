@@ -13,6 +13,7 @@ experiment's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -206,6 +207,39 @@ def _callbacks_module():
 
 # --- model and tokenizer ----------------------------------------------------------------------------
 
+def sft_trainer_class(loss_head: str, device_type: str):
+    """trl's SFTTrainer, or (finetune.loss_head = model, or auto on CPU) one whose loss is the model's
+    own forward loss (`transformers.Trainer.compute_loss`): the same mean NLL over the labelled
+    tokens (`num_items_in_batch` across accumulation included) without trl's chunked LM head, whose
+    backward recomputes the logits (an extra LM-head GEMM per step) and which, without Triton,
+    scores every position. tests/test_finetune_padding_free.py checks the two losses are equal."""
+    from trl import SFTTrainer
+
+    if loss_head == "trl" or (loss_head == "auto" and device_type != "cpu"):
+        return SFTTrainer
+    return _model_loss_sft_trainer()
+
+
+@functools.cache
+def _model_loss_sft_trainer():
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.model.training:  # trl's num_tokens log (its compute_loss counts them; resume reads it)
+                tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
+                    torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(tokens).sum()) // self._tp_size
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            inputs = {**inputs, "use_cache": False}
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return ModelLossSFTTrainer
+
+
 def set_pad_token(tokenizer, pad_token: str) -> None:
     """Padding must not be EOS: collators that mask padding would also mask the turn's end token."""
     if pad_token not in tokenizer.get_vocab():
@@ -299,7 +333,7 @@ def layout_samples(model, tokenizer, questions: Sequence[str], fmt: ReasoningFor
 def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune `cfg.model.path` on s1K-1.1 into `ctx.dir/model` (resumes a killed run's checkpoint)."""
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from reasondiff.lm.models import load_model, load_tokenizer, resolve_device
 
@@ -353,8 +387,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     stopper = GracefulStop()
     args = SFTConfig(
         output_dir=str(checkpoints),
-        max_length=ft.max_length,
+        # padding-free: rows are cut in to_dataset (trl refuses a max_length it would not enforce)
+        max_length=None if ft.padding_free else ft.max_length,
         packing=False,
+        padding_free=ft.padding_free,
         learning_rate=ft.learning_rate,
         weight_decay=ft.weight_decay,
         num_train_epochs=ft.num_epochs,
@@ -382,10 +418,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         run_name=f"{cfg.exp_name}-finetune",
         disable_tqdm=False,
     )
-    trainer = SFTTrainer(
+    trainer = sft_trainer_class(ft.loss_head, device.type)(
         model=model,
         args=args,
-        train_dataset=to_dataset(examples),
+        train_dataset=to_dataset(examples, ft.max_length if ft.padding_free else None),
         processing_class=tokenizer,
         # metrics.csv is written here, not through ctx.metrics, so that with W&B on the trainer's own
         # WandbCallback is the only writer to the run (two writers fight over W&B's step counter).

@@ -57,6 +57,9 @@ class StepOutput:
     scores: torch.Tensor | None = None
     """batchtopk: the selected f_i·Σ_m||d_i,m|| (for the inference threshold; any shape, 0 = not selected)."""
     sparse: bool = False
+    fired: torch.Tensor | None = None
+    """[F] bool: latents active on some token of the batch (sparse path: from the pairs' offsets, so
+    the trainer's dead-latent count needs no column reduction over the [B, F] mask)."""
 
 
 @torch.no_grad()
@@ -98,14 +101,16 @@ def dense_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: to
 
 
 def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: torch.Tensor, *, l1_coeff: float,
-                     dead: torch.Tensor | None, objective: Objective) -> StepOutput:
+                     dead: torch.Tensor | None, objective: Objective,
+                     pairs: sparse.ActivePairs | None = None) -> StepOutput:
     """The same loss as `dense_objective`, with its exact gradients written into the parameters' `.grad`.
 
     Chain rule through x̂ = Σ_(b,i) f_bi W_dec[i] + b_dec and f_bi = pre_bi on the active pairs:
       ∂L/∂W_dec[i] = Σ_b f_bi ∂L/∂x̂_b (+ the decoder-norm penalty's own term),
       ∂L/∂f_bi     = <∂L/∂x̂_b, W_dec[i]> (+ the penalty's weight),
       ∂L/∂W_enc[:, i] = Σ_b ∂L/∂f_bi x_b,  ∂L/∂b_enc[i] = Σ_b ∂L/∂f_bi,  ∂L/∂b_dec = Σ_b ∂L/∂x̂_b.
-    AuxK adds the same terms for its own pairs and reconstruction.
+    AuxK adds the same terms for its own pairs and reconstruction. `pairs`: the mask's active pairs
+    when the caller already built them (the trainer does, to read the batch's density off them).
     """
     cfg = cc.cfg
     M, d, F = cfg.n_models, cfg.d_model, cfg.n_latents
@@ -116,7 +121,7 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
     W_dec = cc.W_dec.detach().float()
     W_dec_flat = W_dec.reshape(F, M * d)
     norms = W_dec.norm(dim=-1)
-    pairs = sparse.ActivePairs.from_mask(mask)
+    pairs = sparse.ActivePairs.from_mask(mask) if pairs is None else pairs
     values = pairs.latent_major(pre)
     recon = sparse.decode(pairs, pairs.token_major(pre), W_dec_flat) + cc.b_dec.detach().float().reshape(1, M * d)
     recon = recon.view(B, M, d)
@@ -174,7 +179,8 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
     if cfg.variant == "batchtopk":
         scores = values * norms.sum(-1)[pairs.latent_major_latent]
     return StepOutput(loss=loss.detach(), l2=l2.detach(), l1=l1.detach(), aux=aux.detach(), active=mask,
-                      recon=recon, scores=scores, sparse=True)
+                      recon=recon, scores=scores, sparse=True,
+                      fired=pairs.latent_counts() > 0)
 
 
 def _set_grad(param: torch.Tensor, grad: torch.Tensor) -> None:

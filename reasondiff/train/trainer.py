@@ -32,6 +32,7 @@ from reasondiff.config import TrainConfig
 from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.tracking import require_finite
+from reasondiff.crosscoder import sparse
 from reasondiff.crosscoder.loss import (
     ExplainedVarianceMeter,
     explained_variance,
@@ -116,6 +117,10 @@ class CrossCoderTrainer:
             return mode == "on"
         return self.device.type == "cpu" and density <= self.train.sparse_max_density
 
+    def may_use_sparse(self) -> bool:
+        """Whether `use_sparse` can say yes for some density (then the trainer builds the pairs first)."""
+        return self.train.sparse == "on" or (self.train.sparse == "auto" and self.device.type == "cpu")
+
     def train_step(self, x_raw: torch.Tensor, *, with_metrics: bool = False) -> dict[str, float] | None:
         x = self.cc.normalise(x_raw.to(self.device, non_blocking=True).float())
         global_batch = x.shape[0] * self.world
@@ -129,13 +134,18 @@ class CrossCoderTrainer:
         with autocast:  # one dense GEMM both paths need; only the dense path backpropagates through it
             pre = self.cc.pre_activations(x)
             active, scores = select_active(self.cc, pre)
-        density = int(torch.count_nonzero(active)) / active.numel()  # not .sum(): casts [B, F] to int64
+        # the pairs, when a sparse step is possible, give the density (and later the fired latents)
+        # without more passes over the [B, F] mask
+        pairs = sparse.ActivePairs.from_mask(active) if self.may_use_sparse() else None
+        n_active = pairs.nnz if pairs is not None else int(torch.count_nonzero(active))  # not .sum(): int64 cast
+        density = n_active / active.numel()
         dead = self.dead_latents()
         if self.train.aux_k_style == "fork":  # the fork counts this batch before choosing dead latents
-            dead = (self.tokens_since_fired + x.shape[0] >= self.train.dead_tokens) & ~active.any(dim=0)
+            fired_now = pairs.latent_counts() > 0 if pairs is not None else active.any(dim=0)
+            dead = (self.tokens_since_fired + x.shape[0] >= self.train.dead_tokens) & ~fired_now
         if self.use_sparse(density):
             out = sparse_objective(self.cc, x, pre.detach(), active, l1_coeff=l1_coeff, dead=dead,
-                                   objective=self.objective)
+                                   objective=self.objective, pairs=pairs)
         else:
             with autocast:
                 out = self._dense(self.cc, x, pre, active, l1_coeff=l1_coeff, dead=dead, objective=self.objective)
@@ -149,12 +159,11 @@ class CrossCoderTrainer:
             out.loss.backward()
         self._average_grads()
         self._tie_shared_decoder_grads()
-        self._clip_grad_norm()
-        self.optimizer.step()
+        self._clipped_optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         with torch.no_grad():
-            fired = out.active.any(dim=0)
+            fired = out.fired if out.fired is not None else out.active.any(dim=0)
             if self.world > 1:  # fired on any rank's slice of the batch
                 fired = distributed.all_reduce_(fired.to(torch.int32), "max").bool()
             self.tokens_since_fired += global_batch
@@ -166,7 +175,7 @@ class CrossCoderTrainer:
             return None
         ev = explained_variance(x, out.recon)
         loss, l2, l1, l0 = self._batch_means(float(out.loss.detach()), float(out.l2), float(out.l1),
-                                             int(torch.count_nonzero(out.active)) / x.shape[0])
+                                             n_active / x.shape[0])
         metrics = {"loss": loss, "l2": l2, "l1": l1,
                    "l0": l0, "density": density, "sparse_step": float(out.sparse),
                    "frac_dead": float(self.dead_latents().float().mean()), "lr": lr, "l1_coeff": l1_coeff,
@@ -206,16 +215,34 @@ class CrossCoderTrainer:
             g.copy_(g.sum(dim=1, keepdim=True).expand_as(g))
 
     @torch.no_grad()
-    def _clip_grad_norm(self) -> None:
-        """clip_grad_norm_, counting each tied decoder vector once (not once per model row)."""
+    def _clip_coefficient(self) -> torch.Tensor:
+        """clip_grad_norm_'s factor, counting each tied decoder vector once (not once per model row)."""
         n, M = self.cc.cfg.n_shared_latents, self.cc.cfg.n_models
-        if n == 0 or M == 1:
-            torch.nn.utils.clip_grad_norm_(self.params, self.train.grad_clip, foreach=True)
-            return
         grads = [p.grad for p in self.params if p.grad is not None]
-        total_sq = sum(g.float().pow(2).sum() for g in grads) - (M - 1) * self.cc.W_dec.grad[:n, 0].float().pow(2).sum()
-        coef = (self.train.grad_clip / (total_sq.clamp_min(0).sqrt() + 1e-6)).clamp(max=1.0)
-        torch._foreach_mul_(grads, coef)
+        if n == 0 or M == 1:
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        else:
+            total_sq = sum(g.float().pow(2).sum() for g in grads) - (M - 1) * self.cc.W_dec.grad[:n, 0].float().pow(2).sum()
+            total = total_sq.clamp_min(0).sqrt()
+        return (self.train.grad_clip / (total + 1e-6)).clamp(max=1.0)
+
+    @torch.no_grad()
+    def _clip_grad_norm(self) -> None:
+        """Scale the gradients in place by `_clip_coefficient` (what the non-fused optimizers get)."""
+        torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], self._clip_coefficient())
+
+    def _clipped_optimizer_step(self) -> None:
+        """Clip, then Adam. The fused Adam kernel divides each gradient by `grad_scale` as it reads
+        it (the hook GradScaler uses), so there the clip costs no extra pass over the gradients."""
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.grad_scale = 1.0 / self._clip_coefficient()
+            try:
+                self.optimizer.step()
+            finally:
+                self.optimizer.grad_scale = None
+        else:
+            self._clip_grad_norm()
+            self.optimizer.step()
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
