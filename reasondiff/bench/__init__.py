@@ -3,4 +3,31 @@
 Reads: both models (`model.path`, `tuned_model`) and gsm8k / MATH-500 / boolq (`bench.data`).
 Writes: outputs/<exp>/bench/: generations.jsonl, results.csv, summary.csv (Table 1), Figs. 3-4.
 Open run.py first (the sweep), then grading.py (what counts as a correct answer).
+
+The names below are bench's public pieces of its sweep, what later stages may use to run the same
+sweep on other models (intervene's budget sweeps of intervened models): the same questions, prompts,
+prefix-mode sweep, grader, tables, intervals and paired test. Imported on first use.
 """
+
+from reasondiff import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    "GenerationLog": "reasondiff.bench.run",
+    "ModelSpec": "reasondiff.bench.run",
+    "question_prompt": "reasondiff.bench.run",
+    "resolve_models": "reasondiff.bench.run",
+    "sweep_chunk": "reasondiff.bench.run",
+    "sweep_fingerprint": "reasondiff.bench.run",
+    "thinking_opened": "reasondiff.bench.run",
+    "write_reports": "reasondiff.bench.run",
+    "HFGenerator": "reasondiff.bench.generation",
+    "length_sorted_batches": "reasondiff.bench.generation",
+    "load_questions": "reasondiff.bench.prompts",
+    "regrade": "reasondiff.bench.scoring",
+    "paired_comparison": "reasondiff.bench.tables",
+    "mcnemar_exact": "reasondiff.bench.stats",
+    "wilson_interval": "reasondiff.bench.stats",
+})
+__all__ = ["GenerationLog", "HFGenerator", "ModelSpec", "length_sorted_batches", "load_questions", "mcnemar_exact",
+           "paired_comparison", "question_prompt", "regrade", "resolve_models", "sweep_chunk", "sweep_fingerprint",
+           "thinking_opened", "wilson_interval", "write_reports"]
