@@ -69,6 +69,9 @@ class InterveneConfig:
     None = all of it."""
     bench_limit: int | None = None
     """Largest token limit swept: bench.token_limits up to this one (None = all of them)."""
+    bench_random_control: bool = True
+    """Also sweep the patch and the ablation of a random set of the same size, matched on frequency to the best
+    selection (base+patch_random, tuned+ablate_random): the null of the budget sweep."""
     bench_steer_alpha: float = 1.0
     """α of the ADL steering in the budget sweep (see steer_alphas)."""
     bench_steer_direction: str = "adl_reasoning"

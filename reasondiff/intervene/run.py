@@ -248,7 +248,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         sweep_cfg = sweep_config(cfg)
         limits = None if max_norm_ratio is None else tuple(float(max_norm_ratio) * float(v)
                                                             for v in torch.stack(medians).nanmedian(dim=0).values)
-        variants = budget_variants(sweep_cfg, models, hook, crosscoder, keep_first, limits, best, directions)
+        control = random_control(rows, best)
+        variants = budget_variants(sweep_cfg, models, hook, crosscoder, keep_first, limits, best, directions, control)
         outputs["bench"] = {k: v for k, v in run_sweep(sweep_cfg, ctx.dir / "bench_intervened", variants, tokenizer).items()
                             if k in ("vs_clean", "format", "n_questions", "token_limits")}
     elif i.bench:
@@ -270,9 +271,19 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     return outputs
 
 
+def random_control(rows: list[dict[str, Any]], best: dict[str, Any]) -> tuple[int, ...] | None:
+    """The latents of the first random set matched to the best selection at its size (the sweep's null)."""
+    for r in rows:
+        if r["kind"] == "patch_set" and r["selection"] == "random" and r["matched_to"] == best["selection"] \
+                and r["size"] == best["size"] and r["set_index"] == 1 and r["latents"]:
+            return tuple(int(x) for x in str(r["latents"]).split())
+    return None
+
+
 def budget_variants(cfg: Config, models, hook, crosscoder, keep_first: bool, norm_limits, best: dict,
-                    directions: dict[str, Direction]) -> list:
-    """base, tuned, base+patch_set (the best set), base+steer (ADL), tuned+ablate_set (the best set)."""
+                    directions: dict[str, Direction], control: tuple[int, ...] | None = None) -> list:
+    """base, tuned, base+patch_set (the best set), base+steer (ADL), tuned+ablate_set (the best set), and with
+    intervene.bench_random_control the same patch and ablation of a frequency-matched random set of its size."""
     from reasondiff import bench
     from reasondiff.intervene.budget import Variant
     from reasondiff.intervene.live import live_intervention
@@ -302,6 +313,14 @@ def budget_variants(cfg: Config, models, hook, crosscoder, keep_first: bool, nor
                                  "vector_norm": float(vector.norm())}, reference="base"))
     variants.append(Variant("tuned+ablate_set", tuned_spec, models[1], hold(ablate, models[1], models[0]),
                             {**described, "intervention": ablate.name, "latents": list(latents)}, reference="tuned"))
+    if i.bench_random_control and control:
+        for label, kind, model, partner, spec, reference in (
+                ("base+patch_random", "patch_set", models[0], models[1], base_spec, "base"),
+                ("tuned+ablate_random", "ablate_set", models[1], models[0], tuned_spec, "tuned")):
+            iv = Intervention(kind, "base" if kind == "patch_set" else "tuned", "random", len(control), 1, control,
+                              matched_to=best["selection"])
+            variants.append(Variant(label, spec, model, hold(iv, model, partner),
+                                    {**described, "intervention": iv.name, "latents": list(control)}, reference=reference))
     return variants
 
 
