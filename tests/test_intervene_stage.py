@@ -124,13 +124,14 @@ def test_a_killed_intervene_run_resumes_to_the_same_numbers(tmp_path, crosscoder
                                                            tiny_tuned_model_dir, tiny_world, monkeypatch):
     import reasondiff.intervene.run as stage
 
-    extra = ("intervene.bench=false", "intervene.checkpoint_every=1")
-    analyze_ref, reference = configs(tmp_path / "ref", crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world,
-                                     *extra)
-    run_stage(analyze_ref)
-    expected = read_rows(run_stage(reference) / "intervene.csv")
-    analyze_cfg, cfg = configs(tmp_path / "run", crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra)
+    extra = ("intervene.bench=false", "intervene.checkpoint_every=1", "intervene.selections=[tuned_r]",
+             "intervene.steer_alphas=[1.0]")
+    analyze_cfg, _ = configs(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra)
     run_stage(analyze_cfg)
+    # two runs of intervene beside each other, both reading the one analyze run (intervene@ref, intervene@killed)
+    _, reference = configs(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra, "run=ref")
+    expected = read_rows(run_stage(reference) / "intervene.csv")
+    _, cfg = configs(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra, "run=killed")
     real, calls = stage.intervention_batch, []
 
     def dies_in_the_general_pass(*args, **kwargs):
@@ -143,7 +144,7 @@ def test_a_killed_intervene_run_resumes_to_the_same_numbers(tmp_path, crosscoder
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg)
     out = cfg.stage_dir("intervene")
-    assert not artifacts.is_complete(out)
+    assert out.name == "intervene@killed" and not artifacts.is_complete(out)
     assert torch.load(out / "partial_reasoning.pt", weights_only=True)["finished"]
     assert torch.load(out / "partial_general.pt", weights_only=True)["batches_done"] == 1
     calls.clear()

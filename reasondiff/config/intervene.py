@@ -40,8 +40,8 @@ class InterveneConfig:
     """Each random latent is drawn from the this-many live latents nearest in log frequency to its selected
     counterpart (outside the selected set)."""
     adl_positions: int = 5
-    """k: the Activation Difference Lens averages tuned − base over the first k positions of each context
-    (Minder et al. 2025; one vector per position, and their mean over the positions the crosscoder covers)."""
+    """k: tuned − base is averaged over the first k positions of each context, one vector per position and their
+    mean over the positions the crosscoder covers (the Activation Difference Lens of Minder and colleagues, 2025)."""
     adl_steer_position: int | None = None
     """Which ADL vector steers: None = the mean over the first adl_positions positions; an int = that
     position's own vector (the paper steers with one position's vector)."""
