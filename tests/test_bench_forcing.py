@@ -12,6 +12,7 @@ from reasondiff.bench import forcing, generation
 from reasondiff.bench.generation import Generation, HFGenerator
 from reasondiff.bench.grading import grade
 from reasondiff.bench.prompts import chat_prompt, prompt_ids
+from reasondiff.lm.layouts import layout_named
 
 QWEN = os.environ.get("REASONDIFF_QWEN", "/work/qwen05b")
 # Qwen2.5's ids, written out so the test does not trust the code under test to compute them
@@ -51,9 +52,8 @@ def _enc(tokenizer, text):
 
 
 def _force(generator, tokenizer, prompts, limits, *, opened=True, n_ignore=0, max_tokens_answer=16):
-    return forcing.force(generator, tokenizer, prompts, limits, opened=opened, until_thinking="<|im_start|>",
-                         n_ignore=n_ignore, ignore_str="Wait", max_tokens_answer=max_tokens_answer,
-                         answer_delimiter="<|im_start|>answer", final_answer_prompt="Final Answer:")
+    return forcing.force(generator, tokenizer, prompts, limits, opened=opened, layout=layout_named("s1"),
+                         n_ignore=n_ignore, ignore_str="Wait", max_tokens_answer=max_tokens_answer)
 
 
 def _qwen_prompt(tokenizer):
@@ -215,6 +215,6 @@ def test_until_thinking_must_be_one_token(tiny_tokenizer):
 
     generator = ReplayGenerator([], [tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")])
     with pytest.raises(UserError, match="bench.forcing.until_thinking"):
-        forcing.force(generator, tiny_tokenizer, [[1, 2]], [4], opened=True, until_thinking="answer now please",
-                      n_ignore=0, ignore_str="Wait", max_tokens_answer=4, answer_delimiter="<|im_start|>answer",
-                      final_answer_prompt="Final Answer:")
+        forcing.force(generator, tiny_tokenizer, [[1, 2]], [4], opened=True,
+                      layout=layout_named("s1", until_thinking="answer now please"), n_ignore=0, ignore_str="Wait",
+                      max_tokens_answer=4)

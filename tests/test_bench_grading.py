@@ -18,12 +18,14 @@ import pytest
 from reasondiff.bench import legacy_grading
 from reasondiff.bench.grading import (
     _BOXED,
+    TRUNCATION_RULES,
     answer_region,
     extract,
     extract_answer,
     grade,
     last_boxed,
     normalize,
+    truncation_rule,
     verdict,
 )
 
@@ -62,7 +64,7 @@ def test_the_policy_table_is_there_and_covers_every_task_and_source():
     assert {r["task"] for r in POLICY} == {"gsm8k", "math500", "boolq"}
     sources = {extract(r["task"], r["completion (⏎ = newline)"].replace("⏎", "\n"), finished=r["finished"] == "yes").source
                for r in POLICY}
-    assert sources == {"box", "marker", "last_number", "last_verdict", "no_answer_section", "none"}
+    assert sources == {"box", "marker", "last_number", "last_verdict", "none"}
     assert any(r["old grader"] != r["verdict"] for r in POLICY)
 
 
@@ -134,10 +136,15 @@ def test_every_math500_gold_solution_grades_correct_and_a_perturbed_one_wrong(sh
     row = rows[0]
     assert grade("math500", f"<|im_start|>think\n{row['solution']}\n<|im_start|>answer\nAnswer: $\\boxed{{{row['answer']}}}$",
                  row["answer"])
-    # cut off while thinking: no answer yet, even with the box in the thinking
-    assert not grade("math500", f"<|im_start|>think\n{row['solution']}", row["answer"], finished=False)
+    # cut off while thinking: the box it has written counts, as in a base model's cut reply
+    thinking = f"<|im_start|>think\n{row['solution']}"
+    assert grade("math500", thinking, row["answer"], finished=False)
+    assert grade("math500", row["solution"], row["answer"], finished=False)
+    # ... unless a cut prefix has not answered at all (the sensitivity rule), for both alike
+    for text in (thinking, row["solution"]):
+        assert extract("math500", text, finished=False, truncation="finished_only").source == "unfinished"
     # the turn ended inside the thinking: the thinking is read, as s1's scorer falls back to it
-    assert grade("math500", f"<|im_start|>think\n{row['solution']}", row["answer"])
+    assert grade("math500", thinking, row["answer"])
 
 
 def test_boolq_labels_from_the_real_slice(shared_data):
@@ -152,15 +159,48 @@ def test_boolq_labels_from_the_real_slice(shared_data):
 def test_the_answer_region():
     assert answer_region("plain reply 18") == "plain reply 18"
     assert answer_region("<|im_start|>think\nx\n<|im_start|>answer\nAnswer: 3") == "\nAnswer: 3"
-    assert answer_region("<|im_start|>think\nthinking", finished=False) is None
-    assert answer_region("<|im_start|>think\nthinking") == "\nthinking"  # ended its turn while thinking
+    assert answer_region("<|im_start|>think\nthinking") == "\nthinking"  # no answer delimiter: the thinking
     # the prompt opened the thinking: the completion starts inside it
-    assert answer_region("thinking 18", thinking_opened=True, finished=False) is None
     assert answer_region("thinking 18", thinking_opened=True) == "thinking 18"
     assert answer_region("t\n<|im_start|>answer\nA: 1\n<|im_start|>answer\nA: 2", thinking_opened=True) == "\nA: 2"
     # custom delimiters from `format`
     assert answer_region("<think>x</think>ok 5", think_delimiter="<think>", answer_delimiter="</think>") == "ok 5"
-    assert extract("gsm8k", "12 and", thinking_opened=True, finished=False).source == "no_answer_section"
+    assert extract("gsm8k", "12 and", thinking_opened=True, finished=False).source == "none"
+    assert extract("gsm8k", "12 and", thinking_opened=True, finished=False, truncation="finished_only").source == "unfinished"
+
+
+def test_one_truncation_rule_for_base_and_tuned_completions():
+    """Issue 26.4: a base reply and a tuned model's thinking, both cut after the same intermediate
+    answer, are read alike under each rule; a finished text is never touched by the rule."""
+    said = "So far the total is \\boxed{24}. Now May: 48 / 2 = 24, so in all"
+    base = said                                   # no layout: the whole reply is the region
+    tuned = f"<|im_start|>think\n{said}"          # s1 layout, cut inside the thinking
+    opened = said                                 # s1 layout opened by the prompt (forced mode)
+    kinds = [(base, False), (tuned, False), (opened, True)]
+    for text, thinking_opened in kinds:
+        written = extract("gsm8k", text, finished=False, thinking_opened=thinking_opened)
+        assert (written.answer, written.source) == ("24", "box")
+        strict = extract("gsm8k", text, finished=False, thinking_opened=thinking_opened, truncation="finished_only")
+        assert (strict.answer, strict.source) == (None, "unfinished")
+    # a bare number is no answer in any cut text, and the number running into the cut is not read
+    for text, thinking_opened in [("48 / 2 = 24", False), ("<|im_start|>think\n48 / 2 = 24", False)]:
+        assert extract("gsm8k", text, finished=False, thinking_opened=thinking_opened).answer is None
+    assert truncation_rule("Answer: 72", finished=False) == "Answer: "
+    for rule in TRUNCATION_RULES:
+        assert truncation_rule("Answer: 72", finished=True, rule=rule) == "Answer: 72"
+    with pytest.raises(ValueError, match="truncation rule"):
+        truncation_rule("x", finished=False, rule="lenient")
+
+
+def test_rows_carry_the_verdict_under_both_rules_for_both_models():
+    from reasondiff.bench import scoring
+
+    said = "First \\boxed{24} so"
+    for completion in (said, f"<|im_start|>think\n{said}"):
+        cut = scoring.score("gsm8k", completion, "#### 24", finished=False)
+        assert cut["correct"] is True and cut["correct_finished_only"] is False
+        done = scoring.score("gsm8k", completion, "#### 24", finished=True)
+        assert done["correct"] is True and done["correct_finished_only"] is True
 
 
 def test_finished_decides_only_the_fallback():
@@ -246,3 +286,52 @@ def test_math_grading_works_in_worker_threads():
     with ThreadPoolExecutor(max_workers=2) as pool:
         verdicts = list(pool.map(lambda c: grade("math500", c[0], c[1]), cases))
     assert verdicts == [c[2] for c in cases]
+
+
+# --- every reasoning layout: the answer region, and inline math after prose (issue 29) ------------
+
+_LAYOUT_DELIMITERS = {"s1": ("<|im_start|>think", "<|im_start|>answer"), "think": ("<think>", "</think>"),
+                      "none": (None, None)}
+_LAYOUT_TURNS = {  # (thinking with a decoy box, answer): how each layout writes a turn
+    "s1": ("<|im_start|>think\nFirst \\boxed{3}, no.\n<|im_start|>answer\n", ""),
+    "think": ("<think>\nFirst \\boxed{3}, no.\n</think>\n\n", ""),
+    "none": ("", ""),
+}
+
+
+@pytest.mark.parametrize("layout", ["s1", "think", "none"])
+@pytest.mark.parametrize("task, answer, reference, expected", [
+    ("math500", "Answer: the sum is $\\frac{7}{2}$.", "\\frac{7}{2}", "$\\frac{7}{2}$"),
+    ("math500", "Final Answer: so $x = \\frac{7}{2}$ in lowest terms.", "\\frac{7}{2}", "$x = \\frac{7}{2}$"),
+    ("math500", "**Final Answer:** the area is $12\\pi$ square units.", "12\\pi", "$12\\pi$"),
+    ("gsm8k", "Answer: she has $18$ apples left.", "#### 18", "$18$"),
+    ("gsm8k", "Answer: it costs $18 and $5 more.", "#### 5", None),  # currency, not math: no value after the marker
+])
+def test_inline_math_after_prose_in_every_layout(layout, task, answer, reference, expected):
+    think, answer_delimiter = _LAYOUT_DELIMITERS[layout]
+    completion = _LAYOUT_TURNS[layout][0] + answer
+    extraction = extract(task, completion, think_delimiter=think, answer_delimiter=answer_delimiter)
+    if expected is None:  # a finished gsm8k reply falls back to its last number, never the marker
+        assert extraction.source != "marker"
+        return
+    assert (extraction.answer, extraction.source) == (expected, "marker")
+    assert grade(task, completion, reference, think_delimiter=think, answer_delimiter=answer_delimiter)
+
+
+@pytest.mark.parametrize("layout", ["s1", "think"])
+def test_the_answer_region_of_each_thinking_layout(layout):
+    think, close = _LAYOUT_DELIMITERS[layout]
+    kwargs = {"think_delimiter": think, "answer_delimiter": close}
+    opened = "First \\boxed{3}, then 7/2"  # the prompt opened the thinking, the model continues it
+    # cut inside the thinking: the box it wrote counts, as in any model's cut reply (one truncation
+    # rule, issue 26.4); under the sensitivity rule a cut prefix has not answered
+    assert extract("math500", opened, finished=False, thinking_opened=True, **kwargs).answer == "3"
+    assert extract("math500", opened, finished=False, thinking_opened=True, truncation="finished_only",
+                   **kwargs).source == "unfinished"
+    # the turn ended inside the thinking: the thinking is the region (s1's scorer's fallback)
+    assert extract("math500", opened + ".", finished=True, thinking_opened=True, **kwargs).answer == "3"
+    closed = f"{opened}\n{close}\n\nAnswer: the sum is $\\frac{{7}}{{2}}$."
+    assert answer_region(closed, thinking_opened=True, **kwargs) == "\n\nAnswer: the sum is $\\frac{7}{2}$."
+    assert grade("math500", closed, "\\frac{7}{2}", thinking_opened=True, **kwargs)
+    # a plain model's turn is all answer, delimiters of other layouts mean nothing to it
+    assert answer_region(closed, think_delimiter=None, answer_delimiter=None) == closed

@@ -76,11 +76,11 @@ def test_regrade_script_counts_changed_verdicts(tmp_path, capsys):
     assert regrade.main([str(run), "--json", str(tmp_path / "cmp.json")]) == 0
     printed = capsys.readouterr().out
     (summary,) = json.loads((tmp_path / "cmp.json").read_text())["summary"]
-    # limit 64 finished (40 < 64): old read 24, new reads 72; limit 8 was cut: old took `Answer: 72`
-    # from unfinished thinking, new has no answer
-    assert (summary["changed"], summary["wrong_to_right"], summary["right_to_wrong"]) == (2, 1, 1)
-    assert (summary["old_accuracy"], summary["new_accuracy"]) == (50.0, 50.0)
-    assert "| tuned | gsm8k | 2 (1) | 2 | 1 | 1 | 1 |" in printed and "old '24' ✗ → new '72'" in printed
+    # limit 64 finished (40 < 64): old read 24, new reads 72; limit 8 was cut inside the thinking after
+    # `Answer: 72`: both read 72 (a cut prefix's explicit answer counts for every model, issue 26.4)
+    assert (summary["changed"], summary["wrong_to_right"], summary["right_to_wrong"]) == (1, 1, 0)
+    assert (summary["old_accuracy"], summary["new_accuracy"]) == (50.0, 100.0)
+    assert "| tuned | gsm8k | 2 (1) | 1 | 1 | 0 | 1 |" in printed and "old '24' ✗ → new '72'" in printed
 
 
 def test_regrade_script_names_what_is_missing(tmp_path, capsys):

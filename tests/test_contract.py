@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, app_env, make_config
 
+import reasondiff
 from reasondiff.app.stage import Decision, decide, run_stage
 from reasondiff.core import artifacts, fingerprint
 from reasondiff.core.errors import UserError
@@ -310,7 +311,7 @@ def test_wandb_offline_logs_its_directory_and_the_sync_command(tmp_path, caplog)
 def test_the_pipeline_ends_with_the_path_of_the_report(chain, monkeypatch, capsys):
     import reasondiff.pipeline as pipeline
 
-    def fake_execute(cfg, stage=None, func=None):
+    def fake_execute(cfg, stage=None, func=None, prepare=None):
         if stage == "analyze":
             artifacts.write_text(cfg.stage_dir("analyze") / "report.md", "# report\n")
 
@@ -325,7 +326,7 @@ def test_a_wrong_model_path_is_never_given_a_new_tiny_model(tmp_path):
     cfg = make_config("+exp=tiny", f"output_root={tmp_path}", f"model.path={wrong}", config_name="finetune")
     assert cfg.model.build_tiny
     with pytest.raises(UserError, match=r"model.path=.*typo/base_model: no such model directory.*build_tiny"):
-        run_stage(cfg, func=lambda cfg, ctx: pytest.fail("ran"))
+        reasondiff.run_stage(cfg, func=lambda cfg, ctx: pytest.fail("ran"))  # as the apps run it
     assert not wrong.exists()
 
 

@@ -116,6 +116,27 @@ def test_headline_says_when_a_difference_is_not_significant_and_when_answers_are
     assert "[-10.00, +40.00], not significant" in sentence
 
 
+def test_headline_and_table_1_read_a_constant_answerer_against_its_baseline():
+    """Issue 26.2: a base that answers "no" to every boolq question scores the share of False labels."""
+    from reasondiff.analyze.report import table1_rows
+
+    flagged = {"model": "base", "task": "boolq", "performance": 34.0, "best_limit": 16, "n": 50, "top_answer": "no",
+               "top_answer_share": "100.0", "majority_answer": "yes", "majority_baseline": "66.0",
+               "constant_answerer": "True"}
+    tuned = {"model": "tuned", "task": "boolq", "performance": 60.0, "best_limit": 64, "n": 50, "mcnemar_p": 0.01,
+             "top_answer": "yes", "top_answer_share": "48.0", "majority_answer": "yes", "majority_baseline": "66.0",
+             "constant_answerer": "False"}
+    (sentence,) = bench_sentences([flagged, tuned])
+    assert 'base answers "no" to 100% of the questions there (majority-class baseline 66.0%)' in sentence
+    assert "tuned answers" not in sentence
+    rows = {r["model"]: r for r in table1_rows([flagged, tuned], [])}
+    assert rows["base"]["top answer (share %)"] == "`no` (100) ⚑" and rows["base"]["majority baseline (%)"] == "66.0"
+    assert rows["tuned"]["top answer (share %)"] == "`yes` (48)"
+    # a summary.csv from before issue 26 has none of these columns: nothing is added, nothing breaks
+    (old,) = bench_sentences([dict(SUMMARY[0]), dict(SUMMARY[1])])
+    assert "answers" not in old and table1_rows(SUMMARY, RESULTS)[0]["top answer (share %)"] == "–"
+
+
 def test_report_layout(experiment):
     report = build_report(experiment, experiment / "analyze", title="R", crosscoder_dir=experiment / "train")
     assert report.index("## Summary") < report.index("## Token-budget benchmarks")

@@ -125,15 +125,24 @@ def test_a_change_planted_in_one_mlp_is_found_at_its_layer(tmp_path, tiny_model,
             changed = layer > planted  # resid_pre L sees block `planted` only when L > planted
             assert (value(resid[layer], "relative_change") > 1e-3) == changed, (text, layer)
             assert (value(resid[layer], "cka") < 1 - 1e-9) == changed, (text, layer)
+            assert resid[layer]["n_patch_contexts"] == "2"
             for direction in ("tuned_into_base", "base_into_tuned"):
                 closed = value(resid[layer], f"closed_{direction}")
                 assert closed == pytest.approx(1.0 if changed else 0.0, abs=1e-4), (text, layer, direction)
+                # the 95% interval over the two patched contexts holds the point estimate
+                low, high = value(resid[layer], f"closed_{direction}_low"), value(resid[layer], f"closed_{direction}_high")
+                assert low - 1e-9 <= closed <= high + 1e-9, (text, layer, direction, low, closed, high)
         for block in range(N_LAYERS):
             assert (value(mlp[block], "relative_change") > 1e-3) == (block >= planted), (text, block)
             assert (value(attn[block], "relative_change") > 1e-3) == (block > planted), (text, block)
     recommendation = artifacts.read_json(out / "recommendation.json")
     assert recommendation["hook"] == f"blocks.{planted + 1}.hook_resid_pre"
     assert recommendation["largest_step_block"] == planted
+    # a change confined to one block: every context jumps 0 -> 1 there, so the layer is certain, and
+    # the other direction, reported beside it, agrees
+    assert recommendation["layer_range"] == [planted + 1, planted + 1] and recommendation["uncertain_layers"] == []
+    assert recommendation["directions"]["base_into_tuned"]["layer"] == planted + 1
+    assert "base → tuned" in recommendation["line"] and "2 patched contexts" in recommendation["line"]
     assert f"run=hook=blocks.{planted + 1}.hook_resid_pre" in " ".join(recommendation["follow_up"])
 
     from reasondiff.analyze.report import build_report

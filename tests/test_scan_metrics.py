@@ -7,8 +7,21 @@ import math
 import pytest
 import torch
 
-from reasondiff.scan.meters import PatchMeter, RepresentationMeter, resid_hook_name, sites_of
-from reasondiff.scan.recommend import first_large_layer, largest_step, recommend
+from reasondiff.scan.meters import (
+    PatchMeter,
+    RepresentationMeter,
+    bootstrap_fractions,
+    resid_hook_name,
+    sites_of,
+)
+from reasondiff.scan.recommend import (
+    Curve,
+    first_large_layer,
+    largest_step,
+    layer_range,
+    recommend,
+    uncertain_layers,
+)
 from reasondiff.scan.similarity import (
     MinibatchCKA,
     cosine,
@@ -186,3 +199,81 @@ def test_recommendation_rule():
     same = recommend([math.nan] * 3, threshold=0.5, text="general", direction="tuned_into_base", n_layers=2,
                      exp_args="+exp=x", mean_kl=0.0, min_kl=1e-6)
     assert same.hook is None and same.follow_up == [] and "agree" in same.line
+
+
+# --- issue 26.6: intervals over contexts, both directions, the recommendation's uncertainty ----------
+
+def test_patching_fractions_get_bootstrap_intervals_over_contexts():
+    meter = PatchMeter(["tuned_into_base", "base_into_tuned"], n_layers=1, n_contexts=3)
+    # three contexts of two tokens each (context ids as the patch pass passes them, batch by batch)
+    meter.update_gap(torch.tensor([0.5, 0.5, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
+    meter.update_gap(torch.tensor([1.5, 1.5]), torch.tensor([2, 2]))
+    for direction, after in (("tuned_into_base", [0.25, 0.25, 0.25, 0.25, 0.25, 0.25]),
+                             ("base_into_tuned", [0.5, 0.5, 0.5, 0.5, 0.5, 0.5])):
+        meter.update_patched(direction, 0, torch.tensor([0.5, 0.5, 1.0, 1.0, 1.5, 1.5]), torch.tensor([0, 0, 1, 1, 2, 2]))
+        meter.update_patched(direction, 1, torch.tensor(after), torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert meter.n_contexts == 3 and meter.total_tokens() == 6 and meter.mean_gap() == pytest.approx(1.0)
+    fractions = meter.fractions(min_kl=0.0)
+    # per context, tuned_into_base closes 1 - 0.5/1 = 0.5, 1 - 0.5/2 = 0.75, 1 - 0.5/3 = 0.83; pooled 1 - 1.5/6
+    assert fractions["tuned_into_base"] == pytest.approx([0.0, 0.75])
+    assert fractions["base_into_tuned"] == pytest.approx([0.0, 0.5])
+    intervals = meter.intervals(min_kl=0.0, resamples=2000, seed=0)
+    for direction, values in fractions.items():
+        low, high = intervals[direction]
+        assert low[0] == high[0] == pytest.approx(0.0)  # no context closes anything at layer 0: no spread
+        assert low[1] < values[1] < high[1]
+    low, high = intervals["tuned_into_base"]
+    assert 0.5 <= low[1] < 0.75 < high[1] <= 1 - 0.5 / 3 + 1e-12  # within the range of the per-context fractions
+    assert meter.intervals(min_kl=0.0, resamples=2000, seed=0) == intervals  # seeded
+    # one context: no interval; per-context sums survive a save and load
+    alone = PatchMeter(["tuned_into_base"], n_layers=1, n_contexts=1)
+    alone.update_gap(torch.tensor([1.0]))
+    alone.update_patched("tuned_into_base", 1, torch.tensor([0.5]))
+    assert all(math.isnan(v) for v in alone.intervals(min_kl=0.0, resamples=200, seed=0)["tuned_into_base"][0])
+    again = PatchMeter(["tuned_into_base", "base_into_tuned"], n_layers=1, n_contexts=3)
+    again.load_state_dict(meter.state_dict())
+    assert again.intervals(min_kl=0.0, resamples=2000, seed=0) == intervals
+    with pytest.raises(ValueError, match="per context"):
+        PatchMeter(["tuned_into_base", "base_into_tuned"], n_layers=1, n_contexts=2).load_state_dict(meter.state_dict())
+
+
+def test_bootstrap_fractions_leave_out_resamples_without_a_gap():
+    gap, tokens = torch.tensor([0.0, 2.0]).numpy(), torch.tensor([1, 1]).numpy()
+    patched = torch.tensor([[[0.0, 1.0]]]).numpy()  # one direction, one layer: context 1 closes half
+    low, high = bootstrap_fractions(gap, patched, tokens, min_kl=1e-6, resamples=500, seed=0)
+    # draws of context 0 alone have no gap and no fraction; every other draw closes exactly 1/2
+    assert low[0, 0] == pytest.approx(0.5) and high[0, 0] == pytest.approx(0.5)
+
+
+def test_the_recommendations_uncertainty_on_a_hand_made_table():
+    fractions = [0.0, 0.30, 0.45, 0.55, 0.70, 0.90, 1.0]
+    low = [0.0, 0.20, 0.35, 0.40, 0.52, 0.80, 1.0]
+    high = [0.0, 0.40, 0.55, 0.65, 0.85, 0.95, 1.0]
+    # layers 2 and 3 straddle 0.5; the rule ("first layer >= 0.5") could give layer 2 (if layer 2 is
+    # really above) up to layer 4 (the first whose whole interval is above)
+    assert uncertain_layers(low, high, 0.5) == [2, 3]
+    assert layer_range(low, high, 0.5) == [2, 4]
+    assert layer_range([0.0, 0.1], [0.2, 0.6], 0.5) == [1, None]  # no interval wholly above
+    reverse = Curve([0.0, 0.50, 0.70, 0.86, 0.90, 0.95, 1.0], [0.0, 0.42, 0.61, 0.80, 0.85, 0.9, 1.0],
+                    [0.0, 0.58, 0.79, 0.91, 0.94, 0.98, 1.0])
+    rec = recommend(fractions, threshold=0.5, text="reasoning", direction="tuned_into_base", n_layers=6,
+                    exp_args="+exp=x", mean_kl=0.3, min_kl=1e-6, low=low, high=high,
+                    others={"base_into_tuned": reverse}, n_contexts=2)
+    assert rec.layer == 3 and (rec.closed, rec.closed_low, rec.closed_high) == (0.55, 0.40, 0.65)
+    assert rec.uncertain_layers == [2, 3] and rec.layer_range == [2, 4] and rec.n_contexts == 2
+    # both directions are reported, each read by the same rule
+    assert set(rec.directions) == {"tuned_into_base", "base_into_tuned"}
+    other = rec.directions["base_into_tuned"]
+    assert other["layer"] == 1 and other["closed"] == 0.86 and (other["closed_low"], other["closed_high"]) == (0.80, 0.91)
+    assert other["uncertain_layers"] == [1] and other["layer_range"] == [1, 2]
+    assert "55% [40%, 65%] there" in rec.line and "layers 2–3 contain 50%" in rec.line
+    assert "any layer from 2 to 4" in rec.line and "2 patched contexts" in rec.line
+    assert "base → tuned, closes 86% [80%, 91%] at layer 3 and first reaches 50% at layer 1" in rec.line
+    # a certain recommendation says so; without intervals it says there are none
+    tight = recommend(fractions, threshold=0.5, text="general", direction="tuned_into_base", n_layers=6,
+                      exp_args="+exp=x", mean_kl=0.3, min_kl=1e-6, low=[f - 0.01 for f in fractions],
+                      high=[f + 0.01 for f in fractions], n_contexts=8)
+    assert tight.layer_range == [3, 3] and tight.uncertain_layers == [] and "the rule gives this layer" in tight.line
+    bare = recommend(fractions, threshold=0.5, text="general", direction="tuned_into_base", n_layers=6,
+                     exp_args="+exp=x", mean_kl=0.3, min_kl=1e-6, n_contexts=1)
+    assert bare.layer == 3 and bare.layer_range == [] and "No interval" in bare.line

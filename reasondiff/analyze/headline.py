@@ -84,6 +84,7 @@ def bench_sentences(summary: Sequence[Mapping[str, str]], results: Sequence[Mapp
                     f"({row['best_limit']} tokens) against {pct(base['performance'])}"
                     f"{interval(base.get('performance_low'), base.get('performance_high'))} for {reference}: "
                     f"{diff:+.1f} points, {verdict}")
+        sentence += "".join(constant_answer_note(r) for r in (row, base))
         missing = no_answer.get((model, task, str(row["best_limit"])))
         if missing and missing[1] and missing[0] / missing[1] >= 0.5:
             sentence += f"; {missing[0]} of its {missing[1]} replies there give no answer"
@@ -97,6 +98,18 @@ def bench_sentences(summary: Sequence[Mapping[str, str]], results: Sequence[Mapp
                              f"{high * 100:+.2f}], {'significant' if significant else 'not significant'}")
         out.append(sentence + ".")
     return out
+
+
+def constant_answer_note(row: Mapping[str, str]) -> str:
+    """'; base answers "no" to 100% of the questions there (majority-class baseline 66.0%)' for a
+    model bench flagged (summary.csv `constant_answerer`, issue 26.2): its accuracy is read against
+    that baseline, not against chance. Empty for other rows and for summaries written before the flag."""
+    if str(row.get("constant_answerer", "")) != "True":
+        return ""
+    baseline = num(row.get("majority_baseline"))
+    against = f"majority-class baseline {baseline:.1f}%" if not math.isnan(baseline) else "no majority baseline"
+    return (f"; {row['model']} answers \"{row.get('top_answer', '')}\" to {num(row.get('top_answer_share')):.0f}% "
+            f"of the questions there ({against}), so its accuracy is mostly that answer's share of the labels")
 
 
 def ce_sentence(ce_rows: Sequence[Mapping[str, str]]) -> str | None:

@@ -228,7 +228,9 @@ def _with_interval(value: Any, low: Any, high: Any, fmt: str) -> str:
 
 def table1_rows(summary: Sequence[Mapping[str, str]], results: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     """Table 1 as shown: performance and scaling with their intervals, the best limit and how many
-    answers were missing there, and the paired comparison with the reference model."""
+    answers were missing there, the paired comparison with the reference model; then s1's Scaling,
+    the most common answer with its share (flagged past half) and the majority-class baseline
+    (columns of summary.csv since issue 26; "–" for an older file)."""
     no_answer = {(r["model"], r["task"], str(r["limit"])): (r.get("no_answer", ""), r.get("n", "")) for r in results}
     rows = []
     for s in summary:
@@ -242,6 +244,12 @@ def table1_rows(summary: Sequence[Mapping[str, str]], results: Sequence[Mapping[
             "scaling (%/token)": _with_interval(s.get("scaling"), s.get("scaling_low"), s.get("scaling_high"), ".4f"),
             "Δ vs base (points)": "" if math.isnan(num(s.get("performance_diff"))) else f"{num(s['performance_diff']):+.1f}",
             "McNemar p": "" if math.isnan(p) else f"{p:.3g}",
+            "s1 scaling (%/token)": _with_interval(s.get("s1_scaling"), s.get("s1_scaling_low"), s.get("s1_scaling_high"),
+                                                   ".4f"),
+            "top answer (share %)": (f"`{s['top_answer']}` ({_cell(s.get('top_answer_share'), '.0f')})"
+                                     + (" ⚑" if str(s.get("constant_answerer")) == "True" else "")
+                                     if s.get("top_answer") else "–"),
+            "majority baseline (%)": _cell(s.get("majority_baseline"), ".1f"),
         })
     return rows
 
@@ -272,7 +280,10 @@ def _bench_section(bench: Path, start: Path, exp: str) -> str:
                "accuracy against the limit (comparable only on the same limit grid); brackets: 95% bootstrap "
                "intervals over questions. Δ vs base and McNemar's exact p compare each model with base on the same "
                "questions, each at its own best limit. \"No answer\" counts replies with no extractable answer "
-               "(wrong, but apart from wrong answers).\n\n")
+               "(wrong, but apart from wrong answers). s1 scaling = s1's mean slope over pairs of runs against the "
+               "tokens each spent. Top answer: the answer given most often at the best limit and its share of the "
+               "questions (⚑: more than half, so read the performance against the majority-class baseline, the "
+               "accuracy of always giving the most common gold answer, not against chance).\n\n")
     out.append(markdown_table(table1_rows(read_csv_rows(summary), result_rows), preformatted=True)
                + f"\nSource: [{summary.name}]({_rel(summary, start)}); in words: "
                f"[summary.md]({_rel(bench / 'summary.md', start)}).\n")

@@ -142,7 +142,7 @@ def load_models(cfg: Config, device: torch.device):
     tuned, tuned_tok = load_model(cfg.tuned_model, cfg.hardware, config_key="tuned_model", device=device,
                                   trust_remote_code=cfg.model.trust_remote_code)
     check_compatible(base, tuned, base_tok, tuned_tok)
-    return (base, tuned), base_tok
+    return (base, tuned), base_tok, tuned_tok
 
 
 # --- latent selection ----------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     # 2-3. the streamed passes
     store = open_harvest(cfg)
-    models, tokenizer = load_models(cfg, device)
+    models, tokenizer, tuned_tokenizer = load_models(cfg, device)
     d_model = models[0].config.hidden_size
     if d_model != crosscoder.cfg.d_model:
         raise UserError(f"crosscoder in {cc_dir} has d_model {crosscoder.cfg.d_model} but the models have {d_model}: "
@@ -409,7 +409,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                        "harvest_documents_used": int(store.manifest["documents_used"]) if store is not None else None})
 
     texts = {"general": Contexts.packed("general", heldout_contexts(cfg, tokenizer, store))}
-    reasoning_texts = reasoning_contexts(cfg, tokenizer)
+    # the reasoning text is the tuned model's: rendered with its tokenizer's chat template and layout
+    reasoning_texts = reasoning_contexts(cfg, tuned_tokenizer)
     if reasoning_texts is not None:
         texts["reasoning"] = reasoning_texts
     common = {"hook": hook.name, "keep_first": keep_first, "max_norm_ratio": max_norm_ratio, "tracked": tracked}

@@ -2,9 +2,9 @@
 layout the fine-tune taught.
 
 General text: fixed-length packed contexts, every token real. Reasoning text: one s1K-style row per
-context, rendered with the tokenizer's chat template around the s1 layout of the assistant turn
-(`reasondiff/lm/s1_layout.py`: `<|im_start|>think` thinking, `<|im_start|>answer` answer), exactly the
-conversation the fine-tune trained on, so that latents tied to the layout (the delimiters, the
+context, rendered with the tuned model's chat template around its layout of the assistant turn
+(`format.layout`, `reasondiff/lm/layouts.py`: s1's `<|im_start|>think` thinking `<|im_start|>answer`
+answer, or R1's `<think>` thinking `</think>` answer), exactly the conversation the fine-tune trained on, so that latents tied to the layout (the delimiters, the
 answer block) can fire at all. A conversation longer than the context loses the middle of its
 thinking, never its prompt, delimiters or answer; shorter ones are right-padded and `valid` marks the
 real tokens (a causal model's real predictions never see the padding after them).
@@ -62,15 +62,13 @@ def trace_fields(trace_source: str) -> tuple[str, str]:
 
 def conversation_ids(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat,
                      max_length: int) -> list[int] | None:
-    """The conversation as the fine-tune saw it (chat template around the s1 layout), cut to
+    """The conversation as the fine-tune saw it (chat template around the tuned layout), cut to
     `max_length` tokens by dropping the middle of the thinking; None when even no thinking won't fit."""
-    from reasondiff.lm.s1_layout import build_messages
+    from reasondiff.lm.layouts import conversation_text, layout_for
 
     thinking = thinking.strip()
-    text = tokenizer.apply_chat_template(build_messages(question, thinking, attempt, fmt), tokenize=False)
-    eos = tokenizer.eos_token
-    if eos and eos in text:  # the fine-tune's sequences end with the EOS closing the assistant turn
-        text = text[:text.rindex(eos) + len(eos)]
+    # the fine-tune's sequences: the generation prompt, the turn in the tuned layout, the EOS closing it
+    text, _ = conversation_text(tokenizer, layout_for(fmt, "tuned"), question, thinking, attempt)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     if len(ids) <= max_length:

@@ -19,7 +19,7 @@ import textwrap
 import typing
 from typing import Any
 
-GROUPS = ("model", "hardware", "exp", "sweep", "debug")
+GROUPS = ("model", "hardware", "exp", "pair", "sweep", "debug")
 APP_TITLES = {
     "finetune": "stage 1: SFT of the base model on s1K-1.1 (trl)",
     "bench": "stage 2: token-budget sweeps, accuracy and time per token limit",
@@ -122,7 +122,7 @@ def app_help(app: str, overrides: list[str]) -> str:
            f"       python -m reasondiff.{app} --cfg job --resolve [+exp=NAME ...]   print the resolved config",
            f"       python -m reasondiff.{app} -m +exp=NAME +sweep=GRID [...]         multirun (a tally at the end)",
            "", "config groups: " + "  ".join(
-               f"{'+' if g in ('exp', 'sweep', 'debug') else ''}{g}={{{','.join(groups[g])}}}" for g in GROUPS),
+               f"{'+' if g in ('exp', 'pair', 'sweep', 'debug') else ''}{g}={{{','.join(groups[g])}}}" for g in GROUPS),
            f"values below: {' '.join(overrides) or 'the defaults'} applied", ""]
     if own:
         out += [f"{app}.* (reasondiff/config/{app}.py)", *(line(*e) for e in own), ""]

@@ -163,8 +163,9 @@ def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
         return None
     if _hub_file(item.value, "config.json", cfg.model.revision if item.key == "model.path" else None) is None \
             and not _hub_up():
-        return f"{item.key}={item.value}: not in the Hugging Face cache and the Hub is unreachable (set {item.key} " \
-               "to a local model directory)"
+        local = "/path/to/" + item.value.rsplit("/", 1)[-1]
+        return f"{item.key}={item.value}: not in the Hugging Face cache and the Hub is unreachable; point at a " \
+               f"local copy with {item.key}={local} (huggingface-cli download {item.value} --local-dir {local})"
     return None
 
 

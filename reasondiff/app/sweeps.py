@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ def job_run_name(stage: str, overrides: list[str], swept: list[str] | None) -> s
     return name_from_overrides(stage, overrides)
 
 
-def grid_problems(config_name: str, jobs: list[list[str]]) -> list[str]:
-    """What would make jobs fail before doing any work, checked on each job's composed config."""
+def grid_problems(config_name: str, jobs: list[list[str]], prepare: Callable[[Any, str], None] | None = None) -> list[str]:
+    """What would make jobs fail before doing any work, checked on each job's composed config;
+    `prepare(cfg, stage)` first does what the first job would do before its checks (the tiny world)."""
     from hydra import compose
 
     from reasondiff.app import preflight
@@ -98,8 +100,8 @@ def grid_problems(config_name: str, jobs: list[list[str]]) -> list[str]:
             continue
         cfg.run = runs.join(cfg.run, job_run_name(cfg.stage, job, swept))
         stages = list(STAGES) if cfg.stage == "pipeline" else [cfg.stage]
-        if not built:
-            preflight.prepare_tiny_world(cfg, stages[0])  # what the first job would do anyway
+        if not built and prepare is not None:
+            prepare(cfg, stages[0])  # what the first job would do anyway
             built = True
         checks = [(cfg, s) for s in stages if not artifacts.is_complete(cfg.stage_dir(s))]
         if cfg.stage == "pipeline":
@@ -138,8 +140,11 @@ def format_tally(outcomes: list[dict[str, Any]], missing: int) -> str:
 
 
 class SweepReport(Callback):
-    def __init__(self, check_grid: bool = True) -> None:
+    def __init__(self, check_grid: bool = True, prepare: str | None = None) -> None:
+        """`prepare`: the dotted name of what a job runs before its checks (conf/common.yaml hands in
+        the tiny world's builder, reasondiff.tiny.prepare_tiny_world: the foundation imports no stage)."""
         self.check_grid = check_grid
+        self.prepare = prepare
         self.expected: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -152,7 +157,9 @@ class SweepReport(Callback):
         from reasondiff.core.errors import UserError
 
         try:
-            problems = grid_problems(config_name, jobs)
+            from hydra.utils import get_method
+
+            problems = grid_problems(config_name, jobs, get_method(self.prepare) if self.prepare else None)
         except (UserError, ValueError) as err:
             problems = [str(err)]
         if problems:

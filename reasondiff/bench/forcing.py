@@ -27,6 +27,13 @@ Two deliberate differences from the harness:
   harness, run on such a model, would append `<|im_start|>answer` and make it answer a second
   time.
 
+Other layouts (reasondiff/lm/layouts.py) are forced by the same harness with their own strings, as
+s1's harness takes `thinking_start` / `thinking_end` / `until_thinking` per model: the R1 /
+Qwen3 / OpenThinker `think` layout opens with `<think>\n` (nothing when the chat template opened
+it), stops thinking at the single token `</think>`, appends `</think>` after a natural stop and
+`</think>\n\nFinal Answer:` at the budget (the harness's `thinking_end + "\nFinal Answer:"` with
+the layout's own separator); "Wait" is appended where `</think>` was dropped.
+
 One sweep serves every budget. Decoding is greedy, so the thinking at budget B is the first B
 tokens of the thinking at the largest budget, closed by itself only if it ended before B. The
 thinking is therefore generated once per question, and only the answers are generated per budget.
@@ -39,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reasondiff.core.errors import UserError
+from reasondiff.lm.layouts import ReasoningLayout
 
 
 @dataclass
@@ -86,7 +94,7 @@ def single_token(tokenizer, text: str, key: str) -> int:
     ids = encode(tokenizer, text)
     if len(ids) != 1:
         raise UserError(f"{key}={text!r} is {len(ids)} tokens for this tokenizer; s1 stops thinking at a single "
-                        "token (<|im_start|> in Qwen's vocabulary)")
+                        "token (<|im_start|> in Qwen's vocabulary, </think> in R1's)")
     return ids[0]
 
 
@@ -135,26 +143,28 @@ def think(generator, prompts: Sequence[Sequence[int]], budget: int, *, stop_ids:
     return streams
 
 
-def closing_ids(tokenizer, thinking_ids: Sequence[int], ended: bool, *, answer_delimiter: str,
-                final_answer_prompt: str) -> list[int]:
-    """What s1 appends to close the thinking: `<|im_start|>answer` after a natural stop; at the
-    budget "\\n" (unless the thinking ends with one) + `<|im_start|>answer\\nFinal Answer:`."""
+def closing_ids(tokenizer, thinking_ids: Sequence[int], ended: bool, *, layout: ReasoningLayout) -> list[int]:
+    """What s1 appends to close the thinking: the layout's closing delimiter after a natural stop
+    (`<|im_start|>answer`, `</think>`); at the budget "\n" (unless the thinking ends with one) +
+    the delimiter, the layout's separator and "Final Answer:" (`<|im_start|>answer\nFinal Answer:`,
+    `</think>\n\nFinal Answer:`)."""
     if ended:
-        return encode(tokenizer, answer_delimiter)
+        return encode(tokenizer, layout.natural_close())
     text = tokenizer.decode(list(thinking_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
     newline = [] if text.endswith("\n") else encode(tokenizer, "\n")
-    return newline + encode(tokenizer, f"{answer_delimiter}\n{final_answer_prompt}")
+    return newline + encode(tokenizer, layout.budget_close())
 
 
 def force(generator, tokenizer, prompts: Sequence[Sequence[int]], limits: Sequence[int], *, opened: bool,
-          until_thinking: str, n_ignore: int, ignore_str: str, max_tokens_answer: int, answer_delimiter: str,
-          final_answer_prompt: str) -> dict[tuple[int, int], ForcedOutcome]:
-    """s1 budget forcing of every prompt at every limit: {(prompt index, limit): outcome}.
+          layout: ReasoningLayout, n_ignore: int, ignore_str: str, max_tokens_answer: int,
+          ) -> dict[tuple[int, int], ForcedOutcome]:
+    """s1 budget forcing of every prompt at every limit: {(prompt index, limit): outcome}, with the
+    strings of `layout` (its stop token ends the thinking, its delimiters close it).
 
-    `prompts` are already opened with the think delimiter when `opened` (a thinking model)."""
+    `prompts` are already opened with the layout's think delimiter when `opened` (a thinking model)."""
     end_of_turn = list(generator.stop_ids)
-    think_stops = list(dict.fromkeys([single_token(tokenizer, until_thinking, "bench.forcing.until_thinking"),
-                                      *end_of_turn]))
+    key = "bench.forcing.until_thinking" if layout.name == "s1" else f"the {layout.name} layout's stop"
+    think_stops = list(dict.fromkeys([single_token(tokenizer, layout.stop, key), *end_of_turn]))
     ignore_ids = encode(tokenizer, ignore_str) if n_ignore else []
     streams = think(generator, prompts, max(limits), stop_ids=think_stops, n_ignore=n_ignore, ignore_ids=ignore_ids)
 
@@ -166,8 +176,7 @@ def force(generator, tokenizer, prompts: Sequence[Sequence[int]], limits: Sequen
             if ended and not opened and stream.end_token in end_of_turn:
                 plans[(i, limit)] = (ids, ended, seconds, None)  # the base answered and ended its turn
                 continue
-            tail = closing_ids(tokenizer, ids, ended, answer_delimiter=answer_delimiter,
-                               final_answer_prompt=final_answer_prompt)
+            tail = closing_ids(tokenizer, ids, ended, layout=layout)
             plans[(i, limit)] = (ids, ended, seconds, tail)
             answer_keys.setdefault((i, "ended" if ended else limit), list(prompts[i]) + ids + tail)
     keys = list(answer_keys)

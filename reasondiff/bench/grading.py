@@ -6,13 +6,18 @@ a table of examples; tests/test_bench_grading.py checks every row of it):
 1. **The answer region.** A completion in the s1 layout (its thinking was opened, by the prompt or
    by the model writing `<|im_start|>think`, or it holds the answer delimiter) answers only after
    its last answer delimiter `<|im_start|>answer`, which is how s1's own scorer reads it. If the
-   delimiter never came and the model is still thinking (cut off), it has not answered
-   (`no_answer`). If the delimiter never came and the model ended its turn inside the thinking,
-   the thinking is all it said, and it is read as s1's scorer falls back to reading it. Any other
-   completion is its own region.
+   delimiter never came, the thinking is all it said, and it is read as s1's scorer falls back to
+   reading it. Any other completion is its own region.
+   **A prefix the limit cut** is read by one rule for every model (`truncation_rule`): only what
+   it has written explicitly counts (step 2's box or marker, never a bare last number), and the
+   word running into the cut does not. So a base model's reply cut after an intermediate
+   `\\boxed{}` and a tuned model's thinking cut after one are read alike. The other rule, a cut
+   prefix has not answered at all (`finished_only`), is reported beside it as a sensitivity.
 2. **The final answer in the region.** Take the last closed `\\boxed{}`. Otherwise take the value
    right after the last explicit marker that is followed by one: `Answer:`, `Final Answer:`,
-   "The (final) answer is", `####`, and their bold and heading variants. Otherwise, **only when
+   "The (final) answer is", `####`, and their bold and heading variants; a value stated in prose
+   after the marker is read from the sentence's last inline math (`Answer: the sum is $\\frac{7}{2}$.`,
+   never a bare number in prose). Otherwise, **only when
    the model finished**, take the last number of the region (gsm8k) or its last yes/no (boolq).
    "Finished" means the model emitted its end of turn within the limit. The bench knows this; the
    text cannot tell it, so it is passed in. MATH has no such fallback, because its prompt asks for
@@ -48,8 +53,11 @@ DEFAULT_ANSWER_DELIMITER = "<|im_start|>answer"
 MAX_MATH_ANSWER_CHARS = 1000
 """Longer 'answers' are runaway text; SymPy on them can take minutes and no timeout guards it."""
 
-SOURCES = ("box", "marker", "last_number", "last_verdict", "no_answer_section", "none")
+SOURCES = ("box", "marker", "last_number", "last_verdict", "unfinished", "none")
 """Where an extraction came from (the first four) or why there is none (the last two)."""
+TRUNCATION_RULES = ("written_so_far", "finished_only")
+"""How a prefix cut by the limit is read, the same for every model (`truncation_rule`). The bench
+grades by the first and reports the second as a sensitivity (docs/bench.md)."""
 
 
 class _DropTimeoutDisabledWarning(logging.Filter):
@@ -69,8 +77,8 @@ class Extraction:
     """The final answer as written (normalised): box content, the value after a marker, the last
     number; for boolq "yes" or "no". None = no answer."""
     source: str
-    """One of SOURCES: box, marker, last_number, last_verdict; or no_answer_section (s1 layout, cut
-    off before the answer delimiter came) or none (nothing explicit, or cut off before the end of turn)."""
+    """One of SOURCES: box, marker, last_number, last_verdict; or unfinished (cut by the limit, read
+    under the finished_only rule) or none (nothing explicit, or only a bare number in cut-off text)."""
 
 
 def _check_task(task: str) -> None:
@@ -105,24 +113,47 @@ def in_s1_layout(completion: str, *, thinking_opened: bool = False, think_delimi
     return thinking_opened or any(d and d in completion for d in (think_delimiter, answer_delimiter))
 
 
-def answer_region(completion: str, *, finished: bool = True, thinking_opened: bool = False,
+def answer_region(completion: str, *, thinking_opened: bool = False,
                   think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
-                  answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> str | None:
+                  answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> str:
     """The text that can hold the answer. In the s1 layout it is the text after the last answer
-    delimiter. If the delimiter never came, it is None while the model is still thinking (cut off
-    by the limit: it has not answered). If the model ended its turn inside the thinking, it is the
-    thinking, which is what s1's scorer falls back to (split on `<|im_start|>`, drop the first line).
-    Any other completion is its own region."""
+    delimiter; if the delimiter never came, it is the thinking, which is what s1's scorer falls back
+    to (split on `<|im_start|>`, drop the first line). Any other completion is its own region.
+    Whether a region cut by the limit may answer is `truncation_rule`'s business, not this one's."""
     if not in_s1_layout(completion, thinking_opened=thinking_opened, think_delimiter=think_delimiter,
                         answer_delimiter=answer_delimiter):
         return completion
     if answer_delimiter and answer_delimiter in completion:
         return completion[completion.rindex(answer_delimiter) + len(answer_delimiter):]
-    if not finished:
-        return None
     if think_delimiter and think_delimiter in completion:
         return completion[completion.rindex(think_delimiter) + len(think_delimiter):]
     return completion
+
+
+_CUT_TAIL = re.compile(r"[\w.,]+\Z")
+"""A word or number running into the cut of an unfinished region: `72` may be the start of `720`,
+`no` of `not sure`, so it is not read."""
+
+
+def truncation_rule(region: str, *, finished: bool, rule: str = TRUNCATION_RULES[0]) -> str | None:
+    """What a region may answer from once the limit has cut it: one rule for every model, whatever
+    its layout (issue 26.4: a base reply cut after an intermediate `\\boxed{}` was read, a tuned
+    model's thinking cut after one was not).
+
+    - `written_so_far` (the bench's rule): the text it has written, minus a word or number running
+      into the cut (`72` may be the start of `720`, `no` of `not sure`). `extract` then reads only
+      explicit answers (a box, a marker) from it: a bare last number is no answer until finished.
+      This is how s1's scorer reads a cut thinking, and what budget forcing's closing asks for.
+    - `finished_only` (the sensitivity): a prefix the limit cut has not answered (None).
+
+    A finished region is returned as it is under both rules."""
+    if rule not in TRUNCATION_RULES:
+        raise ValueError(f"unknown truncation rule {rule!r}; choose from {', '.join(TRUNCATION_RULES)}")
+    if finished:
+        return region
+    if rule == "finished_only":
+        return None
+    return _CUT_TAIL.sub("", region)
 
 
 # --- step 2: the final answer in the region --------------------------------------------------------
@@ -163,9 +194,6 @@ _EXPRESSION = re.compile(r"(?:[\d\s.,+\-*/×÷()^$={}]|\\[A-Za-z]+|(?<![A-Za-z])
 """Arithmetic, LaTeX commands and one-letter variables, no words: what may stand before an `=`."""
 _PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}\b")
 _VERDICT = re.compile(r"(?:(?P<negation>\bnot|n't)\s+)?\b(?P<word>yes|no|true|false)\b", re.IGNORECASE)
-_CUT_TAIL = re.compile(r"[\w.,]+\Z")
-"""A word or number running into the cut of an unfinished region: `72` may be the start of `720`,
-`no` of `not sure`, so it is not read."""
 _VERDICT_AFTER_NO = {"because", "since", "as", "it", "this", "that", "there"}
 """Words that may follow a verdict "no"; any other word makes it a determiner ("no doubt", "no one")."""
 
@@ -190,16 +218,36 @@ def _leading_value(task: str, text: str) -> str | None:
         env = _MATH_ENV.match(text)
         if env:
             return env.group(0)
-        sentence = _first_sentence(text).strip()
-        return sentence if sentence and not _PROSE.search(sentence) else None
-    sentence = _first_sentence(text)
+        sentence = _first_sentence_of_math(text).strip()
+        if sentence and not _PROSE.search(sentence):
+            return sentence
+        return _inline_math_after_prose(sentence)
+    sentence = _first_sentence_of_math(text)
     if "=" in sentence and _EXPRESSION.fullmatch(sentence.rsplit("=", 1)[0]):
         sentence = sentence.rsplit("=", 1)[1].lstrip()  # "Answer: 3 * 24 = 72", "x = 18": the result
     number = _GSM8K_VALUE.match(sentence)
     if number:
         return _gsm8k_token(number.group(0))
     env = _MATH_ENV.match(sentence)
-    return env.group(0) if env else None
+    return env.group(0) if env else _inline_math_after_prose(sentence)
+
+
+def _first_sentence_of_math(text: str) -> str:
+    """The first sentence, never ending inside a math span (`$x = 1. y$` is one span)."""
+    spans = [m.span() for m in _MATH_ENV.finditer(text)]
+    for end in _SENTENCE_END.finditer(text):
+        if not any(lo < end.start() < hi for lo, hi in spans):
+            return text[:end.start()]
+    return text
+
+
+def _inline_math_after_prose(sentence: str) -> str | None:
+    """The last inline math span of a sentence that states its value in prose (`Answer: the sum is
+    $\\frac{7}{2}$.`): the prose names the value, the math is it. A span whose content starts or
+    ends with a space is two currency amounts (`$18 and $`), not math."""
+    spans = [m.group(0) for m in _MATH_ENV.finditer(sentence)]
+    spans = [s for s in spans if s.startswith("$$") or s[1:-1] == s[1:-1].strip()]
+    return spans[-1] if spans else None
 
 
 def value_after_last_marker(task: str, region: str) -> str | None:
@@ -239,22 +287,23 @@ def last_number(region: str) -> str | None:
 
 def extract(task: str, completion: Any, *, finished: bool = True, thinking_opened: bool = False,
             think_delimiter: str | None = DEFAULT_THINK_DELIMITER,
-            answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER) -> Extraction:
+            answer_delimiter: str | None = DEFAULT_ANSWER_DELIMITER,
+            truncation: str = TRUNCATION_RULES[0]) -> Extraction:
     """The final answer of `completion` and where it was found (see the module docstring).
 
     `finished`: the model emitted its end of turn within the limit (the bench passes False for a
     prefix cut off by the limit). `thinking_opened`: the prompt already opened the thinking
-    (`<|im_start|>think` appended to the prompt, as s1's evaluation does)."""
+    (`<|im_start|>think` appended to the prompt, as s1's evaluation does). `truncation`: how a cut
+    prefix is read (`truncation_rule`)."""
     _check_task(task)
     if not isinstance(completion, str):
         return Extraction(None, "none")
-    region = answer_region(completion, finished=finished, thinking_opened=thinking_opened,
-                           think_delimiter=think_delimiter, answer_delimiter=answer_delimiter)
+    region = truncation_rule(normalize(answer_region(completion, thinking_opened=thinking_opened,
+                                                     think_delimiter=think_delimiter,
+                                                     answer_delimiter=answer_delimiter)),
+                             finished=finished, rule=truncation)
     if region is None:
-        return Extraction(None, "no_answer_section")
-    region = normalize(region)
-    if not finished:
-        region = _CUT_TAIL.sub("", region)
+        return Extraction(None, "unfinished")
     boxed = last_boxed(region)
     if boxed is not None:
         answer = verdict(boxed) if task == "boolq" else boxed

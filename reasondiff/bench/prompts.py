@@ -11,10 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from reasondiff.config import ReasoningFormat
 from reasondiff.config.bench import BenchConfig, PromptTemplates, TaskData
 from reasondiff.core.errors import UserError
 from reasondiff.lm.data_sources import load_rows, require_fields
+from reasondiff.lm.layouts import ReasoningLayout, layout_named
 
 # task -> (field holding the question, field holding the gold reference)
 TASK_FIELDS: dict[str, tuple[str, str]] = {
@@ -71,10 +71,11 @@ def load_questions(task: str, bench: BenchConfig) -> list[Question]:
 
 
 def chat_prompt(tokenizer, user: str, *, system_prompt: str | None, start_thinking: bool = False,
-                fmt: ReasoningFormat | None = None, plain: bool = False) -> str:
+                layout: ReasoningLayout | None = None, plain: bool = False) -> str:
     """The full prompt text: the chat template with its generation prompt (or, `plain`, the bare
-    user turn), optionally opening the thinking with `fmt.think_delimiter`. As in s1's evaluation
-    no newline follows the delimiter: the model writes it."""
+    user turn), optionally opening the thinking in `layout` (default: s1's). As in s1's evaluation
+    no newline follows s1's `<|im_start|>think` (the model writes it); the think layout opens with
+    `<think>\n` as R1's template does, and nothing is added when the template opened it already."""
     if plain:
         text = user
     else:
@@ -85,7 +86,7 @@ def chat_prompt(tokenizer, user: str, *, system_prompt: str | None, start_thinki
                             "instruct/chat model, or list the model in bench.plain_prompt_models)")
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if start_thinking:
-        text += (fmt or ReasoningFormat()).think_delimiter
+        text += (layout or layout_named("s1")).opening(text)
     return text
 
 

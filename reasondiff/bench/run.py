@@ -47,6 +47,7 @@ from reasondiff.bench.tables import (
 from reasondiff.config import Config
 from reasondiff.core import artifacts, figures
 from reasondiff.core.errors import UserError
+from reasondiff.lm.layouts import ReasoningLayout, layout_for, layout_named
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +71,21 @@ class ModelSpec:
     config_key: str
     entry: str = ""
     """As bench.models lists it (base, tuned, or the path): what thinking_models / plain_prompt_models name."""
+    role: str = "tuned"
+    """Whose reasoning layout it uses: base (format.base_layout) or tuned (format.layout). A model
+    listed by path is a tuned one when thinking_models names it, else a plain one (layout none)."""
 
 
 def resolve_models(cfg: Config) -> list[ModelSpec]:
     specs = []
     for entry in cfg.bench.models:
         if entry == "base":
-            specs.append(ModelSpec("base", cfg.model.path, "model.path", "base"))
+            specs.append(ModelSpec("base", cfg.model.path, "model.path", "base", "base"))
         elif entry == "tuned":
             specs.append(ModelSpec("tuned", cfg.tuned_model, "tuned_model", "tuned"))
         else:
-            specs.append(ModelSpec(entry, entry, "bench.models", entry))
+            specs.append(ModelSpec(entry, entry, "bench.models", entry,
+                                   "tuned" if entry in cfg.bench.thinking_models else "plain"))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise UserError(f"bench.models={cfg.bench.models} lists a model twice")
@@ -152,6 +157,23 @@ class GenerationLog:
 
 # --- prompts -------------------------------------------------------------------------------------
 
+def model_layout(cfg: Config, spec: ModelSpec, tokenizer=None) -> ReasoningLayout:
+    """The layout bench prompts, forces and grades `spec` in: its own (format.layout or
+    format.base_layout). In forced mode a model without one is forced with the tuned model's
+    strings, as s1's harness forces every model it evaluates with the same delimiters, when its
+    tokenizer has the tuned layout's stop as one token (given `tokenizer`); otherwise (a Qwen2.5
+    base beside an R1 distill has no `</think>` token) it gets one plain generation, which is how
+    s1 scores its base models."""
+    until = cfg.bench.forcing.until_thinking
+    own = layout_named("none", cfg.format) if spec.role == "plain" else layout_for(cfg.format, spec.role,
+                                                                                     until_thinking=until)
+    if not own.thinks and cfg.bench.mode == "forced":
+        tuned = layout_for(cfg.format, "tuned", until_thinking=until)
+        if tuned.thinks and (tokenizer is None or len(forcing.encode(tokenizer, tuned.stop)) == 1):
+            return tuned
+    return own
+
+
 def thinking_opened(cfg: Config, spec: ModelSpec, task: str) -> bool:
     """Whether this model's prompt opens the thinking: a thinking model, in forced mode (as s1) or
     with bench.start_thinking; never in lm-eval's few-shot prompt."""
@@ -168,10 +190,26 @@ def question_prompt(tokenizer, question: Question, cfg: Config, spec: ModelSpec,
     bench = cfg.bench
     if bench.protocol == "lm_eval" and question.task == "gsm8k":
         return prompt_ids(tokenizer, lmeval.gsm8k_fewshot_prompt(question.question, shots))
-    text = chat_prompt(tokenizer, question.user_turn, system_prompt=bench.system_prompt,
-                       start_thinking=thinking_opened(cfg, spec, question.task), fmt=cfg.format,
-                       plain=spec.entry in bench.plain_prompt_models)
-    return prompt_ids(tokenizer, text)
+    return prompt_ids(tokenizer, question_text(tokenizer, question, cfg, spec))
+
+
+def question_text(tokenizer, question: Question, cfg: Config, spec: ModelSpec) -> str:
+    """The rendered chat prompt of one question in the model's layout (see `question_prompt`)."""
+    return chat_prompt(tokenizer, question.user_turn, system_prompt=cfg.bench.system_prompt,
+                       start_thinking=thinking_opened(cfg, spec, question.task), layout=model_layout(cfg, spec, tokenizer),
+                       plain=spec.entry in cfg.bench.plain_prompt_models)
+
+
+def prompt_opened(tokenizer, questions: Sequence[Question], cfg: Config, spec: ModelSpec, task: str) -> bool:
+    """Whether the prompts of this model and task open the thinking: bench opened it
+    (thinking_models), or the chat template itself ends with the layout's opening (R1-Distill's
+    current template ends with `<think>\n`)."""
+    if cfg.bench.protocol == "lm_eval" and task == "gsm8k":
+        return False
+    if thinking_opened(cfg, spec, task):
+        return True
+    return bool(questions) and model_layout(cfg, spec, tokenizer).opened_in(
+        question_text(tokenizer, questions[0], cfg, spec))
 
 
 def fewshot_shots(cfg: Config, questions: Sequence[Question]) -> dict[str, list[dict[str, Any]]]:
@@ -212,8 +250,9 @@ def finished_within(generation: Generation, limit: int) -> bool:
 
 def score_row(*, model: str, question: Question, limit: int, cfg: Config, completion: str, finished: bool,
               opened: bool, tokens: int, seconds: float, batch: str, fingerprint: str = "",
-              **extra: Any) -> dict[str, Any]:
-    bench, fmt = cfg.bench, cfg.format
+              layout: ReasoningLayout | None = None, **extra: Any) -> dict[str, Any]:
+    bench = cfg.bench
+    layout = layout or layout_for(cfg.format, "tuned", until_thinking=bench.forcing.until_thinking)
     if bench.protocol == "lm_eval" and question.task == "gsm8k":
         # lm-eval stops at "Question:": a prefix that reached it has finished
         finished = finished or lmeval.cut_at_stop(completion)[1]
@@ -224,26 +263,27 @@ def score_row(*, model: str, question: Question, limit: int, cfg: Config, comple
         "seconds": round(seconds, 6), "batch": batch, "forced": False, **extra,
     }
     row.update(scoring.score(question.task, completion, question.reference, finished=finished, thinking_opened=opened,
-                             protocol=bench.protocol, think_delimiter=fmt.think_delimiter,
-                             answer_delimiter=fmt.answer_delimiter))
+                             protocol=bench.protocol, think_delimiter=layout.think_delimiter,
+                             answer_delimiter=layout.answer_delimiter))
     return row
 
 
 def sweep_chunk(generator, tokenizer, questions: Sequence[Question], prompts: Sequence[list[int]], *,
-                model: str, cfg: Config, fingerprint: str = "", opened: bool = False) -> list[dict[str, Any]]:
+                model: str, cfg: Config, fingerprint: str = "", opened: bool = False,
+                layout: ReasoningLayout | None = None) -> list[dict[str, Any]]:
     """Generate once at the largest limit, then score every limit (prefix mode); or s1's budget
-    forcing at every limit (forced mode)."""
-    bench, fmt = cfg.bench, cfg.format
+    forcing at every limit (forced mode), in the model's reasoning `layout` (default: the tuned one)."""
+    bench = cfg.bench
+    layout = layout or layout_for(cfg.format, "tuned", until_thinking=bench.forcing.until_thinking)
     limits = sorted(bench.token_limits)
     batch = uuid.uuid4().hex[:12]
     rows = []
-    common = {"model": model, "cfg": cfg, "opened": opened, "batch": batch, "fingerprint": fingerprint}
-    if bench.mode == "forced":
-        forced = forcing.force(generator, tokenizer, prompts, limits, opened=opened,
-                               until_thinking=bench.forcing.until_thinking, n_ignore=bench.forcing.thinking_n_ignore,
-                               ignore_str=bench.forcing.thinking_n_ignore_str,
-                               max_tokens_answer=bench.forcing.max_tokens_answer,
-                               answer_delimiter=fmt.answer_delimiter, final_answer_prompt=fmt.final_answer_prompt)
+    common = {"model": model, "cfg": cfg, "opened": opened, "batch": batch, "fingerprint": fingerprint,
+              "layout": layout}
+    if bench.mode == "forced" and layout.thinks:
+        forced = forcing.force(generator, tokenizer, prompts, limits, opened=opened, layout=layout,
+                               n_ignore=bench.forcing.thinking_n_ignore, ignore_str=bench.forcing.thinking_n_ignore_str,
+                               max_tokens_answer=bench.forcing.max_tokens_answer)
         for index, question in enumerate(questions):
             for limit in limits:
                 o = forced[(index, limit)]
@@ -284,6 +324,7 @@ def loglikelihood_rows(generator, tokenizer, questions: Sequence[Question], *, m
                          "finished": True, "thinking_opened": False, "reference": question.reference, "tokens": 0,
                          "seconds": round(seconds, 6), "batch": batch, "forced": False, "answer": choice,
                          "answer_source": "lm_eval_loglikelihood", "correct": correct, "no_answer": False,
+                         "correct_finished_only": correct,
                          "loglikelihoods": {"no": scores[0], "yes": scores[1]}, "grader": scoring.GRADER_VERSION})
     return rows
 
@@ -300,8 +341,12 @@ def sweep_fingerprint(cfg: Config, spec: ModelSpec, task: str) -> str:
         "dtype": cfg.hardware.dtype, "backend": bench.backend, "mode": bench.mode,
         "forced_answer_tokens": None,
         "prompt": {k: v for k, v in prompts.items() if k.startswith(task)}, "system_prompt": bench.system_prompt,
-        "start_thinking": thinking_opened(cfg, spec, task), "format": asdict(cfg.format),
+        "start_thinking": thinking_opened(cfg, spec, task),
+        "format": {k: v for k, v in asdict(cfg.format).items() if k not in ("layout", "base_layout")},
     }
+    layout = model_layout(cfg, spec).name
+    if layout != ("none" if spec.role != "tuned" and bench.mode == "prefix" else "s1"):
+        parts["layout"] = layout
     if bench.mode == "forced":
         parts["forcing"] = asdict(bench.forcing)
     if spec.entry in bench.plain_prompt_models:
@@ -427,10 +472,11 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                         continue
                     prompts = [question_prompt(tokenizer, q, cfg, spec, shots=shots.get(q.id, ())) for q in todo]
                     _check_context(tokenizer, generator, prompts, cfg, spec)
-                    opened = thinking_opened(cfg, spec, task)
+                    opened = prompt_opened(tokenizer, todo, cfg, spec, task)
                     for chunk in length_sorted_batches([len(p) for p in prompts], generator.chunk_size):
                         rows = sweep_chunk(generator, tokenizer, [todo[i] for i in chunk], [prompts[i] for i in chunk],
-                                           model=spec.label, cfg=cfg, fingerprint=fingerprint, opened=opened)
+                                           model=spec.label, cfg=cfg, fingerprint=fingerprint, opened=opened,
+                                           layout=model_layout(cfg, spec, tokenizer))
                         generation_log.append(rows)
                         progress.update(len(chunk))
         finally:
@@ -438,8 +484,10 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     rows = generation_log.current(fingerprints=fingerprints, limits=limits)
     references = {(task, q.id): q.reference for task, qs in questions.items() for q in qs}
-    regraded = scoring.regrade(rows, references=references, think_delimiter=cfg.format.think_delimiter,
-                               answer_delimiter=cfg.format.answer_delimiter)
+    layouts = {spec.label: model_layout(cfg, spec) for spec in specs}
+    regraded = scoring.regrade(rows, references=references,
+                               delimiters={label: (lay.think_delimiter, lay.answer_delimiter)
+                                           for label, lay in layouts.items()})
     if regraded:
         log.info("bench: %d stored rows regraded with grader %s (generations.jsonl keeps what they were "
                  "written with)", regraded, scoring.GRADER_VERSION)
@@ -449,8 +497,13 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                          f"{row['model']}/{row['task']}/seconds_per_question": row["seconds_per_question"]},
                         step=row["limit"])
     for row in tables["summary"]:
-        log.info("bench: %s %s performance %.1f%% [%.1f, %.1f] scaling %.5f %%/token", row["model"], row["task"],
-                 row["performance"], row["performance_low"], row["performance_high"], row["scaling"])
+        log.info("bench: %s %s performance %.1f%% [%.1f, %.1f] scaling %.5f %%/token (s1's Scaling %.5f)", row["model"],
+                 row["task"], row["performance"], row["performance_low"], row["performance_high"], row["scaling"],
+                 row["s1_scaling"])
+        if row["constant_answerer"]:
+            log.warning("bench: %s answers %r to %.0f%% of the %s questions at its best limit; read its %.1f%% against "
+                        "the majority-class baseline (%s%%), not against chance", row["model"], row["top_answer"],
+                        row["top_answer_share"], row["task"], row["performance"], row["majority_baseline"])
     return {
         "generations": GENERATIONS, "results": RESULTS, "summary": SUMMARY, "summary_md": SUMMARY_MD,
         "figures": [p.name for name in (TIME_FIGURE, ACCURACY_FIGURE) for p in figures.outputs_of(Path(name))],

@@ -15,26 +15,41 @@ from typing import Any
 
 from reasondiff.bench import grading, lmeval
 
-GRADER_VERSION = "2"
-"""Bump with every change to grading.py or lmeval.py that can change a verdict."""
+GRADER_VERSION = "4"
+"""Bump with every change to grading.py or lmeval.py that can change a verdict. 3: a value stated in
+prose after a marker is read from the sentence's inline math (pairs). 4: a prefix the limit cut is
+read by one rule for every model (`grading.truncation_rule`), and rows carry the verdict under the
+other rule (`correct_finished_only`)."""
+SENSITIVITY_RULE = "finished_only"
+"""The truncation rule reported beside the bench's own (grading.TRUNCATION_RULES[0])."""
 
 
 def score(task: str, completion: str, reference: Any, *, finished: bool, thinking_opened: bool = False,
-          protocol: str = "chat", think_delimiter: str = grading.DEFAULT_THINK_DELIMITER,
-          answer_delimiter: str = grading.DEFAULT_ANSWER_DELIMITER) -> dict[str, Any]:
-    """The grading fields of a row: answer, answer_source, correct, no_answer (+ lm-eval's scores)."""
+          protocol: str = "chat", think_delimiter: str | None = grading.DEFAULT_THINK_DELIMITER,
+          answer_delimiter: str | None = grading.DEFAULT_ANSWER_DELIMITER) -> dict[str, Any]:
+    """The grading fields of a row: answer, answer_source, correct, no_answer, correct_finished_only
+    (the verdict under the sensitivity's truncation rule), and lm-eval's scores under its protocol."""
     if protocol == "lm_eval" and task == "gsm8k":
         scores = lmeval.gsm8k_scores(completion, str(reference))
         strict = scores["strict_answer"]
+        unfinished = grading.truncation_rule(completion, finished=finished, rule=SENSITIVITY_RULE) is None
         return {"answer": None if strict == lmeval.INVALID else strict, "answer_source": "lm_eval_strict_match",
                 "correct": scores["strict_match"], "no_answer": strict == lmeval.INVALID,
+                f"correct_{SENSITIVITY_RULE}": scores["strict_match"] and not unfinished,
                 "flexible_extract": scores["flexible_extract"], "flexible_answer": scores["flexible_answer"],
                 "grader": GRADER_VERSION}
-    extraction = grading.extract(task, completion, finished=finished, thinking_opened=thinking_opened,
-                                 think_delimiter=think_delimiter, answer_delimiter=answer_delimiter)
-    return {"answer": extraction.answer, "answer_source": extraction.source,
-            "correct": grading.grade_extracted(task, extraction.answer, reference),
-            "no_answer": extraction.answer is None, "grader": GRADER_VERSION}
+    layout = {"thinking_opened": thinking_opened, "think_delimiter": think_delimiter,
+              "answer_delimiter": answer_delimiter}
+    extraction = grading.extract(task, completion, finished=finished, **layout)
+    correct = grading.grade_extracted(task, extraction.answer, reference)
+    if finished:  # the truncation rules differ only on cut prefixes
+        other = correct
+    else:
+        other_answer = grading.extract(task, completion, finished=False, truncation=SENSITIVITY_RULE, **layout).answer
+        other = grading.grade_extracted(task, other_answer, reference)
+    return {"answer": extraction.answer, "answer_source": extraction.source, "correct": correct,
+            "no_answer": extraction.answer is None, f"correct_{SENSITIVITY_RULE}": other,
+            "grader": GRADER_VERSION}
 
 
 def infer_finished(rows: Iterable[dict[str, Any]]) -> dict[tuple, bool]:
@@ -55,10 +70,13 @@ def infer_finished(rows: Iterable[dict[str, Any]]) -> dict[tuple, bool]:
     return finished
 
 
-def regrade(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], Any], think_delimiter: str,
-            answer_delimiter: str) -> int:
+def regrade(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], Any],
+            think_delimiter: str | None = grading.DEFAULT_THINK_DELIMITER,
+            answer_delimiter: str | None = grading.DEFAULT_ANSWER_DELIMITER,
+            delimiters: Mapping[str, tuple[str | None, str | None]] | None = None) -> int:
     """Regrade (in place) rows from another grader version; returns how many were regraded.
-    `references`: {(task, id): gold} for rows that do not carry their own."""
+    `references`: {(task, id): gold} for rows that do not carry their own. `delimiters`:
+    {model: (think, answer)} of each model's own layout (a model not in it gets the two defaults)."""
     stale = [r for r in rows if r.get("grader") != GRADER_VERSION]
     if not stale:
         return 0
@@ -66,10 +84,10 @@ def regrade(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], 
     for row in stale:
         reference = row["reference"] if "reference" in row else references.get((row["task"], row["id"]))
         finished = row["finished"] if "finished" in row else inferred[(row["model"], row["task"], row["id"], row["limit"])]
+        think, answer = (delimiters or {}).get(row["model"], (think_delimiter, answer_delimiter))
         row.update(score(row["task"], row["completion"], reference, finished=finished,
                          thinking_opened=bool(row.get("thinking_opened", False)),
-                         protocol=row.get("protocol", "chat"), think_delimiter=think_delimiter,
-                         answer_delimiter=answer_delimiter))
+                         protocol=row.get("protocol", "chat"), think_delimiter=think, answer_delimiter=answer))
         row.setdefault("finished", finished)
         row.setdefault("reference", reference)
     return len(stale)

@@ -5,7 +5,7 @@
   the normal interval does not.
 - Per (model, task): percentile bootstrap intervals, over questions, of Table 1's performance (the
   best accuracy over the limits) and scaling (the least-squares slope of accuracy against the
-  limit). A resample redraws questions, never single (question, limit) cells, because the limits
+  limit), and of s1's Scaling (the mean slope over pairs of runs, against the compute they spent). A resample redraws questions, never single (question, limit) cells, because the limits
   of one question share one generation. The seed is fixed (bench.seed).
 - Tuned vs base on the same questions: McNemar's exact test at each model's best limit (a
   two-sided binomial test on the questions exactly one of them gets right), and the bootstrap
@@ -44,6 +44,31 @@ def scaling_slopes(token_limits: Sequence[float], accuracy_pct: np.ndarray) -> n
     return ((y - y.mean(axis=-1, keepdims=True)) * dx).sum(axis=-1) / (dx ** 2).sum()
 
 
+def s1_scaling_slopes(compute_tokens: np.ndarray, accuracy_pct: np.ndarray) -> np.ndarray:
+    """s1's "Scaling" (Muennighoff et al. 2025, Sec. 3.2, eq. 2) along the last axis: the mean over
+    all pairs of runs a < b of (f(b) − f(a)) / (b − a), where a is the test-time compute a run
+    spent (thinking tokens per question, on average) and f its accuracy (%): % per token.
+
+    Runs that spent the same compute are one point of s1's set 𝒜 (with greedy decoding they are
+    the same generations, so the same accuracy; their mean is taken). With fewer than two distinct
+    amounts of compute there is no pair: NaN."""
+    x = np.asarray(compute_tokens, dtype=float)
+    y = np.asarray(accuracy_pct, dtype=float)
+    x, y = np.broadcast_arrays(x, y)
+    flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    out = np.full(flat_x.shape[0], np.nan)
+    for i, (xs, ys) in enumerate(zip(flat_x, flat_y, strict=True)):
+        points, inverse = np.unique(xs, return_inverse=True)
+        if points.size < 2:
+            continue
+        values = np.bincount(inverse, weights=ys) / np.bincount(inverse)
+        upper = np.triu_indices(points.size, k=1)
+        dx = points[None, :] - points[:, None]
+        dy = values[None, :] - values[:, None]
+        out[i] = float((dy[upper] / dx[upper]).mean())
+    return out.reshape(x.shape[:-1])
+
+
 def _bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, *, resamples: int, seed: int,
                confidence_level: float) -> tuple[float, float]:
     """Percentile interval of statistic(question indices) over resampled question sets (scipy)."""
@@ -79,6 +104,32 @@ def performance_and_scaling_intervals(correct: np.ndarray, token_limits: Sequenc
         slope = _bootstrap(lambda idx: scaling_slopes(token_limits, accuracies(idx)), n, resamples=resamples,
                            seed=seed, confidence_level=confidence_level)
     return {"performance_low": perf[0], "performance_high": perf[1], "scaling_low": slope[0], "scaling_high": slope[1]}
+
+
+def s1_scaling_interval(correct: np.ndarray, compute_tokens: np.ndarray, *, resamples: int, seed: int,
+                        confidence_level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of s1's Scaling over questions: a resample redraws whole
+    questions and recomputes both each run's accuracy and the compute it spent. `correct`,
+    `compute_tokens`: [questions, limits]."""
+    correct = np.asarray(correct, dtype=float)
+    compute_tokens = np.asarray(compute_tokens, dtype=float)
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        return s1_scaling_slopes(compute_tokens[idx].mean(axis=-2), 100.0 * correct[idx].mean(axis=-2))
+
+    n = correct.shape[0]
+    if correct.shape[-1] < 2 or n < 2:
+        return math.nan, math.nan
+    # by hand rather than scipy's bootstrap: a resample whose questions all ended before the smallest
+    # limit spent the same compute at every limit and has no slope (NaN); it is left out
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    values = statistic(draws)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    tail = 100.0 * (1.0 - confidence_level) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
 
 
 def mcnemar_exact(this_correct: Sequence[bool], other_correct: Sequence[bool]) -> dict[str, float]:

@@ -89,18 +89,34 @@ class WandbConfig:
         check_choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
 
 
+LAYOUTS = ("s1", "think", "none")
+"""Reasoning layouts (reasondiff/lm/layouts.py): s1's <|im_start|>think/<|im_start|>answer, the
+R1/Qwen3/OpenThinker <think>...</think>, and none (a plain chat model)."""
+
+
 @dataclass
 class ReasoningFormat:
-    """The s1 layout of an assistant turn; SFT writes it and budget forcing in bench reuses it."""
+    """Each model's reasoning layout, and the strings of the s1 layout (SFT writes it; bench,
+    scan, analyze and intervene read every layout through reasondiff.lm.layouts.layout_for)."""
+
+    layout: str = "s1"
+    """The tuned model's layout: s1 (<|im_start|>think ... <|im_start|>answer, this project's SFT and
+    s1/s1.1), think (<think> ... </think>: DeepSeek-R1 distills, Qwen3, OpenThinker2/3) or none."""
+    base_layout: str = "none"
+    """The base model's layout (none: a plain model whose whole turn is its answer)."""
 
     think_delimiter: str = "<|im_start|>think"
-    """What opens the thinking in an assistant turn (s1: <|im_start|>think)."""
+    """s1 layout: what opens the thinking in an assistant turn (s1: <|im_start|>think)."""
     answer_delimiter: str = "<|im_start|>answer"
-    """What closes the thinking and opens the answer (s1: <|im_start|>answer)."""
+    """s1 layout: what closes the thinking and opens the answer (s1: <|im_start|>answer)."""
     answer_prefix: str = "Answer: "
-    """Written after the answer delimiter, before the final answer."""
+    """s1 layout: written after the answer delimiter, before the final answer."""
     final_answer_prompt: str = "Final Answer:"
     """What budget forcing appends after closing the thinking at the token limit."""
+
+    def __post_init__(self) -> None:
+        check_choice("format.layout", self.layout, LAYOUTS)
+        check_choice("format.base_layout", self.base_layout, LAYOUTS)
 
 
 @functools.cache

@@ -33,7 +33,8 @@ class ScanConfig:
     patch_contexts: int = 4
     """Contexts per text (the first ones) on which every layer is activation-patched in each of
     `directions`: the expensive part of the scan (about N/2 forwards plus N+1 unembeddings per
-    context and direction for an N-layer model). 0 = representation metrics only."""
+    context and direction for an N-layer model). 0 = representation metrics only. The fractions'
+    intervals are over these contexts: two give an interval, but a wide and rough one."""
     patch_batch_size: int = 1
     """Contexts per patching batch. The batch is replicated once per patched layer (N+1 copies), so
     1 already gives (N+1) x context_length rows per forward."""
@@ -59,6 +60,9 @@ class ScanConfig:
     text: the fractions are undefined (empty cells) and nothing is recommended."""
     checkpoint_every: int = 4
     """Save the streamed sums every this many batches (a killed scan resumes from there)."""
+    bootstrap_samples: int = 1000
+    """Resamples of the patched contexts for the 95% bootstrap intervals of the fractions closed
+    (seeded by `seed`). With fewer than two patched contexts there is no interval."""
 
     def __post_init__(self) -> None:
         for direction in self.directions:
@@ -66,6 +70,8 @@ class ScanConfig:
         if len(set(self.directions)) != len(self.directions):
             raise ValueError(f"scan.directions lists a direction twice: {self.directions}")
         check_choice("scan.recommend_on", self.recommend_on, RECOMMEND_ON)
+        if self.bootstrap_samples < 100:
+            raise ValueError(f"scan.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
         for key in ("n_general_contexts", "context_length", "patch_batch_size", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"scan.{key} must be >= 1, got {getattr(self, key)}")

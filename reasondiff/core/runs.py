@@ -30,7 +30,7 @@ _VALID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+\-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=\-]")
 
 # Overrides that choose where or how a job runs, not what it computes: never part of a run's name.
-NAME_EXCLUDED = ("exp", "debug", "sweep", "hardware", "overwrite", "output_root", "run", "wait_for_lock",
+NAME_EXCLUDED = ("exp", "pair", "debug", "sweep", "hardware", "overwrite", "output_root", "run", "wait_for_lock",
                  "model.build_tiny", "exp_name", "stage")
 NAME_EXCLUDED_PREFIXES = ("hydra.", "hydra/", "wandb.", "sweeps.")
 

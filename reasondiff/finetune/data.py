@@ -1,7 +1,8 @@
-"""s1K-1.1 rows -> tokenized SFT examples in the s1 layout, with loss on the assistant turn only.
+"""s1K-1.1 rows -> tokenized SFT examples in the tuned layout, with loss on the assistant turn only.
 
-The assistant turn is `{think}\\n{thinking}\\n{answer}\\n{prefix}{attempt}` (simplescaling/s1) inside
-the model's own chat template, the question being the user turn. We tokenize the whole rendered
+The assistant turn is `{think}\\n{thinking}\\n{answer}\\n{prefix}{attempt}` (simplescaling/s1; another
+`format.layout` writes its own delimiters, reasondiff/lm/layouts.py) inside the model's own chat
+template, the question being the user turn. We tokenize the whole rendered
 conversation once and map character spans to tokens through the offset mapping, so the labels,
 the thinking span (for `keep_answer`) and the closing end-of-turn token are exact even where BPE
 merges across a boundary — tokenizing the pieces separately would not give the same ids.
@@ -22,7 +23,7 @@ from typing import Any
 from reasondiff.config import FinetuneConfig, ReasoningFormat
 from reasondiff.core.errors import UserError
 from reasondiff.lm.data_sources import load_rows, require_fields
-from reasondiff.lm.s1_layout import build_messages, thinking_start
+from reasondiff.lm.layouts import conversation_text, layout_for
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +86,40 @@ class SFTExample:
         return len(self.input_ids)
 
 
-def tokenize_example(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat) -> SFTExample:
-    """Render with the chat template, tokenize once, and label only the assistant turn + its end token."""
+def check_template(tokenizer, layout) -> None:
+    """The chat template renders an assistant turn right after its generation prompt (less any
+    thinking the prompt opens) and closes it with the EOS token: SFT and the reasoning corpus are
+    built as prompt + assistant content + EOS, so the model learns to stop where it stops."""
     eos = tokenizer.eos_token
-    messages = build_messages(question, thinking, attempt, fmt)
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]
     prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
-    content = messages[1]["content"]
-    if not full.startswith(prompt) or full[len(prompt):len(prompt) + len(content)] != content:
+    opening = layout.think_open + "\n" if layout.thinks and prompt.endswith(layout.think_open + "\n") else \
+        layout.think_open if layout.thinks and prompt.endswith(layout.think_open) else ""
+    head = prompt[:len(prompt) - len(opening)]
+    if not full.startswith(head + "x"):
         raise UserError("the tokenizer's chat template does not render the assistant content right after the "
                         "generation prompt; SFT needs a ChatML-like template (model.path)")
-    content_start = len(prompt)
-    content_end = content_start + len(content)
-    if full[content_end:content_end + len(eos)] != eos:
+    if not eos or full[len(head) + 1:len(head) + 1 + len(eos)] != eos:
         raise UserError(f"the chat template does not close the assistant turn with the EOS token {eos!r}; "
                         "the model would never learn to stop (model.path)")
-    turn_end_char = content_end + len(eos)
-    think_char = content_start + len(thinking_start(fmt))
-    think_end_char = think_char + len(thinking.strip())
+
+
+def tokenize_example(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat) -> SFTExample:
+    """Render with the chat template in the tuned layout (`format.layout`), tokenize once, and
+    label only the assistant turn + its end token. The conversation is the template's generation
+    prompt + the assistant content + EOS (`lm.layouts.conversation_text`), which is the template's
+    own rendering for ChatML and also right for R1-style templates that drop the thinking from
+    rendered assistant messages and open `<think>` in the prompt."""
+    layout = layout_for(fmt, "tuned")
+    check_template(tokenizer, layout)
+    eos = tokenizer.eos_token
+    full, content_start = conversation_text(tokenizer, layout, question, thinking, attempt)
+    turn_end_char = len(full)
+    content = full[content_start:turn_end_char - len(eos)]
+    opened = len(layout.assistant_content(thinking, attempt)) - len(content)  # what the prompt already opened
+    think_char = content_start + len(layout.thinking_start()) - opened
+    think_end_char = think_char + len(thinking.strip()) if layout.thinks else content_start
 
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -123,7 +140,8 @@ def tokenize_example(tokenizer, question: str, thinking: str, attempt: str, fmt:
     # a token that merges the thinking's last character with the following "\n" counts as thinking
     thinking_end = next((i for i, (start, _) in enumerate(offsets) if start >= think_end_char), len(ids))
     thinking_span = (first_token_at(think_char), thinking_end)
-    answer_char = think_end_char + 1  # the "\n" before the answer delimiter may merge into the thinking's last token
+    # the "\n" before the answer delimiter may merge into the thinking's last token
+    answer_char = think_end_char + 1 if layout.thinks else content_start
     return SFTExample(input_ids=ids, labels=labels, prompt_tokens=prompt_tokens, thinking_span=thinking_span,
                       answer_start=first_token_at(answer_char), turn_end=turn_end)
 

@@ -116,20 +116,88 @@ class ModelShape:
         return cls(d_model=cfg.hidden_size, n_layers=cfg.num_hidden_layers, vocab_size=cfg.vocab_size)
 
 
+PROBE_TEXT = ("Natalia sold 48 clips in April, and half as many in May: 48 + 24 = 72.\n"
+              "Let $f(x) = \\frac{7}{2}x^2$; then f'(3) = 21. Wait, is that right? Yes.\n"
+              "Größe, naïve café, 数学, математика, 🙂")
+"""Text both tokenizers of a pair must split into the same ids (digits, LaTeX, prose, non-ASCII)."""
+
+
+@dataclass(frozen=True)
+class TokenizerDifferences:
+    """How two tokenizers of a pair differ (`tokenizer_differences`)."""
+
+    vocabulary: tuple[str, ...] = ()
+    """Regular (non-added) tokens whose id differs or that only one has, and probe text split
+    differently: the same text becomes different ids, so activations cannot be paired."""
+    added: tuple[str, ...] = ()
+    """Added / special tokens (id: base vs tuned) that differ: the text's ids are the same, but
+    those ids mean something else to each model (R1-Distill renames Qwen's <|im_start|> etc.)."""
+    chat_template: bool = False
+    """The chat templates differ (each model is prompted in its own)."""
+
+    @property
+    def compatible(self) -> bool:
+        return not self.vocabulary
+
+    def notice(self) -> str:
+        """One line naming the differences of a compatible pair ("" when there are none)."""
+        parts = []
+        if self.added:
+            shown = ", ".join(self.added[:4]) + (f", ... ({len(self.added)} in all)" if len(self.added) > 4 else "")
+            parts.append(f"added special tokens differ ({shown})")
+        if self.chat_template:
+            parts.append("chat templates differ (each model is prompted in its own)")
+        if not parts:
+            return ""
+        return ("base and tuned tokenizers (model.path vs tuned_model) share the vocabulary, so text maps to the "
+                "same ids; " + "; ".join(parts))
+
+
+def _added(tokenizer) -> dict[int, str]:
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return {int(i): str(getattr(t, "content", t)) for i, t in decoder.items()}
+
+
+def tokenizer_differences(base_tokenizer, tuned_tokenizer, *, probe: str = PROBE_TEXT) -> TokenizerDifferences:
+    """Compare two tokenizers: their regular vocabularies and how they split `probe` (must match),
+    their added tokens and chat templates (may differ, as between a base and its distillation)."""
+    base_added, tuned_added = _added(base_tokenizer), _added(tuned_tokenizer)
+    added_names = set(base_added.values()) | set(tuned_added.values())
+    base_vocab = {t: i for t, i in base_tokenizer.get_vocab().items() if t not in added_names}
+    tuned_vocab = {t: i for t, i in tuned_tokenizer.get_vocab().items() if t not in added_names}
+    vocabulary = [f"{t!r} ({base_vocab.get(t)} vs {tuned_vocab.get(t)})"
+                  for t in sorted(set(base_vocab) | set(tuned_vocab)) if base_vocab.get(t) != tuned_vocab.get(t)]
+    base_ids = base_tokenizer(probe, add_special_tokens=False)["input_ids"]
+    tuned_ids = tuned_tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if base_ids != tuned_ids:
+        vocabulary.append("the probe text is split into different ids")
+    added = [f"{i}: {base_added.get(i)!r} vs {tuned_added.get(i)!r}"
+             for i in sorted(set(base_added) | set(tuned_added)) if base_added.get(i) != tuned_added.get(i)]
+    template = (getattr(base_tokenizer, "chat_template", None) or "") != (getattr(tuned_tokenizer, "chat_template", None) or "")
+    return TokenizerDifferences(tuple(vocabulary), tuple(added), template)
+
+
 def check_compatible(base_model, tuned_model, base_tokenizer, tuned_tokenizer) -> ModelShape:
-    """A crosscoder pairs activations token by token: same tokenizer and same residual stream needed."""
+    """A crosscoder pairs activations token by token: same vocabulary and same residual stream
+    needed. Tokenizers that differ only in added special tokens or chat template (a base and its
+    distillation) are accepted with a one-line notice; any other difference is refused in one
+    line, before any forward."""
     problems = []
     base, tuned = ModelShape.of(base_model), ModelShape.of(tuned_model)
     for name in ("d_model", "n_layers", "vocab_size"):
         if getattr(base, name) != getattr(tuned, name):
             problems.append(f"{name} {getattr(base, name)} vs {getattr(tuned, name)}")
-    if len(base_tokenizer) != len(tuned_tokenizer):
-        problems.append(f"tokenizer size {len(base_tokenizer)} vs {len(tuned_tokenizer)}")
-    elif base_tokenizer.get_vocab() != tuned_tokenizer.get_vocab():
-        problems.append("tokenizer vocabularies differ")
+    differences = tokenizer_differences(base_tokenizer, tuned_tokenizer)
+    if differences.vocabulary:
+        shown = ", ".join(differences.vocabulary[:3])
+        more = f" and {len(differences.vocabulary) - 3} more" if len(differences.vocabulary) > 3 else ""
+        problems.append(f"tokenizer vocabularies differ in tokens text uses ({shown}{more}): the same text "
+                        "would become different ids")
     if problems:
         raise UserError("base and tuned models are not a compatible pair (model.path vs tuned_model): "
                         + "; ".join(problems))
+    if differences.notice():
+        log.warning("%s", differences.notice())
     return base
 
 

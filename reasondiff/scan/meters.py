@@ -2,8 +2,9 @@
 
 `RepresentationMeter` accumulates, per site (a residual layer or a block's attention/MLP output),
 the sums behind the mean relative change, the mean cosine and the minibatch CKA. `PatchMeter`
-accumulates, per patched layer and direction, the KL after the patch and the KL between the clean
-models on the same tokens. Both save and load their state (a killed scan resumes).
+accumulates, per patched layer, direction and context, the KL after the patch and the KL between
+the clean models on the same tokens, so its fractions come with bootstrap intervals over contexts.
+Both save and load their state (a killed scan resumes).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from reasondiff.scan.similarity import MinibatchCKA, cosine, fraction_closed, relative_change
+
+CI_LEVEL = 0.95
+"""Level of the bootstrap intervals of the fractions closed."""
 
 
 @dataclass(frozen=True)
@@ -86,34 +91,63 @@ class RepresentationMeter:
 
 
 class PatchMeter:
-    """Per direction and residual layer 0..N: summed KL after the patch; plus the clean KL(base || tuned)
-    summed over the same tokens, the denominator of every fraction."""
+    """Per direction, residual layer 0..N and patched context: the KL after the patch summed over the
+    context's tokens; plus the clean KL(base || tuned) and the token count per context, the
+    denominator of every fraction. Kept per context so the fractions get bootstrap intervals over
+    contexts (`intervals`), like analyze's CE recovery."""
 
-    def __init__(self, directions: list[str], n_layers: int) -> None:
+    def __init__(self, directions: list[str], n_layers: int, n_contexts: int = 1) -> None:
         self.directions = list(directions)
-        self.kl_gap = torch.zeros((), dtype=torch.float64)
-        self.kl_patched = torch.zeros(len(directions), n_layers + 1, dtype=torch.float64)
-        self.n_tokens = torch.zeros((), dtype=torch.long)
+        self.kl_gap = torch.zeros(n_contexts, dtype=torch.float64)
+        self.kl_patched = torch.zeros(len(directions), n_layers + 1, n_contexts, dtype=torch.float64)
+        self.n_tokens = torch.zeros(n_contexts, dtype=torch.long)
 
-    def update_gap(self, kl: torch.Tensor) -> None:
-        self.kl_gap += kl.double().sum().cpu()
-        self.n_tokens += kl.numel()
+    @staticmethod
+    def _contexts(kl: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
+        """The context of each token (all in context 0 when not given)."""
+        return torch.zeros(kl.numel(), dtype=torch.long) if contexts is None else contexts.reshape(-1).long().cpu()
 
-    def update_patched(self, direction: str, layer: int, kl: torch.Tensor) -> None:
-        self.kl_patched[self.directions.index(direction), layer] += kl.double().sum().cpu()
+    def update_gap(self, kl: torch.Tensor, contexts: torch.Tensor | None = None) -> None:
+        """Add the clean KL of tokens [n], `contexts` [n] the (global) context index of each."""
+        where = self._contexts(kl, contexts)
+        self.kl_gap.index_add_(0, where, kl.reshape(-1).double().cpu())
+        self.n_tokens.index_add_(0, where, torch.ones_like(where))
+
+    def update_patched(self, direction: str, layer: int, kl: torch.Tensor, contexts: torch.Tensor | None = None) -> None:
+        self.kl_patched[self.directions.index(direction), layer].index_add_(
+            0, self._contexts(kl, contexts), kl.reshape(-1).double().cpu())
+
+    @property
+    def n_contexts(self) -> int:
+        """Contexts with at least one counted token."""
+        return int((self.n_tokens > 0).sum())
+
+    def total_tokens(self) -> int:
+        return int(self.n_tokens.sum())
 
     def mean_gap(self) -> float:
-        return float(self.kl_gap) / int(self.n_tokens) if int(self.n_tokens) else math.nan
+        n = self.total_tokens()
+        return float(self.kl_gap.sum()) / n if n else math.nan
 
     def fractions(self, *, min_kl: float) -> dict[str, list[float]]:
         """direction -> [N+1] fraction of KL(base || tuned) closed by patching each layer (NaN when the
         mean gap is below `min_kl` nats per token, or nothing was patched)."""
-        n = int(self.n_tokens)
+        n = self.total_tokens()
         out = {}
         for i, direction in enumerate(self.directions):
             out[direction] = [fraction_closed(float(v) / n, self.mean_gap(), min_gap=min_kl) if n else math.nan
-                              for v in self.kl_patched[i].tolist()]
+                              for v in self.kl_patched[i].sum(dim=-1).tolist()]
         return out
+
+    def intervals(self, *, min_kl: float, resamples: int, seed: int,
+                  level: float = CI_LEVEL) -> dict[str, tuple[list[float], list[float]]]:
+        """direction -> ([N+1] low, [N+1] high): percentile bootstrap over the patched contexts
+        (`bootstrap_fractions`); NaN with fewer than two contexts."""
+        used = self.n_tokens > 0
+        low, high = bootstrap_fractions(self.kl_gap[used].numpy(), self.kl_patched[:, :, used].numpy(),
+                                        self.n_tokens[used].numpy(), min_kl=min_kl, resamples=resamples, seed=seed,
+                                        level=level)
+        return {d: (low[i].tolist(), high[i].tolist()) for i, d in enumerate(self.directions)}
 
     def state_dict(self) -> dict:
         return {"directions": self.directions, "kl_gap": self.kl_gap, "kl_patched": self.kl_patched,
@@ -122,5 +156,32 @@ class PatchMeter:
     def load_state_dict(self, state: dict) -> None:
         if list(state["directions"]) != self.directions:
             raise ValueError(f"saved directions {state['directions']} differ from {self.directions}")
+        if state["kl_patched"].shape != self.kl_patched.shape:
+            raise ValueError(f"saved patching sums {tuple(state['kl_patched'].shape)} are not per context "
+                             f"{tuple(self.kl_patched.shape)}")
         self.kl_gap, self.kl_patched = state["kl_gap"].clone(), state["kl_patched"].clone()
         self.n_tokens = state["n_tokens"].clone()
+
+
+def bootstrap_fractions(kl_gap: np.ndarray, kl_patched: np.ndarray, n_tokens: np.ndarray, *, min_kl: float,
+                        resamples: int, seed: int, level: float = CI_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap of the fractions closed over contexts: resample the C contexts with
+    replacement and recompute each fraction from the resampled sums (a ratio of sums, as the point
+    estimate). kl_gap [C], kl_patched [D, L, C], n_tokens [C] -> (low, high), each [D, L]. A resample
+    whose mean gap is below `min_kl` has no fraction and is left out; (NaN, NaN) with C < 2."""
+    n_contexts = kl_gap.shape[0]
+    shape = kl_patched.shape[:-1]
+    if n_contexts < 2 or resamples < 1:
+        return np.full(shape, np.nan), np.full(shape, np.nan)
+    draws = np.random.default_rng(seed).integers(0, n_contexts, size=(resamples, n_contexts))
+    gap = kl_gap[draws].sum(axis=1)                                   # [R]
+    tokens = n_tokens[draws].sum(axis=1)
+    patched = kl_patched[..., draws].sum(axis=-1)                     # [D, L, R]
+    defined = (tokens > 0) & np.isfinite(gap) & (gap > min_kl * np.maximum(tokens, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fractions = np.where(defined, 1.0 - patched / np.where(gap > 0, gap, 1.0), np.nan)
+    tail = 100.0 * (1.0 - level) / 2.0
+    if not defined.any():
+        return np.full(shape, np.nan), np.full(shape, np.nan)
+    low, high = np.nanpercentile(fractions[..., defined], [tail, 100.0 - tail], axis=-1)
+    return low, high

@@ -5,7 +5,8 @@
    CKA's minibatch is one context, so no number depends on the batch size.
 2. Patching pass (the first `scan.patch_contexts` contexts): for each direction, every residual
    layer patched at once (`patching.patched_final_residuals`), and the KL of each patched
-   next-token distribution summed (`meters.PatchMeter`) beside the clean KL(base || tuned).
+   next-token distribution summed per context (`meters.PatchMeter`, for the bootstrap intervals)
+   beside the clean KL(base || tuned).
 
 Which tokens count: real tokens (no padding), minus position 0 when the first position is
 excluded; the representation metrics also leave out massive-activation tokens when
@@ -91,7 +92,8 @@ def patch_pass(models, texts: ScanTexts, directions: list[str], state_path: Path
     """Fractions of KL(base || tuned) closed by patching each residual layer, on the first n_contexts
     (saved after every batch: one batch is (N+1) x batch_size sequences through half the model)."""
     n_layers = models[0].config.num_hidden_layers
-    meters = {view: PatchMeter(directions, n_layers) for view in views_of(texts)}
+    n_patched = min(n_contexts, len(texts))
+    meters = {view: PatchMeter(directions, n_layers, n_contexts=n_patched) for view in views_of(texts)}
     unembed = [Unembedding(m) for m in models]
 
     def step(rows: slice) -> None:
@@ -101,11 +103,13 @@ def patch_pass(models, texts: ScanTexts, directions: list[str], state_path: Path
         views = counted_positions(batch, exclude_first=exclude_first)
         mask = views["all"].to(device)
         selections = {view: v.to(device)[mask] for view, v in views.items()}  # over the flattened tokens
+        # the (global) context of every counted token, for the bootstrap over contexts
+        context_of = (rows.start + torch.arange(mask.shape[0], device=device))[:, None].expand_as(mask)[mask]
         logp_base = unembed[0].logprobs(runs[0].resid[n_layers][mask])
         logp_tuned = unembed[1].logprobs(runs[1].resid[n_layers][mask].to(device))
         gap = kl_divergence(logp_base, logp_tuned)
         for view, sel in selections.items():
-            meters[view].update_gap(gap[sel])
+            meters[view].update_gap(gap[sel], context_of[sel])
         for direction in directions:
             recipient, donor = DIRECTION_MODELS[direction]
             for layer, final in patched_final_residuals(models[recipient], runs[recipient].layer_kwargs,
@@ -116,7 +120,7 @@ def patch_pass(models, texts: ScanTexts, directions: list[str], state_path: Path
                 else:
                     kl = unembed[recipient].kl_to(final[mask], logp_base, patched_first=False)
                 for view, sel in selections.items():
-                    meters[view].update_patched(direction, layer, kl[sel])
+                    meters[view].update_patched(direction, layer, kl[sel], context_of[sel])
 
-    return resumable_pass(PassState(state_path, fingerprint, meters), min(n_contexts, len(texts)), batch_size, step,
+    return resumable_pass(PassState(state_path, fingerprint, meters), n_patched, batch_size, step,
                           checkpoint_every=1, desc=f"scan {texts.name}: patching {n_layers + 1} layers x {len(directions)}")

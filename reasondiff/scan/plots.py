@@ -1,7 +1,8 @@
 """The scan figure: per-layer curves on every text, saved as PNG and PDF (matplotlib, Agg backend).
 
 (a) causal effect: fraction of KL(base || tuned) closed by patching each residual layer, per text and
-direction, with the threshold and the recommended layer; (b) relative change of the residual stream;
+direction, with its 95% bootstrap band over the patched contexts, the threshold and the recommended
+layer; (b) relative change of the residual stream;
 (c) linear CKA and cosine of the residual stream; (d) relative change of each block's attention and
 MLP outputs. Built from the rows of scan.csv, so it can be redrawn from the CSV alone.
 """
@@ -23,6 +24,14 @@ def _series(rows: Sequence[dict], text: str, site: str, column: str) -> tuple[li
     pts = [(int(r["layer"]), _float(r.get(column))) for r in rows if r["text"] == text and r["site"] == site]
     pts = [(x, y) for x, y in sorted(pts) if math.isfinite(y)]
     return [x for x, _ in pts], [y for _, y in pts]
+
+
+def _band(rows: Sequence[dict], text: str, column: str) -> tuple[list[int], list[float], list[float]]:
+    """(layers, low, high) of a residual column's interval where both bounds are finite."""
+    low = dict(zip(*_series(rows, text, "resid", f"{column}_low"), strict=True))
+    high = dict(zip(*_series(rows, text, "resid", f"{column}_high"), strict=True))
+    layers = sorted(set(low) & set(high))
+    return layers, [low[x] for x in layers], [high[x] for x in layers]
 
 
 def _float(value) -> float:
@@ -49,6 +58,9 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
             x, y = _series(rows, text, "resid", f"closed_{direction}")
             if x:
                 ax_kl.plot(x, y, style, marker="o", ms=3, color=color, label=f"{TEXT_LABELS[text]}, {label}")
+            band = _band(rows, text, f"closed_{direction}")
+            if band[0]:
+                ax_kl.fill_between(*band, color=color, alpha=0.10 if style == "-" else 0.06, lw=0)
         x, y = _series(rows, text, "resid", "relative_change")
         ax_rel.plot(x, y, "-", marker="o", ms=3, color=color, label=TEXT_LABELS[text])
         x, y = _series(rows, text, "resid", "cka")
@@ -68,8 +80,8 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
 
     ax_kl.set_ylim(-0.05, 1.05)
     ax_kl.set_ylabel("fraction of KL(base ‖ tuned) closed")
-    recommended = f" (recommended: {recommended_layer})" if recommended_layer is not None else ""
-    ax_kl.set_title(f"(a) causal effect: residual stream patched at layer L{recommended}")
+    recommended = f"; recommended: {recommended_layer}" if recommended_layer is not None else ""
+    ax_kl.set_title(f"(a) causal effect: residual stream patched at layer L (95% bands{recommended})")
     ax_rel.set_ylabel("mean ‖h_tuned − h_base‖ / ‖h_base‖")
     ax_rel.set_title("(b) residual stream: relative change")
     ax_cka.set_ylabel("similarity")

@@ -8,8 +8,10 @@ Recipe (`run`):
   3. per text, the representation pass (every context, one forward per model per batch, every
      layer read at once) and the patching pass (the first `scan.patch_contexts` contexts, every
      residual layer patched in both directions) — both stream their sums and resume (`passes.py`);
-  4. scan.csv (one row per text x site x layer), scan.png / scan.pdf, recommendation.json: the
-     first layer whose patch closes `scan.large_effect` of KL(base || tuned) (`recommend.py`).
+  4. scan.csv (one row per text x site x layer; the fractions closed with 95% bootstrap intervals
+     over the patched contexts), scan.png / scan.pdf, recommendation.json: the first layer whose
+     patch closes `scan.large_effect` of KL(base || tuned), the layers its intervals leave open, and
+     the other direction beside it (`recommend.py`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from reasondiff.core import artifacts
 from reasondiff.scan.meters import sites_of
 from reasondiff.scan.passes import patch_pass, representation_pass
 from reasondiff.scan.plots import scan_figure
-from reasondiff.scan.recommend import Recommendation, recommend
+from reasondiff.scan.recommend import Curve, Recommendation, recommend
 from reasondiff.scan.texts import ScanTexts, general_texts, reasoning_source, reasoning_texts
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ["text", "site", "layer", "hook", "n_tokens", "relative_change", "cosine", "cka",
-               "n_patch_tokens", "kl_base_tuned", "closed_tuned_into_base", "closed_base_into_tuned"]
+               "n_patch_tokens", "kl_base_tuned", "closed_tuned_into_base", "closed_base_into_tuned",
+               # issue 26.6 (appended): 95% bootstrap intervals over the patched contexts
+               "n_patch_contexts", "closed_tuned_into_base_low", "closed_tuned_into_base_high",
+               "closed_base_into_tuned_low", "closed_base_into_tuned_high"]
 VIEW_TEXT = {("general", "all"): "general", ("reasoning", "all"): "reasoning", ("reasoning", "answer"): "reasoning_answer"}
 
 
@@ -44,7 +49,7 @@ def load_pair(cfg: Config, device: torch.device):
     tuned, tuned_tok = load_model(cfg.tuned_model, cfg.hardware, config_key="tuned_model", device=device,
                                   trust_remote_code=cfg.model.trust_remote_code)
     shape = check_compatible(base, tuned, base_tok, tuned_tok)
-    return (base, tuned), base_tok, shape
+    return (base, tuned), (base_tok, tuned_tok), shape
 
 
 def harvest_settings(cfg: Config) -> tuple[int, bool, float | None]:
@@ -96,13 +101,19 @@ def table_rows(text_name: str, representation: dict, patching: dict | None, cfg:
         text = VIEW_TEXT[(text_name, view)]
         patch = patching.get(view) if patching else None
         fractions = patch.fractions(min_kl=cfg.scan.min_kl) if patch is not None else {}
+        intervals = (patch.intervals(min_kl=cfg.scan.min_kl, resamples=cfg.scan.bootstrap_samples, seed=cfg.seed)
+                     if patch is not None else {})
         for row in meter.rows():
             row = {"text": text, **row}
-            if row["site"] == "resid" and patch is not None and int(patch.n_tokens) > 0:
-                row["n_patch_tokens"] = int(patch.n_tokens)
+            if row["site"] == "resid" and patch is not None and patch.total_tokens() > 0:
+                row["n_patch_tokens"] = patch.total_tokens()
+                row["n_patch_contexts"] = patch.n_contexts
                 row["kl_base_tuned"] = patch.mean_gap()
                 for direction, values in fractions.items():
+                    low, high = intervals[direction]
                     row[f"closed_{direction}"] = values[row["layer"]]
+                    row[f"closed_{direction}_low"] = low[row["layer"]]
+                    row[f"closed_{direction}_high"] = high[row["layer"]]
             rows.append(row)
     return rows
 
@@ -120,20 +131,28 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def recommendation_of(rows: list[dict[str, Any]], cfg: Config, n_layers: int) -> tuple[Recommendation, list[float]]:
     """The recommendation read from the tuned_into_base curve (else the one direction scanned) of
-    `scan.recommend_on` text (general text when no reasoning text was scanned), and that curve."""
+    `scan.recommend_on` text (general text when no reasoning text was scanned), with its intervals
+    and the other direction's curve beside it; and that curve."""
     s = cfg.scan
     text = s.recommend_on if s.recommend_on in {r["text"] for r in rows} else "general"
     direction = "tuned_into_base" if "tuned_into_base" in s.directions else (s.directions[0] if s.directions else "")
     resid = sorted((r for r in rows if r["text"] == text and r["site"] == "resid"), key=lambda r: r["layer"])
-    fractions = [r.get(f"closed_{direction}", math.nan) for r in resid]
+
+    def curve(d: str) -> Curve:
+        return Curve(*([float(r.get(f"closed_{d}{part}", math.nan)) for r in resid] for part in ("", "_low", "_high")))
+
+    fractions = list(curve(direction).fractions) if direction else [math.nan] * len(resid)
     if s.patch_contexts == 0 or not direction:
         return Recommendation(hook=None, layer=None, text=text, direction=direction, threshold=s.large_effect,
                               closed=None, largest_step_block=None, largest_step=None, follow_up=[],
                               line="No layer recommended: activation patching was off (scan.patch_contexts=0 "
                                    "or scan.directions=[])."), fractions
     mean_kl = resid[0].get("kl_base_tuned", math.nan) if resid else math.nan
+    mine = curve(direction)
     return recommend(fractions, threshold=s.large_effect, text=text, direction=direction, n_layers=n_layers,
-                     exp_args=experiment_args(cfg), mean_kl=mean_kl, min_kl=s.min_kl), fractions
+                     exp_args=experiment_args(cfg), mean_kl=mean_kl, min_kl=s.min_kl, low=list(mine.low),
+                     high=list(mine.high), others={d: curve(d) for d in s.directions if d != direction},
+                     n_contexts=resid[0].get("n_patch_contexts") if resid else None), fractions
 
 
 def experiment_args(cfg: Config) -> str:
@@ -151,12 +170,13 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     s = cfg.scan
     device = resolve_device(cfg.hardware)
-    models, tokenizer, shape = load_pair(cfg, device)
+    # the reasoning text is the tuned model's: rendered with its tokenizer's chat template and layout
+    models, (tokenizer, tuned_tokenizer), shape = load_pair(cfg, device)
     n_layers = shape.n_layers
     documents_used, exclude_first, max_norm_ratio = harvest_settings(cfg)
 
     texts = [general_texts(cfg, tokenizer, documents_used=documents_used)]
-    reasoning = reasoning_texts(cfg, tokenizer)
+    reasoning = reasoning_texts(cfg, tuned_tokenizer)
     if reasoning is not None:
         texts.append(reasoning)
     for model in models:
@@ -183,7 +203,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         patching = None
         if s.patch_contexts > 0 and s.directions:
             patching = patch_pass(models, text, list(s.directions), ctx.dir / f"partial_{text.name}_patching.pt",
-                                  {**fingerprint, "directions": list(s.directions), "n_contexts": s.patch_contexts},
+                                  {**fingerprint, "directions": list(s.directions), "n_contexts": s.patch_contexts,
+                                   "sums": "per_context"},
                                   n_contexts=s.patch_contexts, batch_size=s.patch_batch_size, exclude_first=exclude_first)
         rows += table_rows(text.name, representation, patching, cfg)
     write_csv(ctx.dir / "scan.csv", rows)

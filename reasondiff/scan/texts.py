@@ -2,13 +2,14 @@
 
 General text comes through harvest's public reader (`harvest.heldout_contexts`): the harvest corpus
 packed exactly as harvest packs it, from the first document the harvest did not use. Reasoning text
-is one s1K-style row per sequence, rendered and tokenized by finetune's own `tokenize_example` (chat
-template, `<|im_start|>think` thinking, `<|im_start|>answer` answer, closing end-of-turn token), so
+is one s1K-style row per sequence, rendered and tokenized by finetune's own `tokenize_example` with
+the tuned model's tokenizer (its chat template, the turn in its layout `format.layout`: s1's
+`<|im_start|>think` ... `<|im_start|>answer`, or R1's `<think>` ... `</think>`; its end-of-turn token), so
 the tuned model sees exactly the kind of sequence it was trained on; a row longer than the context
 loses the middle of its thinking (finetune's `keep_answer`). Sequences are right-padded.
 
-Answer tokens: the positions whose NEXT token belongs to the s1 answer block, from the answer
-delimiter through the closing end-of-turn token: where the model states its answer.
+Answer tokens: the positions whose NEXT token belongs to the answer block, from the closing
+delimiter of the thinking through the closing end-of-turn token: where the model states its answer.
 """
 
 from __future__ import annotations
