@@ -14,6 +14,8 @@ from reasondiff import lazy_exports
 __getattr__ = lazy_exports(__name__, {
     "GenerationLog": "reasondiff.bench.run",
     "ModelSpec": "reasondiff.bench.run",
+    "model_layout": "reasondiff.bench.run",
+    "prompt_opened": "reasondiff.bench.run",
     "question_prompt": "reasondiff.bench.run",
     "resolve_models": "reasondiff.bench.run",
     "sweep_chunk": "reasondiff.bench.run",
@@ -28,6 +30,6 @@ __getattr__ = lazy_exports(__name__, {
     "mcnemar_exact": "reasondiff.bench.stats",
     "wilson_interval": "reasondiff.bench.stats",
 })
-__all__ = ["GenerationLog", "HFGenerator", "ModelSpec", "length_sorted_batches", "load_questions", "mcnemar_exact",
-           "paired_comparison", "question_prompt", "regrade", "resolve_models", "sweep_chunk", "sweep_fingerprint",
+__all__ = ["GenerationLog", "HFGenerator", "ModelSpec", "length_sorted_batches", "load_questions", "mcnemar_exact", "model_layout",
+           "paired_comparison", "prompt_opened", "question_prompt", "regrade", "resolve_models", "sweep_chunk", "sweep_fingerprint",
            "thinking_opened", "wilson_interval", "write_reports"]

@@ -49,6 +49,8 @@ class Variant:
     spec: Any
     """bench.ModelSpec of the un-intervened model (its prompt, its path in the fingerprint)."""
     model: Any
+    tokenizer: Any
+    """The model's own tokenizer (its chat template renders its prompts, as in the bench)."""
     hold: Callable[[], Any] | None = None
     """A no-argument context-manager factory holding the intervention (None: un-intervened)."""
     description: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -66,7 +68,15 @@ def sweep_config(cfg: Config) -> Config:
     if bench.mode != "prefix":
         log.info("intervene: the budget sweep runs in prefix mode (bench.mode=%s is for the bench stage)", bench.mode)
     return dataclasses.replace(cfg, bench=dataclasses.replace(bench, mode="prefix", token_limits=limits,
-                                                              tasks=list(i.bench_tasks or bench.tasks)))
+                                                              tasks=list(i.bench_tasks or bench.tasks),
+                                                              models=["base", "tuned"]))
+
+
+def model_specs(cfg: Config) -> dict[str, Any]:
+    """The bench's own specs of the base and tuned models (their prompts, layouts, paths)."""
+    from reasondiff import bench
+
+    return {spec.label: spec for spec in bench.resolve_models(cfg)}
 
 
 def questions_of(cfg: Config) -> dict[str, list]:
@@ -84,7 +94,7 @@ def _fingerprint(cfg: Config, variant: Variant, task: str) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_sweep(cfg: Config, out_dir: Path, variants: list[Variant], tokenizer) -> dict[str, Any]:
+def run_sweep(cfg: Config, out_dir: Path, variants: list[Variant]) -> dict[str, Any]:
     """Sweep every variant (resuming from generations.jsonl), then the bench's tables and figures plus
     vs_clean.csv and format.csv."""
     from reasondiff import bench
@@ -100,28 +110,35 @@ def run_sweep(cfg: Config, out_dir: Path, variants: list[Variant], tokenizer) ->
         n_pending = sum(len(qs) for qs in pending.values())
         if not n_pending:
             continue
+        tokenizer = variant.tokenizer
         generator = bench.HFGenerator(variant.model, tokenizer, batch_size=cfg.hardware.bench_batch_size)
         if variant.hold is not None:
             from reasondiff.intervene.live import LiveGenerator
 
             generator = LiveGenerator(generator, variant.hold)
         with tqdm(total=n_pending, desc=f"intervene bench {variant.label}", unit="q") as progress:
+            layout = bench.model_layout(cfg, variant.spec, tokenizer)
             for task, todo in pending.items():
                 prompts = [bench.question_prompt(tokenizer, q, cfg, variant.spec) for q in todo]
-                opened = bench.thinking_opened(cfg, variant.spec, task)
+                opened = bench.prompt_opened(tokenizer, todo, cfg, variant.spec, task)
                 for chunk in bench.length_sorted_batches([len(p) for p in prompts], generator.chunk_size):
                     rows = bench.sweep_chunk(generator, tokenizer, [todo[k] for k in chunk], [prompts[k] for k in chunk],
                                              model=variant.label, cfg=cfg, fingerprint=fingerprints[(variant.label, task)],
-                                             opened=opened)
+                                             opened=opened, layout=layout)
                     generations.append(rows)
                     progress.update(len(chunk))
     rows = generations.current(fingerprints=fingerprints, limits=limits)
     references = {(task, q.id): q.reference for task, qs in questions.items() for q in qs}
-    bench.regrade(rows, references=references, think_delimiter=cfg.format.think_delimiter,
-                  answer_delimiter=cfg.format.answer_delimiter)
+    delimiters = {}
+    for variant in variants:  # each graded in the layout of the model it is (base+... as base)
+        layout = bench.model_layout(cfg, variant.spec, variant.tokenizer)
+        delimiters[variant.label] = (layout.think_delimiter, layout.answer_delimiter)
+    bench.regrade(rows, references=references, delimiters=delimiters)
     tables = bench.write_reports(out_dir, rows, cfg)
     vs_clean = vs_clean_rows(rows, tables["summary"], variants, cfg)
-    formats = format_rows(rows, cfg)
+    tuned_variant = next(v for v in variants if v.spec.label == "tuned")
+    tuned = bench.model_layout(cfg, tuned_variant.spec, tuned_variant.tokenizer)
+    formats = format_rows(rows, cfg, think=tuned.think_delimiter, answer=tuned.answer_delimiter)
     write_csv(out_dir / "vs_clean.csv", vs_clean, VS_CLEAN_COLUMNS)
     write_csv(out_dir / "format.csv", formats, FORMAT_COLUMNS)
     return {"results": tables["results"], "summary": tables["summary"], "vs_clean": vs_clean, "format": formats,
@@ -148,13 +165,14 @@ def vs_clean_rows(rows, summary, variants: list[Variant], cfg: Config) -> list[d
     return out
 
 
-def opens_thinking(row: dict[str, Any], think_delimiter: str) -> bool:
-    return bool(row.get("thinking_opened")) or think_delimiter in row["completion"]
+def opens_thinking(row: dict[str, Any], think_delimiter: str | None) -> bool:
+    return bool(row.get("thinking_opened")) or bool(think_delimiter) and think_delimiter in row["completion"]
 
 
-def format_rows(rows, cfg: Config) -> list[dict[str, Any]]:
+def format_rows(rows, cfg: Config, *, think: str | None, answer: str | None) -> list[dict[str, Any]]:
     """At the largest limit, per model and task: how often the completion opens the thinking and reaches the
-    answer delimiter, and the accuracy, each with its Wilson interval (%)."""
+    answer delimiter of the TUNED model's layout (`think`, `answer`: does an intervened base model start
+    reasoning the way the fine-tune taught?), and the accuracy, each with its Wilson interval (%)."""
     from reasondiff import bench
 
     limit = max(cfg.bench.token_limits)
@@ -166,8 +184,8 @@ def format_rows(rows, cfg: Config) -> list[dict[str, Any]]:
     out = []
     for (model, task), members in groups.items():
         n = len(members)
-        counts = {"opens_thinking": sum(opens_thinking(r, cfg.format.think_delimiter) for r in members),
-                  "reaches_answer": sum(cfg.format.answer_delimiter in r["completion"] for r in members),
+        counts = {"opens_thinking": sum(opens_thinking(r, think) for r in members),
+                  "reaches_answer": sum(bool(answer) and answer in r["completion"] for r in members),
                   "accuracy": sum(bool(r["correct"]) for r in members)}
         row = {"model": model, "task": task, "limit": limit, "n": n}
         for key, k in counts.items():

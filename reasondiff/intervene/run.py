@@ -52,8 +52,9 @@ def analyze_inputs(cfg: Config) -> dict[str, Any]:
     return artifacts.read_json(manifest).get("inputs", {})
 
 
-def read_texts(cfg: Config, tokenizer, store) -> dict[str, Any]:
-    """analyze's texts (its readers, its sources), with intervene's counts and context length."""
+def read_texts(cfg: Config, tokenizer, tuned_tokenizer, store) -> dict[str, Any]:
+    """analyze's texts (its readers, its sources, the reasoning text rendered by the tuned model's tokenizer as
+    analyze renders it), with intervene's counts and context length."""
     from reasondiff import analyze
 
     i = cfg.intervene
@@ -62,7 +63,7 @@ def read_texts(cfg: Config, tokenizer, store) -> dict[str, Any]:
         context_length=i.context_length))
     texts = {}
     if i.n_reasoning_contexts:
-        reasoning = analyze.reasoning_contexts(text_cfg, tokenizer)
+        reasoning = analyze.reasoning_contexts(text_cfg, tuned_tokenizer)
         if reasoning is not None:
             texts["reasoning"] = reasoning
         else:
@@ -178,13 +179,13 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     crosscoder = load_crosscoder(cc_dir, device=device)
     table = read_latent_table(cfg.stage_dir("analyze") / "latents.csv", crosscoder.cfg.n_latents,
                               crosscoder.designated_shared.cpu().numpy())
-    models, tokenizer = analyze.load_models(cfg, device)
+    models, tokenizer, tuned_tokenizer = analyze.load_models(cfg, device)
     hook = parse_hook(inputs.get("hook") or cfg.harvest.hook, models[0].config.num_hidden_layers)
     keep_first = bool(inputs.get("exclude_first_position", cfg.harvest.drop_first_position))
     max_norm_ratio = inputs.get("max_norm_ratio")
     site = Site(hook, keep_first, max_norm_ratio)
     store = analyze.open_harvest(cfg)
-    texts = read_texts(cfg, tokenizer, store)
+    texts = read_texts(cfg, tokenizer, tuned_tokenizer, store)
     ctx.inputs.update({"crosscoder_dir": str(cc_dir), "hook": hook.name, "exclude_first_position": keep_first,
                        "max_norm_ratio": max_norm_ratio, "latent_table": str(cfg.stage_dir("analyze") / "latents.csv"),
                        "n_contexts": {name: len(t) for name, t in texts.items()}})
@@ -249,8 +250,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         limits = None if max_norm_ratio is None else tuple(float(max_norm_ratio) * float(v)
                                                             for v in torch.stack(medians).nanmedian(dim=0).values)
         control = random_control(rows, best)
-        variants = budget_variants(sweep_cfg, models, hook, crosscoder, keep_first, limits, best, directions, control)
-        outputs["bench"] = {k: v for k, v in run_sweep(sweep_cfg, ctx.dir / "bench_intervened", variants, tokenizer).items()
+        variants = budget_variants(sweep_cfg, models, (tokenizer, tuned_tokenizer), hook, crosscoder, keep_first, limits,
+                                   best, directions, control)
+        outputs["bench"] = {k: v for k, v in run_sweep(sweep_cfg, ctx.dir / "bench_intervened", variants).items()
                             if k in ("vs_clean", "format", "n_questions", "token_limits")}
     elif i.bench:
         log.warning("intervene: no selection closed a measurable KL gap: no budget sweep")
@@ -280,17 +282,16 @@ def random_control(rows: list[dict[str, Any]], best: dict[str, Any]) -> tuple[in
     return None
 
 
-def budget_variants(cfg: Config, models, hook, crosscoder, keep_first: bool, norm_limits, best: dict,
+def budget_variants(cfg: Config, models, tokenizers, hook, crosscoder, keep_first: bool, norm_limits, best: dict,
                     directions: dict[str, Direction], control: tuple[int, ...] | None = None) -> list:
     """base, tuned, base+patch_set (the best set), base+steer (ADL), tuned+ablate_set (the best set), and with
     intervene.bench_random_control the same patch and ablation of a frequency-matched random set of its size."""
-    from reasondiff import bench
-    from reasondiff.intervene.budget import Variant
+    from reasondiff.intervene.budget import Variant, model_specs
     from reasondiff.intervene.live import live_intervention
 
     i = cfg.intervene
-    base_spec = bench.ModelSpec("base", cfg.model.path, "model.path", "base")
-    tuned_spec = bench.ModelSpec("tuned", cfg.tuned_model, "tuned_model", "tuned")
+    specs = model_specs(cfg)
+    base_spec, tuned_spec = specs["base"], specs["tuned"]
     latents = tuple(int(x) for x in str(best["latents"]).split())
     patch = Intervention("patch_set", "base", best["selection"], len(latents), latents=latents)
     ablate = Intervention("ablate_set", "tuned", best["selection"], len(latents), latents=latents)
@@ -302,24 +303,25 @@ def budget_variants(cfg: Config, models, hook, crosscoder, keep_first: bool, nor
                                          norm_limits=norm_limits, directions=directions, prompt_only=prompt_only)
 
     described = {"hook": hook.name, "keep_first": keep_first, "norm_limits": norm_limits}
-    variants = [Variant("base", base_spec, models[0]), Variant("tuned", tuned_spec, models[1]),
-                Variant("base+patch_set", base_spec, models[0], hold(patch, models[0], models[1]),
+    base_tok, tuned_tok = tokenizers
+    variants = [Variant("base", base_spec, models[0], base_tok), Variant("tuned", tuned_spec, models[1], tuned_tok),
+                Variant("base+patch_set", base_spec, models[0], base_tok, hold(patch, models[0], models[1]),
                         {**described, "intervention": patch.name, "latents": list(latents)}, reference="base")]
     if direction in directions:
         prompt_only = i.bench_steer_positions == "prompt"
         vector = directions[direction].vector(i.bench_steer_alpha)
-        variants.append(Variant("base+steer", base_spec, models[0], hold(steer, models[0], None, prompt_only),
+        variants.append(Variant("base+steer", base_spec, models[0], base_tok, hold(steer, models[0], None, prompt_only),
                                 {**described, "intervention": steer.name, "positions": i.bench_steer_positions,
                                  "vector_norm": float(vector.norm())}, reference="base"))
-    variants.append(Variant("tuned+ablate_set", tuned_spec, models[1], hold(ablate, models[1], models[0]),
+    variants.append(Variant("tuned+ablate_set", tuned_spec, models[1], tuned_tok, hold(ablate, models[1], models[0]),
                             {**described, "intervention": ablate.name, "latents": list(latents)}, reference="tuned"))
     if i.bench_random_control and control:
-        for label, kind, model, partner, spec, reference in (
-                ("base+patch_random", "patch_set", models[0], models[1], base_spec, "base"),
-                ("tuned+ablate_random", "ablate_set", models[1], models[0], tuned_spec, "tuned")):
+        for label, kind, model, partner, spec, tok, reference in (
+                ("base+patch_random", "patch_set", models[0], models[1], base_spec, base_tok, "base"),
+                ("tuned+ablate_random", "ablate_set", models[1], models[0], tuned_spec, tuned_tok, "tuned")):
             iv = Intervention(kind, "base" if kind == "patch_set" else "tuned", "random", len(control), 1, control,
                               matched_to=best["selection"])
-            variants.append(Variant(label, spec, model, hold(iv, model, partner),
+            variants.append(Variant(label, spec, model, tok, hold(iv, model, partner),
                                     {**described, "intervention": iv.name, "latents": list(control)}, reference=reference))
     return variants
 
