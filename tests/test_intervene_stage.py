@@ -1,7 +1,10 @@
 """The intervene stage end to end on the tiny models, after analyze: every artifact appears in its schema, the
 random controls are there at every size, the budget sweep is in the bench's own schema, the section lands in
 analyze's report, a crosscoder imported from the dictionary_learning fork's format works, and a killed run
-resumes to the same numbers."""
+resumes to the same numbers.
+
+Each test runs analyze then intervene end to end on the tiny models (about 20-50 s, most of it matplotlib
+saving the figures of both stages): the stage contract can only be tested whole."""
 
 from __future__ import annotations
 
@@ -115,6 +118,11 @@ def test_intervene_after_analyze_on_an_imported_crosscoder(tmp_path, crosscoder_
     report = (analyze_cfg.stage_dir("analyze") / "report.md").read_text()
     assert "## Causal tests (intervene)" in report and "](../intervene/kl_closed.png)" in report
     assert (analyze_cfg.stage_dir("analyze") / "report.html").read_text().count("data:image/png") >= 1
+    # the README's demo block says it in words (reasondiff.tiny.demo_numbers)
+    from reasondiff.tiny.demo_numbers import causal_test
+
+    sentence = causal_test(out.parent)
+    assert sentence.startswith(" Causal test") and "random set of the same size ablated instead" in sentence
     manifest = artifacts.read_json(out / "manifest.json")
     assert manifest["inputs"]["crosscoder_dir"] == str(imported)
     assert not math.isnan(manifest["outputs"]["best_selection"]["value"])
