@@ -45,7 +45,18 @@ def beats_random(rows: list[dict[str, Any]], own: dict[str, Any]) -> tuple[bool,
     return bool(randoms) and _f(own["ci_low"]) > best, best
 
 
-def headline(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> list[str]:
+def scan_closed(scan_dir: Path, hook: str, text: str) -> float:
+    """The scan's own fraction of KL(base ‖ tuned) closed by the whole residual at `hook` (NaN without a scan)."""
+    path = scan_dir / "scan.csv"
+    if not path.is_file():
+        return math.nan
+    for r in read_csv(path):
+        if r.get("text") == text and r.get("site") == "resid" and r.get("hook") == hook:
+            return _f(r.get("closed_tuned_into_base"))
+    return math.nan
+
+
+def headline(rows: list[dict[str, Any]], best: dict[str, Any] | None, *, scan: float = math.nan) -> list[str]:
     texts = {r["text"] for r in rows}
     text = "reasoning" if "reasoning" in texts else "general"
     out = []
@@ -56,6 +67,8 @@ def headline(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> list[st
              and r["measure"] == "kl_closed"]
     if ceiling:
         line = f"Patching the whole residual stream at the hook closes {_interval(ceiling[0])} of KL(base ‖ tuned) on {text} text"
+        if scan == scan:
+            line += f" (the layer scan measured {_pct(scan)} at this layer on its own contexts)"
         if every:
             line += f"; patching every crosscoder latent closes {_interval(every[0])}"
         out.append(line + ".")
@@ -99,13 +112,14 @@ def bench_sentences(directory: Path) -> list[str]:
 
 
 def write_section(directory: Path, cfg, rows: list[dict[str, Any]], adl_rows: list[dict[str, Any]],
-                  best: dict[str, Any] | None) -> Path:
+                  best: dict[str, Any] | None, *, hook: str = "") -> Path:
     out = ["## Causal tests (intervene)\n",
            "At the crosscoder's hook: `patch_set` gives the base model the tuned model's contribution of a latent set "
            "(latents from the paired activations), `ablate_set` removes the set's contribution from the tuned model, "
            "`steer` adds a direction; each selection is read against frequency-matched random sets of the same size. "
            "Brackets: 95% bootstrap intervals over contexts (docs/intervene.md).\n"]
-    sentences = headline(rows, best)
+    text = "reasoning" if any(r["text"] == "reasoning" for r in rows) else "general"
+    sentences = headline(rows, best, scan=scan_closed(cfg.stage_dir("scan"), hook, text))
     adl_texts = list(dict.fromkeys(r["text"] for r in adl_rows))
     for text in adl_texts:
         for model in ("base", "tuned"):

@@ -263,7 +263,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     plots.kl_closed_figure(rows, ctx.dir / "kl_closed.png")
     if any(r["kind"] == "steer" for r in rows):
         plots.steering_figure(rows, ctx.dir / "steering.png")
-    report.write_section(ctx.dir, cfg, rows, adl_rows, best)
+    report.write_section(ctx.dir, cfg, rows, adl_rows, best, hook=hook.name)
     analyze_dir = cfg.stage_dir("analyze")
     if (analyze_dir / "report.md").is_file():
         analyze.rebuild_report(cfg.exp_dir, analyze_dir, running="intervene")
