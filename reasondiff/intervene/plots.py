@@ -3,7 +3,8 @@
 - kl_closed.png: per selection rule, the fraction of KL(base ‖ tuned) closed by patch_set against the set
   size N (log axis), the selected set with its 95% interval, the band of its frequency-matched random sets
   (min to max over the sets, their mean dashed), the whole residual patched at the hook (the ceiling) and
-  every latent patched; the lower row the same for ablate_set's KL(tuned ‖ ablated tuned), the "rise".
+  every latent patched; the lower row the same for ablate_set's KL(tuned ‖ ablated tuned), the "rise" (every
+  latent ablated is in intervene.csv, not drawn: it would flatten the panel).
 - steering.png: per steering direction, KL closed on reasoning text and ΔCE on general text against α.
 """
 
@@ -34,8 +35,8 @@ def kl_closed_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
                                and r["selection"] not in ("all", "random")))
     if not rules:
         return None
-    panels = (("patch_set", "kl_closed", "fraction of KL(base ‖ tuned) closed"),
-              ("ablate_set", "kl_self", "KL(tuned ‖ ablated tuned), nats"))
+    panels = (("patch_set", "kl_closed", "KL(base ‖ tuned) closed"),
+              ("ablate_set", "kl_self", "KL(tuned ‖ ablated), nats"))
     ceiling = _pick(rows, text=text, kind="patch_residual", measure="kl_closed")
     with figures.themed() as plt:
         fig, axes = plt.subplots(2, len(rules), figsize=(3.2 * len(rules), 5.6), squeeze=False, sharex="col")
@@ -59,12 +60,13 @@ def kl_closed_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
                 err = [[v - _num(r["ci_low"]) for v, r in zip(values, own, strict=True)],
                        [_num(r["ci_high"]) - v for v, r in zip(values, own, strict=True)]]
                 ax.errorbar(sizes, values, yerr=err, marker="o", color=figures.CLASS_COLORS["tuned_only"], capsize=3,
-                            label=f"{rule} (95% CI)")
+                            label="selected set (95% CI)")
                 if kind == "patch_set" and ceiling:
                     c = ceiling[0]
                     ax.axhline(_num(c["value"]), color="black", linewidth=1, label="whole residual (ceiling)")
                     ax.axhspan(_num(c["ci_low"]), _num(c["ci_high"]), color="black", alpha=0.08)
-                every = _pick(rows, text=text, kind=kind, selection="all", measure=measure)
+                # every latent ablated moves the tuned model far more than any set: it would flatten the panel
+                every = _pick(rows, text=text, kind=kind, selection="all", measure=measure) if kind == "patch_set" else []
                 if every:
                     ax.axhline(_num(every[0]["value"]), color="#7b3fa0", linestyle=":", linewidth=1,
                                label="every latent")
