@@ -74,18 +74,19 @@ def test_interventions_are_exact_and_timed_on_real_qwen(qwen_pair):
     # float32 round trip of residuals with Qwen's massive norms (the sink reaches thousands): 1e-3 of the gap
     assert m["kl_closed"][2] == pytest.approx(m["kl_closed"][1], abs=5e-3)
 
-    # timing: a random 16k-latent crosscoder, 100 interventions on one context of 512 tokens
+    # timing: a random 16k-latent crosscoder, 20 interventions on one context of 256 tokens (each: 10 layers
+    # and the 152k-token unembedding of every prediction)
     cc = random_crosscoder(896, n_latents=16384)
-    ids = torch.tensor(tokenizer(text * 2)["input_ids"][:512]).view(1, 512)
-    many = [Intervention("patch_set", "base", "s", 64, k, tuple(range(64 * k, 64 * k + 64))) for k in range(50)]
-    many += [Intervention("ablate_set", "tuned", "s", 64, k, tuple(range(64 * k, 64 * k + 64))) for k in range(50)]
+    ids = torch.tensor(tokenizer(text)["input_ids"][:256]).view(1, 256)
+    many = [Intervention("patch_set", "base", "s", 64, k, tuple(range(64 * k, 64 * k + 64))) for k in range(10)]
+    many += [Intervention("ablate_set", "tuned", "s", 64, k, tuple(range(64 * k, 64 * k + 64))) for k in range(10)]
     meter = InterventionMeter(1, len(many))
     site = Site(hook, keep_first=True, max_norm_ratio=10.0)  # the stage's rules on Qwen
     start = time.process_time()
     intervention_batch(runners, ids, torch.ones_like(ids, dtype=torch.bool), site, cc, many, meter,
                        context_index=torch.arange(1))
     cpu = time.process_time() - start
-    print(f"\nintervene timing: {cpu:.1f} CPU-s for one 512-token context x {len(many)} interventions "
+    print(f"\nintervene timing: {cpu:.1f} CPU-s for one 256-token context x {len(many)} interventions "
           f"({cpu / len(many):.3f} CPU-s per context and intervention), {torch.get_num_threads()} threads")
 
 
