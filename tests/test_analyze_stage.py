@@ -45,7 +45,8 @@ def analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_di
     return make_config(
         f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", f"model.path={tiny_model_dir}", "model.build_tiny=false",
         f"tuned_model={tiny_tuned_model_dir}", f"analyze.crosscoder_dir={crosscoder_dir}",
-        f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"analyze.reasoning_corpus={tiny_world / 's1k.jsonl'}",
+        f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"finetune.dataset={tiny_world / 's1k.jsonl'}",
+        "finetune.holdout.fraction=0.5",
         "analyze.n_heldout_contexts=6", "analyze.n_reasoning_contexts=4", f"analyze.context_length={CONTEXT}",
         "analyze.n_top_latents=3", "analyze.n_shared_sample=2", "analyze.n_contexts_per_latent=2",
         "harvest.hook=blocks.2.hook_resid_pre", "hardware.analyze_batch_size=2", *extra, config_name="analyze")
@@ -74,6 +75,12 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
     assert [(r["text"], r["convention"], r["model"]) for r in ce] == [
         (t, c, m) for t in ("general", "reasoning") for c in ("paper", "sink_preserving") for m in ("base", "tuned")]
     by = {(r["text"], r["convention"], r["model"]): r for r in ce}
+    # the reasoning text is the fine-tune's held-out rows by default, and every table says so
+    assert {r["text_source"] for r in ce if r["text"] == "reasoning"} == {"held-out rows"}
+    assert {r["text_source"] for r in read_rows(out / "reconstruction.csv")} == {"held-out general", "held-out rows"}
+    assert {r["reasoning_text_source"] for r in read_rows(out / "class_frequency.csv")} == {"held-out rows"}
+    texts = artifacts.read_json(out / artifacts.MANIFEST)["inputs"]["texts"]
+    assert texts["reasoning"]["label"] == "held-out rows" and texts["reasoning"]["tokens"] > 0
     for m in ("base", "tuned"):
         assert int(by[("general", "paper", m)]["n_tokens"]) == 6 * (CONTEXT - 1)  # every prediction
         assert int(by[("general", "sink_preserving", m)]["n_tokens"]) == 6 * (CONTEXT - 2)  # sink position out too
@@ -131,8 +138,9 @@ def test_analyze_stage_writes_every_artifact(tmp_path, crosscoder_dir, tiny_mode
                 assert values == sorted(values, reverse=direction == "promoted")
     assert page.count('<table class="logit') == 2 * len(shown)
     report = (out / "report.md").read_text()
-    assert "CE-loss recovery (Table 2)" in report and "| general | paper | base |" in report
-    assert "| reasoning | sink_preserving | tuned |" in report and "| explained variance |" in report
+    assert "CE-loss recovery (Table 2)" in report and "| general | held-out general | paper | base |" in report
+    assert "| reasoning | held-out rows | paper | base |" in report
+    assert "| reasoning | held-out rows | sink_preserving | tuned |" in report and "| explained variance |" in report
     assert "Ratio tuned / base = **0.25**" in report and "| latents (by Δ) |" in report
     for figure in ("relative_norm_hist.png", "decoder_norms.png", "frequency_hist.png", "training_curves.png"):
         assert f"]({figure})" in report
@@ -174,3 +182,27 @@ def test_killed_analyze_resumes_to_the_same_numbers(tmp_path, crosscoder_dir, ti
     assert read_rows(out / "ce_recovery.csv") == read_rows(reference / "ce_recovery.csv")
     assert read_rows(out / "latents.csv") == read_rows(reference / "latents.csv")
     assert read_rows(out / "reconstruction.csv") == read_rows(reference / "reconstruction.csv")
+
+
+@pytest.mark.parametrize("how", ["truncated", "random bytes", "zeroed"])
+def test_a_damaged_crosscoder_is_one_line_and_leaves_no_run(tmp_path, crosscoder_dir, tiny_model_dir,
+                                                            tiny_tuned_model_dir, tiny_world, how):
+    """Issue 32.2: a traceback (truncated), a FloatingPointError and a partial sibling run (random bytes),
+    or a silent run on other numbers (zeroed). Now one line before any work, and no run left behind."""
+    import json
+    import shutil
+
+    from test_crosscoder import _damage
+
+    from reasondiff.core.errors import UserError
+
+    damaged = tmp_path / "cc"
+    shutil.copytree(crosscoder_dir, damaged)
+    _damage(damaged / "crosscoder.safetensors", how)
+    cfg = analyze_config(tmp_path, damaged, tiny_model_dir, tiny_tuned_model_dir, tiny_world, "run=sibling")
+    with pytest.raises(UserError, match=r"cc/crosscoder\.safetensors does not match the sha256") as err:
+        run_stage(cfg, func=None)
+    assert "\n" not in str(err.value)
+    assert not cfg.stage_dir("analyze").exists()
+    runs = tmp_path / "t" / "runs.json"
+    assert not runs.is_file() or cfg.stage_dir("analyze").name not in json.loads(runs.read_text())

@@ -281,8 +281,11 @@ def test_help_names_the_app_and_lists_only_its_keys(app):
     keys = [line.split("=", 1)[0].strip() for line in text.splitlines() if line.startswith("  ") and "=" in line]
     assert any(k.startswith(f"{app}.") for k in keys)
     foreign = [k for k in keys if k.startswith(OTHER_SECTIONS) and not k.startswith(f"{app}.")]
-    if app == "analyze":  # analyze reads where harvest took its text from
-        assert foreign and all(k.startswith("harvest.") for k in foreign)
+    if app == "analyze":  # analyze reads where harvest took its text from, and the fine-tune's held-out rows
+        assert foreign and all(k.startswith(("harvest.", "finetune.")) for k in foreign)
+        assert {k for k in foreign if k.startswith("finetune.")} <= {
+            "finetune.dataset", "finetune.split", "finetune.trace_source", "finetune.holdout.fraction",
+            "finetune.holdout.n_rows", "finetune.holdout.seed"}
     else:
         assert not foreign, foreign
     assert "--cfg job --resolve" in text

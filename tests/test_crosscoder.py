@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 
+from reasondiff.core import artifacts
+from reasondiff.core.artifacts import sha256_file
 from reasondiff.core.errors import UserError
 from reasondiff.crosscoder.geometry import relative_decoder_norm
 from reasondiff.crosscoder.model import (
@@ -19,6 +22,7 @@ from reasondiff.crosscoder.model import (
     fold_scaling_factors,
     load_crosscoder,
     unfold_scaling_factors,
+    verify_crosscoder,
 )
 
 
@@ -138,7 +142,7 @@ def test_save_load_round_trip(tmp_path, variant):
 
 
 def test_load_detects_missing_and_torn_checkpoints(tmp_path):
-    with pytest.raises(UserError, match="no crosscoder"):
+    with pytest.raises(UserError, match=r"no crosscoder.*analyze\.crosscoder_dir at"):  # the key's real name
         load_crosscoder(tmp_path)
     cc = _trained_looking()
     cc.save(tmp_path)
@@ -147,3 +151,75 @@ def test_load_detects_missing_and_torn_checkpoints(tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(UserError, match="does not match"):
         load_crosscoder(tmp_path)
+
+
+# --- a damaged crosscoder file (issue 32.2): one line naming the file and what to do ----------------
+def _damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    if how == "truncated":
+        del data[len(data) // 2:]
+    elif how == "garbage header":
+        data[8:40] = b"\x00garbage that is no JSON at all\x00"
+    elif how == "random bytes":  # NaN bit patterns in the middle of the tensors
+        data[header + 64:header + 192] = b"\xff\xff\xff\x7f" * 32
+    elif how == "zeroed":
+        data[header:] = bytes(len(data) - header)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage header", "random bytes", "zeroed"])
+def test_a_damaged_weights_file_is_one_line_naming_it(tmp_path, how):
+    _trained_looking().save(tmp_path)
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["weights_sha256"] == sha256_file(tmp_path / WEIGHTS_FILE)
+    verify_crosscoder(tmp_path)  # intact
+    _damage(tmp_path / WEIGHTS_FILE, how)
+    for check in (verify_crosscoder, load_crosscoder):
+        with pytest.raises(UserError, match=r"crosscoder\.safetensors does not match the sha256") as err:
+            check(tmp_path)
+        assert "\n" not in str(err.value) and "overwrite=true" in str(err.value)
+
+
+@pytest.mark.parametrize("how, message", [("truncated", "cannot be read"), ("garbage header", "cannot be read"),
+                                          ("random bytes", "non-finite"), ("zeroed", "all zeros")])
+def test_damage_is_caught_without_the_checksum(tmp_path, how, message):
+    """verify=False (or a crosscoder saved before checksums) still never loads damage as numbers."""
+    _trained_looking().save(tmp_path)
+    _damage(tmp_path / WEIGHTS_FILE, how)
+    with pytest.raises(UserError, match=message) as err:
+        load_crosscoder(tmp_path, verify=False)
+    assert str(tmp_path / WEIGHTS_FILE) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_verify_false_reads_an_edited_crosscoder(tmp_path):
+    cc = _trained_looking()
+    cc.save(tmp_path)
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(tmp_path / WEIGHTS_FILE))
+    state["b_enc"] = state["b_enc"] + 1
+    save_file(state, str(tmp_path / WEIGHTS_FILE), metadata={"config": json.dumps(asdict(cc.cfg), sort_keys=True)})
+    with pytest.raises(UserError, match="sha256"):
+        load_crosscoder(tmp_path)
+    torch.testing.assert_close(load_crosscoder(tmp_path, verify=False).b_enc, cc.b_enc + 1)
+
+
+def test_a_damaged_config_is_one_line(tmp_path):
+    _trained_looking().save(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text('{"d_model": 8, "n_lat')
+    with pytest.raises(UserError, match=r"config\.json is not valid JSON"):
+        load_crosscoder(tmp_path)
+
+
+def test_encode_names_the_pair_shape_it_expects():
+    cc = _trained_looking()
+    with pytest.raises(ValueError, match=r"\[batch, 2, 8\]"):
+        cc.encode(torch.randn(5, 8))  # one model's activations
+    with pytest.raises(ValueError, match=r"\[batch, 2, 8\]"):
+        cc.normalise(torch.randn(5, 8))
+    assert cc.encode(torch.randn(5, 2, 8)).shape == (5, 24)
+
+
+def test_saved_weights_are_readable_by_the_team(tmp_path):
+    """safetensors replaces the staging file: its mode must still be the umask's, not mkstemp's 0600."""
+    _trained_looking().save(tmp_path)
+    assert (tmp_path / WEIGHTS_FILE).stat().st_mode & 0o777 == artifacts._file_mode()

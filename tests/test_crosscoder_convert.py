@@ -330,3 +330,29 @@ def test_designated_shared_latents_survive_both_exports(tmp_path):
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as handle:
         assert not handle.metadata() or "designated_shared_latents" not in handle.metadata()
+
+
+def test_fork_export_keeps_the_hook_and_a_readable_mode(tmp_path):
+    """Issue 33.6: `--to dictionary_learning` kept no `hook` and wrote the weights with mode 0600."""
+    from reasondiff.core.artifacts import _file_mode
+
+    cc = CrossCoder(CrossCoderConfig(d_model=16, n_latents=64)).eval()
+    cc.save(tmp_path / "rd", extra={"hook": "blocks.2.hook_resid_pre"})
+    out = convert(tmp_path / "rd", tmp_path / "fork", to="dictionary_learning")
+    assert json.loads((out / "config.json").read_text())["hook"] == "blocks.2.hook_resid_pre"
+    for name in ("model.safetensors", "config.json"):
+        assert (out / name).stat().st_mode & 0o777 == _file_mode(), name
+    back = convert(out, tmp_path / "back")  # and the hook comes home again
+    assert json.loads((back / "config.json").read_text())["hook"] == "blocks.2.hook_resid_pre"
+
+
+def test_cli_names_a_damaged_crosscoder_in_one_line(tmp_path):
+    """Issue 32.2: a truncated crosscoder gave a SafetensorError traceback; nothing is written."""
+    CrossCoder(CrossCoderConfig(d_model=16, n_latents=64)).save(tmp_path / "rd")
+    weights = tmp_path / "rd" / "crosscoder.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    done = subprocess.run([sys.executable, "-m", "reasondiff.convert", str(tmp_path / "rd"), str(tmp_path / "out"),
+                           "--to", "dictionary_learning"], capture_output=True, text=True, env=app_env(), timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "crosscoder.safetensors does not match the sha256" in done.stderr
+    assert not (tmp_path / "out").exists()

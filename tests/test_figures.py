@@ -142,3 +142,63 @@ def test_model_styles_tell_base_and_tuned_apart():
     assert base["color"] != tuned["color"] and base["marker"] != tuned["marker"]
     assert base["linestyle"] != tuned["linestyle"]
     assert figures.model_style("other", 0)["marker"] not in (base["marker"], tuned["marker"])
+
+
+def _kept_figure(monkeypatch, module):
+    """The figure a plotting function draws, kept open for inspection (its save still runs)."""
+    kept = []
+
+    def keep(fig, path):
+        kept.append(fig)
+        return path
+
+    monkeypatch.setattr(module, "_save", keep)
+    return kept
+
+
+def test_relative_norm_histogram_states_its_bin_width_and_names_every_zone(monkeypatch, tmp_path):
+    """Issue 33.6: no bin width, and the two gaps between the classes were unlabelled."""
+    kept = _kept_figure(monkeypatch, analyze_plots)
+    analyze_plots.relative_norm_histogram(np.random.default_rng(0).random(200).tolist(), tmp_path / "r.png",
+                                          base_only_max=0.1, shared_min=0.3, shared_max=0.7, tuned_only_min=0.9)
+    ax = kept[0].axes[0]
+    assert "bin width 0.02" in ax.get_ylabel()
+    widths = {round(p.get_width(), 6) for p in ax.patches if p.get_height() > 0 and p.get_width() < 0.05}
+    assert widths == {0.02}  # the bars are as wide as the label says
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(label.startswith("other") for label in labels) and len(labels) == 4
+    # every part of [0, 1] is inside exactly one labelled zone
+    spans = sorted((p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_width() >= 0.05)
+    assert spans[0][0] == 0 and spans[-1][1] == 1 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_scan_figure_block_axis_ends_at_the_last_block_and_legends_cover_no_line(monkeypatch, tmp_path):
+    """Issue 33.6: panel (d) ran past the last block (it shared the residual axis) and a legend
+    covered a line."""
+    import matplotlib.pyplot as plt
+
+    from reasondiff.scan.plots import scan_figure
+
+    closed = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: closed.append(fig))
+    n_layers = 4
+    rows = []
+    for text in ("general", "reasoning"):
+        for layer in range(n_layers + 1):
+            rows.append({"text": text, "site": "resid", "layer": layer, "closed_tuned_into_base": layer / 4,
+                         "closed_base_into_tuned": layer / 5, "relative_change": 0.1 * layer, "cka": 1 - 0.1 * layer,
+                         "cosine": 1 - 0.05 * layer})
+        for layer in range(n_layers):
+            for site in ("attn_out", "mlp_out"):
+                rows.append({"text": text, "site": site, "layer": layer, "relative_change": 2.0 - 0.1 * layer})
+    scan_figure(rows, tmp_path / "scan.png", n_layers=n_layers, threshold=0.5, recommended_layer=1)
+    fig = closed[0]
+    ax_kl, ax_rel, ax_cka, ax_comp = fig.axes[:4]
+    assert ax_comp.get_xlim() == (-0.5, n_layers - 0.5) and ax_kl.get_xlim() == (-0.5, n_layers + 0.5)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in (ax_kl, ax_rel, ax_cka, ax_comp):
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.y1 <= ax.get_window_extent(renderer).y0  # below the axes, over none of its lines
+    monkeypatch.undo()
+    plt.close(fig)

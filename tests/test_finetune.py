@@ -58,6 +58,11 @@ def _metrics_steps(stage_dir):
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle)]
 
 
+def _metrics_column(stage_dir, column):
+    with open(stage_dir / "metrics.csv", newline="") as handle:
+        return [float(r[column]) for r in csv.DictReader(handle)]
+
+
 class _At(TrainerCallback):
     """Does `action` when a given global step begins or ends."""
 
@@ -167,6 +172,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_model_d
     assert manifest["inputs"]["resumed_from"].endswith("checkpoint-2")
     assert manifest["outputs"]["global_step"] == 6
     assert [step for step, _ in _metrics_steps(out)] == [1, 2, 3, 4, 5, 6]  # step 3 not logged twice
+    # num_tokens counts on from the checkpoint (it restarted from 0 after a resume: issue 32.4)
+    assert _metrics_column(out, "num_tokens") == _metrics_column(reference_run, "num_tokens")
     resumed = load_file(out / "model" / "model.safetensors")
     reference = load_file(reference_run / "model" / "model.safetensors")
     assert resumed.keys() == reference.keys()

@@ -88,10 +88,16 @@ def test_latents_page_in_a_browser(browser, page_file):
     assert index_rows.count() == 3 and cards.count() == 3
     assert page.locator("#count").inner_text() == "3 of 3 latents"
 
-    # search: free text matches tokens of the contexts and logit tables; #id picks one latent
+    # search: free text matches the index's fields (class, logit tokens), contexts only when asked;
+    # #id picks one latent
     page.fill("#search", "wait")
     assert [c.get_attribute("id") for c in cards.all() if c.is_visible()] == ["latent-7"]
     assert page.locator("#count").inner_text() == "1 of 3 latents"
+    page.fill("#search", "check")  # a word of latent 7's context only
+    assert page.locator("#count").inner_text() == "0 of 3 latents"
+    page.check("#in-contexts")
+    assert [c.get_attribute("id") for c in cards.all() if c.is_visible()] == ["latent-7"]
+    page.uncheck("#in-contexts")
     page.fill("#search", "#12")
     assert [r.get_attribute("data-latent") for r in index_rows.all() if r.is_visible()] == ["12"]
     page.fill("#search", "base_only")
@@ -123,3 +129,23 @@ def test_latents_page_in_a_browser(browser, page_file):
         const range = document.createRange(); range.selectNodeContents(el); return range.getClientRects().length; })""")
     assert lines and set(lines) == {1}
     page.close()
+
+
+def test_whitespace_tokens_show_escaped_and_search_keeps_to_the_index():
+    """Issue 33.6: a space top token was a blank index cell, and the search matched context text."""
+    import html
+    import re
+
+    from reasondiff.analyze.latent_page import show_token
+
+    assert [show_token(t) for t in (" ", "\n", " the", "\t", "")] == ["␣", "\\n", "␣the", "\\t", "∅"]
+    page = render_latents_html({"s": [card(5, "shared", 0.5, ["Let", " me", " check"], " "),
+                                      card(6, "shared", 0.5, ["x"], "\n")]}, title="t")
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r'<tr data-latent="(\d+)".*?</tr>', page, re.S)}
+    assert '<td class="l" data-value=" ">␣</td>' in rows[5] and '<td class="l" data-value="\n">\\n</td>' in rows[6]
+    search = html.unescape(re.search(r'data-search="([^"]*)"', rows[5]).group(1))
+    context = html.unescape(re.search(r'data-context="([^"]*)"', rows[5]).group(1))
+    assert "check" not in search and "shared" in search and "␣so" in search
+    assert "let me check" in context
+    assert 'id="in-contexts"' in page and '<td class="tokcell">␣</td>' in page
+    assert '<span id="count">2 of 2 latents</span>' in page

@@ -108,3 +108,15 @@ def test_foundation_packages_import_only_downward():
 def test_the_package_root_holds_only_the_apps_on_top():
     loose = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
     assert loose == ["convert", "pipeline"], loose
+
+
+def test_dir_lists_the_lazy_public_names():
+    """Issue 33.6: `dir(reasondiff)` hid the names imported on first use (PEP 562 `__dir__`)."""
+    import reasondiff
+    import reasondiff.finetune
+    import reasondiff.harvest
+    import reasondiff.tiny
+
+    for package in (reasondiff, reasondiff.harvest, reasondiff.finetune, reasondiff.tiny):
+        assert set(package.__all__) <= set(dir(package)), package.__name__
+    assert "load_crosscoder" in dir(reasondiff) and "__version__" in dir(reasondiff)

@@ -67,3 +67,38 @@ def test_transformer_bridge_wraps_a_loaded_model_offline(tiny_model, tiny_tokeni
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == "blocks.2.hook_resid_pre")
     assert cache["blocks.2.hook_resid_pre"].shape == (1, ids.shape[1], tiny_model.config.hidden_size)
+
+
+def test_a_config_that_disagrees_with_its_weights_is_one_line(tmp_path, tiny_model_dir):
+    """Issue 32.3: an edited hidden_size passed preflight and failed in transformers with a traceback."""
+    import json
+    import shutil
+
+    from reasondiff.app import preflight
+    from tests.conftest import make_config
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    hidden = config["hidden_size"]
+    config["hidden_size"] = hidden // 2
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as err:
+        load_model(str(bad), HardwareConfig(device="cpu"), config_key="tuned_model")
+    message = str(err.value)
+    assert "\n" not in message and f"tuned_model={bad}" in message and "model.safetensors" in message
+    assert f"hidden_size={hidden // 2}" in message and f", {hidden}]" in message and f", {hidden // 2}]" in message
+    cfg = make_config(f"model.path={tiny_model_dir}", f"tuned_model={bad}", config_name="scan")
+    problems = preflight.problems([(cfg, "scan")], disk=False)
+    assert any("config.json disagrees with the weights" in p and "tuned_model=" in p for p in problems), problems
+    assert not any("model.path=" in p and "disagrees" in p for p in problems)  # the intact one passes
+
+
+def test_saved_tokenizer_does_not_record_the_environment(tmp_path, tiny_model_dir):
+    """Issue 32.4: tokenizer_config.json held local_files_only (true offline, false online)."""
+    import json
+
+    from reasondiff.lm.models import load_tokenizer
+
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path)
+    assert "local_files_only" not in json.loads((tmp_path / "tokenizer_config.json").read_text())

@@ -408,6 +408,17 @@ def test_a_null_field_is_reported_as_null(tmp_path):
         load_rows(str(path), config_key="c", fields=["text"])
 
 
+def test_a_json_line_error_says_at_once(tmp_path):
+    """Issue 32.4: "Unterminated string starting at at column 10"."""
+    from reasondiff.lm.data_sources import load_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "cut mid-string')  # the last line, cut
+    with pytest.raises(UserError, match=rf"^c={path}: line 2 is not valid JSON \(Unterminated string starting at "
+                                        r"column 10\)$"):
+        load_rows(str(path), config_key="c", fields=["text"])
+
+
 def test_a_malformed_corpus_line_is_found_before_any_shard(tmp_path, tiny_model_dir, tiny_tuned_model_dir,
                                                            tiny_world):
     lines = (tiny_world / "corpus.jsonl").read_text().splitlines()

@@ -93,7 +93,8 @@ def test_headline_sentences_carry_the_csvs_numbers(experiment):
     # the fine-tune helped on gsm8k: both accuracies with their bootstrap intervals, the gain and the test
     assert "42.5% [27.5, 57.5]" in text and "17.5% [7.5, 30.0]" in text and "+25.0 points" in text
     assert "a significant gain (McNemar exact p = 0.013)" in text
-    assert "+25.00 points per 100 tokens" in text and "[+10.00, +40.00], significant" in text
+    assert "scales at +0.250%/token over the 16-128-token grid (Table 1's scaling; base +0.000)" in text
+    assert "[+0.100, +0.400] %/token, significant" in text and "per 100 tokens" not in text
     # CE recovered with intervals (paper convention), the other convention beside it
     assert "92.2% [91.0, 93.3] of the CE loss for base" in text and "92.6% [91.4, 93.7] of the CE loss for tuned" in text
     assert "88.0% and 89.0% under the sink-preserving convention" in text
@@ -113,7 +114,31 @@ def test_headline_says_when_a_difference_is_not_significant_and_when_answers_are
     (sentence,) = bench_sentences(summary, results)
     assert "-2.5 points, not significant (McNemar exact p = 0.4)" in sentence
     assert "30 of its 40 replies there give no answer" in sentence
-    assert "[-10.00, +40.00], not significant" in sentence
+    assert "[-0.100, +0.400] %/token, not significant" in sentence
+
+
+def test_headline_leads_with_the_largest_significant_effect_and_names_a_slope_made_by_no_answers():
+    """Issue 33.5: the summary opened with a null boolq result whose "+84.38 points per 100 tokens,
+    significant" came from 40/40 unanswered questions at 16 and 32 tokens (beyond a 16-80 grid)."""
+    grid = "16-32-48-64-80"
+    base = {"model": "base", "performance": 50.0, "scaling": 0.0, "best_limit": 16, "token_limits": grid, "n": 40}
+    summary = [dict(base, task="boolq"), dict(base, task="gsm8k", performance=17.5),
+               {"model": "tuned", "task": "boolq", "performance": 45.0, "scaling": 0.84375, "best_limit": 64,
+                "token_limits": grid, "n": 40, "mcnemar_p": 0.86, "performance_diff": -5.0, "scaling_diff": 0.84375,
+                "scaling_diff_low": 0.5625, "scaling_diff_high": 1.125},
+               {"model": "tuned", "task": "gsm8k", "performance": 62.5, "scaling": 1.156, "best_limit": 64,
+                "token_limits": grid, "n": 40, "mcnemar_p": 0.0001, "performance_diff": 45.0, "scaling_diff": 1.156,
+                "scaling_diff_low": 0.875, "scaling_diff_high": 1.44}]
+    results = [{"model": "tuned", "task": task, "limit": limit, "no_answer": 40 if limit <= 32 else 2, "n": 40}
+               for task in ("boolq", "gsm8k") for limit in (16, 32, 48, 64, 80)]
+    gsm8k, boolq = bench_sentences(summary, results)
+    assert gsm8k.startswith("On gsm8k") and boolq.startswith("On boolq")  # the significant gain leads
+    assert "+0.844%/token over the 16-80-token grid" in boolq and "per 100 tokens" not in boolq + gsm8k
+    assert "driven by unanswered questions (no answer in 40/40 at 16 tokens and 40/40 at 32 tokens" in boolq
+    assert boolq.endswith("not a gain over base.") and not gsm8k.endswith("not a gain over base.")
+    # a slope without unanswered questions at the low limits says nothing about them
+    quiet = [dict(r, no_answer=0) for r in results]
+    assert not any("unanswered" in s for s in bench_sentences(summary, quiet))
 
 
 def test_headline_and_table_1_read_a_constant_answerer_against_its_baseline():

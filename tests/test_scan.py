@@ -102,7 +102,9 @@ def scan_config(tmp_path, base_dir, tuned_dir, tiny_world, *extra):
     return make_config(
         f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", f"model.path={base_dir}", "model.build_tiny=false",
         f"tuned_model={tuned_dir}", f"harvest.corpus={tiny_world / 'corpus.jsonl'}",
-        f"finetune.dataset={tiny_world / 's1k.jsonl'}", "scan.n_general_contexts=4", "scan.n_reasoning_contexts=4",
+        # half of the 40 rows held out (the fine-tune's split, computed for a tuned model made elsewhere)
+        f"finetune.dataset={tiny_world / 's1k.jsonl'}", "finetune.holdout.fraction=0.5", "scan.n_general_contexts=4",
+        "scan.n_reasoning_contexts=4",
         "scan.context_length=64", "scan.patch_contexts=2", "hardware.analyze_batch_size=2", *extra, config_name="scan")
 
 

@@ -98,3 +98,46 @@ def test_tuned_model_before_finetune_is_a_clear_error(cfg, tiny_model_dir):
     cfg = dataclasses.replace(cfg, stage="harvest", model=dataclasses.replace(cfg.model, path=str(tiny_model_dir)))
     with pytest.raises(UserError, match="finetune stage has not finished"):
         run_stage(cfg, "harvest", lambda cfg, ctx: pytest.fail("ran"))
+
+
+def test_a_named_run_that_fails_before_any_work_leaves_no_name_in_runs_json(tmp_path):
+    """Issue 32.4: runs.json kept runs that failed and left no folder."""
+    import json
+
+    def refuse(cfg, ctx):
+        raise UserError("refused by the stage's own input check")
+
+    base = ("+exp=tiny", f"output_root={tmp_path}", "train.data=synthetic", "model.build_tiny=false",
+            "hardware.device=cpu")
+    kept = make_config(*base, "run=kept", config_name="train")
+    run_stage(kept, func=lambda cfg, ctx: (ctx.dir / "result.txt").write_text("ok") and {})
+    failed = make_config(*base, "run=failed", config_name="train")
+    with pytest.raises(UserError, match="refused"):
+        run_stage(failed, func=refuse)
+    assert not failed.stage_dir("train").exists()
+    assert set(json.loads((tmp_path / "tiny" / "runs.json").read_text())) == {kept.stage_dir("train").name}
+
+
+def _app(*args: str):
+    import subprocess
+    import sys
+
+    from conftest import REPO, app_env
+
+    return subprocess.run([sys.executable, "-m", "reasondiff.train", *args], capture_output=True, text=True,
+                          env=app_env(), cwd=REPO, timeout=300)
+
+
+def test_a_wrong_type_and_a_refusal_are_each_one_line_once(tmp_path):
+    """Issue 33.6: `train.l1_coeff=abc` gave Hydra's five-line error (exit 1); a refusal was printed
+    twice (logged to the console, then printed)."""
+    wrong = _app("+exp=tiny", f"output_root={tmp_path}", "train.l1_coeff=abc")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+    lines = [line for line in (wrong.stdout + wrong.stderr).splitlines() if line.strip()]
+    assert lines == ["error: train.l1_coeff=abc: Value 'abc' of type 'str' could not be converted to Float "
+                     "(python -m reasondiff.train --help shows each key's current value)"], lines
+    refused = _app("+exp=tiny", f"output_root={tmp_path}", "model.build_tiny=false", "train.data=store")
+    assert refused.returncode == 2
+    both = refused.stdout + refused.stderr
+    assert both.count("no finished harvest run") == 1, both
+    assert refused.stderr.startswith("error: train.data=store: no finished harvest run")

@@ -91,7 +91,8 @@ def test_old_crosscoder_files_load_with_the_new_defaults(tmp_path):
     cc.save(tmp_path)
     # what an earlier version wrote: no n_shared_latents & co in config.json or the embedded metadata
     old = {k: v for k, v in artifacts.read_json(tmp_path / "config.json").items()
-           if k not in ("same_init_across_models", "n_shared_latents", "shared_penalty_ratio", "designated_shared_latents")}
+           if k not in ("same_init_across_models", "n_shared_latents", "shared_penalty_ratio", "designated_shared_latents",
+                        "weights_sha256")}
     artifacts.write_json(tmp_path / "config.json", old)
     meta = {k: v for k, v in old.items() if k in ("d_model", "n_latents", "n_models", "variant", "k", "dec_init_norm")}
     save_file(cc.tensors(), str(tmp_path / "crosscoder.safetensors"), metadata={"config": json.dumps(meta)})

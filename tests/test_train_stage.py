@@ -209,3 +209,22 @@ def test_a_checkpoint_from_before_the_config_grew_still_resumes_exactly(tmp_path
     a, b = _weights(straight), _weights(resumed)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_a_finished_train_with_a_damaged_crosscoder_is_trained_again_not_skipped(tmp_path, caplog):
+    """Issue 32.2: train's manifest records the crosscoder's sha256 (as harvest's store does its
+    shards'); a re-run finds the damage and trains again instead of calling itself complete."""
+    cfg = small_config(tmp_path)
+    out = run_stage(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    weights = out / "crosscoder.safetensors"
+    assert manifest["outputs"]["crosscoder_sha256"] == artifacts.sha256_file(weights)
+    weights.write_bytes(weights.read_bytes()[:-64] + bytes(64))  # the last floats zeroed
+    with pytest.raises(UserError, match="does not match the sha256"):
+        load_crosscoder(out)
+    run_stage(cfg)  # the same command: not "already complete"
+    assert any("reopening it to repair it" in r.getMessage() for r in caplog.records)
+    assert any("training again" in r.getMessage() for r in caplog.records)
+    load_crosscoder(out)  # intact again
+    assert json.loads((out / "manifest.json").read_text())["outputs"]["crosscoder_sha256"] == \
+        artifacts.sha256_file(weights)

@@ -70,3 +70,54 @@ def test_main_run_is_labelled_main(tmp_path):
 def test_summary_of_an_empty_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished train runs"):
         write_sweep_summary(tmp_path)
+
+
+def _fake_sweep(exp_dir):
+    """Finished train runs as the stage leaves them (summary.json, config.json, COMPLETED, runs.json)."""
+    runs = {}
+    for run, coeff, l0, fvu in (("", 2.0, 20.0, 0.1), ("l1_coeff=0.5", 0.5, 60.0, 0.05), ("l1_coeff=8", 8.0, 5.0, 0.3)):
+        run_dir = exp_dir / (f"train@{run}" if run else "train")
+        artifacts.write_json(run_dir / "summary.json", {"variant": "l1", "l1_coeff": coeff, "l0": l0, "fvu": fvu,
+                                                        "n_latents": 64})
+        artifacts.write_json(run_dir / "config.json", {"data": "store"})
+        artifacts.mark_complete(run_dir)
+        if run:
+            runs[run_dir.name] = {"stage": "train", "run": run,
+                                  "overrides": ["+exp=tiny", "exp_name=pair", f"train.l1_coeff={coeff:g}"]}
+    artifacts.write_json(exp_dir / "runs.json", runs)
+    analyzed = exp_dir / "analyze"
+    artifacts.write_text(analyzed / "ce_recovery.csv", "text,convention,model,ce_recovered\n"
+                                                       "general,paper,base,0.99\ngeneral,paper,tuned,0.97\n")
+    artifacts.mark_complete(analyzed)
+
+
+def test_the_sweep_names_runs_without_ce_and_the_command_that_fills_them(tmp_path, caplog, monkeypatch):
+    """Issue 33.3: the CE panel was empty for every l1_coeff job with nothing saying why; 33.6: the
+    rightmost label ("λ=0.5") was cut at the panel's edge."""
+    import logging
+
+    import matplotlib.pyplot as plt
+
+    closed = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: closed.append(fig))
+    exp_dir = tmp_path / "pair"
+    _fake_sweep(exp_dir)
+    with caplog.at_level(logging.INFO, logger="reasondiff.train.sweep_summary"):
+        write_sweep_summary(exp_dir)
+    commands = [r.getMessage().strip() for r in caplog.records if "reasondiff.analyze" in r.getMessage()]
+    assert commands == ["python -m reasondiff.analyze +exp=tiny exp_name=pair train.l1_coeff=8 run=l1_coeff=8",
+                        "python -m reasondiff.analyze +exp=tiny exp_name=pair train.l1_coeff=0.5 run=l1_coeff=0.5"]
+    assert any("CE recovered is empty for 2 of 3 runs" in r.getMessage() for r in caplog.records)
+    fig = closed[0]
+    fvu_ax, ce_ax = fig.axes[:2]
+    assert "not analysed yet: λ=8, λ=0.5" in ce_ax.get_title()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fvu_ax.get_window_extent(renderer)
+    labels = [t for t in fvu_ax.texts if t.get_text().startswith("λ=")]
+    assert {t.get_text() for t in labels} == {"λ=0.5", "λ=8"}
+    for text in labels:  # every point's label lies inside its panel
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+    monkeypatch.undo()
+    plt.close(fig)

@@ -54,7 +54,7 @@ CONVENTIONS = ("paper", "sink_preserving")
 SUMS = ("n_predictions", "ce_clean", "ce_zero_ablation", "ce_spliced", "kl_zero_ablation", "kl_spliced")
 """What is summed per (context, model, convention)."""
 METRICS = ("ce_recovered", "ce_clean", "ce_zero_ablation", "ce_spliced", "delta_ce", "kl_spliced", "kl_zero_ablation")
-CE_COLUMNS = ("text", "convention", "model",
+CE_COLUMNS = ("text", "text_source", "convention", "model",
               *(c for m in METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")), "n_tokens", "n_contexts")
 UNEMBED_CHUNK = 256
 """Positions unembedded at once (memory: UNEMBED_CHUNK x vocab float32 a few times over)."""

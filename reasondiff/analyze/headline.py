@@ -5,8 +5,9 @@ intervals and McNemar test, analyze/ce_recovery.csv, class_counts.csv, latent_sc
 latents.csv, latent_logits.csv), never typed by hand, so the summary cannot drift from the tables
 below it. A missing file drops its sentence; nothing is guessed.
 
-Sentences, in order: one per benchmark task (did the fine-tune help, by how much, with intervals and
-the paired test; how accuracy scales with the limit), CE recovered, the latent classes, Latent
+Sentences, in order: one per benchmark task, the largest significant difference first (did the
+fine-tune help, by how much, with intervals and the paired test; how accuracy scales with the limit,
+in Table 1's %/token over its grid, and whether unanswered questions make that slope), CE recovered, the latent classes, Latent
 Scaling, and the most notable latents (the most reasoning-selective tuned-leaning latent and the
 most frequent base-leaning one, with the tokens their decoder directions promote).
 """
@@ -56,18 +57,48 @@ def _p_value(p: float) -> str:
     return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
+def _grid(row: Mapping[str, str]) -> list[int]:
+    """The token limits of a summary row (`16-32-48-64-80`), empty when not recorded."""
+    try:
+        return sorted(int(v) for v in str(row.get("token_limits", "")).split("-") if v.strip())
+    except ValueError:
+        return []
+
+
+def _effect_order(row: Mapping[str, str], base: Mapping[str, str]) -> tuple[bool, float]:
+    """Sort key: significant differences first, then the larger |difference| first."""
+    diff = num(row.get("performance_diff"))
+    if math.isnan(diff):
+        diff = num(row["performance"]) - num(base["performance"])
+    p = num(row.get("mcnemar_p"))
+    return (not (p < ALPHA), -abs(diff) if not math.isnan(diff) else 0.0)
+
+
+def _unanswered_limits(no_answer: Mapping[tuple[str, str, str], tuple[int, int]], model: str, task: str,
+                       grid: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(limit, no answer, n) for the limits where at least half the replies give no answer."""
+    found = []
+    for limit in grid:
+        missing = no_answer.get((model, task, str(limit)))
+        if missing and missing[1] and missing[0] / missing[1] >= 0.5:
+            found.append((limit, *missing))
+    return found
+
+
 def bench_sentences(summary: Sequence[Mapping[str, str]], results: Sequence[Mapping[str, str]] = (), *,
                     reference: str = "base") -> list[str]:
-    """One sentence per task comparing each non-reference model with the reference (base): best
-    accuracy with bootstrap intervals, McNemar's exact test, missing answers when they dominate,
-    and the scaling slopes (as points per 100 tokens: Table 1's %/token × 100)."""
+    """One sentence per task comparing each non-reference model with the reference (base), the
+    largest significant difference first: best accuracy with bootstrap intervals, McNemar's exact
+    test, missing answers when they dominate, and the scaling slopes in Table 1's unit (% per token)
+    over the grid they were fitted on. A slope that rises from limits where most replies give no
+    answer is said to be that (unfinished traces), not a gain in accuracy."""
     by_key = {(r["model"], r["task"]): r for r in summary}
     no_answer = {(r["model"], r["task"], str(r["limit"])): (int(num(r["no_answer"])), int(num(r["n"])))
                  for r in results if r.get("no_answer", "") != "" and r.get("n", "") != ""}
+    compared = [row for row in summary if row["model"] != reference and (reference, row["task"]) in by_key]
+    compared.sort(key=lambda row: _effect_order(row, by_key[(reference, row["task"])]))
     out = []
-    for row in summary:
-        if row["model"] == reference or (reference, row["task"]) not in by_key:
-            continue
+    for row in compared:
         base, task, model = by_key[(reference, row["task"])], row["task"], row["model"]
         diff = num(row.get("performance_diff"))
         if math.isnan(diff):
@@ -90,12 +121,20 @@ def bench_sentences(summary: Sequence[Mapping[str, str]], results: Sequence[Mapp
             sentence += f"; {missing[0]} of its {missing[1]} replies there give no answer"
         slope, low, high = num(row.get("scaling")), num(row.get("scaling_diff_low")), num(row.get("scaling_diff_high"))
         if not math.isnan(slope):
-            sentence += (f"; with more tokens its accuracy changes by {slope * 100:+.2f} points per 100 tokens "
-                         f"({reference} {num(base.get('scaling')) * 100:+.2f})")
+            grid = _grid(row)
+            over = f" over the {grid[0]}-{grid[-1]}-token grid" if len(grid) > 1 else ""
+            sentence += (f"; its accuracy scales at {slope:+.3f}%/token{over} (Table 1's scaling; {reference} "
+                         f"{num(base.get('scaling')):+.3f})")
             if not (math.isnan(low) or math.isnan(high)):
                 significant = low > 0 or high < 0
-                sentence += (f", a difference of {num(row.get('scaling_diff')) * 100:+.2f} [{low * 100:+.2f}, "
-                             f"{high * 100:+.2f}], {'significant' if significant else 'not significant'}")
+                sentence += (f", a difference of {num(row.get('scaling_diff')):+.3f} [{low:+.3f}, {high:+.3f}] "
+                             f"%/token, {'significant' if significant else 'not significant'}")
+            unanswered = _unanswered_limits(no_answer, model, task, grid)
+            if unanswered and slope > 0 and unanswered[0][0] == grid[0]:
+                counts = " and ".join(f"{na}/{n} at {limit} tokens" for limit, na, n in unanswered)
+                sentence += (f"; the slope is driven by unanswered questions (no answer in {counts}: traces cut "
+                             "before they finish), so it measures answers arriving within the limit"
+                             + (f", not a gain over {reference}" if not (p < ALPHA and diff > 0) else ""))
         out.append(sentence + ".")
     return out
 
@@ -137,7 +176,9 @@ def ce_sentence(ce_rows: Sequence[Mapping[str, str]]) -> str | None:
         sentence += "; " + " and ".join(f"{v}" for _, v in other) + " under the sink-preserving convention"
     reasoning = [(m, shown("reasoning", convention, m, False)) for m in models]
     if all(v for _, v in reasoning):
-        sentence += "; " + " and ".join(f"{v}" for _, v in reasoning) + " on reasoning conversations"
+        source = by[("reasoning", convention, models[0])].get("text_source")
+        sentence += "; " + " and ".join(f"{v}" for _, v in reasoning) + " on reasoning conversations" + (
+            f" ({source}{': the fine-tune trained on them' if source == 'trained rows' else ''})" if source else "")
     return sentence + "."
 
 

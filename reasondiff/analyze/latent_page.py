@@ -3,7 +3,9 @@ SAEDashboard / Neuronpedia feature pages.
 
 - An index of every shown latent (class, r, Δ, cosine, frequencies, ν, top promoted token), sortable
   by any column, with a search box that filters the index and the cards together (free text
-  matches the class, facts and tokens; `#123` picks latent 123 exactly).
+  matches what the index shows: the latent, its class, its section and its logit-effect tokens;
+  "also search contexts" adds the top contexts' text; `#123` picks latent 123 exactly). Tokens
+  that are whitespace are shown escaped (`␣`, `\n`), never as a blank cell.
 - One card per latent: the decoder-norm facts (r, Δ, cosine, both norms, β/ν where Latent Scaling
   ran), the histogram of its non-zero activations on general and reasoning text (log bins),
   the direct logit effects of its decoder direction through each model's unembedding (top
@@ -97,9 +99,12 @@ border-left:3px solid #eee;padding:.2em 0 .2em .5em;margin:.35em 0;row-gap:.15em
 _JS = """
 (function(){
   const search=document.getElementById('search'), count=document.getElementById('count');
+  const contexts=document.getElementById('in-contexts');
   const rows=[...document.querySelectorAll('table.index tbody tr')], cards=[...document.querySelectorAll('.card')];
   function matches(el, terms){
-    return terms.every(t => t.startsWith('#') ? el.dataset.latent === t.slice(1) : el.dataset.search.includes(t));
+    const wide=contexts.checked;
+    return terms.every(t => t.startsWith('#') ? el.dataset.latent === t.slice(1)
+      : el.dataset.search.includes(t) || (wide && el.dataset.context.includes(t)));
   }
   function filter(){
     const terms=search.value.toLowerCase().split(/\\s+/).filter(Boolean);
@@ -109,6 +114,7 @@ _JS = """
     count.textContent=shown+' of '+cards.length+' latents';
   }
   search.addEventListener('input', filter);
+  contexts.addEventListener('change', filter);
   document.querySelectorAll('table.index th').forEach((th, col) => th.addEventListener('click', () => {
     const tbody=th.closest('table').tBodies[0], asc=!th.classList.contains('sorted-asc');
     th.parentNode.querySelectorAll('th').forEach(h => h.classList.remove('sorted-asc','sorted-desc'));
@@ -243,7 +249,7 @@ def logits_html(logits: dict[str, dict[str, list[tuple[str, float]]]], norms: di
             for items, cls in ((promoted, "pos"), (suppressed, "neg")):
                 if i < len(items):
                     token, value = items[i]
-                    cells.append(f'<td class="tokcell">{_esc(repr(token)[1:-1] or " ")}</td>'
+                    cells.append(f'<td class="tokcell">{_esc(show_token(token))}</td>'
                                  f'<td class="{cls}">{value:+.3f}</td>')
                 else:
                     cells.append("<td></td><td></td>")
@@ -267,18 +273,33 @@ def _facts_html(facts: dict[str, object]) -> str:
     return f'<table class="facts">{"".join(rows)}</table>'
 
 
+def show_token(token: str) -> str:
+    """A token as a cell shows it: whitespace escaped (`␣` for a space, `\\n`, `\\t`; other control
+    characters as Python escapes), so a space or newline token is never a blank cell."""
+    if not token:
+        return "∅"
+    escaped = repr(token)[1:-1].replace("\\'", "'")
+    return escaped.replace(" ", "␣")
+
+
 def _search_text(card: LatentCard, section: str) -> str:
-    words = [f"latent {card.latent}", card.latent_class, section]
-    words += [t for exs in card.examples.values() for ex in exs[:3] for t in ex.tokens]
-    words += [t for dirs in card.logits.values() for items in dirs.values() for t, _ in items]
+    """What the search box matches by default: the index's own fields (latent, class, section, the
+    logit-effect tokens, raw and as shown), not the contexts' text."""
+    tokens = [t for dirs in card.logits.values() for items in dirs.values() for t, _ in items]
+    words = [f"latent {card.latent}", card.latent_class, section, *tokens, *map(show_token, tokens)]
     return " ".join(words).lower()
+
+
+def _context_text(card: LatentCard) -> str:
+    """The top contexts' text (matched only with "also search contexts")."""
+    return "".join(t for exs in card.examples.values() for ex in exs[:3] for t in ex.tokens).lower()
 
 
 def card_html(card: LatentCard, section: str, text_kinds: Sequence[str]) -> str:
     peak = max((max(ex.activations, default=0.0) for exs in card.examples.values() for ex in exs), default=0.0)
     color = CLASS_COLORS.get(card.latent_class, "#666")
     parts = [f'<section class="card" id="latent-{card.latent}" data-latent="{card.latent}" '
-             f'data-search="{_esc(_search_text(card, section))}">',
+             f'data-search="{_esc(_search_text(card, section))}" data-context="{_esc(_context_text(card))}">',
              f'<header><h3>Latent {card.latent}</h3><span class="badge" style="background:{color}">'
              f"{_esc(card.latent_class)}</span><span>{_esc(section)}</span><a href=\"#index\">↑ index</a></header>",
              '<div class="top">', _facts_html(card.facts),
@@ -316,12 +337,13 @@ def _index_row(card: LatentCard, section: str) -> str:
         elif key in FACT_FORMATS:
             shown = _esc(format_fact(key, value))
         else:
-            shown = _esc(repr(value)[1:-1] if key == "top_token" and value else value)
+            shown = _esc(show_token(value) if key == "top_token" and value else value)
         number = _number(value)
         sort_value = value if math.isnan(number) else number
         cls = ' class="l"' if key in ("section", "class", "top_token") else ""
         cells.append(f'<td{cls} data-value="{_esc(sort_value)}">{shown}</td>')
-    return (f'<tr data-latent="{card.latent}" data-search="{_esc(_search_text(card, section))}">'
+    return (f'<tr data-latent="{card.latent}" data-search="{_esc(_search_text(card, section))}" '
+            f'data-context="{_esc(_context_text(card))}">'
             + "".join(cells) + "</tr>")
 
 
@@ -337,7 +359,8 @@ def render_latents_html(sections: dict[str, list[LatentCard]], *, title: str, in
     if intro:
         parts.append(f'<p class="intro">{_esc(intro)}</p>')
     parts.append('<div class="toolbar"><input id="search" type="search" placeholder="filter: a token, a class, '
-                 f'#latent id" aria-label="filter latents"><span id="count">{n_cards} of {n_cards} latents</span></div>')
+                 '#latent id" aria-label="filter latents"><label><input id="in-contexts" type="checkbox"> '
+                 f'also search contexts</label><span id="count">{n_cards} of {n_cards} latents</span></div>')
     parts.append(f'<h2 id="index">Index ({n_cards} latents; click a column to sort)</h2>'
                  f'<table class="index"><thead><tr>{header}</tr></thead><tbody>')
     parts.extend(_index_row(card, section) for section, cards in sections.items() for card in cards)

@@ -29,21 +29,36 @@ def _save(fig, path: Path) -> Path:
     return figures.save(fig, path)
 
 
+RELATIVE_NORM_BIN = 0.02
+"""Fig. 5's bin width in r (50 bins over [0, 1]); the y axis counts latents per bin."""
+
+
 def relative_norm_histogram(relative_norm: Sequence[float], path: Path, *, shared_min: float, shared_max: float,
                             base_only_max: float, tuned_only_min: float, title: str = "") -> Path:
-    """Fig. 5: r = ||d_tuned|| / (||d_base|| + ||d_tuned||) over live latents (0 = base-only, 1 = tuned-only)."""
+    """Fig. 5: r = ||d_tuned|| / (||d_base|| + ||d_tuned||) over live latents (0 = base-only, 1 = tuned-only).
+    Every zone of r is shaded and named in the legend, the two unclassified gaps between the classes
+    as "other", so no part of the axis is left unexplained."""
     plt = _pyplot()
     values = np.asarray(relative_norm, dtype=float)
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.hist(values, bins=np.linspace(0, 1, 51), color="#555555")
-    ax.axvspan(shared_min, shared_max, color=CLASS_COLORS["shared"], alpha=0.12, label="shared")
-    ax.axvspan(0, base_only_max, color=CLASS_COLORS["base_only"], alpha=0.15, label="base-only")
-    ax.axvspan(tuned_only_min, 1, color=CLASS_COLORS["tuned_only"], alpha=0.15, label="tuned-only")
-    ax.set_xlabel("relative decoder norm  ||d_tuned|| / (||d_base|| + ||d_tuned||)")
-    ax.set_ylabel("live latents")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.hist(values, bins=np.linspace(0, 1, round(1 / RELATIVE_NORM_BIN) + 1), color="#555555")
+    ax.axvspan(0, base_only_max, color=CLASS_COLORS["base_only"], alpha=0.15,
+               label=f"base-only (r ≤ {base_only_max:g})")
+    ax.axvspan(shared_min, shared_max, color=CLASS_COLORS["shared"], alpha=0.12,
+               label=f"shared ({shared_min:g} ≤ r ≤ {shared_max:g})")
+    ax.axvspan(tuned_only_min, 1, color=CLASS_COLORS["tuned_only"], alpha=0.15,
+               label=f"tuned-only (r ≥ {tuned_only_min:g})")
+    gaps = [(lo, hi) for lo, hi in ((base_only_max, shared_min), (shared_max, tuned_only_min)) if hi > lo]
+    for i, (lo, hi) in enumerate(gaps):
+        ax.axvspan(lo, hi, color=CLASS_COLORS["other"], alpha=0.12,
+                   label="other (between the classes)" if i == 0 else None)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("relative decoder norm  r = ||d_tuned|| / (||d_base|| + ||d_tuned||)")
+    ax.set_ylabel(f"live latents per bin\n(bin width {RELATIVE_NORM_BIN:g} in r)")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=0.7)  # a bin of one latent stays visible on the log axis
     ax.set_title(title or f"Relative decoder norms ({len(values)} live latents)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return _save(fig, path)
 
 

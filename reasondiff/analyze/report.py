@@ -90,11 +90,12 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[s
         writer.writerows(rows)
 
 
-CE_MARKDOWN_COLUMNS = ("text", "convention", "model", "ce_recovered", "ce_clean", "ce_zero_ablation", "ce_spliced",
+CE_MARKDOWN_COLUMNS = ("text", "text_source", "convention", "model", "ce_recovered", "ce_clean", "ce_zero_ablation", "ce_spliced",
                        "delta_ce", "kl_spliced", "kl_zero_ablation", "n_tokens")
 CE_HEADERS = {"ce_recovered": "CE recovered [95% CI]", "ce_clean": "CE clean (nats)",
               "ce_zero_ablation": "CE zero-ablated (nats)", "ce_spliced": "CE spliced (nats)", "delta_ce": "ΔCE (nats)",
-              "kl_spliced": "KL spliced (nats)", "kl_zero_ablation": "KL zero-ablated (nats)", "n_tokens": "predictions"}
+              "kl_spliced": "KL spliced (nats)", "kl_zero_ablation": "KL zero-ablated (nats)", "n_tokens": "predictions",
+              "text_source": "text is"}
 
 
 def format_ce_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -107,7 +108,7 @@ def format_ce_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
     out = []
     for row in rows:
-        shown = {k: str(row.get(k, "")) for k in ("text", "convention", "model")}
+        shown = {k: str(row.get(k, "")) for k in ("text", "text_source", "convention", "model")}
         for key in METRICS:
             if key not in row:
                 continue
@@ -121,7 +122,8 @@ def format_ce_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 def ce_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Table 2: CE recovered with its 95% interval, the three losses, ΔCE and the two KLs (nats)."""
-    columns = [c for c in CE_MARKDOWN_COLUMNS if not rows or c in rows[0] or c in ("text", "convention")]
+    columns = [c for c in CE_MARKDOWN_COLUMNS if not rows or c in ("text", "convention")
+               or (c in rows[0] and (c != "text_source" or any(r.get(c) for r in rows)))]
     return markdown_table(format_ce_rows(rows), columns, floatfmt={k: ".4f" for k in METRICS} | {"n_tokens": "d"},
                           headers=CE_HEADERS)
 
@@ -160,7 +162,8 @@ def _stage_config_section(stage: str, stage_dir: Path, start: Path, running: str
     if manifest_path.is_file():
         manifest = artifacts.read_json(manifest_path)
         line += (f": {manifest.get('wall_seconds', '?')} s, finished {manifest.get('finished_at', '?')}, "
-                 f"commit `{(manifest.get('git_commit') or 'unknown')[:10]}`, "
+                 f"commit `{(manifest.get('git_commit') or 'unknown')[:10]}`"
+                 f"{' (uncommitted changes, diff sha256 `' + str(manifest.get('git_diff_sha256'))[:12] + '`)' if manifest.get('git_dirty') else ''}, "
                  f"[manifest]({_rel(manifest_path, start)})")
     if not config_path.is_file():
         return line + "\n"
@@ -209,10 +212,22 @@ def _scan_section(scan_dir: Path, start: Path, exp: str) -> str:
         return head + _missing("the layer scan", f"python -m reasondiff.scan +exp={exp}")
     found = artifacts.read_json(recommendation)
     follow_up = "".join(f"{command}\n" for command in found.get("follow_up", []))
-    return (head + f"{found['line']}\n\n" + (f"```bash\n{follow_up}```\n\n" if follow_up else "")
+    return (head + f"{found['line']}\n\n" + scan_texts_line(scan_dir)
+            + (f"```bash\n{follow_up}```\n\n" if follow_up else "")
             + _figure(figure, start, "Layer scan: fraction of KL(base ‖ tuned) closed by patching each residual "
                                      "layer, and representation change per layer")
             + f"\nPer-layer numbers: [scan.csv]({_rel(scan_dir / 'scan.csv', start)}).\n")
+
+
+def scan_texts_line(scan_dir: Path) -> str:
+    """Which texts the scan read (its manifest): a reasoning text of trained rows is named as such."""
+    manifest = scan_dir / artifacts.MANIFEST
+    texts = (artifacts.read_json(manifest).get("outputs") or {}).get("texts") if manifest.is_file() else None
+    if not texts:
+        return ""
+    parts = [f"{name}: {t.get('label', 'not recorded (made before held-out reasoning text: trained rows)')}, "
+             f"{t.get('contexts', '?')} contexts, {t.get('tokens', '?')} tokens" for name, t in texts.items()]
+    return "Texts scanned — " + "; ".join(parts) + ".\n\n"
 
 
 # --- benchmarks ------------------------------------------------------------------------------------
@@ -389,7 +404,9 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
                    "prediction scored); `sink_preserving` touches and scores only the positions the crosscoder "
                    "stands in for (docs/analyze.md). ΔCE = L_spliced − L_clean and KL(clean ‖ ·) are in nats per "
                    "prediction; brackets: 95% bootstrap intervals over contexts. `general` = held-out text, "
-                   "`reasoning` = s1K conversations in the fine-tune's chat layout.\n\n")
+                   "`reasoning` = conversations in the fine-tune's chat layout; `text is` says which: the "
+                   "fine-tune's held-out rows, the tuned model's own bench generations (on-policy), a file, "
+                   "or trained rows (asked for explicitly: memorised text).\n\n")
         out.append(ce_table_markdown(read_csv_rows(ce)) + f"\nSource: [{ce.name}]({_rel(ce, analyze_dir)})\n")
     else:
         out.append(_missing("CE recovery", f"python -m reasondiff.analyze +exp={exp}"))

@@ -99,16 +99,36 @@ def open_harvest(cfg: Config):
     return harvest.ActivationStore.open(harvest_dir)
 
 
-def heldout_contexts(cfg: Config, tokenizer, store) -> torch.Tensor:
+def live_documents_touched(cc_dir: Path) -> int | None:
+    """Corpus documents a crosscoder trained on a live stream (train.data=live) read, from train's
+    summary.json; None when it was not trained live. -1 when unknown (its stream went round the
+    whole corpus, or it predates the record): no corpus document is then held out for sure."""
+    config, summary = cc_dir / "config.json", cc_dir / "summary.json"
+    if not config.is_file() or artifacts.read_json(config).get("data") != "live":
+        return None
+    touched = artifacts.read_json(summary).get("documents_touched") if summary.is_file() else None
+    return int(touched) if touched is not None else -1
+
+
+def heldout_contexts(cfg: Config, tokenizer, store, cc_dir: Path | None = None) -> torch.Tensor:
     """General-text contexts the crosscoder never trained on: the harvest corpus after the documents
-    harvest used, or `analyze.heldout_corpus` from its start."""
+    harvest used (and, for a crosscoder trained on a live stream, after the documents that stream
+    read), or `analyze.heldout_corpus` from its start."""
     from dataclasses import replace
 
     from reasondiff import harvest
     a = cfg.analyze
     harvest_cfg, documents_used = cfg.harvest, 0
+    live = live_documents_touched(cc_dir) if cc_dir is not None else None
     if a.heldout_corpus:
         harvest_cfg = replace(cfg.harvest, corpus=a.heldout_corpus, reasoning_fraction=0.0, reasoning_corpus=None)
+    elif live is not None:
+        harvest_cfg = replace(cfg.harvest, reasoning_fraction=0.0, reasoning_corpus=None)
+        documents_used = max(live, int(store.manifest["documents_used"]) if store is not None else 0)
+        if live < 0:
+            log.warning("the crosscoder in %s was trained on a live stream that read the whole of harvest.corpus "
+                        "(or records no position): its held-out general text may be training text; set "
+                        "analyze.heldout_corpus to text it never saw", cc_dir)
     elif store is not None:
         harvest_cfg = replace(cfg.harvest, reasoning_fraction=0.0, reasoning_corpus=None)
         documents_used = int(store.manifest["documents_used"])
@@ -119,19 +139,29 @@ def heldout_contexts(cfg: Config, tokenizer, store) -> torch.Tensor:
 
 
 def reasoning_contexts(cfg: Config, tokenizer) -> Contexts | None:
-    """s1K conversations in the fine-tune's layout, one per context (None when none are configured)."""
-    source = cfg.analyze.reasoning_corpus
-    if not source or cfg.analyze.n_reasoning_contexts == 0:
-        return None
-    from reasondiff.analyze.texts import trace_fields
-    from reasondiff.lm.data_sources import load_rows
+    """Reasoning conversations in the fine-tune's chat layout, one per context, from
+    `analyze.reasoning_text`: held-out rows (default), on-policy generations or a file (None when
+    analyze.n_reasoning_contexts=0)."""
+    from dataclasses import replace
 
-    key = "analyze.reasoning_corpus"
-    fields = ("question", *trace_fields(cfg.finetune.trace_source))
-    rows = load_rows(source, split="train", streaming=True, config_key=key, fields=fields)
-    return reasoning_conversations(rows, tokenizer, cfg.format, n_contexts=cfg.analyze.n_reasoning_contexts,
-                                   context_length=cfg.analyze.context_length,
-                                   trace_source=cfg.finetune.trace_source, config_key=f"{key}={source}")
+    a = cfg.analyze
+    if a.n_reasoning_contexts == 0:
+        return None
+    if a.reasoning_text == "on_policy":
+        from reasondiff import bench
+        from reasondiff.analyze.texts import padded_conversations
+
+        text = bench.on_policy_conversations(cfg, tokenizer, n_contexts=a.n_reasoning_contexts,
+                                             context_length=a.context_length, config_key="analyze.reasoning_text")
+        return padded_conversations(text.conversations, tokenizer, label="on-policy", source=text.source)
+    from reasondiff import finetune
+
+    found = finetune.reasoning_rows(cfg, "analyze", max_rows=20 * a.n_reasoning_contexts)
+    key = "analyze.reasoning_corpus" if a.reasoning_text == "file" else "finetune.dataset (held-out rows)"
+    contexts = reasoning_conversations(iter(found.rows), tokenizer, cfg.format, n_contexts=a.n_reasoning_contexts,
+                                       context_length=a.context_length, trace_source=cfg.finetune.trace_source,
+                                       config_key=key)
+    return replace(contexts, label=found.label, source=found.source)
 
 
 def load_models(cfg: Config, device: torch.device):
@@ -229,7 +259,7 @@ def _num(x: float) -> float | str:
     return "" if x != x else x  # NaN -> empty cell, so the CSV reads cleanly in pandas/spreadsheets
 
 
-RECONSTRUCTION_COLUMNS = ("text", "model", "explained_variance", "l0", "n_tokens")
+RECONSTRUCTION_COLUMNS = ("text", "text_source", "model", "explained_variance", "l0", "n_tokens")
 
 
 def reconstruction_rows(meter: ExplainedVarianceMeter, stats: LatentStats, text: str = "general") -> list[dict[str, Any]]:
@@ -408,7 +438,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     ctx.inputs.update({"hook": hook.name, "exclude_first_position": keep_first, "max_norm_ratio": max_norm_ratio,
                        "harvest_documents_used": int(store.manifest["documents_used"]) if store is not None else None})
 
-    texts = {"general": Contexts.packed("general", heldout_contexts(cfg, tokenizer, store))}
+    texts = {"general": Contexts.packed("general", heldout_contexts(cfg, tokenizer, store, cc_dir))}
     # the reasoning text is the tuned model's: rendered with its tokenizer's chat template and layout
     reasoning_texts = reasoning_contexts(cfg, tuned_tokenizer)
     if reasoning_texts is not None:
@@ -424,17 +454,21 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     general, reasoning = passes["general"], passes.get("reasoning")
     ctx.inputs.update({"n_heldout_contexts": len(texts["general"]),
                        "n_reasoning_contexts": len(texts["reasoning"]) if reasoning is not None else 0,
-                       "context_length": texts["general"].length})
+                       "context_length": texts["general"].length,
+                       "texts": {name: {"label": t.label, "source": t.source, "contexts": len(t),
+                                        "tokens": int(t.valid.sum())} for name, t in texts.items()},
+                       "reasoning_text": a.reasoning_text if reasoning is not None else None})
+    labels = {name: t.label for name, t in texts.items()}
 
     # 4. tables
-    ce_rows = [row for name, parts in passes.items()
+    ce_rows = [{**row, "text_source": labels[name]} for name, parts in passes.items()
                for row in parts["ce"].rows(text=name, n_bootstrap=a.bootstrap_samples, seed=cfg.seed)]
     for row in ce_rows:
         for key in ("ce_clean", "ce_zero_ablation", "ce_spliced"):
             require_finite(f"{row['text']} {row['convention']} {row['model']} {key}", row[key], step=None)
     write_csv(ctx.dir / "ce_recovery.csv", ce_rows, CE_COLUMNS)
     artifacts.write_text(ctx.dir / "ce_recovery.md", ce_table_markdown(ce_rows))
-    fit_rows = [row for name, parts in passes.items()
+    fit_rows = [{**row, "text_source": labels[name]} for name, parts in passes.items()
                 for row in reconstruction_rows(parts["reconstruction"], parts["stats"], name)]
     write_csv(ctx.dir / "reconstruction.csv", fit_rows, RECONSTRUCTION_COLUMNS)
     write_csv(ctx.dir / "scaling_factors.csv", scaling_factor_rows(crosscoder.scaling_factors.cpu(),
@@ -454,9 +488,11 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                "class_counts": {r["class"]: r["n_latents"] for r in counts},
                                "class_counts_delta": {r["class"]: r["n_latents_delta"] for r in counts}}
     if reasoning is not None:
-        freq_rows = class_frequency_rows(classes, general["stats"].frequency(), reasoning["stats"].frequency())
+        freq_rows = [{**row, "reasoning_text_source": labels["reasoning"]}
+                     for row in class_frequency_rows(classes, general["stats"].frequency(), reasoning["stats"].frequency())]
         write_csv(ctx.dir / "class_frequency.csv", freq_rows, ["class", "n_latents", "mean_freq_general", "mean_freq_reasoning",
-                                                              "reasoning_over_general", "frac_latents_more_on_reasoning"])
+                                                              "reasoning_over_general", "frac_latents_more_on_reasoning",
+                                                              "reasoning_text_source"])
         outputs["class_frequency"] = freq_rows
     if scaling is not None:
         summary = latent_scaling_summary(classes, scaling, a.specific_ratio_max)
@@ -506,7 +542,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                 for title, ids in shown.items()}
     intro = (f"Crosscoder {cc_dir} at {hook.name}; {len(texts['general'])} held-out general contexts of "
              f"{texts['general'].length} tokens and {len(texts['reasoning']) if reasoning is not None else 0} reasoning "
-             "conversations in the fine-tune's chat layout. Each card: the decoder-norm facts, the histogram of the "
+             f"conversations in the fine-tune's chat layout"
+             f"{' (' + texts['reasoning'].label + ': ' + texts['reasoning'].source + ')' if reasoning is not None else ''}. "
+             "Each card: the decoder-norm facts, the histogram of the "
              "latent's non-zero activations, the tokens its decoder direction promotes and suppresses through each "
              "model's unembedding (latent_logits.csv), and its top contexts; every token shows the latent's "
              "activation under it, shaded on the card's colour scale, the context's peak outlined.")

@@ -36,6 +36,9 @@ class Contexts:
     """[n, T] token ids."""
     valid: torch.Tensor
     """[n, T] bool: a real token (False = right padding)."""
+    label: str = "held-out general"
+    """What the text is, in every table: held-out general, held-out rows, on-policy, file, trained rows."""
+    source: str = ""
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -113,6 +116,11 @@ def reasoning_conversations(rows: Iterable[dict], tokenizer, fmt: ReasoningForma
     if len(conversations) < n_contexts:
         log.warning("%s: only %d conversations (asked for analyze.n_reasoning_contexts=%d)", config_key,
                     len(conversations), n_contexts)
+    return padded_conversations(conversations, tokenizer)
+
+
+def padded_conversations(conversations: list[list[int]], tokenizer, **fields) -> Contexts:
+    """One conversation per context, right-padded to the longest; `valid` marks the real tokens."""
     length = max(len(ids) for ids in conversations)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(conversations), length), int(pad or 0), dtype=torch.long)
@@ -120,7 +128,7 @@ def reasoning_conversations(rows: Iterable[dict], tokenizer, fmt: ReasoningForma
     for i, ids in enumerate(conversations):
         input_ids[i, :len(ids)] = torch.tensor(ids)
         valid[i, :len(ids)] = True
-    return Contexts(name="reasoning", input_ids=input_ids, valid=valid)
+    return Contexts(name="reasoning", input_ids=input_ids, valid=valid, **fields)
 
 
 def pack_texts(texts, tokenizer, n_contexts: int, context_length: int, *, config_key: str) -> torch.Tensor:

@@ -68,8 +68,8 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
         inputs = [Input("analyze.crosscoder_dir", str(crosscoder), "crosscoder", "train"), model, tuned,
                   Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),
                   Input("analyze.heldout_corpus", a.heldout_corpus, "dataset") if a.heldout_corpus else corpora[0]]
-        if a.reasoning_corpus and a.n_reasoning_contexts:
-            inputs.append(Input("analyze.reasoning_corpus", a.reasoning_corpus, "dataset"))
+        if a.n_reasoning_contexts:
+            inputs.append(reasoning_input(cfg, "analyze"))
         return inputs
     if stage == "intervene":
         a, i = cfg.analyze, cfg.intervene
@@ -78,8 +78,8 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
                   Input("analyze.crosscoder_dir", str(crosscoder), "crosscoder", "train"), model, tuned,
                   Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),
                   Input("analyze.heldout_corpus", a.heldout_corpus, "dataset") if a.heldout_corpus else corpora[0]]
-        if a.reasoning_corpus and i.n_reasoning_contexts:
-            inputs.append(Input("analyze.reasoning_corpus", a.reasoning_corpus, "dataset"))
+        if a.n_reasoning_contexts and i.n_reasoning_contexts:  # analyze's reasoning text, as analyze reads it
+            inputs.append(reasoning_input(cfg, "analyze"))
         if i.bench:
             inputs += [Input(f"bench.data.{t}.path", cfg.bench.data[t].path, "dataset")
                        for t in (i.bench_tasks or cfg.bench.tasks)]
@@ -89,10 +89,55 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
         inputs = [model, tuned, Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),
                   Input("scan.general_corpus", sc.general_corpus, "dataset") if sc.general_corpus else corpora[0]]
         if sc.n_reasoning_contexts:
-            inputs.append(Input("scan.reasoning_corpus", sc.reasoning_corpus, "dataset") if sc.reasoning_corpus
-                          else Input("finetune.dataset", cfg.finetune.dataset, "dataset"))
+            inputs.append(reasoning_input(cfg, "scan"))
         return inputs
     return [model, tuned]
+
+
+def reasoning_input(cfg, stage: str) -> Input:
+    """Where `<stage>.reasoning_text` comes from: the fine-tune's dataset (its held-out rows), the
+    bench's generations (on_policy) or `<stage>.reasoning_corpus` (file)."""
+    section = getattr(cfg, stage)
+    if section.reasoning_text == "on_policy":
+        return Input(f"{stage}.reasoning_text=on_policy", str(cfg.stage_dir("bench")), "stage", "bench")
+    if section.reasoning_text == "file":
+        return Input(f"{stage}.reasoning_corpus", section.reasoning_corpus, "dataset")
+    return Input("finetune.dataset", cfg.finetune.dataset, "dataset")
+
+
+def finetune_dir_of(cfg) -> Path | None:
+    """The finetune stage directory that made `tuned_model` (None for a model made elsewhere)."""
+    owner = owning_stage_dir(cfg, cfg.tuned_model)
+    return owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
+
+
+def reasoning_text_problem(cfg, stage: str) -> str | None:
+    """Reasoning text that would measure rows the fine-tune trained on: a reasoning_corpus sharing
+    questions with the trained rows (unless `<stage>.allow_trained_text`), or held-out rows asked
+    of a fine-tune that held none out. One line; None when fine (or when the data cannot be read:
+    the dataset check reports that)."""
+    import itertools
+
+    from reasondiff.lm.data_sources import load_rows
+    from reasondiff.lm.holdout import corpus_overlap, resolve_split
+
+    section = getattr(cfg, stage, None)
+    if section is None or not getattr(section, "n_reasoning_contexts", 0) or section.reasoning_text == "on_policy":
+        return None
+    try:
+        split = resolve_split(cfg, finetune_dir_of(cfg))
+        if section.reasoning_text == "heldout_rows":
+            if split.heldout:
+                return None
+            return (f"{stage}.reasoning_text=heldout_rows: no row of {split.dataset} was held out ({split.origin}); "
+                    f"re-run finetune with finetune.holdout.fraction > 0, or set {stage}.reasoning_text=on_policy")
+        rows = load_rows(section.reasoning_corpus, split=getattr(section, "reasoning_split", "train"), streaming=True,
+                         config_key=f"{stage}.reasoning_corpus")
+        rows = [dict(r) for r in itertools.islice(rows, 20 * section.n_reasoning_contexts)]
+    except UserError:
+        return None
+    return corpus_overlap(split, rows, stage=stage, corpus=section.reasoning_corpus,
+                          allow=section.allow_trained_text)[1]
 
 
 # --- where inputs come from -----------------------------------------------------------------------
@@ -144,7 +189,7 @@ def upstream_ids(cfg, stage: str) -> dict[str, str]:
 
 # --- the checks -----------------------------------------------------------------------------------
 def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
-    from reasondiff.lm.models import looks_local
+    from reasondiff.lm.models import looks_local, weights_mismatch
 
     owner = owning_stage_dir(cfg, item.value)
     if owner is not None and owner.absolute() in produced:
@@ -160,7 +205,7 @@ def _model_problem(cfg, item: Input, produced: set[Path]) -> str | None:
             return f"{item.key}={item.value}: no such local directory (set {item.key} to a hub id or an HF model dir)"
         if not (local / "config.json").is_file():
             return f"{item.key}={item.value}: not a Hugging Face model directory (no config.json)"
-        return None
+        return weights_mismatch(local, item.key)
     if _hub_file(item.value, "config.json", cfg.model.revision if item.key == "model.path" else None) is None \
             and not _hub_up():
         local = "/path/to/" + item.value.rsplit("/", 1)[-1]
@@ -369,6 +414,8 @@ def problems(checks: list[tuple[Any, str]], *, produced: set[Path] | None = None
                 add(_stage_problem(cfg, item, produced))
         for problem in shape_problems(cfg, stage):
             add(problem)
+        if stage in ("scan", "analyze") and not found:
+            add(reasoning_text_problem(cfg, stage))
         need = disk_needed(cfg, stage) if disk and stage != "harvest" else None
         if need is not None:
             free = artifacts.free_bytes(cfg.stage_dir(stage))

@@ -294,6 +294,9 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
                      config=asdict(cfg), directory=out_dir)
     ctx = StageContext(cfg=cfg, dir=out_dir, metrics=MetricsLogger(out_dir, run=run), wandb_run=run)
     start = time.perf_counter()
+    git = artifacts.git_state() if main else {}  # the code that runs: taken now, not when it ends
+    if artifacts.dirty_warning(git, stage):
+        log.warning("%s", artifacts.dirty_warning(git, stage))
     try:
         with sigterm_as_interrupt():
             outputs = func(cfg, ctx) or {}
@@ -302,7 +305,7 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
         record = {"stage": stage, "run": name, "fingerprint": decision.fingerprint.digest,
                   "artifact_id": fingerprint.new_artifact_id(decision.fingerprint)}
         manifest = artifacts.build_manifest(stage, inputs=ctx.inputs, outputs=outputs, seed=cfg.seed,
-                                            wall_seconds=time.perf_counter() - start,
+                                            wall_seconds=time.perf_counter() - start, git=git,
                                             extra={**record, "settings": decision.fingerprint.settings,
                                                    "upstream": decision.fingerprint.upstream})
         artifacts.write_json(out_dir / artifacts.MANIFEST, manifest)
@@ -311,6 +314,8 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
     except Exception:
         if main and not holds_work(out_dir, stage) and artifacts.disk_error_kind(sys.exc_info()[1]) is None:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed run leaves no directory that looks like a run
+            if name:
+                runs.forget_run(cfg.exp_dir, out_dir.name)  # nor a name in runs.json
         raise
     finally:
         if run is not None:
@@ -362,9 +367,10 @@ def main_for(cfg_node, body: Callable[[Config], Any] | None = None, prepare: Pre
             status = "ok"
     except (UserError, ValueError) as err:
         error = one_line(err)
-        log.error("%s", error)
         if multirun:  # one bad job must not stop the sweep
+            log.error("%s", error)
             return
+        _log_to_files(logging.ERROR, error)  # the console gets it once, below (it was printed twice)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -380,6 +386,14 @@ def main_for(cfg_node, body: Callable[[Config], Any] | None = None, prepare: Pre
     finally:
         if multirun:
             record_outcome(status, run_dir=run_dir, error=error)
+
+
+def _log_to_files(level: int, message: str) -> None:
+    """Log `message` to the run's log files only (Hydra's `<job>.log`), not to the console."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
 
 
 def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None,
@@ -402,7 +416,7 @@ def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None,
                 print(f"error: {cli.one_line_error(err)}", file=sys.stderr)
                 sys.exit(2)
             sys.exit(0)
-        problem = cli.unknown_key(config_name, argv)
+        problem = cli.unknown_key(config_name, argv) or cli.bad_value(config_name, cli.quote_run_values(argv))
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)

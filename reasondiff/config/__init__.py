@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from reasondiff.config.analyze import AnalyzeConfig
 from reasondiff.config.bench import BenchConfig, TaskData
 from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningFormat, WandbConfig
-from reasondiff.config.finetune import FinetuneConfig
+from reasondiff.config.finetune import FinetuneConfig, HoldoutConfig
 from reasondiff.config.harvest import HarvestConfig
 from reasondiff.config.intervene import InterveneConfig
 from reasondiff.config.scan import ScanConfig
@@ -30,8 +30,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 """The Hydra config directory of the apps (conf/)."""
 
 __all__ = [
-    "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig",
-    "InterveneConfig", "ModelConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig", "TaskData", "TrainConfig",
+    "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig", "HoldoutConfig",
+    "InterveneConfig", "ModelConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig",
+    "TaskData", "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reasondiff.config.common import check_reasoning_text
+
 
 @dataclass
 class AnalyzeConfig:
@@ -13,9 +15,15 @@ class AnalyzeConfig:
     heldout_corpus: str | None = None
     """None = the harvest corpus, skipping the documents harvest used (held-out by construction).
     Any other dataset (hub id or local file with harvest.text_column) is used from its start."""
+    reasoning_text: str = "heldout_rows"
+    """Reasoning text analysed beside general text, in the fine-tune's chat layout: heldout_rows
+    (rows of finetune.dataset never trained on, per the finetune manifest), on_policy (the tuned
+    model's own bench generations on held-out questions) or file (analyze.reasoning_corpus)."""
     reasoning_corpus: str | None = None
-    """s1K-style dataset (question + finetune.trace_source's thinking and attempt) whose conversations,
-    in the fine-tune's chat layout, are analysed beside general text (None = skip)."""
+    """reasoning_text=file: s1K-style dataset (question + finetune.trace_source's thinking and attempt)."""
+    allow_trained_text: bool = False
+    """Accept a reasoning_corpus that shares questions with the rows the fine-tune trained on (refused
+    by default: it measures memorised rows); every table then labels its rows "trained rows"."""
     n_heldout_contexts: int = 64
     """Held-out general-text contexts for CE/KL recovery, explained variance, latent statistics and Latent Scaling."""
     n_reasoning_contexts: int = 64
@@ -58,6 +66,7 @@ class AnalyzeConfig:
     """Save the streaming statistics every this many batches (a killed run resumes from there)."""
 
     def __post_init__(self) -> None:
+        check_reasoning_text("analyze", self.reasoning_text, self.reasoning_corpus)
         if not 0 <= self.base_only_max < self.shared_min <= self.shared_max < self.tuned_only_min <= 1:
             raise ValueError("analyze thresholds must satisfy 0 <= base_only_max < shared_min <= shared_max "
                              f"< tuned_only_min <= 1, got {self.base_only_max}, {self.shared_min}, "

@@ -15,6 +15,23 @@ def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
+
+REASONING_TEXTS = ("heldout_rows", "on_policy", "file")
+"""Where scan / analyze (and intervene) take their reasoning text (docs/finetune.md, held-out rows):
+heldout_rows = rows of finetune.dataset the fine-tune never trained on (finetune.holdout, as its
+manifest recorded them); on_policy = the tuned model's own bench generations on held-out questions,
+in the chat layout; file = an s1K-style corpus named by `<stage>.reasoning_corpus`."""
+
+
+def check_reasoning_text(stage: str, reasoning_text: str, reasoning_corpus: str | None) -> None:
+    check_choice(f"{stage}.reasoning_text", reasoning_text, REASONING_TEXTS)
+    if reasoning_text == "file" and not reasoning_corpus:
+        raise ValueError(f"{stage}.reasoning_text=file needs {stage}.reasoning_corpus")
+    if reasoning_corpus and reasoning_text != "file":
+        raise ValueError(f"{stage}.reasoning_corpus={reasoning_corpus} is read only with {stage}.reasoning_text=file "
+                         f"(it is {reasoning_text})")
+
+
 @dataclass
 class ModelConfig:
     """The base model. `path` is a hub id (Qwen/Qwen2.5-0.5B-Instruct) or a local HF directory."""

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reasondiff.config.common import check_choice
+
+
+@dataclass
+class HoldoutConfig:
+    """Rows of finetune.dataset never trained on: the held-out reasoning text of scan, analyze and
+    intervene. Chosen by a seeded rule on each row's question (reasondiff/lm/holdout.py) and
+    recorded in the finetune manifest (which rows were held out and which trained, with hashes)."""
+
+    fraction: float = 0.1
+    """Share of the dataset's distinct questions held out (ignored when n_rows is set)."""
+    n_rows: int | None = None
+    """Exactly this many distinct questions held out (null = use fraction); 0 trains on every row."""
+    seed: int = 0
+    """Seed of the split (its own, so the global seed can change without moving the split)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"finetune.holdout.fraction must be in [0, 1), got {self.fraction}")
+        if self.n_rows is not None and self.n_rows < 0:
+            raise ValueError(f"finetune.holdout.n_rows must be >= 0 or null, got {self.n_rows}")
 
 
 @dataclass
@@ -16,7 +36,9 @@ class FinetuneConfig:
     trace_source: str = "deepseek"
     """Which s1K-1.1 trace/attempt pair becomes the assistant turn."""
     limit_rows: int | None = None
-    """Use only the first N rows (debug, CPU runs)."""
+    """Train only on the first N rows that are not held out (debug, CPU runs)."""
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    """Rows never trained on (held-out reasoning text for scan / analyze / intervene)."""
     max_length: int = 2048
     """Tokens per SFT example (paper: 2048); longer rows follow overlong_policy."""
     overlong_policy: str = "truncate"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reasondiff.config.common import check_choice
+from reasondiff.config.common import check_choice, check_reasoning_text
 
 DIRECTIONS = ("tuned_into_base", "base_into_tuned")
 RECOMMEND_ON = ("reasoning", "reasoning_answer", "general")
@@ -16,13 +16,18 @@ class ScanConfig:
     """General text. None = `harvest.corpus`, from the first document the finished harvest did not use
     (held-out text, packed exactly like harvest); any other hub id / local file (column
     `harvest.text_column`) is read from its start."""
+    reasoning_text: str = "heldout_rows"
+    """Reasoning text, in the fine-tune's chat layout (tokenized exactly as SFT tokenized it):
+    heldout_rows (rows of finetune.dataset never trained on, per the finetune manifest), on_policy
+    (the tuned model's own bench generations on held-out questions) or file (scan.reasoning_corpus)."""
     reasoning_corpus: str | None = None
-    """s1K-style rows (question, thinking trace, attempt) rendered in the fine-tune's layout: the chat
-    template with the s1 think/answer assistant turn, tokenized exactly as SFT tokenized them.
-    None = `finetune.dataset` (the traces the fine-tune learned from; point this at held-out traces
-    to measure how far the change generalises). Fields follow `finetune.trace_source`."""
+    """reasoning_text=file: s1K-style rows (question, thinking trace, attempt; fields follow
+    `finetune.trace_source`)."""
     reasoning_split: str = "train"
     """Split of a hub `scan.reasoning_corpus` (ignored for local files)."""
+    allow_trained_text: bool = False
+    """Accept a reasoning_corpus that shares questions with the rows the fine-tune trained on (refused
+    by default: it measures memorised rows); scan.csv then labels its rows "trained rows"."""
     n_general_contexts: int = 16
     """General-text contexts of `context_length` tokens (representation metrics and clean KL on all)."""
     n_reasoning_contexts: int = 16
@@ -65,6 +70,7 @@ class ScanConfig:
     (seeded by `seed`). With fewer than two patched contexts there is no interval."""
 
     def __post_init__(self) -> None:
+        check_reasoning_text("scan", self.reasoning_text, self.reasoning_corpus)
         for direction in self.directions:
             check_choice("scan.directions", direction, DIRECTIONS)
         if len(set(self.directions)) != len(self.directions):

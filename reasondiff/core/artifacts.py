@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -91,6 +92,8 @@ def atomic_save(path: str | os.PathLike, save_fn) -> None:
     os.close(fd)
     try:
         save_fn(tmp)
+        with contextlib.suppress(OSError):  # some writers (safetensors) replace the file: mkstemp's 0600 back
+            os.chmod(tmp, _file_mode())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -99,6 +102,15 @@ def atomic_save(path: str | os.PathLike, save_fn) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 16 * 2**20) -> str:
+    """The sha256 of a file, read in chunks (shard and crosscoder checksums)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_dir(final: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
@@ -161,13 +173,52 @@ def clear_complete(directory: str | os.PathLike) -> None:
         (Path(directory) / COMPLETED).unlink()
 
 
-def git_commit() -> str | None:
+def _git(*args: str, text: bool = True, cwd: Path | None = None) -> str | bytes | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", *args], capture_output=True, text=text, timeout=10,
+                             cwd=cwd or Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    out = _git("rev-parse", "HEAD", cwd=cwd)
+    return out.strip() or None if isinstance(out, str) else None
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """The code a stage runs: `commit` (HEAD), `dirty` (tracked changes or untracked, not ignored,
+    files) and `diff_sha256` (of `git diff HEAD` plus every untracked file's path and bytes), so a
+    result made from an uncommitted tree can be told apart from one made at the commit. Taken when
+    the stage STARTS: a commit made while a long stage runs is not the code that ran. All None
+    outside a git checkout (an installed wheel). `cwd`: a directory of the checkout (default: this
+    package's)."""
+    commit = git_commit(cwd)
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff_sha256": None}
+    top = _git("rev-parse", "--show-toplevel", cwd=cwd)
+    root = Path(top.strip()) if isinstance(top, str) and top.strip() else None
+    status = _git("status", "--porcelain", cwd=root)
+    diff = _git("diff", "HEAD", "--binary", text=False, cwd=root)
+    untracked = _git("ls-files", "--others", "--exclude-standard", "-z", cwd=root)  # paths from the root
+    if root is None or status is None or diff is None or untracked is None:
+        return {"commit": commit, "dirty": None, "diff_sha256": None}
+    digest = hashlib.sha256(diff)
+    for name in sorted(n for n in untracked.split("\0") if n):
+        digest.update(b"\0untracked\0" + name.encode())
+        with contextlib.suppress(OSError):
+            digest.update((root / name).read_bytes())
+    dirty = bool(status.strip())
+    return {"commit": commit, "dirty": dirty, "diff_sha256": digest.hexdigest() if dirty else None}
+
+
+def dirty_warning(state: dict[str, Any], stage: str) -> str | None:
+    """One line when the tree a stage runs from has uncommitted changes (None when clean/unknown)."""
+    if not state.get("dirty"):
+        return None
+    return (f"{stage}: the working tree has uncommitted changes (on {str(state['commit'])[:10]}, diff sha256 "
+            f"{str(state['diff_sha256'])[:12]}); the manifest records them, commit first for a reproducible result")
 
 
 _VERSIONED = ("reasondiff", "torch", "transformers", "trl", "datasets", "transformer-lens", "hydra-core",
@@ -183,14 +234,19 @@ def package_versions() -> dict[str, str]:
 
 
 def build_manifest(stage: str, *, inputs: dict[str, Any], outputs: dict[str, Any], seed: int,
-                   wall_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   wall_seconds: float, extra: dict[str, Any] | None = None,
+                   git: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`git`: `git_state()` taken when the stage started (taken now when not given)."""
+    git = git if git is not None else git_state()
     return {
         "stage": stage,
         "inputs": inputs,
         "outputs": outputs,
         "seed": seed,
         "wall_seconds": round(wall_seconds, 3),
-        "git_commit": git_commit(),
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "git_diff_sha256": git["diff_sha256"],
         "versions": package_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),

@@ -130,15 +130,17 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
             return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
         return ("seed", "train")
     if stage == "analyze":
+        reasoning = reasoning_text_keys(cfg, cfg.analyze) if cfg.analyze.n_reasoning_contexts else ()
         return ("seed", "analyze", "tuned_model", *MODEL_KEYS, "hardware.analyze_batch_size", "harvest.corpus",
                 "harvest.corpus_split",
                 "harvest.corpus_config", "harvest.text_column", "harvest.hook", "harvest.drop_first_position",
-                "harvest.max_norm_ratio")
+                "harvest.max_norm_ratio", *reasoning)
     if stage == "intervene":
         # analyze's texts, crosscoder and position rules (analyze.* and harvest.* as analyze reads them), the
         # bench's questions, prompts and grader for the budget sweep
         extra = ("bench", "format") if cfg.intervene.bench else ()
-        reasoning = ("format", "finetune.trace_source") if cfg.intervene.n_reasoning_contexts else ()
+        reasoning = ("analyze.reasoning_text", *reasoning_text_keys(cfg, cfg.analyze)) \
+            if cfg.intervene.n_reasoning_contexts else ()
         return ("seed", "intervene", "tuned_model", *MODEL_KEYS, "hardware.analyze_batch_size", "analyze.crosscoder_dir",
                 "analyze.heldout_corpus", "analyze.reasoning_corpus", "analyze.exclude_first_position",
                 "harvest.corpus", "harvest.corpus_split", "harvest.corpus_config", "harvest.text_column",
@@ -150,12 +152,21 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
             harvest += ("harvest.corpus", "harvest.corpus_split", "harvest.corpus_config", "harvest.text_column")
         else:
             harvest += ("harvest.text_column",)
-        reasoning = ()
-        if cfg.scan.n_reasoning_contexts:
-            reasoning = ("format", "finetune.trace_source") + (() if cfg.scan.reasoning_corpus else ("finetune.dataset",))
+        reasoning = reasoning_text_keys(cfg, cfg.scan) if cfg.scan.n_reasoning_contexts else ()
         return ("seed", "scan", "tuned_model", *MODEL_KEYS, *harvest, *reasoning)
     # a stage this module does not know yet: its section and the models, to be safe
     return ("seed", stage, "tuned_model", *MODEL_KEYS)
+
+
+def reasoning_text_keys(cfg, section) -> tuple[str, ...]:
+    """What a stage's reasoning text (`<stage>.reasoning_text`, config/common.py) depends on outside
+    its own section: the layout, and the fine-tune's held-out rows or the bench's prompts."""
+    keys = ("format", "finetune.trace_source")
+    if section.reasoning_text == "heldout_rows":
+        keys += ("finetune.dataset", "finetune.split", "finetune.holdout")
+    elif section.reasoning_text == "on_policy":
+        keys += ("bench",)
+    return keys
 
 
 BATCH_MEDIAN_KEYS = ("hardware.harvest_batch_size", "hardware.analyze_batch_size")

@@ -91,6 +91,16 @@ def join(*parts: str) -> str:
 def record_run(exp_dir: str | os.PathLike, name: str, entry: dict) -> None:
     """Add `name -> entry` to `<exp_dir>/runs.json` (read-modify-write under an flock, since
     multirun jobs on a cluster may finish at once)."""
+    _update_runs(exp_dir, name, entry)
+
+
+def forget_run(exp_dir: str | os.PathLike, name: str) -> None:
+    """Drop `name` from runs.json: its run failed and left no directory, so no run has that name."""
+    if (Path(exp_dir) / RUNS_FILE).is_file():
+        _update_runs(exp_dir, name, None)
+
+
+def _update_runs(exp_dir: str | os.PathLike, name: str, entry: dict | None) -> None:
     from reasondiff.core import artifacts
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +111,10 @@ def record_run(exp_dir: str | os.PathLike, name: str, entry: dict) -> None:
             runs = {}
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
                 runs = json.loads(path.read_text())
-            if runs.get(name) != entry:
+            if entry is None and name in runs:
+                del runs[name]
+                artifacts.write_json(path, runs)
+            elif entry is not None and runs.get(name) != entry:
                 runs[name] = entry
                 artifacts.write_json(path, runs)
         finally:

@@ -6,6 +6,6 @@ sparse.py the products over active (token, latent) pairs behind the sparse train
 convert.py the converters to and from the dictionary_learning fork's and Kissane's formats.
 """
 
-from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig, load_crosscoder
+from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig, load_crosscoder, verify_crosscoder
 
-__all__ = ["CrossCoder", "CrossCoderConfig", "load_crosscoder"]
+__all__ = ["CrossCoder", "CrossCoderConfig", "load_crosscoder", "verify_crosscoder"]

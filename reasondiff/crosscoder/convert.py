@@ -225,9 +225,11 @@ def dictionary_learning_config(cc: CrossCoder) -> dict[str, Any]:
     return {key: config[key] for key in keys}
 
 
-def save_dictionary_learning(cc: CrossCoder, directory: str | Path) -> Path:
+def save_dictionary_learning(cc: CrossCoder, directory: str | Path, *, training: dict[str, Any] | None = None) -> Path:
     """Write `model.safetensors` + `config.json` the way the fork's `save_pretrained` does (its model
-    card README.md carries no data and is left out)."""
+    card README.md carries no data and is left out). The hook the crosscoder was trained at
+    (`training["hook"]`, train's record) is kept as config.json's `hook`: the hub mixin passes only
+    the keys its `__init__` names, so the fork ignores it, and reading the export back keeps it."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -237,7 +239,10 @@ def save_dictionary_learning(cc: CrossCoder, directory: str | Path) -> Path:
     meta = {key: json.dumps(value) for key, value in shared_latents_record(cc).items()} or None
     artifacts.atomic_save(directory / FORK_WEIGHTS, lambda tmp: save_file(state, tmp, metadata=meta))
     # huggingface_hub: json.dumps(config, sort_keys=True, indent=2), no trailing newline
-    artifacts.write_text(directory / FORK_CONFIG, json.dumps(dictionary_learning_config(cc), sort_keys=True, indent=2))
+    config = dictionary_learning_config(cc)
+    if isinstance((training or {}).get("hook"), str):
+        config["hook"] = training["hook"]
+    artifacts.write_text(directory / FORK_CONFIG, json.dumps(config, sort_keys=True, indent=2))
     return directory
 
 
@@ -477,7 +482,10 @@ def load_any(path: str | Path, *, scaling_factors=None) -> tuple[CrossCoder, str
         directory = path if path.is_dir() else path.parent
         return CrossCoder.load(directory).eval(), fmt, artifacts.read_json(directory / CONFIG_FILE)
     if fmt == "dictionary_learning":
-        return load_dictionary_learning(path, scaling_factors=scaling_factors), fmt, {}
+        config_path = (path if path.is_dir() else path.parent) / FORK_CONFIG
+        config = artifacts.read_json(config_path) if config_path.is_file() else {}
+        hook = {"hook": config["hook"]} if isinstance(config, dict) and isinstance(config.get("hook"), str) else {}
+        return load_dictionary_learning(path, scaling_factors=scaling_factors), fmt, hook
     return load_kissane(path, scaling_factors=scaling_factors), fmt, {}
 
 
@@ -498,7 +506,7 @@ def convert(src: str | Path, out: str | Path, *, to: str = "reasondiff", scaling
             keep = {k: recorded[k] for k in ("hook", "steps", "tokens", "data", "train") if k in recorded}
             cc.save(staging, extra={**keep, "converted_from": {"format": fmt, "path": str(src.resolve())}})
         elif to == "dictionary_learning":
-            save_dictionary_learning(cc, staging)
+            save_dictionary_learning(cc, staging, training=recorded)
         else:
             save_kissane(cc, staging, training=recorded)
     log.info("%s (%s) -> %s (%s)", src, fmt, out, to)

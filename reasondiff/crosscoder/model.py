@@ -38,6 +38,9 @@ from reasondiff.core.errors import UserError
 WEIGHTS_FILE = "crosscoder.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+CHECKSUM_KEY = "weights_sha256"
+"""config.json's record of the weights file's sha256 (written by `CrossCoder.save`, like harvest's
+shard checksums in store.json), checked on load: a damaged file is named, never read as other numbers."""
 
 
 @dataclass
@@ -165,9 +168,18 @@ class CrossCoder(nn.Module):
         mask[:self.cfg.n_shared_latents] = True
         return mask
 
+    def check_pair(self, x: torch.Tensor, what: str = "activations") -> None:
+        """One line naming the expected shape: a crosscoder reads both models' activations at once."""
+        M, d = self.cfg.n_models, self.cfg.d_model
+        if x.dim() < 2 or tuple(x.shape[-2:]) != (M, d):
+            raise ValueError(f"{what} of shape {list(x.shape)}: the crosscoder reads [batch, {M}, {d}] "
+                             f"([..., n_models, d_model]: every model's activation of the same token, stacked "
+                             f"with torch.stack([base, tuned], dim=-2))")
+
     # --- normalised space <-> raw activations -------------------------------------------------
     def normalise(self, x_raw: torch.Tensor) -> torch.Tensor:
         """Raw activations [..., n_models, d] -> the space the crosscoder works in."""
+        self.check_pair(x_raw)
         return x_raw * self.scaling_factors.to(x_raw.dtype)[:, None]
 
     def denormalise(self, x_norm: torch.Tensor) -> torch.Tensor:
@@ -178,6 +190,7 @@ class CrossCoder(nn.Module):
     def pre_activations(self, x_norm: torch.Tensor) -> torch.Tensor:
         """Σ_m x_m W_enc[m] + b_enc as ONE GEMM: [.., M·d] @ [M·d, F]."""
         M, d, F = self.cfg.n_models, self.cfg.d_model, self.cfg.n_latents
+        self.check_pair(x_norm)
         lead = x_norm.shape[:-2]
         flat = x_norm.reshape(-1, M * d)
         pre = torch.addmm(self.b_enc.to(flat.dtype), flat, self.W_enc.reshape(M * d, F).to(flat.dtype))
@@ -231,41 +244,46 @@ class CrossCoder(nn.Module):
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write `crosscoder.safetensors` + `config.json` (each atomically; the config, written
-        last, is also embedded in the safetensors metadata so a torn pair is detected on load)."""
+        last, is also embedded in the safetensors metadata so a torn pair is detected on load, and
+        records the weights' sha256 so a file damaged later is caught by `verify_crosscoder`)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        config = {"format_version": FORMAT_VERSION, **asdict(self.cfg),
-                  # explicit, for readers that know nothing of n_shared_latents
-                  "designated_shared_latents": list(range(self.cfg.n_shared_latents)), **(extra or {})}
         meta = {"config": json.dumps(asdict(self.cfg), sort_keys=True)}
         artifacts.atomic_save(directory / WEIGHTS_FILE, lambda path: save_file(self.tensors(), path, metadata=meta))
+        config = {"format_version": FORMAT_VERSION, **asdict(self.cfg),
+                  # explicit, for readers that know nothing of n_shared_latents
+                  "designated_shared_latents": list(range(self.cfg.n_shared_latents)), **(extra or {}),
+                  CHECKSUM_KEY: artifacts.sha256_file(directory / WEIGHTS_FILE)}
         artifacts.write_json(directory / CONFIG_FILE, config)
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device | None = None) -> CrossCoder:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
+    def load(cls, directory: str | Path, device: str | torch.device | None = None, *,
+             verify: bool = True) -> CrossCoder:
+        """Read a saved crosscoder. `verify` (the default) checks the weights against the sha256 that
+        `save` recorded; every damage (a torn, truncated or foreign file, non-finite or all-zero
+        weights) is one UserError naming the file and what to do."""
         directory = Path(directory)
         weights, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
         if not weights.is_file() or not config_path.is_file():
             raise UserError(f"no crosscoder in {directory} (needs {WEIGHTS_FILE} + {CONFIG_FILE}); "
-                            "run the train stage or point analyze.crosscoder at a trained one")
-        cfg = CrossCoderConfig.from_dict(artifacts.read_json(config_path))
-        with safe_open(str(weights), framework="pt") as handle:
-            meta = handle.metadata() or {}
+                            "run the train stage or point analyze.crosscoder_dir at a trained one")
+        recorded = _read_config(config_path)
+        if verify:
+            verify_checksum(directory, recorded)
+        cfg = _config_from(recorded, config_path)
+        meta, state = _read_weights(weights)
         # from_dict fills keys added since the file was written with their defaults, so older
         # crosscoders keep loading
-        if "config" in meta and CrossCoderConfig.from_dict(json.loads(meta["config"])) != cfg:
+        if "config" in meta and _config_from(json.loads(meta["config"]), weights) != cfg:
             raise UserError(f"{config_path} does not match {weights} (interrupted save?): re-run train")
-        state = load_file(str(weights))
         model = cls(cfg)
         expected = {name: tuple(t.shape) for name, t in model.tensors().items()}
         got = {name: tuple(t.shape) for name, t in state.items() if name in expected}
         if got != expected:
             raise UserError(f"{weights}: tensor shapes {got} do not match its config {expected}")
+        check_weights(state, weights)
         with torch.no_grad():
             for name in ("W_enc", "W_dec", "b_enc", "b_dec", "scaling_factors"):
                 getattr(model, name).copy_(state[name])
@@ -274,6 +292,85 @@ class CrossCoder(nn.Module):
         return model.to(device) if device is not None else model
 
 
-def load_crosscoder(directory: str | Path, device: str | torch.device | None = None) -> CrossCoder:
-    """Load a trained crosscoder (`crosscoder.safetensors` + `config.json`) in eval mode."""
-    return CrossCoder.load(directory, device=device).eval()
+# --- damage checks (train, analyze, intervene and convert read crosscoders through these) -----------
+REDO = ("re-run the stage that wrote it (train with overwrite=true, or convert again), or copy an intact "
+        "crosscoder there")
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    try:
+        recorded = artifacts.read_json(config_path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{config_path} is not valid JSON ({type(err).__name__}: {err}): the crosscoder's config "
+                        f"is damaged; {REDO}") from err
+    if not isinstance(recorded, dict):
+        raise UserError(f"{config_path} holds no crosscoder config (a JSON {type(recorded).__name__}); {REDO}")
+    return recorded
+
+
+def _config_from(recorded: dict[str, Any], where: Path) -> CrossCoderConfig:
+    try:
+        return CrossCoderConfig.from_dict(recorded)
+    except (TypeError, KeyError, ValueError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"{where}: not a crosscoder config ({err}); {REDO}") from err
+
+
+def _read_weights(weights: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(header metadata, tensors); a file safetensors cannot parse is one line, not its traceback."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        return meta, load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"{weights} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+                        f"truncated or not a safetensors file; {REDO}") from err
+
+
+def verify_checksum(directory: str | Path, recorded: dict[str, Any] | None = None) -> bool:
+    """Check `crosscoder.safetensors` against the sha256 in its config.json (True when checked; False
+    for a crosscoder saved before checksums were recorded). Raises one line when they differ."""
+    directory = Path(directory)
+    weights = directory / WEIGHTS_FILE
+    recorded = _read_config(directory / CONFIG_FILE) if recorded is None else recorded
+    expected = recorded.get(CHECKSUM_KEY)
+    if not expected:
+        return False
+    if artifacts.sha256_file(weights) != expected:
+        raise UserError(f"{weights} does not match the sha256 recorded in its {CONFIG_FILE} when it was saved: the "
+                        f"file was damaged or replaced since; {REDO} (load_crosscoder(..., verify=False) reads it "
+                        "anyway)")
+    return True
+
+
+def check_weights(state: dict[str, torch.Tensor], weights: str | Path) -> None:
+    """Numbers no trained crosscoder has: non-finite values, or an encoder or decoder of all zeros."""
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec", "scaling_factors"):
+        tensor = state[name]
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"{weights}: {name} holds {bad} non-finite values (NaN/inf): the file is damaged; {REDO}")
+    for name in ("W_enc", "W_dec"):
+        if not state[name].any():
+            raise UserError(f"{weights}: {name} is all zeros, which no trained crosscoder is: the file is damaged; "
+                            f"{REDO}")
+    if not (state["scaling_factors"] > 0).all():
+        raise UserError(f"{weights}: scaling_factors {state['scaling_factors'].tolist()} are not all positive: the "
+                        f"file is damaged; {REDO}")
+
+
+def verify_crosscoder(directory: str | Path) -> None:
+    """Every check `load_crosscoder` makes, without keeping the model: for a stage that reads a
+    crosscoder later (or in another process) and wants its one-line refusal before any work."""
+    CrossCoder.load(directory)
+
+
+def load_crosscoder(directory: str | Path, device: str | torch.device | None = None, *,
+                    verify: bool = True) -> CrossCoder:
+    """Load a trained crosscoder (`crosscoder.safetensors` + `config.json`) in eval mode. `verify=False`
+    skips the sha256 check (a file edited on purpose); the shape and finiteness checks always run."""
+    return CrossCoder.load(directory, device=device, verify=verify).eval()

@@ -5,15 +5,20 @@ Writes: outputs/<exp>/finetune/: model/ (HF dir + tokenizer), checkpoints/, metr
 Open run.py first (the recipe), then data.py (the s1 layout, loss masks, overlong policies).
 
 The names below are finetune's public reader of its own layout, what other stages may use to feed
-a model text exactly as SFT tokenized it (scan). Imported on first use.
+a model text exactly as SFT tokenized it (scan), and the rows it never trained on
+(`heldout_rows(cfg)`, `holdout_split(cfg)`: the held-out reasoning text of scan, analyze and
+intervene, read from the finetune manifest). Imported on first use.
 """
 
 from reasondiff import lazy_exports
 
 __getattr__ = lazy_exports(__name__, {
     "TRACE_FIELDS": "reasondiff.finetune.data",
+    "heldout_rows": "reasondiff.finetune.heldout",
+    "holdout_split": "reasondiff.finetune.heldout",
+    "reasoning_rows": "reasondiff.finetune.heldout",
     "tokenize_example": "reasondiff.finetune.data",
     "trim_thinking_middle": "reasondiff.finetune.data",
     "validate_row": "reasondiff.finetune.data",
 })
-__all__ = ["TRACE_FIELDS", "tokenize_example", "trim_thinking_middle", "validate_row"]
+__all__ = ["TRACE_FIELDS", "heldout_rows", "holdout_split", "reasoning_rows", "tokenize_example", "trim_thinking_middle", "validate_row"]

@@ -23,6 +23,7 @@ from typing import Any
 from reasondiff.config import FinetuneConfig, ReasoningFormat
 from reasondiff.core.errors import UserError
 from reasondiff.lm.data_sources import load_rows, require_fields
+from reasondiff.lm.holdout import HoldoutSplit, split_rows
 from reasondiff.lm.layouts import conversation_text, layout_for
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,27 @@ IGNORE_INDEX = -100
 # --- loading and validation -------------------------------------------------------------------------
 
 def load_s1k_rows(cfg: FinetuneConfig) -> list[dict[str, Any]]:
-    """The rows SFT trains on (hub id or local file), validated: a bad row fails with its index."""
-    dataset = load_rows(cfg.dataset, split=cfg.split, config_key="finetune.dataset",
-                        fields=("question", *TRACE_FIELDS[cfg.trace_source]))
-    if cfg.limit_rows is not None:
-        dataset = dataset.select(range(min(cfg.limit_rows, len(dataset))))
+    """The rows SFT trains on: the dataset minus the held-out rows (`finetune.holdout`)."""
+    rows, split = load_s1k_split(cfg)
+    return [rows[i] for i in split.trained]
+
+
+def load_s1k_split(cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], HoldoutSplit]:
+    """Every row of `finetune.dataset` (hub id or local file), validated (a bad row fails with its
+    index), and the split into held-out and trained rows (`finetune.holdout`, then `limit_rows`)."""
+    fields = ("question", *TRACE_FIELDS[cfg.trace_source])
+    dataset = load_rows(cfg.dataset, split=cfg.split, config_key="finetune.dataset", fields=fields)
     rows = [dict(row) for row in dataset]
     if not rows:
         raise UserError(f"finetune.dataset={cfg.dataset}: no rows (split {cfg.split!r})")
     for index, row in enumerate(rows):
         validate_row(row, index=index, source=cfg.dataset, trace_source=cfg.trace_source)
-    return rows
+    split = split_rows(rows, dataset=cfg.dataset, fields=fields, fraction=cfg.holdout.fraction,
+                       n_rows=cfg.holdout.n_rows, seed=cfg.holdout.seed, limit_trained=cfg.limit_rows)
+    if not split.trained:
+        raise UserError(f"finetune.holdout leaves no row of finetune.dataset={cfg.dataset} to train on "
+                        f"({len(split.heldout)} of {len(rows)} held out): lower finetune.holdout.fraction / n_rows")
+    return rows, split
 
 
 def validate_row(row: Mapping[str, Any], *, index: int, source: str, trace_source: str) -> None:

@@ -30,7 +30,7 @@ from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_met
 from reasondiff.finetune.data import (
     SFTExample,
     build_sft_examples,
-    load_s1k_rows,
+    load_s1k_split,
     summarize_report,
     to_dataset,
 )
@@ -81,6 +81,13 @@ def estimate_training_memory_gb(*, n_params: int, n_layers: int, d_model: int, d
         activations = n_layers * per_layer
     states = n_params * (16 + (2 if mixed_precision else 0))
     return (states + activations) / 1e9 + overhead_gb
+
+
+def tokens_seen(checkpoint: Path) -> int:
+    """The training tokens counted up to `checkpoint` (its last logged `num_tokens`; 0 when none)."""
+    history = json.loads((checkpoint / "trainer_state.json").read_text()).get("log_history", [])
+    counts = [entry["num_tokens"] for entry in history if "num_tokens" in entry and "loss" in entry]
+    return int(counts[-1]) if counts else 0
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -134,6 +141,19 @@ def precision_flags(hardware: HardwareConfig, device_type: str) -> dict[str, boo
         raise UserError("hardware.dtype=float16 needs a GPU (CPU autocast has no fp16 training): "
                         "use hardware=cpu (float32) or hardware.dtype=bfloat16")
     return {"bf16": hardware.dtype == "bfloat16", "fp16": hardware.dtype == "float16"}
+
+
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """A finished fine-tune made before finetune.holdout trained on every row; when the config now
+    holds rows out, its model is not what the config says, so the stage is redone (with the split)."""
+    holdout = cfg.finetune.holdout
+    if holdout.n_rows == 0 or (holdout.n_rows is None and holdout.fraction == 0):
+        return None
+    manifest = directory / artifacts.MANIFEST
+    if manifest.is_file() and not (artifacts.read_json(manifest).get("outputs") or {}).get("holdout"):
+        return ("it was made before finetune.holdout and trained on every row, while finetune.holdout now holds "
+                "rows out (finetune.holdout.n_rows=0 keeps it as it is)")
+    return None
 
 
 # --- trainer callbacks ------------------------------------------------------------------------------
@@ -294,7 +314,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision)
     set_pad_token(tokenizer, ft.pad_token)
-    rows = load_s1k_rows(ft)
+    all_rows, holdout = load_s1k_split(ft)
+    rows = [all_rows[i] for i in holdout.trained]
+    log.info("finetune: training on %d rows of %s, %d held out (finetune.holdout; recorded in the manifest)",
+             len(rows), ft.dataset, len(holdout.heldout))
     sample_questions = held_out_questions(cfg, ft.sample_generations) if ft.sample_generations else []
     examples, report = build_sft_examples(rows, tokenizer, ft, cfg.format)
     artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
@@ -364,6 +387,9 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         # the guard after the stopper: a save the stopper asks for is checked too
         callbacks=[MetricsToCsv(MetricsLogger(ctx.dir)), stopper, NonFiniteLossGuard(), *callbacks],
     )
+    if resume and hasattr(trainer, "_total_train_tokens"):
+        # trl counts num_tokens in the trainer object, not in the checkpoint: a resume restarted it at 0
+        trainer._total_train_tokens = tokens_seen(resume)
     try:
         with deferred_interrupts(stopper):
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -403,6 +429,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "length_report": str(ctx.dir / LENGTH_REPORT),
         "global_step": trainer.state.global_step,
         "train_rows": len(examples),
+        "holdout": holdout.to_record(),
         "first_loss": first,
         "final_loss": final,
         "train_runtime_s": result.metrics.get("train_runtime"),

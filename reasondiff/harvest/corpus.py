@@ -53,12 +53,32 @@ def reasoning_text(row: dict) -> str:
 
 
 def reasoning_texts(source: str, *, split: str = "train", config_key: str = "harvest.reasoning_corpus",
-                    skip: int = 0) -> Iterator[str]:
-    """s1K-style rows (hub id or local file) as question + thinking trace + attempt text."""
+                    skip: int = 0, exclude_questions: frozenset[str] = frozenset()) -> Iterator[str]:
+    """s1K-style rows (hub id or local file) as question + thinking trace + attempt text. A row whose
+    question is in `exclude_questions` (reasondiff.lm.holdout.question_key) reads as an empty
+    document, so row positions (the resume state) stay row indices."""
+    from reasondiff.lm.holdout import question_key
+
     rows = load_rows(source, split=split, streaming=True, config_key=config_key, fields=REASONING_FIELDS)
     for index, row in enumerate(itertools.islice(rows, skip, None), start=skip):
         require_fields(row, REASONING_FIELDS, index=index, source=f"{config_key}={source}")
-        yield reasoning_text(row)
+        yield "" if exclude_questions and question_key(row["question"]) in exclude_questions else reasoning_text(row)
+
+
+def evaluation_questions(cfg) -> frozenset[str]:
+    """The fine-tune's held-out questions, when harvest mixes reasoning text in: scan, analyze and
+    intervene read those rows as held-out reasoning text, so the crosscoder never trains on them."""
+    h = cfg.harvest
+    if not (h.reasoning_fraction > 0 and h.reasoning_corpus):
+        return frozenset()
+    from reasondiff import finetune
+
+    try:
+        return finetune.holdout_split(cfg).heldout_questions
+    except UserError as err:
+        log.warning("harvest: cannot read the fine-tune's held-out rows (%s); the reasoning mix may hold rows that "
+                    "scan and analyze read as held-out text", err)
+        return frozenset()
 
 
 def separator_id(tokenizer) -> int:
@@ -192,7 +212,7 @@ class ContextStream:
     1/`reasoning_fraction`-th context from `harvest.reasoning_corpus` (cycled if it runs out)."""
 
     def __init__(self, harvest: HarvestConfig, tokenizer, *, state: StreamState | None = None,
-                 cycle: bool = False) -> None:
+                 cycle: bool = False, exclude_questions: frozenset[str] = frozenset()) -> None:
         state = state or StreamState()
         self.harvest, self.contexts = harvest, state.contexts
         self.general = Packer(
@@ -201,9 +221,11 @@ class ContextStream:
             tokenizer, harvest.context_length, state=state.general, cycle=cycle, name="harvest.corpus")
         self.general.documents_touched = max(self.general.documents_touched, state.documents_used)
         self.reasoning, self._warned_cycle = None, False
+        self.n_excluded_questions = len(exclude_questions)
         if harvest.reasoning_fraction > 0 and harvest.reasoning_corpus:
             self.reasoning = Packer(
-                lambda skip: reasoning_texts(harvest.reasoning_corpus, split=harvest.reasoning_split, skip=skip),
+                lambda skip: reasoning_texts(harvest.reasoning_corpus, split=harvest.reasoning_split, skip=skip,
+                                             exclude_questions=exclude_questions),
                 tokenizer, harvest.context_length, state=state.reasoning, cycle=True, name="harvest.reasoning_corpus")
 
     @property
@@ -246,6 +268,7 @@ class ContextStream:
                 "corpus_config": self.harvest.corpus_config, "text_column": self.harvest.text_column,
                 "reasoning_corpus": self.harvest.reasoning_corpus if self.reasoning else None,
                 "reasoning_fraction": self.harvest.reasoning_fraction if self.reasoning else 0.0,
+                "reasoning_questions_excluded": self.n_excluded_questions if self.reasoning else 0,
                 "context_length": self.harvest.context_length}
 
 

@@ -27,7 +27,7 @@ from reasondiff.config import Config
 from reasondiff.core import artifacts
 from reasondiff.core.errors import UserError
 from reasondiff.harvest import store as store_io
-from reasondiff.harvest.corpus import ContextStream, StreamState
+from reasondiff.harvest.corpus import ContextStream, StreamState, evaluation_questions
 from reasondiff.harvest.pairs import PairedHarvester, load_pair
 from reasondiff.harvest.store import STATS, STORE_MANIFEST, ActivationStore
 
@@ -147,7 +147,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     h = cfg.harvest
     base, tuned, tokenizer, hook = load_pair(cfg)
     d_model = store_io.d_model_of(base)
-    stream_description = ContextStream(h, tokenizer).describe(tokenizer)
+    stream_description = ContextStream(h, tokenizer, exclude_questions=evaluation_questions(cfg)).describe(tokenizer)
     header = {
         "d_model": d_model, "hook": hook.name,
         "store_dtype": h.store_dtype, "layout": "[n_tokens, 2, d_model], index 0 = base, 1 = tuned",
@@ -200,7 +200,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 def _harvest_loop(cfg: Config, ctx, writer: StoreWriter, harvester: PairedHarvester, tokenizer) -> None:
     h = cfg.harvest
     previous = writer.stream_state
-    stream = ContextStream(h, tokenizer, state=previous)
+    stream = ContextStream(h, tokenizer, state=previous, exclude_questions=evaluation_questions(cfg))
     if writer.manifest["shards"]:
         harvester.n_massive_dropped = writer.manifest["shards"][-1].get("massive_dropped_total", 0)
     stored = writer.n_tokens

@@ -95,14 +95,6 @@ def write_shard(directory: Path, index: int, acts: np.ndarray, tokens: np.ndarra
             "tokens": _write_npy(directory / tokens_name, np.asarray(tokens, dtype=np.int32))}
 
 
-def sha256_file(path: Path, chunk: int = 16 * 2**20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_file(directory: Path, entry: dict[str, Any], *, full: bool) -> str | None:
     """Why a shard file does not match its manifest entry (None when it does)."""
     path = directory / entry["file"]
@@ -111,7 +103,7 @@ def check_file(directory: Path, entry: dict[str, Any], *, full: bool) -> str | N
     size = path.stat().st_size
     if size != entry["bytes"]:
         return f"{entry['file']} has {size} bytes, the manifest says {entry['bytes']} (truncated?)"
-    if full and sha256_file(path) != entry["sha256"]:
+    if full and artifacts.sha256_file(path) != entry["sha256"]:
         return f"{entry['file']} does not match its sha256 checksum (corrupted)"
     return None
 
@@ -364,9 +356,9 @@ class LiveActivationSource:
         self._next_refill = None
 
     def _new_stream(self):
-        from reasondiff.harvest.corpus import ContextStream
+        from reasondiff.harvest.corpus import ContextStream, evaluation_questions
 
-        return ContextStream(self.harvest, self.tokenizer, cycle=True)
+        return ContextStream(self.harvest, self.tokenizer, cycle=True, exclude_questions=evaluation_questions(self.cfg))
 
     def _run(self, stream, n_contexts: int) -> torch.Tensor:
         rows = []

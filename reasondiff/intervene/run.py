@@ -67,7 +67,7 @@ def read_texts(cfg: Config, tokenizer, tuned_tokenizer, store) -> dict[str, Any]
         if reasoning is not None:
             texts["reasoning"] = reasoning
         else:
-            log.warning("intervene: no reasoning text (analyze.reasoning_corpus is unset): KL fractions are read on "
+            log.warning("intervene: no reasoning text (analyze.reasoning_text gave none): KL fractions are read on "
                         "general text")
     texts["general"] = analyze.Contexts.packed("general", analyze.heldout_contexts(text_cfg, tokenizer, store))
     return texts

@@ -70,7 +70,8 @@ def _validate_file(file: str, size: int, mtime_ns: int, config_key: str, fields:
 
 def _reason(err: Exception) -> str:
     if isinstance(err, json.JSONDecodeError):
-        return f"{err.msg} at column {err.colno}"
+        # some messages end in "at" themselves ("Unterminated string starting at")
+        return f"{err.msg.removesuffix(' at')} at column {err.colno}"
     return str(err).splitlines()[0]
 
 

@@ -66,6 +66,9 @@ def load_tokenizer(path: str, *, config_key: str = "model.path", revision: str |
     except (OSError, ValueError) as err:
         raise UserError(f"{config_key}={path}: could not load the tokenizer ({_first_line(err)}); "
                         f"offline? set {config_key} to a local directory") from err
+    # transformers records how it was loaded (HF_HUB_OFFLINE forces local_files_only=True) in the
+    # kwargs that save_pretrained writes: the same run would write other bytes online and offline
+    tokenizer.init_kwargs.pop("local_files_only", None)
     return tokenizer
 
 
@@ -84,11 +87,59 @@ def load_model(path: str, hardware: HardwareConfig, *, config_key: str = "model.
             path, revision=revision, dtype=DTYPES[hardware.dtype],
             attn_implementation=hardware.attn_implementation, trust_remote_code=trust_remote_code,
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
+        mismatch = weights_mismatch(path, config_key) if looks_local(path) else None
+        if mismatch is not None:
+            raise UserError(mismatch) from err
+        if isinstance(err, RuntimeError):
+            raise
         raise UserError(f"{config_key}={path}: could not load the model ({_first_line(err)}); "
                         f"offline? set {config_key} to a local directory") from err
     model.to(device).eval()
     return model, tokenizer
+
+
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "vocab_size")
+"""The config.json entries that set weight shapes, named in a mismatch so the edited one shows."""
+
+
+def weights_mismatch(path: str | Path, config_key: str = "model.path") -> str | None:
+    """One line when a local model's config.json disagrees with the shapes in its safetensors files
+    (an edited hidden_size, weights copied from another model), else None. Compares the header shapes
+    with the model that config.json builds on the meta device: no weights are read, nothing is
+    allocated. transformers itself only prints a table and raises "ignore_mismatched_sizes"."""
+    directory = Path(path).expanduser()
+    files = sorted(directory.glob("*.safetensors"))
+    config_file = directory / "config.json"
+    if not files or not config_file.is_file():
+        return None
+    from safetensors import safe_open
+
+    found: dict[str, tuple[tuple[int, ...], Path]] = {}
+    try:
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                    found[name] = (tuple(handle.get_slice(name).get_shape()), file)
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(str(directory))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 (unreadable files are the loader's to report)
+        return None
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    differ = [(name, expected[name], *found[name]) for name in found if name in expected and expected[name] != found[name][0]]
+    if not differ:
+        return None
+    name, want, got, file = differ[0]
+    text = getattr(config, "text_config", None) or config
+    settings = ", ".join(f"{k}={getattr(text, k)}" for k in SHAPE_KEYS if getattr(text, k, None) is not None)
+    more = f" (and {len(differ) - 1} more tensors)" if len(differ) > 1 else ""
+    return (f"{config_key}={directory}: config.json disagrees with the weights: {file.name} holds {name} of shape "
+            f"{list(got)}, config.json ({settings}) expects {list(want)}{more}; restore the config.json that came "
+            f"with these weights")
 
 
 def warn_if_slow_dtype(dtype: str, device: torch.device) -> None:

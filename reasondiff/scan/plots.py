@@ -50,7 +50,8 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
     import matplotlib.pyplot as plt
 
     texts = [t for t in TEXT_COLORS if any(r["text"] == t for r in rows)]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    # the residual panels share layers 0..n_layers; (d) has its own axis, blocks 0..n_layers-1
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10.5), layout="constrained")
     (ax_kl, ax_rel), (ax_cka, ax_comp) = axes
     for text in texts:
         color = TEXT_COLORS[text]
@@ -88,20 +89,25 @@ def scan_figure(rows: Sequence[dict], path_png: Path, *, n_layers: int, threshol
     ax_cka.set_title("(c) residual stream: linear CKA (solid), cosine (dotted)")
     ax_comp.set_ylabel("mean ‖o_tuned − o_base‖ / ‖o_base‖")
     ax_comp.set_title("(d) block outputs: MLP (solid), attention (dashed)")
-    for ax in (ax_cka, ax_comp):
-        ax.set_xlabel(f"layer (residual: 0 = embeddings … {n_layers} = final; blocks 0 … {n_layers - 1})")
+    for ax in (ax_kl, ax_rel, ax_cka):
+        ax.set_xlabel(f"residual layer (0 = embeddings … {n_layers} = final)")
+        ax.set_xlim(-0.5, n_layers + 0.5)
+    ax_comp.set_xlabel(f"block (0 … {n_layers - 1})")
+    ax_comp.set_xlim(-0.5, n_layers - 0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     empty = {ax_kl: "no fraction to show: patching off, or KL(base ‖ tuned) ≈ 0 (identical models)",
              ax_comp: "block outputs not compared (scan.component_sites=false)"}
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # below the axes: a legend never covers a line
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
         elif ax in empty:
             ax.text(0.5, 0.5, empty[ax], transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
-    ax_kl.set_xlim(-0.5, n_layers + 0.5)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     out = []
     for path, fmt in ((path_png, "png"), (path_png.with_suffix(".pdf"), "pdf")):
         artifacts.atomic_save(path, lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=130, bbox_inches="tight", format=fmt))

@@ -29,7 +29,7 @@ from reasondiff.scan.meters import sites_of
 from reasondiff.scan.passes import patch_pass, representation_pass
 from reasondiff.scan.plots import scan_figure
 from reasondiff.scan.recommend import Curve, Recommendation, recommend
-from reasondiff.scan.texts import ScanTexts, general_texts, reasoning_source, reasoning_texts
+from reasondiff.scan.texts import ScanTexts, general_texts, reasoning_texts
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ CSV_COLUMNS = ["text", "site", "layer", "hook", "n_tokens", "relative_change", "
                "n_patch_tokens", "kl_base_tuned", "closed_tuned_into_base", "closed_base_into_tuned",
                # issue 26.6 (appended): 95% bootstrap intervals over the patched contexts
                "n_patch_contexts", "closed_tuned_into_base_low", "closed_tuned_into_base_high",
-               "closed_base_into_tuned_low", "closed_base_into_tuned_high"]
+               "closed_base_into_tuned_low", "closed_base_into_tuned_high",
+               # issue 26.1 (appended): which reasoning text (held-out rows, on-policy, file, trained rows)
+               "text_source"]
 VIEW_TEXT = {("general", "all"): "general", ("reasoning", "all"): "reasoning", ("reasoning", "answer"): "reasoning_answer"}
 
 
@@ -70,6 +72,18 @@ def harvest_settings(cfg: Config) -> tuple[int, bool, float | None]:
     return documents_used, exclude_first, ratio
 
 
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """A finished scan from before held-out reasoning text read the fine-tune's trained rows (its
+    default was finetune.dataset): it is redone on the text `scan.reasoning_text` names."""
+    manifest = directory / artifacts.MANIFEST
+    if not manifest.is_file() or not cfg.scan.n_reasoning_contexts:
+        return None
+    texts = (artifacts.read_json(manifest).get("outputs") or {}).get("texts") or {}
+    if "reasoning" in texts and "label" not in texts["reasoning"]:
+        return "it was made before held-out reasoning text (it read the rows the fine-tune trained on)"
+    return None
+
+
 def model_identity(path: str, revision: str | None) -> list:
     """What identifies a model's weights for resuming: file sizes and times of a local directory."""
     local = Path(path).expanduser()
@@ -95,7 +109,8 @@ def forward_equivalents(texts: list[ScanTexts], model, cfg: Config) -> float:
                for t in texts)
 
 
-def table_rows(text_name: str, representation: dict, patching: dict | None, cfg: Config) -> list[dict[str, Any]]:
+def table_rows(text_name: str, representation: dict, patching: dict | None, cfg: Config,
+               text_source: str = "") -> list[dict[str, Any]]:
     rows = []
     for view, meter in representation.items():
         text = VIEW_TEXT[(text_name, view)]
@@ -104,7 +119,7 @@ def table_rows(text_name: str, representation: dict, patching: dict | None, cfg:
         intervals = (patch.intervals(min_kl=cfg.scan.min_kl, resamples=cfg.scan.bootstrap_samples, seed=cfg.seed)
                      if patch is not None else {})
         for row in meter.rows():
-            row = {"text": text, **row}
+            row = {"text": text, "text_source": text_source, **row}
             if row["site"] == "resid" and patch is not None and patch.total_tokens() > 0:
                 row["n_patch_tokens"] = patch.total_tokens()
                 row["n_patch_contexts"] = patch.n_contexts
@@ -184,8 +199,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     sites = sites_of(n_layers, components=s.component_sites)
     ctx.inputs.update(base_model=cfg.model.path, tuned_model=cfg.tuned_model, n_layers=n_layers,
                       general_text=texts[0].source, reasoning_text=reasoning.source if reasoning else None,
+                      reasoning_text_kind=s.reasoning_text if reasoning else None,
                       harvest_documents_used=documents_used, exclude_first_position=exclude_first,
                       max_norm_ratio=max_norm_ratio)
+    for text in texts:
+        log.info("scan: %s text: %s, %d contexts, %d tokens (%s)", text.name, text.label, len(text),
+                 int(text.valid.sum()), text.source)
     log.info("scan: %d layers, %s; about %.0f forward-equivalents of one context (patching %d contexts per text "
              "in %d direction(s))", n_layers, ", ".join(f"{len(t)} {t.name} contexts" for t in texts),
              forward_equivalents(texts, models[0], cfg), s.patch_contexts, len(s.directions))
@@ -206,7 +225,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                   {**fingerprint, "directions": list(s.directions), "n_contexts": s.patch_contexts,
                                    "sums": "per_context"},
                                   n_contexts=s.patch_contexts, batch_size=s.patch_batch_size, exclude_first=exclude_first)
-        rows += table_rows(text.name, representation, patching, cfg)
+        rows += table_rows(text.name, representation, patching, cfg, text.label)
     write_csv(ctx.dir / "scan.csv", rows)
 
     recommendation, fractions = recommendation_of(rows, cfg, n_layers)
@@ -225,5 +244,5 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     if curve:
         ctx.metrics.log(curve, step=0)
     return {"csv": "scan.csv", "figure": ["scan.png", "scan.pdf"], "recommendation": recommendation.to_dict(),
-            "texts": {t.name: {"contexts": len(t), "source": t.source} for t in texts},
-            "reasoning_corpus": reasoning_source(cfg) if reasoning else None}
+            "texts": {t.name: {"contexts": len(t), "tokens": int(t.valid.sum()), "source": t.source,
+                               "label": t.label} for t in texts}}

@@ -2,11 +2,15 @@
 
 General text comes through harvest's public reader (`harvest.heldout_contexts`): the harvest corpus
 packed exactly as harvest packs it, from the first document the harvest did not use. Reasoning text
-is one s1K-style row per sequence, rendered and tokenized by finetune's own `tokenize_example` with
-the tuned model's tokenizer (its chat template, the turn in its layout `format.layout`: s1's
-`<|im_start|>think` ... `<|im_start|>answer`, or R1's `<think>` ... `</think>`; its end-of-turn token), so
-the tuned model sees exactly the kind of sequence it was trained on; a row longer than the context
-loses the middle of its thinking (finetune's `keep_answer`). Sequences are right-padded.
+(`scan.reasoning_text`) is by default the fine-tune's HELD-OUT rows (never trained on, as its
+manifest recorded them; `finetune.heldout_rows`), one s1K-style row per sequence, rendered and
+tokenized by finetune's own `tokenize_example` with the tuned model's tokenizer (its chat template,
+the turn in its layout `format.layout`: s1's `<|im_start|>think` ... `<|im_start|>answer`, or R1's
+`<think>` ... `</think>`; its end-of-turn token), so the tuned model sees the kind of sequence it was
+trained on, not the sequences themselves; a row longer than the context loses the middle of its
+thinking (finetune's `keep_answer`). `on_policy` reads the tuned model's own bench generations
+instead, `file` any s1K-style corpus (refused when it shares questions with the trained rows, unless
+`scan.allow_trained_text`). Sequences are right-padded.
 
 Answer tokens: the positions whose NEXT token belongs to the answer block, from the closing
 delimiter of the thinking through the closing end-of-turn token: where the model states its answer.
@@ -15,7 +19,6 @@ delimiter of the thinking through the closing end-of-turn token: where the model
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 from dataclasses import dataclass, replace
 
@@ -23,7 +26,6 @@ import torch
 
 from reasondiff.config import Config
 from reasondiff.core.errors import UserError
-from reasondiff.lm.data_sources import load_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class ScanTexts:
     answer: torch.Tensor | None = None
     """[n, T] bool: the next token is in the s1 answer block (reasoning text only)."""
     source: str = ""
+    label: str = "held-out general"
+    """What the text is, in every table: held-out general, held-out rows, on-policy, file, trained rows."""
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -76,23 +80,24 @@ def general_texts(cfg: Config, tokenizer, *, documents_used: int) -> ScanTexts:
                      source=f"{source_cfg.corpus} from document {skip}")
 
 
-def reasoning_source(cfg: Config) -> str:
-    return cfg.scan.reasoning_corpus or cfg.finetune.dataset
-
-
 def reasoning_texts(cfg: Config, tokenizer) -> ScanTexts | None:
-    """Up to `scan.n_reasoning_contexts` conversations in the fine-tune's layout (None when 0 are asked)."""
+    """Up to `scan.n_reasoning_contexts` conversations in the fine-tune's layout (None when 0 are
+    asked), from `scan.reasoning_text`: held-out rows (default), on-policy generations, or a file."""
     from reasondiff import finetune
     s = cfg.scan
     if s.n_reasoning_contexts == 0:
         return None
-    source = reasoning_source(cfg)
-    key = "scan.reasoning_corpus" if s.reasoning_corpus else "finetune.dataset"
+    if s.reasoning_text == "on_policy":
+        from reasondiff import bench
+        text = bench.on_policy_conversations(cfg, tokenizer, n_contexts=s.n_reasoning_contexts,
+                                             context_length=s.context_length, config_key="scan.reasoning_text")
+        return _padded(tokenizer, text.conversations, text.answer_starts, source=text.source, label="on-policy")
+    found = finetune.reasoning_rows(cfg, "scan", max_rows=20 * s.n_reasoning_contexts)
+    key = "scan.reasoning_corpus" if s.reasoning_text == "file" else "finetune.dataset (held-out rows)"
     thinking_field, attempt_field = finetune.TRACE_FIELDS[cfg.finetune.trace_source]
-    rows = load_rows(source, split=s.reasoning_split, streaming=True, config_key=key)
     examples, too_long = [], 0
-    for index, row in enumerate(itertools.islice(rows, 20 * s.n_reasoning_contexts)):
-        finetune.validate_row(row, index=index, source=f"{key}={source}", trace_source=cfg.finetune.trace_source)
+    for index, row in enumerate(found.rows):
+        finetune.validate_row(row, index=index, source=key, trace_source=cfg.finetune.trace_source)
         example = finetune.tokenize_example(tokenizer, row["question"], row[thinking_field], row[attempt_field],
                                             cfg.format)
         example = finetune.trim_thinking_middle(example, s.context_length)
@@ -104,22 +109,29 @@ def reasoning_texts(cfg: Config, tokenizer) -> ScanTexts | None:
             break
     if too_long:
         log.warning("%s: %d rows skipped, their question and answer alone exceed scan.context_length=%d",
-                    source, too_long, s.context_length)
+                    found.source, too_long, s.context_length)
     if not examples:
-        raise UserError(f"{key}={source}: no row fits in scan.context_length={s.context_length} tokens "
+        raise UserError(f"{key}: no row fits in scan.context_length={s.context_length} tokens "
                         "(raise scan.context_length or set scan.n_reasoning_contexts=0)")
     if len(examples) < s.n_reasoning_contexts:
-        log.warning("%s: only %d conversations (asked for scan.n_reasoning_contexts=%d)", source, len(examples),
+        log.warning("%s: only %d conversations (asked for scan.n_reasoning_contexts=%d)", found.source, len(examples),
                     s.n_reasoning_contexts)
-    length = max(len(e) for e in examples)
+    return _padded(tokenizer, [e.input_ids for e in examples], [e.answer_start for e in examples],
+                   source=found.source, label=found.label)
+
+
+def _padded(tokenizer, conversations: list[list[int]], answer_starts: list[int | None], *, source: str,
+            label: str) -> ScanTexts:
+    """Right-padded ids, the real tokens, and the positions whose next token is in the answer block."""
+    length = max(len(ids) for ids in conversations)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(examples), length), int(pad), dtype=torch.long)
-    valid = torch.zeros(len(examples), length, dtype=torch.bool)
-    answer = torch.zeros(len(examples), length, dtype=torch.bool)
-    for i, example in enumerate(examples):
-        n = len(example)
-        ids[i, :n] = torch.tensor(example.input_ids)
+    ids = torch.full((len(conversations), length), int(pad), dtype=torch.long)
+    valid = torch.zeros(len(conversations), length, dtype=torch.bool)
+    answer = torch.zeros(len(conversations), length, dtype=torch.bool)
+    for i, (conversation, start) in enumerate(zip(conversations, answer_starts, strict=True)):
+        n = len(conversation)
+        ids[i, :n] = torch.tensor(conversation)
         valid[i, :n] = True
-        # position t predicts token t + 1: count t when t + 1 lies in [answer_start, n)
-        answer[i, max(example.answer_start - 1, 0):n - 1] = True
-    return ScanTexts(name="reasoning", input_ids=ids, valid=valid, answer=answer, source=source)
+        if start is not None:  # position t predicts token t + 1: count t when t + 1 lies in [start, n)
+            answer[i, max(start - 1, 0):n - 1] = True
+    return ScanTexts(name="reasoning", input_ids=ids, valid=valid, answer=answer, source=source, label=label)

@@ -149,7 +149,7 @@ def render(run_dir: Path, *, wall: float | None = None, machine: str | None = No
             f"(it took {build:.0f} s to build; `make tiny-base`)." if build is not None else ""
     where = f" on {machine}" if machine else ""
     total = f"{_minutes(wall)} in all" if wall is not None else \
-        f"{_minutes(sum(stages.values()) + (build or 0))} in the stages (start-up not counted)"
+        f"{_minutes(sum(stages.values()))} in the stages (start-up not counted)"
     n, distinct, common, count = base_answers(run_dir)
     ce = ce_recovered(run_dir)
     ce_text = ", ".join(f"{m} {v:.3f}" for m, v in ce.items())

@@ -108,7 +108,8 @@ def heldout_live(cfg, source, *, total_steps: int, batch_size: int, eval_tokens:
                       for chunk in tokens.split(max(1, cfg.hardware.harvest_batch_size))])
     n, batch = _sizes(acts.shape[0], eval_tokens, batch_size)
     info = {"eval_split": "heldout_documents", "eval_source": f"{len(tokens)} contexts of {h.corpus} from document "
-            f"{documents} on ({acts.shape[0]} tokens; training touched documents 0-{documents - 1})"}
+            f"{documents} on ({acts.shape[0]} tokens; training touched documents 0-{documents - 1})",
+            "documents_touched": documents}  # analyze's held-out general text starts after them
     return HeldOut(source=TensorSource(acts, source.scaling_factors), n_tokens=n, batch_size=batch, info=info)
 
 

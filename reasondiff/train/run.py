@@ -95,6 +95,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         log.info("resuming from %s at step %d/%d", checkpoint, trainer.step, total_steps)
     if not final_done:  # rows a killed run logged after its last checkpoint are done again
         ctx.metrics.truncate(trainer.step)
+    if final_done and (damage := crosscoder_damage(ctx.dir)) is not None:
+        log.warning("%s: training again (from the last checkpoint, or the start)", damage)
+        final_done = False
+        if checkpoint.is_file():
+            trainer.load_checkpoint(checkpoint)
+        ctx.metrics.truncate(trainer.step)
     if final_done:
         trainer.cc = cc = CrossCoder.load(ctx.dir, device=device)
         _load_final_counters(trainer, ctx.dir)
@@ -116,7 +122,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                "frac_dead": float(trainer.dead_latents().float().mean()), **heldout.info,
                **evaluate(cc, heldout.source, batch_size=heldout.batch_size, n_tokens=heldout.n_tokens,
                           seed=cfg.seed + 1, device=device)}
-    outputs: dict[str, Any] = {"crosscoder": str(ctx.dir / WEIGHTS_FILE), "summary": summary}
+    # the weights' checksum, as harvest records its shards' (config.json holds it too: load checks it)
+    outputs: dict[str, Any] = {"crosscoder": str(ctx.dir / WEIGHTS_FILE),
+                               "crosscoder_sha256": artifacts.sha256_file(ctx.dir / WEIGHTS_FILE), "summary": summary}
     if tc.data == "synthetic":
         from reasondiff.train.synthetic import recovery_report
 
@@ -148,6 +156,26 @@ def _load_final_counters(trainer: CrossCoderTrainer, directory: Path) -> None:
         raise UserError(f"{directory}: the final crosscoder has no {FINAL_COUNTERS_FILE} (written by an older version "
                         "or damaged): its dead-latent counts are unknown; set overwrite=true to retrain")
     trainer.tokens_since_fired.copy_(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def crosscoder_damage(directory: Path) -> str | None:
+    """Why the crosscoder saved in `directory` cannot be used (its sha256, its header, its numbers)."""
+    try:
+        CrossCoder.load(directory)
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def verify_finished(cfg: Config, directory: Path) -> str | None:
+    """Checked when a finished train is run again: the crosscoder its manifest records (with its
+    sha256, like harvest's shards) must still be there and intact, else it is trained again rather
+    than skipped."""
+    manifest = directory / artifacts.MANIFEST
+    recorded = artifacts.read_json(manifest).get("outputs", {}) if manifest.is_file() else {}
+    if not recorded.get("crosscoder_sha256"):
+        return None  # finished before checksums were recorded (or not by this stage's run)
+    return crosscoder_damage(directory)
 
 
 def _final_is_complete(directory: Path, total_steps: int) -> bool:

@@ -7,7 +7,10 @@ the Pareto plot SAEBench and SAELens draw).
 run=l1_coeff=4` analyses one into `analyze@l1_coeff=4/`. This collects them into
 `outputs/<exp>/sweep_summary.csv` and `.png`. The main run (`train/`) is labelled `main` and drawn
 apart from the sweep's curve, so a λ it shares with a sweep job is not a duplicate point; fields
-that do not apply to a run are left empty (k for an L1 run, λ for a BatchTopK one).
+that do not apply to a run are left empty (k for an L1 run, λ for a BatchTopK one). CE recovered
+needs the model forwards analyze runs, so a run not analysed yet has an empty CE column: the CE
+panel names those runs and the summary prints the analyze command that fills each one (the
+overrides the train job was made with, from runs.json, plus its `run=`).
 
     python -m reasondiff.train.sweep_summary outputs/tiny            # or: make sweep-summary EXP=tiny
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reasondiff.core import artifacts
-from reasondiff.core.runs import dir_name, split_dir_name
+from reasondiff.core.runs import RUNS_FILE, dir_name, split_dir_name
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,27 @@ def _ce_recovered(exp_dir: Path, run: str) -> dict[str, float]:
     return out
 
 
+def analyze_command(exp_dir: Path, run: str) -> str:
+    """The command that writes `analyze@<run>/ce_recovery.csv` for the train run `run`: the overrides
+    its train job was made with (runs.json) and its run name; without a record, the experiment's
+    name and output root."""
+    import shlex
+
+    record = {}
+    with_record = exp_dir / RUNS_FILE
+    if with_record.is_file():
+        record = artifacts.read_json(with_record).get(dir_name("train", run), {})
+    overrides = [o for o in record.get("overrides", []) if not o.lstrip("+~").startswith(("run=", "hydra", "sweep"))]
+    if not overrides:
+        overrides = [f"exp_name={exp_dir.name}", f"output_root={exp_dir.parent}"]
+    return " ".join(["python -m reasondiff.analyze", *map(shlex.quote, overrides), shlex.quote(f"run={run}")]) \
+        if run != MAIN else " ".join(["python -m reasondiff.analyze", *map(shlex.quote, overrides)])
+
+
+def not_analysed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("ce_recovered_base") is None and r.get("ce_recovered_tuned") is None]
+
+
 def collect_runs(path: str | Path) -> list[dict[str, Any]]:
     """Every COMPLETED train run of the experiment (`train/` and its siblings `train@*/`), sorted by L0."""
     exp_dir = experiment_dir(path)
@@ -97,6 +121,12 @@ def write_sweep_summary(path: str | Path, out_dir: str | Path | None = None) -> 
     artifacts.write_text(csv_path, buffer.getvalue())
     png_path = out_dir / "sweep_summary.png"
     _plot(rows, png_path)
+    missing = not_analysed(rows)
+    if missing:
+        log.info("CE recovered is empty for %d of %d runs (not analysed yet); these commands fill it, then run "
+                 "the summary again:", len(missing), len(rows))
+        for row in missing:
+            log.info("  %s", analyze_command(experiment_dir(path), row["run"] if row["run"] != MAIN else MAIN))
     return csv_path, png_path
 
 
@@ -111,12 +141,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    with_ce = any(r.get("ce_recovered_base") is not None for r in rows)
-    panels = [("fvu", "fraction of variance unexplained")]
-    if with_ce:
-        panels.append(("ce_recovered", f"CE loss recovered ({CE_CONVENTION} convention, {CE_TEXT} text)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False, sharex=True)
+    # the CE panel is always drawn: the runs it lacks are named in it, not left out silently
+    panels = [("fvu", "fraction of variance unexplained"),
+              ("ce_recovered", f"CE loss recovered\n({CE_CONVENTION} convention, {CE_TEXT} text)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False, sharex=True,
+                             layout="constrained")
+    l0s = [r["l0"] for r in rows if r.get("l0")]
     for ax, (metric, ylabel) in zip(axes[0], panels, strict=True):
         for data in dict.fromkeys(r["data"] for r in rows):
             for variant, marker in (("l1", "o"), ("batchtopk", "s")):
@@ -137,10 +169,22 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                         ax.scatter([r["l0"]], [r[key]], marker="*", s=160, zorder=3, edgecolor="black",
                                    label=f"main run {_label(r)} ({data}){suffix}")
         ax.set_xscale("log")
+        if l0s:  # room for the rightmost point's label inside the axes (it was cut: "λ=0.")
+            ax.set_xlim(min(l0s) / 1.4, max(l0s) * 1.8)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("L0 (active latents per token)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        if metric == "ce_recovered":
+            missing = not_analysed(rows)
+            if missing:
+                names = ", ".join(_label(r) if r["run"] != MAIN else MAIN for r in missing)
+                ax.set_title(f"not analysed yet: {names}\n(the summary prints the analyze command for each)",
+                             fontsize=8, color="#555555")
     fig.suptitle("crosscoder sweep: sparsity vs fidelity")
     artifacts.atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"))
     plt.close(fig)
