@@ -41,7 +41,8 @@ def crosscoder_dir(tmp_path_factory) -> Path:
 def configs(tmp_path, crosscoder, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):
     common = [f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", f"model.path={tiny_model_dir}",
               "model.build_tiny=false", f"tuned_model={tiny_tuned_model_dir}", f"analyze.crosscoder_dir={crosscoder}",
-              f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"analyze.reasoning_corpus={tiny_world / 's1k.jsonl'}",
+              f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"finetune.dataset={tiny_world / 's1k.jsonl'}",
+              "finetune.holdout.fraction=0.5",  # the reasoning text: the fine-tune's held-out rows, as analyze reads it
               "analyze.n_heldout_contexts=4", "analyze.n_reasoning_contexts=4", f"analyze.context_length={CONTEXT}",
               "analyze.n_top_latents=2", "analyze.n_shared_sample=1", "analyze.n_contexts_per_latent=1",
               "analyze.bootstrap_samples=50", "harvest.hook=blocks.2.hook_resid_pre", "hardware.analyze_batch_size=2",
