@@ -101,9 +101,9 @@ def test_generation_under_a_paired_patch_follows_the_full_forward_on_real_qwen(q
     hook = parse_hook(HOOK, 24)
     cc = random_crosscoder(896, n_latents=4096)
     iv = Intervention("patch_set", "base", "s", 256, latents=tuple(range(256)))
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                             tokenize=True) for q in ("What is 12 + 30?", "Name a colour.")]
-    prompts = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompts]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+             for q in ("What is 12 + 30?", "Name a colour.")]
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 
     def hold():
         return live_intervention(base, hook, iv, cc, partner=tuned, keep_first=True)
