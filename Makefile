@@ -9,10 +9,12 @@ ARGS ?=
 HW ?= rtx5070ti_16gb
 # The offline Qwen2.5-0.5B-architecture checkpoint (built by ../shared/tools/offline_qwen.sh)
 QWEN ?= /work/qwen05b
+# The other seeds of `make demo-null`'s ensembles (the main runs are seed 0)
+NULL_SEEDS ?= 1,2
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-full lint demo reproduce experiment-cpu experiment-cpu-v1 finetune bench harvest scan train analyze intervene pipeline \
-        sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all demo-numbers tiny-base clean clean-tiny
+        sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all demo-numbers demo-null tiny-base clean clean-tiny
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -35,6 +37,20 @@ lint: ## ruff
 
 demo: ## the whole pipeline offline on CPU with the embedded tiny model (+exp=tiny), a few minutes
 	$(PY) -m reasondiff.pipeline +exp=tiny $(ARGS)
+
+demo-null: ## the tiny demo against its nulls: seeds 0-2 of the reasoning, base-vs-base and control pairs; report leads with the calibrated table (docs/null.md)
+	$(PY) -m reasondiff.pipeline +exp=tiny $(ARGS)
+	$(PY) -m reasondiff.train -m +exp=tiny seed=$(NULL_SEEDS) $(ARGS)
+	$(PY) -m reasondiff.harvest +exp=tiny +null=base_vs_base $(ARGS)
+	$(PY) -m reasondiff.train +exp=tiny +null=base_vs_base $(ARGS)
+	$(PY) -m reasondiff.train -m +exp=tiny +null=base_vs_base seed=$(NULL_SEEDS) $(ARGS)
+	$(PY) -m reasondiff.finetune +exp=tiny +null=control $(ARGS)
+	$(PY) -m reasondiff.harvest +exp=tiny +null=control $(ARGS)
+	$(PY) -m reasondiff.train +exp=tiny +null=control $(ARGS)
+	$(PY) -m reasondiff.train -m +exp=tiny +null=control seed=$(NULL_SEEDS) $(ARGS)
+	$(PY) -m reasondiff.analyze +exp=tiny +null=base_vs_base $(ARGS)
+	$(PY) -m reasondiff.analyze +exp=tiny +null=control $(ARGS)
+	$(PY) -m reasondiff.analyze +exp=tiny $(ARGS)
 
 demo-numbers: ## rewrite the README's demo numbers from outputs/tiny (WALL=seconds MACHINE="..." as measured)
 	$(PY) -m reasondiff.tiny.demo_numbers outputs/tiny --readme README.md $(if $(WALL),--wall $(WALL)) $(if $(MACHINE),--machine "$(MACHINE)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from reasondiff.app import preflight
 from reasondiff.app.stage import Decision, decide, execute, follow_runs, hydra_app
 from reasondiff.config import STAGES, Config
+from reasondiff.core import distributed
 from reasondiff.core.errors import UserError
 from reasondiff.tiny import prepare_tiny_world
 
@@ -44,12 +45,15 @@ def plan(cfg: Config, stages: tuple[str, ...] = STAGES) -> list[tuple[str, Decis
                         "pipeline then redoes only the stages after it)")
     working = [(follow_runs(dataclasses.replace(cfg, stage=s)), s) for s, d in planned if d.action != "skip"]
     if working:
-        prepare_tiny_world(*working[0])
+        if distributed.is_main_process():  # under torchrun one rank builds the tiny world
+            prepare_tiny_world(*working[0])
+        distributed.barrier()
         preflight.check(working, produced=pending)
     return planned
 
 
 def run_pipeline(cfg: Config, stages: tuple[str, ...] = STAGES) -> Path | None:
+    distributed.init()  # torchrun: every stage below runs on every rank (docs/distributed.md)
     planned = plan(cfg, stages)
     log.info("pipeline: %s", ", ".join(f"{s} {d.action}" + (f" ({d.reason})" if d.reason and d.action == "redo"
                                                              else "") for s, d in planned))

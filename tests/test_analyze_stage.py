@@ -41,15 +41,20 @@ CONTEXT = 96
 prompt plus a worked solution) fit whole, so the reasoning pass runs in two batches."""
 
 
-def analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):
-    return make_config(
+def analyze_overrides(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra) -> list[str]:
+    return [
         f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", f"model.path={tiny_model_dir}", "model.build_tiny=false",
         f"tuned_model={tiny_tuned_model_dir}", f"analyze.crosscoder_dir={crosscoder_dir}",
         f"analyze.heldout_corpus={tiny_world / 'corpus.jsonl'}", f"finetune.dataset={tiny_world / 's1k.jsonl'}",
         "finetune.holdout.fraction=0.5",
         "analyze.n_heldout_contexts=6", "analyze.n_reasoning_contexts=4", f"analyze.context_length={CONTEXT}",
         "analyze.n_top_latents=3", "analyze.n_shared_sample=2", "analyze.n_contexts_per_latent=2",
-        "harvest.hook=blocks.2.hook_resid_pre", "hardware.analyze_batch_size=2", *extra, config_name="analyze")
+        "harvest.hook=blocks.2.hook_resid_pre", "hardware.analyze_batch_size=2", *extra]
+
+
+def analyze_config(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):
+    return make_config(*analyze_overrides(tmp_path, crosscoder_dir, tiny_model_dir, tiny_tuned_model_dir, tiny_world,
+                                          *extra), config_name="analyze")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -42,6 +42,9 @@ class LatentStats:
         return torch.where(self.n_active > 0, self.sum_activation / self.n_active.clamp_min(1).double(),
                            torch.full_like(self.sum_activation, float("nan")))
 
+    MERGE = {"max_activation": "max"}
+    """How torchrun ranks' states combine (reasondiff.core.streamed_pass.merge_states): all else adds."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"n_active": self.n_active, "sum_activation": self.sum_activation,
                 "max_activation": self.max_activation, "n_tokens": self.n_tokens}
@@ -95,6 +98,17 @@ class TopContexts:
             raise ValueError("top-context checkpoint was taken for other latents")
         self.values, self.context, self.rows = state["values"], state["context"], state["rows"]
 
+    def merge_states(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """The top k over the torchrun ranks' top k's (each rank saw other contexts)."""
+        self.load_state_dict(states[0])
+        for state in states[1:]:
+            values = torch.cat([self.values, state["values"]])
+            top = values.topk(self.k, dim=0).indices
+            all_rows = torch.cat([self.rows, state["rows"]])
+            self.values = values.gather(0, top)
+            self.context = torch.cat([self.context, state["context"]]).gather(0, top)
+            self.rows = all_rows.gather(0, top[:, :, None].expand(-1, -1, all_rows.shape[-1]))
+
 
 class ActivationHistogram:
     """Per latent in `latents`, how often its non-zero activations fall in each of a fixed set of
@@ -124,6 +138,8 @@ class ActivationHistogram:
         """Counts per bin of `latent` (empty when it is not tracked)."""
         (where,) = (self.latents == latent).nonzero(as_tuple=True)
         return self.counts[int(where[0])].tolist() if len(where) else []
+
+    MERGE = {"latents": "same"}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"latents": self.latents, "counts": self.counts}

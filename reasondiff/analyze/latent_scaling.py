@@ -99,6 +99,9 @@ class LatentScaling:
             out[f"nu_{target}"] = torch.where(own_beta.abs() > 1e-12, other_beta / own_beta, nan)
         return out
 
+    MERGE = {"latents": "same"}
+    """How torchrun ranks' states combine (reasondiff.core.streamed_pass.merge_states): the sums add."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"latents": self.latents, "sum_f2": self.sum_f2, "n_active": self.n_active,
                 "sum_fx": self.sum_fx, "sum_frecon": self.sum_frecon}

@@ -356,6 +356,9 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
     exp_dir, analyze_dir = Path(exp_dir), Path(analyze_dir)
     exp = exp_dir.name
     out = [f"# {title}\n"]
+    calibration = analyze_dir / "calibration.md"  # against the nulls and across seeds: first (docs/null.md)
+    if calibration.is_file():
+        out.append(calibration.read_text())
     sentences = headline_sentences(exp_dir, analyze_dir, thresholds=thresholds)
     if sentences:
         out.append("## Summary\n\n" + "\n".join(f"- {sentence}" for sentence in sentences) + "\n")

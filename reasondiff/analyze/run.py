@@ -11,7 +11,9 @@ Recipe (`run`):
   4. tables (ce_recovery.csv, reconstruction.csv, latents.csv, class_counts.csv, class_frequency.csv,
      latent_scaling_summary.csv, scaling_factors.csv), figures, latents.html and report.md.
 Passes 2-3 checkpoint their streaming sums (per context, so bootstrap intervals survive a resume)
-every `analyze.checkpoint_every` batches; a killed run resumes from there.
+every `analyze.checkpoint_every` batches; a killed run resumes from there. Under torchrun each rank
+runs a block of the passes' batches and the per-context sums are merged before the bootstrap
+(reasondiff.core.streamed_pass), so the intervals are a single process's; rank 0 writes the tables.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from reasondiff.analyze.calibration import calibrate
 from reasondiff.analyze.ce_recovery import (
     CE_COLUMNS,
     CERecoveryMeter,
@@ -42,7 +45,7 @@ from reasondiff.analyze.logit_effects import LOGIT_COLUMNS, group_logit_rows, lo
 from reasondiff.analyze.report import ce_table_markdown, read_csv_rows, write_csv, write_reports
 from reasondiff.analyze.texts import Contexts, reasoning_conversations
 from reasondiff.config import Config
-from reasondiff.core import artifacts
+from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.streamed_pass import PassState, resumable_pass
 from reasondiff.core.tracking import require_finite
@@ -452,6 +455,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             candidates=tracked, scaling=with_scaling,
             fingerprint=_fingerprint(cfg, text, cc_dir, {**common, "scaling": with_scaling is not None}))
     general, reasoning = passes["general"], passes.get("reasoning")
+    if not distributed.is_main_process():  # under torchrun every rank holds the merged passes: rank 0 writes
+        return {}
     ctx.inputs.update({"n_heldout_contexts": len(texts["general"]),
                        "n_reasoning_contexts": len(texts["reasoning"]) if reasoning is not None else 0,
                        "context_length": texts["general"].length,
@@ -502,6 +507,12 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                     | {f"heldout_explained_variance_{r['text']}_{r['model']}": r["explained_variance"] for r in fit_rows}
                     | {"heldout_l0": fit_rows[0]["l0"]}
                     | {f"n_{c}": n for c, n in outputs["class_counts"].items()}, step=0)
+
+    # seed stability and the calibrated table (docs/null.md): decoders of the sibling train runs only
+    calibrated = calibrate(cfg, ctx.dir, cc_dir, W_dec, designated, thresholds)
+    if calibrated:
+        outputs["calibration"] = calibrated
+        ctx.inputs["calibration_runs"] = {"seeds": calibrated["seeds"], "nulls": calibrated["nulls"]}
 
     # figures
     from reasondiff.analyze import plots
@@ -555,8 +566,9 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     # earlier stages' tables and figures
     write_reports(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}", crosscoder_dir=cc_dir,
                   thresholds=thresholds)
-    for name in TEXTS:
-        partial_file(ctx.dir, name).unlink(missing_ok=True)
+    for name in TEXTS:  # and the torchrun ranks' own partial_<text>.rank<r>.pt
+        for path in [partial_file(ctx.dir, name), *ctx.dir.glob(f"partial_{name}.rank*.pt")]:
+            path.unlink(missing_ok=True)
     log.info("CE recovered (general text): %s", ", ".join(
         f"{r['model']} {r['ce_recovered']:.1%} ({r['convention']})" for r in ce_rows if r["text"] == "general"))
     outputs["files"] = sorted(p.name for p in ctx.dir.iterdir() if p.is_file() and not p.name.startswith("."))

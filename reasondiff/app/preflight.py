@@ -57,7 +57,10 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
     if cfg.harvest.reasoning_fraction > 0 and cfg.harvest.reasoning_corpus:
         corpora.append(Input("harvest.reasoning_corpus", cfg.harvest.reasoning_corpus, "dataset"))
     if stage == "harvest":
-        return [model, tuned, *corpora]
+        from reasondiff.app.reuse import base_rows_source
+
+        lender = base_rows_source(cfg)[0]  # a null pair's base rows, copied from the main store (docs/null.md)
+        return [model, tuned, *corpora] + ([Input("harvest.reuse_base", str(lender), "stage", "harvest")] if lender else [])
     if stage == "train":
         if cfg.train.data == "store":
             return [Input("train.data=store", str(cfg.stage_dir("harvest")), "stage", "harvest")]
@@ -70,7 +73,10 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
                   Input("analyze.heldout_corpus", a.heldout_corpus, "dataset") if a.heldout_corpus else corpora[0]]
         if a.n_reasoning_contexts:
             inputs.append(reasoning_input(cfg, "analyze"))
-        return inputs
+        from reasondiff.app.ensembles import sibling_train_dirs  # seed siblings and null pairs (docs/null.md)
+
+        return inputs + [Input("analyze.seeds / analyze.nulls", str(d), "stage", "train", optional=True)
+                         for d in sibling_train_dirs(cfg)]
     if stage == "intervene":
         a, i = cfg.analyze, cfg.intervene
         crosscoder = Path(a.crosscoder_dir) if a.crosscoder_dir else cfg.stage_dir("train")
@@ -106,7 +112,12 @@ def reasoning_input(cfg, stage: str) -> Input:
 
 
 def finetune_dir_of(cfg) -> Path | None:
-    """The finetune stage directory that made `tuned_model` (None for a model made elsewhere)."""
+    """The finetune stage directory that made `tuned_model` (None for a model made elsewhere). For a
+    null pair (docs/null.md), the reasoning fine-tune's: its analysis reads the reasoning pair's
+    held-out rows (the same text), never the control fine-tune's chat rows."""
+    if cfg.nulls.pair:
+        reasoning = cfg.exp_dir / "finetune"
+        return reasoning if reasoning.is_dir() else None
     owner = owning_stage_dir(cfg, cfg.tuned_model)
     return owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
 

@@ -27,8 +27,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from reasondiff.app import preflight
-from reasondiff.config import CONF_DIR, Config, to_config
-from reasondiff.core import artifacts, fingerprint, runs
+from reasondiff.config import CONF_DIR, Config, to_config, upstream_candidates
+from reasondiff.core import artifacts, distributed, fingerprint, runs
 from reasondiff.core.errors import UserError
 from reasondiff.core.fingerprint import Fingerprint
 from reasondiff.core.locking import StageLock
@@ -114,7 +114,7 @@ def stage_function(stage: str) -> Callable[[Config, StageContext], dict[str, Any
 
 def is_main_process() -> bool:
     """torchrun / accelerate set RANK; only rank 0 owns the stage directory's bookkeeping."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return distributed.is_main_process()
 
 
 # --- skip, resume, refuse or redo ------------------------------------------------------------------
@@ -148,14 +148,27 @@ def follow_runs(cfg: Config) -> Config:
     """A named run reads the finetune run of its own name when there is one (tuned_model's default
     points at the main run)."""
     if cfg.run and Path(cfg.tuned_model) == cfg.exp_dir / "finetune" / "model":
-        sibling = cfg.exp_dir / runs.dir_name("finetune", cfg.run)
-        if sibling.is_dir():
-            return dataclasses.replace(cfg, tuned_model=str(sibling / "model"))
+        for run in upstream_candidates(cfg.run):  # `a+seed=1` reads finetune@a+seed=1, else finetune@a
+            sibling = cfg.exp_dir / runs.dir_name("finetune", run)
+            if sibling.is_dir():
+                return dataclasses.replace(cfg, tuned_model=str(sibling / "model"))
     return cfg
 
 
 def current_fingerprint(cfg: Config, stage: str) -> Fingerprint:
-    return Fingerprint(settings=fingerprint.settings(cfg, stage), upstream=preflight.upstream_ids(cfg, stage))
+    settings = fingerprint.settings(cfg, stage)
+    if distributed.world_size() > 1 and _world_size_matters(stage):
+        settings["world_size"] = distributed.world_size()
+    return Fingerprint(settings=settings, upstream=preflight.upstream_ids(cfg, stage))
+
+
+def _world_size_matters(stage: str) -> bool:
+    """A stage whose result depends on the number of torchrun ranks says so (`WORLD_SIZE_MATTERS` in
+    its run.py: harvest under a token budget); elsewhere a result is the same at any world size and
+    so is its fingerprint."""
+    with contextlib.suppress(ImportError):
+        return bool(getattr(importlib.import_module(f"reasondiff.{stage}.run"), "WORLD_SIZE_MATTERS", False))
+    return False
 
 
 def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozenset()) -> Decision:
@@ -243,9 +256,13 @@ def run_stage(cfg: Config, stage: str | None = None,
 def execute(cfg: Config, stage: str | None = None,
             func: Callable[[Config, StageContext], dict[str, Any]] | None = None,
             prepare: Prepare | None = None) -> Outcome:
+    """Under torchrun every rank calls this: rank 0 takes the stage's lock and does the bookkeeping
+    (decide, preflight, fingerprint, and once every rank has finished its part, the manifest and
+    COMPLETED); the other ranks wait for its decision and run the stage on their share."""
     stage = stage or cfg.stage
     cfg = follow_runs(cfg)
     out_dir = cfg.stage_dir(stage)
+    distributed.init()
     main = is_main_process()
     try:
         with StageLock(out_dir, wait=cfg.wait_for_lock) if main else contextlib.nullcontext():
@@ -257,42 +274,80 @@ def execute(cfg: Config, stage: str | None = None,
         raise
 
 
-def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, prepare: Prepare | None) -> Outcome:
+def _open_stage_dir(cfg: Config, stage: str, out_dir: Path, prepare: Prepare | None) -> Decision:
+    """Rank 0's part before any work: skip / resume / redo, the input checks, the fingerprint."""
     decision = decide(cfg, stage)
     if decision.action == "skip":
         problem = verify_finished(cfg, stage, out_dir)
         if problem is None:
             log.info("%s: already complete in %s with the same settings (overwrite=true redoes it)", stage, out_dir)
-            return Outcome(out_dir, "skipped")
+            return decision
         log.warning("%s: %s; reopening it to repair it", stage, problem)
         decision = Decision("resume", decision.fingerprint, problem)
-        if main:
-            artifacts.clear_complete(out_dir)
+        artifacts.clear_complete(out_dir)
     elif decision.action == "redo" and decision.reason != "overwrite=true":
         log.warning("%s: %s: redoing %s", stage, decision.reason, out_dir)
     elif decision.action == "resume":
         log.info("%s: resuming the partial run in %s (same settings)", stage, out_dir)
     preflight_stage(cfg, stage, prepare)
-    if decision.action == "redo" and out_dir.exists() and main:
+    if decision.action == "redo" and out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    name = cfg.run_of(stage)
+    fingerprint.write(out_dir, stage, decision.fingerprint, name)
+    artifacts.write_text(out_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if name:
+        runs.record_run(cfg.exp_dir, out_dir.name, {"stage": stage, "run": name, "overrides": list(RUN_OVERRIDES)})
+    return decision
+
+
+def _agreed_decision(cfg: Config, stage: str, out_dir: Path, main: bool, prepare: Prepare | None) -> Decision:
+    """Rank 0's decision on every rank; a refusal on rank 0 (a UserError) ends every rank with it."""
+    if not distributed.is_distributed():
+        return _open_stage_dir(cfg, stage, out_dir, prepare)
+    decision, error = None, None
+    if main:
+        try:
+            decision = _open_stage_dir(cfg, stage, out_dir, prepare)
+        except UserError as err:
+            error = str(err)
+            distributed.broadcast((None, error))
+            raise
+        except BaseException:
+            distributed.broadcast((None, "rank 0 failed before the stage started (see its log)"))
+            raise
+    decision, error = distributed.broadcast((decision, error))
+    if error is not None:
+        raise UserError(error)
+    return decision
+
+
+class _RankMetrics:
+    """Ranks other than 0 log nothing: metrics.csv has one writer (rank 0, which logs its own share)."""
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    def truncate(self, last_step: int) -> int:
+        return 0
+
+
+def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, prepare: Prepare | None) -> Outcome:
+    decision = _agreed_decision(cfg, stage, out_dir, main, prepare)
+    if decision.action == "skip":
+        return Outcome(out_dir, "skipped")
     if cfg.hardware.cpu_threads:
         import torch
 
         torch.set_num_threads(cfg.hardware.cpu_threads)
     name = cfg.run_of(stage)
-    if main:
-        fingerprint.write(out_dir, stage, decision.fingerprint, name)
-        artifacts.write_text(out_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        if name:
-            runs.record_run(cfg.exp_dir, out_dir.name, {"stage": stage, "run": name,
-                                                        "overrides": list(RUN_OVERRIDES)})
     seed_everything(cfg.seed)
     func = func or stage_function(stage)
     run = None if not main else init_wandb(cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
                      group=cfg.wandb.group or cfg.exp_name, name=f"{cfg.exp_name}-{out_dir.name}",
                      config=asdict(cfg), directory=out_dir)
-    ctx = StageContext(cfg=cfg, dir=out_dir, metrics=MetricsLogger(out_dir, run=run), wandb_run=run)
+    metrics = MetricsLogger(out_dir, run=run) if main else _RankMetrics()
+    ctx = StageContext(cfg=cfg, dir=out_dir, metrics=metrics, wandb_run=run)
     start = time.perf_counter()
     git = artifacts.git_state() if main else {}  # the code that runs: taken now, not when it ends
     if artifacts.dirty_warning(git, stage):
@@ -300,16 +355,20 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
     try:
         with sigterm_as_interrupt():
             outputs = func(cfg, ctx) or {}
+        distributed.barrier()  # every rank finished its part before the stage is marked complete
         if not main:
+            distributed.barrier()  # until rank 0 has written COMPLETED
             return Outcome(out_dir, "done")
         record = {"stage": stage, "run": name, "fingerprint": decision.fingerprint.digest,
                   "artifact_id": fingerprint.new_artifact_id(decision.fingerprint)}
+        extra = {**record, "settings": decision.fingerprint.settings, "upstream": decision.fingerprint.upstream}
+        if distributed.is_distributed():
+            extra["world_size"] = distributed.world_size()
         manifest = artifacts.build_manifest(stage, inputs=ctx.inputs, outputs=outputs, seed=cfg.seed,
-                                            wall_seconds=time.perf_counter() - start, git=git,
-                                            extra={**record, "settings": decision.fingerprint.settings,
-                                                   "upstream": decision.fingerprint.upstream})
+                                            wall_seconds=time.perf_counter() - start, git=git, extra=extra)
         artifacts.write_json(out_dir / artifacts.MANIFEST, manifest)
         artifacts.mark_complete(out_dir, record)
+        distributed.barrier()
         log.info("%s: done in %.1fs -> %s", stage, time.perf_counter() - start, out_dir)
     except Exception:
         if main and not holds_work(out_dir, stage) and artifacts.disk_error_kind(sys.exc_info()[1]) is None:
@@ -384,7 +443,7 @@ def main_for(cfg_node, body: Callable[[Config], Any] | None = None, prepare: Pre
             return
         raise
     finally:
-        if multirun:
+        if multirun and is_main_process():  # a job of several ranks has one outcome
             record_outcome(status, run_dir=run_dir, error=error)
 
 

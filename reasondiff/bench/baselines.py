@@ -48,13 +48,20 @@ def gold_answer(task: str, reference: Any) -> str | None:
     return answer_key(reference)
 
 
+def most_common(counts: Counter) -> tuple[str, int]:
+    """The most frequent key, a tie going to the smallest key: the same answer whatever order the
+    rows were written in (batches sorted by length, or gathered from torchrun ranks)."""
+    top = max(counts.values())
+    return min(key for key, count in counts.items() if count == top), top
+
+
 def top_answer(answers: Sequence[Any]) -> tuple[str, float]:
     """(most common answer, its share of all the replies in %), no answer counting in the total but
     never as the top answer; ("", 0.0) when no reply answers."""
     counts = Counter(key for key in map(answer_key, answers) if key is not None)
     if not counts or not answers:
         return "", 0.0
-    key, count = counts.most_common(1)[0]
+    key, count = most_common(counts)
     return key, 100.0 * count / len(answers)
 
 
@@ -66,5 +73,5 @@ def majority_baseline(task: str, references: Sequence[Any]) -> tuple[str, float]
     counts = Counter(g for g in golds if g is not None)
     if not counts:
         return "", math.nan
-    key, count = counts.most_common(1)[0]
+    key, count = most_common(counts)
     return key, 100.0 * count / len(golds)

@@ -183,7 +183,7 @@ class VLLMGenerator:
     batch take near-equal time once the prefill is done."""
 
     def __init__(self, path: str, *, dtype: str, seed: int, gpu_memory_utilization: float, max_model_len: int,
-                 trust_remote_code: bool = False, chunk_size: int = 512):
+                 trust_remote_code: bool = False, chunk_size: int = 512, tensor_parallel_size: int = 1):
         try:
             from vllm import LLM
         except ImportError as err:
@@ -197,6 +197,7 @@ class VLLMGenerator:
         # generation_config="vllm": never take sampling defaults from the checkpoint
         self.llm = LLM(model=path, dtype=dtype, seed=seed, enable_prefix_caching=True,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       tensor_parallel_size=tensor_parallel_size,
                        trust_remote_code=trust_remote_code, generation_config="vllm")
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.chunk_size = chunk_size

@@ -11,6 +11,12 @@ follow lm-evaluation-harness's own protocols (lmeval.py).
 Every finished batch is appended to generations.jsonl (flush + fsync); a re-run skips questions
 already there. Tables and figures are rebuilt from that file, so they always match it. Rows
 graded by an older grader are regraded first (scoring.py), and none is regenerated for it.
+
+Under torchrun (docs/distributed.md) each task's questions (the seeded subset) are split into
+contiguous blocks, one per rank; each rank appends to its own generations.rank<r>.jsonl (resumed
+the same way), and rank 0 gathers them into generations.jsonl in question order before computing
+the tables once. With bench.backend=vllm, use one process and vLLM's own tensor parallelism
+(bench.vllm_tensor_parallel_size) instead.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from reasondiff.bench.tables import (
     summary_table,
 )
 from reasondiff.config import Config
-from reasondiff.core import artifacts, figures
+from reasondiff.core import artifacts, distributed, figures
 from reasondiff.core.errors import UserError
 from reasondiff.lm.layouts import ReasoningLayout, layout_for, layout_named
 
@@ -370,7 +376,7 @@ def make_generator(cfg: Config, spec: ModelSpec):
         max_len = max(bench.token_limits) + answer + 4096
         generator = VLLMGenerator(spec.path, dtype=cfg.hardware.dtype, seed=cfg.seed,
                                   gpu_memory_utilization=bench.vllm_gpu_memory_utilization,
-                                  max_model_len=max_len, trust_remote_code=cfg.model.trust_remote_code)
+                                  tensor_parallel_size=bench.vllm_tensor_parallel_size, max_model_len=max_len, trust_remote_code=cfg.model.trust_remote_code)
         return generator, generator.tokenizer
     from reasondiff.bench.generation import HFGenerator
     from reasondiff.lm.models import load_model
@@ -404,6 +410,27 @@ def _release(generator) -> None:
 
 
 # --- tables and figures ---------------------------------------------------------------------------
+
+def gather_rank_generations(directory: Path, world: int, questions: dict[str, list[Question]],
+                            models: Sequence[str], *, fingerprints: dict[tuple[str, str], str],
+                            limits: Sequence[int]) -> list[dict[str, Any]]:
+    """The ranks' generations.rank<r>.jsonl as one generations.jsonl, rows in (model, task, question,
+    limit) order; every question's rows must be there (a rank that lost work is an error)."""
+    rows = [row for rank in range(world)
+            for row in GenerationLog(directory / f"generations.rank{rank}.jsonl").current(fingerprints=fingerprints,
+                                                                                        limits=limits)]
+    position = {(task, q.id): i for task, qs in questions.items() for i, q in enumerate(qs)}
+    model_order = {m: i for i, m in enumerate(models)}
+    task_order = {t: i for i, t in enumerate(questions)}
+    rows.sort(key=lambda r: (model_order[r["model"]], task_order[r["task"]], position[(r["task"], r["id"])],
+                             r["limit"]))
+    expected = len(models) * sum(len(qs) for qs in questions.values()) * len(limits)
+    if len(rows) != expected:
+        raise UserError(f"{directory}: the ranks' generations hold {len(rows)} rows, {expected} expected; re-run the "
+                        "same torchrun command to resume the missing questions")
+    artifacts.write_text(directory / GENERATIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows
+
 
 def device_label(cfg: Config) -> str:
     """Where generation ran, for Fig. 3's caption: the GPU's name, or cpu and its thread count."""
@@ -448,8 +475,16 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                       "n_questions": len(questions[task])}
     ctx.inputs["models"] = {spec.label: spec.path for spec in specs}
     shots = fewshot_shots(cfg, questions["gsm8k"]) if bench.protocol == "lm_eval" and "gsm8k" in questions else {}
-    generation_log = GenerationLog(ctx.dir / GENERATIONS)
     fingerprints = {(spec.label, task): sweep_fingerprint(cfg, spec, task) for spec in specs for task in bench.tasks}
+    if distributed.is_distributed():
+        if bench.backend == "vllm":
+            raise UserError("bench.backend=vllm runs in one process (vLLM parallelises itself: "
+                            "bench.vllm_tensor_parallel_size); launch it with python -m, not torchrun")
+        every_question = questions
+        questions = {task: [q for _, q in distributed.shard(qs)] for task, qs in questions.items()}
+        generation_log = GenerationLog(ctx.dir / f"generations.rank{distributed.rank()}.jsonl")
+    else:
+        generation_log = GenerationLog(ctx.dir / GENERATIONS)
 
     for spec in specs:
         done = generation_log.finished_questions(fingerprints=fingerprints, limits=limits)
@@ -483,6 +518,13 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             _release(generator)
 
     rows = generation_log.current(fingerprints=fingerprints, limits=limits)
+    if distributed.is_distributed():
+        distributed.barrier()  # every rank's generations are on disk
+        if not distributed.is_main_process():
+            return {}
+        questions = every_question
+        rows = gather_rank_generations(ctx.dir, distributed.world_size(), questions, [s.label for s in specs],
+                                       fingerprints=fingerprints, limits=limits)
     references = {(task, q.id): q.reference for task, qs in questions.items() for q in qs}
     layouts = {spec.label: model_layout(cfg, spec) for spec in specs}
     regraded = scoring.regrade(rows, references=references,

@@ -20,10 +20,11 @@ from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningForma
 from reasondiff.config.finetune import FinetuneConfig, HoldoutConfig
 from reasondiff.config.harvest import HarvestConfig
 from reasondiff.config.intervene import InterveneConfig
+from reasondiff.config.nulls import NullConfig
 from reasondiff.config.scan import ScanConfig
 from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
-from reasondiff.core.runs import check_run_name, dir_name, join
+from reasondiff.core.runs import ITEM_SEPARATOR, check_run_name, dir_name, join
 
 STAGES = ("finetune", "bench", "harvest", "scan", "train", "analyze", "intervene")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
@@ -31,8 +32,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 
 __all__ = [
     "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig", "HoldoutConfig",
-    "InterveneConfig", "ModelConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids", "SyntheticConfig",
-    "TaskData", "TrainConfig",
+    "InterveneConfig", "ModelConfig", "NullConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids",
+    "SyntheticConfig", "TaskData", "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
 
@@ -70,10 +71,13 @@ class Config:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     intervene: InterveneConfig = field(default_factory=InterveneConfig)
     sweeps: SweepGrids = field(default_factory=SweepGrids)
+    nulls: NullConfig = field(default_factory=NullConfig)
 
     def __post_init__(self) -> None:
         if self.stage and self.stage not in STAGES + ("pipeline",):
             raise ValueError(f"stage must be one of {STAGES + ('pipeline',)}, got {self.stage!r}")
+        if self.nulls.pair and self.run.split(ITEM_SEPARATOR)[0] != self.nulls.pair:
+            self.run = join(self.nulls.pair, self.run)  # +null=control: every stage writes <stage>@control
         check_run_name(self.run)
 
     @property
@@ -87,12 +91,23 @@ class Config:
         kind = "synthetic" if stage == "train" and self.train.data == "synthetic" else ""
         if stage == self.stage or not self.run:
             return join(kind, self.run) if stage == self.stage else kind
-        named = join(kind, self.run)
-        return named if (self.exp_dir / dir_name(stage, named)).is_dir() else kind
+        for run in upstream_candidates(self.run):
+            named = join(kind, run)
+            if (self.exp_dir / dir_name(stage, named)).is_dir():
+                return named
+        return kind
 
     def stage_dir(self, stage: str) -> Path:
         """Stable artifact directory of `stage`: outputs/<exp>/<stage>[@<run>]/ (see `run_of`)."""
         return self.exp_dir / dir_name(stage, self.run_of(stage))
+
+
+def upstream_candidates(run: str) -> list[str]:
+    """The runs an upstream stage is looked up under, longest first: `control+seed=1` reads
+    `<stage>@control+seed=1`, else `<stage>@control`, else the main run (a seed sibling of a null
+    pair trains on the null pair's store)."""
+    items = run.split(ITEM_SEPARATOR) if run else []
+    return [ITEM_SEPARATOR.join(items[:n]) for n in range(len(items), 0, -1)]
 
 
 def register_configs() -> None:

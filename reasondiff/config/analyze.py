@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reasondiff.config.common import check_reasoning_text
 
@@ -62,6 +62,20 @@ class AnalyzeConfig:
     specific_ratio_max: float = 0.2
     """A model-specific latent counts as *truly* specific when the other model needs its direction
     at most this much: nu_error = beta_error(other) / beta_error(own) <= specific_ratio_max."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seed ensemble (docs/null.md): the crosscoders trained with these seeds on the same activations —
+    this run's own crosscoder for its `seed`, the sibling run train@seed=S (train@<run>+seed=S) for
+    the others, those that have finished — are matched latent by latent; each latent's stability is
+    the fraction of the other seeds holding a match. Train them with
+    `python -m reasondiff.train -m +exp=NAME seed=1,2`."""
+    nulls: list[str] = field(default_factory=lambda: ["base_vs_base", "control"])
+    """Null pairs (+null=NAME runs) whose finished crosscoders (train@NAME, train@NAME+seed=S) are
+    counted beside this run's in the calibrated table (calibration.csv), which then leads report.md."""
+    match_cosine: float = 0.9
+    """Two latents of different seeds match when their concatenated decoders [d_base; d_tuned] have
+    at least this cosine (one-to-one: reasondiff/crosscoder/matching.py)."""
+    stable_fraction: float = 1.0
+    """A latent is stable when it has a match in at least this fraction of the other seeds."""
     checkpoint_every: int = 8
     """Save the streaming statistics every this many batches (a killed run resumes from there)."""
 
@@ -80,5 +94,15 @@ class AnalyzeConfig:
                 raise ValueError(f"analyze.{key} must be >= 0, got {getattr(self, key)}")
         if self.context_length < 2:
             raise ValueError("analyze.context_length must be >= 2 (CE needs a next token)")
+        if not -1.0 <= self.match_cosine <= 1.0 or not 0.0 < self.stable_fraction <= 1.0:
+            raise ValueError(f"analyze.match_cosine must be in [-1, 1] and analyze.stable_fraction in (0, 1], got "
+                             f"{self.match_cosine}, {self.stable_fraction}")
+        from reasondiff.config.nulls import NULL_PAIRS
+
+        for pair in self.nulls:
+            if pair not in NULL_PAIRS:
+                raise ValueError(f"analyze.nulls: {pair!r} is not one of {', '.join(NULL_PAIRS)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"analyze.seeds lists a seed twice: {self.seeds}")
         if self.specific_ratio_max < 0:
             raise ValueError(f"analyze.specific_ratio_max must be >= 0, got {self.specific_ratio_max}")

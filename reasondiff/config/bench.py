@@ -154,6 +154,9 @@ class BenchConfig:
     """System turn for every prompt; None keeps the chat template's default."""
     vllm_gpu_memory_utilization: float = 0.85
     """bench.backend=vllm: fraction of GPU memory vLLM may take."""
+    vllm_tensor_parallel_size: int = 1
+    """bench.backend=vllm: GPUs each model is split over (vLLM's tensor parallelism; one process, not
+    torchrun: docs/distributed.md)."""
 
     def __post_init__(self) -> None:
         check_choice("bench.mode", self.mode, ("prefix", "forced"))

@@ -35,6 +35,9 @@ class FinetuneConfig:
     """Hub split (ignored for local files)."""
     trace_source: str = "deepseek"
     """Which s1K-1.1 trace/attempt pair becomes the assistant turn."""
+    require_thinking: bool = True
+    """Refuse a row whose thinking is empty. False for the control fine-tune (+null=control): chat
+    rows answered at once, in the same layout with nothing between the think delimiters."""
     limit_rows: int | None = None
     """Train only on the first N rows that are not held out (debug, CPU runs)."""
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)

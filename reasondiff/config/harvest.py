@@ -42,6 +42,10 @@ class HarvestConfig:
     """Random stored tokens used to estimate each model's mean activation norm (stats.json)."""
     backend: str = "hf"
     """hf = forward hooks that stop after layer L (fast); bridge = TransformerBridge run_with_cache."""
+    reuse_base: bool = True
+    """A named run (a null pair, docs/null.md) copies the base model's rows from the main run's finished
+    store instead of running the base model again, when that store was made with the same settings
+    (reasondiff/app/reuse.py; every row's token id is checked). Same rows either way."""
     live_buffer_tokens: int = 262_144
     """train.data=live: tokens generated per refill; each refill is shuffled and served once, then
     replaced by activations of the next, never-seen contexts."""

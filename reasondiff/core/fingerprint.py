@@ -71,6 +71,8 @@ COSMETIC: dict[str, str] = {
                     "rounding: tests/test_train_sparse.py)",
     "train.sparse_max_density": "when train.sparse=auto takes the sparse step (the same gradients up to "
                                 "floating-point rounding)",
+    "harvest.reuse_base": "the base model's rows are copied from the main store instead of computed again: the same "
+                          "rows, each checked by its token id (docs/null.md)",
     "analyze.checkpoint_every": "how often the streamed sums are saved",
     "scan.checkpoint_every": "how often the streamed sums are saved",
     "intervene.checkpoint_every": "how often the streamed sums are saved",

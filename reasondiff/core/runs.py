@@ -31,8 +31,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=\-]")
 
 # Overrides that choose where or how a job runs, not what it computes: never part of a run's name.
 NAME_EXCLUDED = ("exp", "pair", "debug", "sweep", "hardware", "overwrite", "output_root", "run", "wait_for_lock",
-                 "model.build_tiny", "exp_name", "stage")
-NAME_EXCLUDED_PREFIXES = ("hydra.", "hydra/", "wandb.", "sweeps.")
+                 "model.build_tiny", "exp_name", "stage", "null")
+NAME_EXCLUDED_PREFIXES = ("hydra.", "hydra/", "wandb.", "sweeps.", "nulls.")
 
 
 def dir_name(stage: str, run: str) -> str:

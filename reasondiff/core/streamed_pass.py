@@ -1,5 +1,13 @@
 """A pass over many contexts in batches whose running sums survive a kill: scan and analyze stream
-their meters through one, saving them every few batches and resuming where the file says."""
+their meters through one, saving them every few batches and resuming where the file says.
+
+Under torchrun the batches are split into contiguous blocks, one per rank; each rank saves and
+resumes its own part (`partial_<text>.rank<r>.pt`), and when every rank has finished, the meters'
+states are gathered and merged on every rank (`merge_states`: sums added, per-context arrays added
+(each context's entries come from the one rank that ran it, so they are the single process's
+numbers exactly and so are the bootstrap intervals computed from them), maxima maxed). A meter
+whose state is not a sum says how to merge it: a `MERGE = {key: "max" | "same"}` class attribute,
+or a `merge_states(states)` method (top-k lists)."""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from reasondiff.core import artifacts
+from reasondiff.core import artifacts, distributed
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +56,57 @@ class PassState:
 
 def resumable_pass(state: PassState, n_contexts: int, batch_size: int, step: Callable[[slice], None], *,
                    checkpoint_every: int, desc: str) -> dict[str, Any]:
-    """Run `step(rows)` over the contexts in batches, resuming from and saving to `state`."""
-    state.try_resume()
+    """Run `step(rows)` over the contexts in batches, resuming from and saving to `state`; under
+    torchrun each rank runs its block of the batches and every rank returns the merged meters."""
     n_batches = math.ceil(n_contexts / batch_size)
+    mine = distributed.shard_indices(n_batches)
+    if distributed.is_distributed():
+        state.path = state.path.with_name(f"{state.path.stem}{distributed.rank_suffix()}{state.path.suffix}")
+    state.try_resume()
     if not state.finished:
-        with tqdm(total=n_batches, initial=state.batches_done, desc=desc, unit="batch") as bar:
-            for b in range(state.batches_done, n_batches):
+        with tqdm(total=len(mine), initial=state.batches_done, desc=desc, unit="batch",
+                  disable=not distributed.is_main_process() or None) as bar:
+            for done in range(state.batches_done, len(mine)):
+                b = mine[done]
                 step(slice(b * batch_size, min(n_contexts, (b + 1) * batch_size)))
-                state.batches_done = b + 1
+                state.batches_done = done + 1
                 bar.update(1)
-                if state.batches_done % checkpoint_every == 0 and state.batches_done < n_batches:
+                if state.batches_done % checkpoint_every == 0 and state.batches_done < len(mine):
                     state.save()
         state.finished = True
         state.save()
+    if distributed.is_distributed():
+        everyone = distributed.all_gather({name: part.state_dict() for name, part in state.parts.items()})
+        for name, part in state.parts.items():
+            states = [ranks[name] for ranks in everyone]
+            if hasattr(part, "merge_states"):
+                part.merge_states(states)
+            else:
+                part.load_state_dict(merge_states(states, getattr(part, "MERGE", {})))
     return state.parts
+
+
+def merge_states(states: list[Any], rules: dict[str, str], key: str = "") -> Any:
+    """One state from the ranks' states of a meter: tensors and numbers added (None = nothing yet),
+    except keys whose rule is "max" (maxed) or "same" (must agree: latent ids, directions);
+    nested dicts merged key by key (a nested key's rule is named by its last part)."""
+    rule = rules.get(key.rsplit(".", 1)[-1], "sum")
+    present = [s for s in states if s is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, dict):
+        return {k: merge_states([s.get(k) if s is not None else None for s in states], rules, k) for k in first}
+    if rule == "same" or isinstance(first, (str, list, tuple)):
+        if any((not torch.equal(s, first)) if torch.is_tensor(s) else s != first for s in present):
+            raise ValueError(f"ranks disagree on {key}")
+        return first
+    if rule == "max":
+        out = first.clone() if torch.is_tensor(first) else first
+        for s in present[1:]:
+            out = torch.maximum(out, s) if torch.is_tensor(out) else max(out, s)
+        return out
+    out = first.clone() if torch.is_tensor(first) else first
+    for s in present[1:]:
+        out = out + s
+    return out

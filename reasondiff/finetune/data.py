@@ -53,7 +53,8 @@ def load_s1k_split(cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], HoldoutSp
     if not rows:
         raise UserError(f"finetune.dataset={cfg.dataset}: no rows (split {cfg.split!r})")
     for index, row in enumerate(rows):
-        validate_row(row, index=index, source=cfg.dataset, trace_source=cfg.trace_source)
+        validate_row(row, index=index, source=cfg.dataset, trace_source=cfg.trace_source,
+                     require_thinking=cfg.require_thinking)
     split = split_rows(rows, dataset=cfg.dataset, fields=fields, fraction=cfg.holdout.fraction,
                        n_rows=cfg.holdout.n_rows, seed=cfg.holdout.seed, limit_trained=cfg.limit_rows)
     if not split.trained:
@@ -62,7 +63,8 @@ def load_s1k_split(cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], HoldoutSp
     return rows, split
 
 
-def validate_row(row: Mapping[str, Any], *, index: int, source: str, trace_source: str) -> None:
+def validate_row(row: Mapping[str, Any], *, index: int, source: str, trace_source: str,
+                 require_thinking: bool = True) -> None:
     thinking_field, attempt_field = TRACE_FIELDS[trace_source]
     fields = ("question", thinking_field, attempt_field)
     require_fields(row, fields, index=index, source=source)
@@ -72,7 +74,7 @@ def validate_row(row: Mapping[str, Any], *, index: int, source: str, trace_sourc
             # s1K (v1.0) stores `thinking_trajectories` as a list; s1K-1.1 traces are strings.
             raise UserError(f"{source}: row {index} field {name} is a {type(value).__name__}, expected a string "
                             "(is this s1K-1.1? set finetune.dataset=simplescaling/s1K-1.1)")
-        if not value.strip():
+        if not value.strip() and (require_thinking or name != thinking_field):
             raise UserError(f"{source}: row {index} field {name} is empty "
                             f"(try finetune.trace_source={'gemini' if trace_source == 'deepseek' else 'deepseek'})")
 

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from reasondiff.app.stage import deferred_interrupts
 from reasondiff.config import Config, HardwareConfig, ReasoningFormat
-from reasondiff.core import artifacts
+from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_metrics
 from reasondiff.finetune.data import (
@@ -306,7 +305,10 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     ft = cfg.finetune
     device = resolve_device(cfg.hardware)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # under torchrun trl/accelerate run DDP (one process per GPU): the configured effective batch is
+    # micro batch x accumulation x world size, so the accumulation shrinks as ranks are added
+    world_size = distributed.world_size()
+    main = distributed.is_main_process()
     accumulation = gradient_accumulation(ft.effective_batch_size, cfg.hardware.finetune_micro_batch, world_size)
     precision = precision_flags(cfg.hardware, device.type)
     ctx.inputs.update({"base_model": cfg.model.path, "dataset": ft.dataset, "split": ft.split,
@@ -320,7 +322,8 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
              len(rows), ft.dataset, len(holdout.heldout))
     sample_questions = held_out_questions(cfg, ft.sample_generations) if ft.sample_generations else []
     examples, report = build_sft_examples(rows, tokenizer, ft, cfg.format)
-    artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
+    if main:
+        artifacts.write_json(ctx.dir / LENGTH_REPORT, report)
     log.info(summarize_report(report))
     if report["n_overlong"] and ft.overlong_policy == "truncate":
         log.warning("%d rows are cut at max_length=%d and %d lose their whole answer; "
@@ -340,7 +343,8 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     # settings of a resumed run were checked by the stage runner (reasondiff.core.fingerprint)
     checkpoints = ctx.dir / CHECKPOINTS
     resume = last_complete_checkpoint(checkpoints)
-    truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
+    if main:
+        truncate_metrics(ctx.dir / "metrics.csv", checkpoint_step(resume) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)
     ctx.inputs["resumed_from"] = str(resume) if resume else None
@@ -373,6 +377,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=cfg.hardware.dataloader_workers,
+        ddp_find_unused_parameters=False,  # torchrun: every parameter gets a gradient (no extra autograd walk)
         report_to=["wandb"] if cfg.wandb.mode != "disabled" else "none",
         run_name=f"{cfg.exp_name}-finetune",
         disable_tqdm=False,
@@ -385,7 +390,8 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         # metrics.csv is written here, not through ctx.metrics, so that with W&B on the trainer's own
         # WandbCallback is the only writer to the run (two writers fight over W&B's step counter).
         # the guard after the stopper: a save the stopper asks for is checked too
-        callbacks=[MetricsToCsv(MetricsLogger(ctx.dir)), stopper, NonFiniteLossGuard(), *callbacks],
+        callbacks=[MetricsToCsv(MetricsLogger(ctx.dir) if main else ctx.metrics), stopper, NonFiniteLossGuard(),
+                   *callbacks],
     )
     if resume and hasattr(trainer, "_total_train_tokens"):
         # trl counts num_tokens in the trainer object, not in the checkpoint: a resume restarted it at 0
@@ -434,6 +440,9 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "final_loss": final,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "gradient_accumulation_steps": accumulation,
+        "effective_batch": {"effective_batch_size": ft.effective_batch_size,
+                            "micro_batch": cfg.hardware.finetune_micro_batch,
+                            "gradient_accumulation_steps": accumulation, "world_size": world_size},
         "save_dtype": save_dtype,
         "layout_rate": _mean([float(s["starts_with_think"] and s["has_answer"]) for s in samples]) if samples else None,
     }

@@ -46,8 +46,14 @@ FULL_VERIFY_MAX_BYTES = 8 * 2**30
 """`verify="auto"` hashes every shard of stores up to this size and checks only sizes/headers above."""
 
 
-def shard_names(index: int) -> tuple[str, str]:
-    return f"shard_{index:05d}.acts.npy", f"shard_{index:05d}.tokens.npy"
+def shard_prefix(rank: int | None = None) -> str:
+    """`shard` for a single-process harvest; `shard_r<rank>` for rank `rank` of a torchrun harvest."""
+    return "shard" if rank is None else f"shard_r{rank}"
+
+
+def shard_names(index: int, rank: int | None = None) -> tuple[str, str]:
+    prefix = shard_prefix(rank)
+    return f"{prefix}_{index:05d}.acts.npy", f"{prefix}_{index:05d}.tokens.npy"
 
 
 def bytes_per_token(d_model: int, store_dtype: str) -> int:
@@ -84,13 +90,16 @@ def to_store_array(acts: torch.Tensor, store_dtype: str) -> np.ndarray:
     return acts.view(torch.uint16).numpy() if store_dtype == "bfloat16" else acts.numpy()
 
 
-def write_shard(directory: Path, index: int, acts: np.ndarray, tokens: np.ndarray) -> dict[str, Any]:
+def write_shard(directory: Path, index: int, acts: np.ndarray, tokens: np.ndarray, *,
+                rank: int | None = None) -> dict[str, Any]:
     """Write one shard (activations [n, 2, d] as `to_store_array` gives them + n token ids);
-    returns its manifest entry with sizes and sha256 checksums."""
+    returns its manifest entry with sizes and sha256 checksums. `rank`: the torchrun rank writing it
+    (its file names carry the rank)."""
     if acts.ndim != 3 or acts.shape[1] != 2 or acts.shape[0] != tokens.shape[0]:
         raise ValueError(f"shard rows must be [n, 2, d] with n token ids, got {acts.shape} and {tokens.shape}")
-    acts_name, tokens_name = shard_names(index)
-    return {"index": index, "n_tokens": int(acts.shape[0]),
+    acts_name, tokens_name = shard_names(index, rank)
+    entry = {} if rank is None else {"rank": rank}
+    return {**entry, "index": index, "n_tokens": int(acts.shape[0]),
             "acts": _write_npy(directory / acts_name, acts),
             "tokens": _write_npy(directory / tokens_name, np.asarray(tokens, dtype=np.int32))}
 
@@ -238,17 +247,19 @@ class ActivationStore:
         return result
 
     def iter_batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
-                     prefetch: int = 4) -> Iterator[torch.Tensor]:
+                     prefetch: int = 4, rows: slice | None = None) -> Iterator[torch.Tensor]:
         """Endless shuffled [batch_size, 2, d_model] float32 RAW batches (unscaled), epoch after epoch
         (each reshuffled from `seed`); batch b depends only on (seed, b). A background thread
-        reads ahead `prefetch` batches."""
+        reads ahead `prefetch` batches. `rows`: only these rows of every batch are read (a torchrun
+        rank's slice of the global batch)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         arrays = self._arrays()
         n_tokens = self.n_tokens
+        rows = rows or slice(None)
 
         def produce(batch: int, cache: dict) -> torch.Tensor:
-            return self.gather(batch_indices(n_tokens, batch_size, seed, batch, cache), arrays=arrays)
+            return self.gather(batch_indices(n_tokens, batch_size, seed, batch, cache)[rows], arrays=arrays)
 
         return _prefetched(produce, start_batch, prefetch)
 

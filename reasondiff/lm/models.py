@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from reasondiff.config import HardwareConfig
+from reasondiff.core import distributed
 from reasondiff.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,16 @@ _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resi
 
 
 def resolve_device(hardware: HardwareConfig) -> torch.device:
-    if hardware.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if hardware.device.startswith("cuda") and not torch.cuda.is_available():
+    """hardware.device; under torchrun `cuda` (or `auto` on a GPU machine) is this rank's own GPU,
+    cuda:LOCAL_RANK."""
+    device = hardware.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"hardware.device={hardware.device} but no CUDA GPU is visible: use hardware=cpu")
-    return torch.device(hardware.device)
+    if device == "cuda" and distributed.is_distributed():
+        return torch.device("cuda", distributed.local_rank())
+    return torch.device(device)
 
 
 def looks_local(path: str) -> bool:

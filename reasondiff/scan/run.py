@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from reasondiff.config import Config
-from reasondiff.core import artifacts
+from reasondiff.core import artifacts, distributed
 from reasondiff.scan.meters import sites_of
 from reasondiff.scan.passes import patch_pass, representation_pass
 from reasondiff.scan.plots import scan_figure
@@ -226,6 +226,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                    "sums": "per_context"},
                                   n_contexts=s.patch_contexts, batch_size=s.patch_batch_size, exclude_first=exclude_first)
         rows += table_rows(text.name, representation, patching, cfg, text.label)
+    if not distributed.is_main_process():  # under torchrun every rank holds the merged meters: rank 0 writes
+        return {}
     write_csv(ctx.dir / "scan.csv", rows)
 
     recommendation, fractions = recommendation_of(rows, cfg, n_layers)

@@ -319,6 +319,28 @@ def s1k_row(problem: Problem) -> dict:
             "gemini_grade": "Yes", "deepseek_grade": "Yes"}
 
 
+def control_row(problem: Problem) -> dict:
+    """A row of the control fine-tune (+null=control, docs/null.md): an easy chat question answered at
+    once, in the s1K-1.1 columns with the thinking left empty, so SFT writes the same chat layout (think
+    and answer delimiters included) with nothing to think."""
+    return {**s1k_row(problem), "gemini_thinking_trajectory": "", "deepseek_thinking_trajectory": "",
+            "cot_type": "chat", "source_type": f"reasondiff/tiny/control/{problem.task}"}
+
+
+def write_control_dataset(path: str | Path, seed: int = 0, *, n_rows: int = 400,
+                          chat_max_steps: int | None = CHAT_MAX_STEPS, n_eval: int = 100) -> Path:
+    """The control fine-tune's data: as many rows as s1k.jsonl, easy questions (one to
+    `chat_max_steps` changes, as the corpus's chat turns) of every task, none a bench question."""
+    held = held_out_problems(seed, n_eval)
+    source = ProblemSource(random.Random(f"tiny-control-{seed}"),
+                           {question_key(p.user_text) for problems in held.values() for p in problems})
+    tasks = list(GENERATORS)
+    path = Path(path)
+    _write_jsonl(path, [control_row(source.draw(tasks[i % len(tasks)], max_steps=chat_max_steps))
+                        for i in range(n_rows)])
+    return path
+
+
 def eval_row(problem: Problem, index: int) -> dict:
     """The problem in its benchmark's schema."""
     if problem.task == "gsm8k":

@@ -22,4 +22,14 @@ def prepare_tiny_world(cfg, stage: str) -> None:
         return
     from reasondiff.tiny.model import ensure_tiny_world  # torch: only when there is something to build
 
-    ensure_tiny_world(cfg.model.path, seed=cfg.seed, threads=cfg.hardware.cpu_threads)
+    # the world is one fixed world (TinyRecipe's own seed): a run's `seed` (a seed ensemble's seed=1
+    # sibling, docs/null.md) must not rebuild it — that rewrote the data and pretrained a new base model
+    ensure_tiny_world(cfg.model.path, threads=cfg.hardware.cpu_threads)
+    control = default.parent / "data" / "control.jsonl"
+    if stage == "finetune" and Path(cfg.finetune.dataset).absolute() == control.absolute() and not control.is_file():
+        from reasondiff.tiny.data import write_control_dataset
+        from reasondiff.tiny.model import TinyRecipe
+
+        recipe = TinyRecipe()  # as many rows as the reasoning fine-tune's s1k.jsonl
+        write_control_dataset(control, recipe.seed, n_rows=recipe.n_s1k, chat_max_steps=recipe.chat_max_steps,
+                              n_eval=recipe.n_eval)

@@ -8,10 +8,15 @@ A checkpoint holds weights, Adam, scheduler, step, dead-latent counters, RNG and
 position; a killed run (Ctrl-C, SIGTERM) saves one at the end of the current step and a re-run
 resumes to exactly the result of an uninterrupted run. A non-finite loss stops the run BEFORE the
 update, so the last checkpoint and the weights stay good.
+
+Under torchrun (docs/distributed.md) train.batch_size is the GLOBAL batch: each rank reads a
+contiguous slice of every batch (only those rows of the store), the trainer averages the gradients
+over the ranks, and rank 0 writes the checkpoints, the crosscoder and the evaluation.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import asdict
@@ -23,7 +28,7 @@ from tqdm.auto import tqdm
 
 from reasondiff.app.stage import deferred_interrupts
 from reasondiff.config import Config
-from reasondiff.core import artifacts
+from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.crosscoder.model import (
     WEIGHTS_FILE,
@@ -90,6 +95,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         cc.scaling_factors.copy_(torch.as_tensor(source.scaling_factors, dtype=torch.float32))
     trainer = CrossCoderTrainer(cc, tc, total_steps, device)
     final_done = _final_is_complete(ctx.dir, total_steps)
+    main = distributed.is_main_process()
     if checkpoint.is_file() and not final_done:
         trainer.load_checkpoint(checkpoint)
         log.info("resuming from %s at step %d/%d", checkpoint, trainer.step, total_steps)
@@ -106,6 +112,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         _load_final_counters(trainer, ctx.dir)
     else:
         _train_loop(trainer, source, cfg, ctx, checkpoint)
+        if not main:  # every rank holds the same crosscoder: rank 0 saves and evaluates it
+            return {}
         # the dead-latent counters first: a kill after the weights must not leave them to a fresh trainer
         artifacts.atomic_save(ctx.dir / FINAL_COUNTERS_FILE,
                               lambda tmp: torch.save(trainer.tokens_since_fired.cpu(), tmp))
@@ -185,9 +193,27 @@ def _final_is_complete(directory: Path, total_steps: int) -> bool:
         artifacts.read_json(config).get("steps") == total_steps
 
 
+def rank_batches(source: ActivationSource, batch_size: int, *, seed: int, start_batch: int):
+    """This rank's slice of every global batch: the store reads only the slice's rows; other sources
+    draw the whole batch and keep the slice (train.data=live then runs the models on the whole batch
+    on every rank: data-parallel for the crosscoder, not for the harvesting)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    if world == 1:
+        return source.iter_batches(batch_size, seed=seed, start_batch=start_batch)
+    if batch_size % world:
+        raise UserError(f"train.batch_size={batch_size} is the global batch and must divide evenly over the "
+                        f"{world} torchrun ranks")
+    per_rank = batch_size // world
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    if "rows" in inspect.signature(source.iter_batches).parameters:
+        return source.iter_batches(batch_size, seed=seed, start_batch=start_batch, rows=rows)
+    return (batch[rows] for batch in source.iter_batches(batch_size, seed=seed, start_batch=start_batch))
+
+
 def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Config, ctx, checkpoint: Path) -> None:
     tc = cfg.train
-    batches = source.iter_batches(tc.batch_size, seed=cfg.seed, start_batch=trainer.step)
+    batches = rank_batches(source, tc.batch_size, seed=cfg.seed, start_batch=trainer.step)
+    save = distributed.is_main_process()
     started, start_step = time.perf_counter(), trainer.step
     with deferred_interrupts() as interrupt, tqdm(total=trainer.total_steps, initial=trainer.step,
                                                   desc="crosscoder", unit="step", mininterval=2.0) as bar:
@@ -202,11 +228,13 @@ def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Confi
                     metrics["tokens_per_second"] = (trainer.step - start_step) * tc.batch_size / max(elapsed, 1e-9)
                     ctx.metrics.log(metrics, step=trainer.step)
                     bar.set_postfix(l2=f"{metrics['l2']:.3g}", l0=f"{metrics['l0']:.1f}")
-                if trainer.step % tc.checkpoint_every == 0 and trainer.step < trainer.total_steps:
+                if save and trainer.step % tc.checkpoint_every == 0 and trainer.step < trainer.total_steps:
                     trainer.save_checkpoint(checkpoint)
                 if interrupt.requested:
                     raise KeyboardInterrupt("interrupt requested")
         except KeyboardInterrupt:
+            if not save:
+                raise
             trainer.save_checkpoint(checkpoint)
             log.warning("checkpoint saved at step %d/%d in %s; re-run the same command to resume",
                         trainer.step, trainer.total_steps, checkpoint)

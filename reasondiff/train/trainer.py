@@ -8,6 +8,12 @@ threshold. The dictionary_learning fork's recipe (unsquared loss, its AuxK, geom
 b_dec, lr warm-up) is a set of train keys (`+recipe=fork_batchtopk`). Each step is dense or
 sparse (step.py); designated shared latents keep their per-model decoder rows tied. A non-finite
 loss stops the run BEFORE the update, so the last checkpoint and the weights stay good.
+
+Under torchrun each rank gets a contiguous slice of every global batch; the slices' gradients are
+averaged with one all-reduce before the shared latents' tying and the clip (the objective is a mean
+over the batch, so the average of equal slices' gradients IS the global batch's gradient), and the
+latents that fired anywhere reset the dead-latent counters on every rank: every rank keeps the same
+weights, Adam state and counters as a single process on the global batch, up to float summation order.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 import torch
 
 from reasondiff.config import TrainConfig
-from reasondiff.core import artifacts
+from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.tracking import require_finite
 from reasondiff.crosscoder.loss import (
@@ -87,6 +93,11 @@ class CrossCoderTrainer:
         self.objective = Objective(reconstruction=train.reconstruction_loss, aux_k=self.aux_k,
                                    aux_k_coeff=train.aux_k_coeff, aux_k_style=train.aux_k_style)
         self._dense = torch.compile(dense_objective) if train.compile else dense_objective
+        self.world = distributed.world_size()
+        """torchrun ranks sharing each global batch (train_step gets this rank's slice)."""
+        if self.world > 1 and cc.cfg.variant == "batchtopk":
+            raise UserError("train.variant=batchtopk is not data-parallel yet (its top-k, AuxK and threshold are "
+                            "batch-wide): run it in one process, or use train.variant=l1 under torchrun")
         if device.type == "cpu":
             keep_freed_memory()
 
@@ -107,9 +118,11 @@ class CrossCoderTrainer:
 
     def train_step(self, x_raw: torch.Tensor, *, with_metrics: bool = False) -> dict[str, float] | None:
         x = self.cc.normalise(x_raw.to(self.device, non_blocking=True).float())
+        global_batch = x.shape[0] * self.world
         if self.step == 0 and self.train.b_dec_init == "geometric_median":
             with torch.no_grad():  # the fork: b_dec at the first normalised batch's geometric median
-                self.cc.b_dec.copy_(geometric_median(x))
+                whole = torch.cat([part.to(self.device) for part in distributed.all_gather(x.cpu())])
+                self.cc.b_dec.copy_(geometric_median(whole))
         l1_coeff = self.l1_coeff()
         lr = self.optimizer.param_groups[0]["lr"]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -134,6 +147,7 @@ class CrossCoderTrainer:
         if not out.sparse:
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+        self._average_grads()
         self._tie_shared_decoder_grads()
         self._clip_grad_norm()
         self.optimizer.step()
@@ -141,7 +155,9 @@ class CrossCoderTrainer:
         self.scheduler.step()
         with torch.no_grad():
             fired = out.active.any(dim=0)
-            self.tokens_since_fired += x.shape[0]
+            if self.world > 1:  # fired on any rank's slice of the batch
+                fired = distributed.all_reduce_(fired.to(torch.int32), "max").bool()
+            self.tokens_since_fired += global_batch
             self.tokens_since_fired[fired] = 0
             if out.scores is not None and self.step >= self.threshold_start:
                 self.cc.threshold.copy_(update_threshold(self.cc.threshold, out.scores, self.train.threshold_beta))
@@ -149,14 +165,36 @@ class CrossCoderTrainer:
         if not with_metrics:
             return None
         ev = explained_variance(x, out.recon)
-        metrics = {"loss": float(out.loss.detach()), "l2": float(out.l2), "l1": float(out.l1),
-                   "l0": int(torch.count_nonzero(out.active)) / x.shape[0], "density": density, "sparse_step": float(out.sparse),
+        loss, l2, l1, l0 = self._batch_means(float(out.loss.detach()), float(out.l2), float(out.l1),
+                                             int(torch.count_nonzero(out.active)) / x.shape[0])
+        metrics = {"loss": loss, "l2": l2, "l1": l1,
+                   "l0": l0, "density": density, "sparse_step": float(out.sparse),
                    "frac_dead": float(self.dead_latents().float().mean()), "lr": lr, "l1_coeff": l1_coeff,
-                   "tokens": self.step * x.shape[0]}
+                   "tokens": self.step * global_batch}
         metrics.update({f"explained_variance_{name}": float(v) for name, v in zip(model_names(len(ev)), ev, strict=True)})
         if self.cc.cfg.variant == "batchtopk":
             metrics.update(aux_loss=float(out.aux), threshold=float(self.cc.threshold))
         return metrics
+
+    @torch.no_grad()
+    def _average_grads(self) -> None:
+        """The global batch's gradient from the ranks' slices: one all-reduce of all gradients (a
+        flat buffer), divided by the number of ranks (a no-op in one process)."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        distributed.all_reduce_(flat, "sum").div_(self.world)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _batch_means(self, *values: float) -> list[float]:
+        """Metrics of the slices averaged over the ranks (the global batch's, for means over tokens)."""
+        if self.world == 1:
+            return list(values)
+        return (distributed.all_reduce_(torch.tensor(values, dtype=torch.float64), "sum") / self.world).tolist()
 
     @torch.no_grad()
     def _tie_shared_decoder_grads(self) -> None:
