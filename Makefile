@@ -13,7 +13,7 @@ QWEN ?= /work/qwen05b
 NULL_SEEDS ?= 1,2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-full lint demo reproduce experiment-cpu experiment-cpu-v1 finetune bench harvest scan train analyze pipeline \
+.PHONY: help setup test test-full lint demo reproduce experiment-cpu experiment-cpu-v1 finetune bench harvest scan train analyze intervene pipeline \
         sweep-l1 sweep-k sweep-limits sweep-layers sweep-summary bench-all demo-numbers demo-null tiny-base clean clean-tiny
 
 help: ## list the targets
@@ -91,6 +91,9 @@ train: ## stage 4: sparse crosscoder
 
 analyze: ## stage 5: CE recovery, decoder geometry, latents, report.md
 	$(PY) -m reasondiff.analyze +exp=$(EXP) $(ARGS)
+
+intervene: ## after analyze: patch / ablate / steer latent sets vs random sets, the ADL baseline, budget sweeps of intervened models
+	$(PY) -m reasondiff.intervene +exp=$(EXP) $(ARGS)
 
 sweep-l1: ## multirun over train.l1_coeff (conf/sweep/l1_coeff.yaml)
 	$(PY) -m reasondiff.train -m +exp=$(EXP) +sweep=l1_coeff $(ARGS)

@@ -197,8 +197,8 @@ def test_demo_numbers_come_from_the_run_files_and_replace_only_their_block(tmp_p
     run = _fake_demo_run(tmp_path)
     block = demo_numbers.render(run, wall=185, machine="a test machine")
     assert "3 min 05 s in all" in block and "it took 61 s to build" in block and "analyze 15 s" in block
-    # without --wall: the stages' own times (10..15 s), never the base model's build the text leaves out
-    assert "1 min 15 s in the stages" in demo_numbers.render(run)
+    # without --wall: the stages' own times (10..16 s), never the base model's build the text leaves out
+    assert "1 min 31 s in the stages" in demo_numbers.render(run) and "intervene 16 s" in block
     assert "| gsm8k-like (40) | tuned | 0.0 | 62.5 | +0.976 |" in block
     assert "4 different final answers to the 40" in block and "× 10" in block
     assert "scores 62.5% at its best limit against 10.0% (McNemar exact p = 0.00012)" in block

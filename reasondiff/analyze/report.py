@@ -11,8 +11,9 @@ loss (Fig. 2), benchmarks (Table 1 with intervals and the paired test, per-limit
 for its variant, scaling factors, train's held-out evaluation, training curves), its reconstruction
 (Table 2 under both conventions, with KL and 95% intervals, on general and reasoning text),
 decoder geometry (Figs. 5-6, ‖d_base‖ vs ‖d_tuned‖, class counts by r and by Δ) and model-specific
-latents (frequencies, Latent Scaling, the most notable latents). Each stage's configuration is in
-report_appendix.md. report.html is report.md and its appendix as one self-contained page
+latents (frequencies, Latent Scaling, the most notable latents), then the sections of the stages
+that run after analyze (intervene's causal tests, included from its report_section.md). Each stage's
+configuration is in report_appendix.md. report.html is report.md and its appendix as one self-contained page
 (report_html.py).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from reasondiff.analyze.headline import headline_sentences, interval, num, top_t
 from reasondiff.analyze.latent_page import format_fact
 from reasondiff.core import artifacts, figures
 
-STAGE_ORDER = ("finetune", "bench", "harvest", "scan", "train", "analyze")
+STAGE_ORDER = ("finetune", "bench", "harvest", "scan", "train", "analyze", "intervene")
 
 
 def _format(value: Any, fmt: str | None) -> str:
@@ -150,11 +152,11 @@ def _csv_section(path: Path, start: Path, *, columns: Sequence[str] | None = Non
     return markdown_table(rows[:max_rows], columns, floatfmt, headers) + note
 
 
-def _stage_config_section(stage: str, stage_dir: Path, start: Path) -> str:
+def _stage_config_section(stage: str, stage_dir: Path, start: Path, running: str = "analyze") -> str:
     config_path = stage_dir / ".hydra" / "config.yaml"
     manifest_path = stage_dir / artifacts.MANIFEST
     status = "complete" if artifacts.is_complete(stage_dir) else ("incomplete" if stage_dir.exists() else "not run")
-    if stage == "analyze" and not artifacts.is_complete(stage_dir):
+    if stage == running and not artifacts.is_complete(stage_dir):
         status = "this run"
     line = f"- **{stage}** ({status})"
     if manifest_path.is_file():
@@ -473,28 +475,48 @@ def build_report(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir
                        ("latent_logits.csv", "top promoted / suppressed tokens of the shown latents, per model")):
         if (analyze_dir / name).is_file():
             out.append(f"- [{name}]({name}): {what}\n")
+    out.append(later_stage_sections(analyze_dir))
     return "\n".join(part.rstrip("\n") + "\n" for part in out if part)
 
 
-def build_appendix(exp_dir: Path, analyze_dir: Path, *, title: str) -> str:
+LATER_STAGES = ("intervene",)
+"""Stages that run after analyze and contribute a section to its report: `<stage>/report_section.md`,
+written by the stage with links relative to its own directory, included here with the links rewritten."""
+_LINK = re.compile(r"(\]\()(?!https?:|#|/|data:)([^)\s]+)(\))")
+
+
+def later_stage_sections(analyze_dir: Path) -> str:
+    """The sections of the stages after analyze that have written one (intervene's causal tests)."""
+    parts = []
+    for stage in LATER_STAGES:
+        # a named run's sibling: analyze@x reads intervene@x
+        stage_dir = analyze_dir.parent / analyze_dir.name.replace("analyze", stage, 1)
+        section = stage_dir / "report_section.md"
+        if section.is_file():
+            prefix = _rel(stage_dir, analyze_dir)
+            parts.append(_LINK.sub(lambda m, p=prefix: f"{m.group(1)}{p}/{m.group(2)}{m.group(3)}", section.read_text()))
+    return "\n".join(parts)
+
+
+def build_appendix(exp_dir: Path, analyze_dir: Path, *, title: str, running: str = "analyze") -> str:
     """report_appendix.md: how each stage ran (status, wall time, commit) and its configuration."""
     out = [f"# {title}: appendix\n", "How each stage ran, and the configuration it ran with (its own section plus "
            "the models).\n\n"]
     for stage in STAGE_ORDER:
-        out.append(_stage_config_section(stage, Path(exp_dir) / stage, Path(analyze_dir)))
+        out.append(_stage_config_section(stage, Path(exp_dir) / stage, Path(analyze_dir), running))
     return "\n".join(part.rstrip("\n") + "\n" for part in out)
 
 
 def write_reports(exp_dir: Path, analyze_dir: Path, *, title: str, crosscoder_dir: Path | None = None,
                   thresholds: Mapping[str, float] | None = None, command_args: str | None = None,
-                  given_tuned_model: str | None = None) -> dict[str, Path]:
+                  given_tuned_model: str | None = None, running: str = "analyze") -> dict[str, Path]:
     """Write report.md, report_appendix.md and report.html into analyze_dir (see `build_report`)."""
     from reasondiff.analyze.report_html import render_report_html
 
     analyze_dir = Path(analyze_dir)
     report = build_report(exp_dir, analyze_dir, title=title, crosscoder_dir=crosscoder_dir, thresholds=thresholds,
                           command_args=command_args, given_tuned_model=given_tuned_model)
-    appendix = build_appendix(exp_dir, analyze_dir, title=title)
+    appendix = build_appendix(exp_dir, analyze_dir, title=title, running=running)
     paths = {"report": analyze_dir / "report.md", "appendix": analyze_dir / APPENDIX, "html": analyze_dir / "report.html"}
     artifacts.write_text(paths["report"], report)
     artifacts.write_text(paths["appendix"], appendix)
@@ -513,12 +535,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze_dir = args.analyze_dir or args.exp_dir / "analyze"
     if not analyze_dir.is_dir():
         raise SystemExit(f"{analyze_dir}: no analyze directory (run python -m reasondiff.analyze first)")
-    config = analyze_dir / "manifest.json"
-    crosscoder = artifacts.read_json(config).get("inputs", {}).get("crosscoder_dir") if config.is_file() else None
-    paths = write_reports(args.exp_dir, analyze_dir, title=f"reasondiff report: {args.exp_dir.name}",
-                          crosscoder_dir=Path(crosscoder) if crosscoder else None)
+    paths = rebuild_report(args.exp_dir, analyze_dir)
     print("\n".join(str(p) for p in paths.values()))
     return 0
+
+
+def rebuild_report(exp_dir: Path, analyze_dir: Path, *, running: str = "", **report_args: Any) -> dict[str, Path]:
+    """report.md / report_appendix.md / report.html rebuilt from the files alone (a later stage calls this
+    once its own section is written, naming itself as `running`: the appendix calls it "this run")."""
+    config = Path(analyze_dir) / "manifest.json"
+    crosscoder = artifacts.read_json(config).get("inputs", {}).get("crosscoder_dir") if config.is_file() else None
+    return write_reports(exp_dir, analyze_dir, title=f"reasondiff report: {Path(exp_dir).name}",
+                         crosscoder_dir=Path(crosscoder) if crosscoder else None, running=running, **report_args)
 
 
 if __name__ == "__main__":

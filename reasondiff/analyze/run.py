@@ -79,6 +79,16 @@ def crosscoder_dir(cfg: Config) -> Path:
     return Path(cfg.analyze.crosscoder_dir) if cfg.analyze.crosscoder_dir else cfg.stage_dir("train")
 
 
+def report_arguments(cfg: Config) -> dict[str, Any]:
+    """What the report says of the run itself: the overrides its suggested commands carry, and the
+    tuned model when it was given rather than fine-tuned here (analyze and intervene both write it)."""
+    from reasondiff.app.preflight import tuned_model_given
+    from reasondiff.app.stage import command_args
+
+    return {"command_args": command_args(cfg, drop=("overwrite", "run", "pipeline.")),
+            "given_tuned_model": cfg.tuned_model if tuned_model_given(cfg) else None}
+
+
 def check_crosscoder_format(directory: Path) -> None:
     """A crosscoder in another tool's format is converted first (its normaliser must be folded in)."""
     from reasondiff.crosscoder.convert import detect_format
@@ -564,12 +574,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
     # report.md (+ appendix and the self-contained report.html) gathers everything above plus the
     # earlier stages' tables and figures
-    from reasondiff.app.preflight import tuned_model_given
-    from reasondiff.app.stage import command_args
-
     write_reports(cfg.exp_dir, ctx.dir, title=f"reasondiff report: {cfg.exp_name}", crosscoder_dir=cc_dir,
-                  thresholds=thresholds, command_args=command_args(cfg, drop=("overwrite", "run", "pipeline.")),
-                  given_tuned_model=cfg.tuned_model if tuned_model_given(cfg) else None)
+                  thresholds=thresholds, **report_arguments(cfg))
     for name in TEXTS:  # and the torchrun ranks' own partial_<text>.rank<r>.pt
         for path in [partial_file(ctx.dir, name), *ctx.dir.glob(f"partial_{name}.rank*.pt")]:
             path.unlink(missing_ok=True)

@@ -28,12 +28,14 @@ APP_TITLES = {
             "activation patching), and the hook to harvest",
     "train": "stage 4: sparse crosscoder on the paired activations",
     "analyze": "stage 5: CE recovery, decoder norms, latents, report.md",
+    "intervene": "after analyze: causal tests of the latents (patch / ablate / steer latent sets against random "
+                 "sets, the Activation Difference Lens, budget sweeps of intervened models)",
     "pipeline": "every stage in order: skips finished ones, redoes stale ones",
 }
 SWEEPS_OF = {"train": ("l1_coeff", "k"), "bench": ("token_limits",), "harvest": ("layers",)}
 HARDWARE_OF = {"finetune": ("finetune_micro_batch", "gradient_checkpointing"), "bench": ("bench_batch_size",),
                "harvest": ("harvest_batch_size",), "scan": ("analyze_batch_size",), "analyze": ("analyze_batch_size",),
-               "train": ()}
+               "intervene": ("analyze_batch_size", "bench_batch_size"), "train": ()}
 HARDWARE_SHARED = ("name", "device", "dtype", "attn_implementation", "memory_gb", "dataloader_workers", "cpu_threads")
 
 

@@ -78,6 +78,19 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
 
         return inputs + [Input("analyze.seeds / analyze.nulls", str(d), "stage", "train", optional=True)
                          for d in sibling_train_dirs(cfg)]
+    if stage == "intervene":
+        a, i = cfg.analyze, cfg.intervene
+        crosscoder = Path(a.crosscoder_dir) if a.crosscoder_dir else cfg.stage_dir("train")
+        inputs = [Input("analyze", str(cfg.stage_dir("analyze")), "stage", "analyze"),
+                  Input("analyze.crosscoder_dir", str(crosscoder), "crosscoder", "train"), model, tuned,
+                  Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),
+                  Input("analyze.heldout_corpus", a.heldout_corpus, "dataset") if a.heldout_corpus else corpora[0]]
+        if a.n_reasoning_contexts and i.n_reasoning_contexts:  # analyze's reasoning text, as analyze reads it
+            inputs.append(reasoning_input(cfg, "analyze"))
+        if i.bench:
+            inputs += [Input(f"bench.data.{t}.path", cfg.bench.data[t].path, "dataset")
+                       for t in (i.bench_tasks or cfg.bench.tasks)]
+        return inputs
     if stage == "scan":
         sc = cfg.scan
         inputs = [model, tuned, Input("harvest", str(cfg.stage_dir("harvest")), "stage", "harvest", optional=True),

@@ -1,6 +1,6 @@
 """Typed configuration for every reasondiff app.
 
-All five apps share one root schema so that `+exp=NAME` (which sets keys of several stages at once)
+Every app shares one root schema so that `+exp=NAME` (which sets keys of several stages at once)
 composes on every app; each app reads its own section. The schema is registered in Hydra's
 ConfigStore as `reasondiff_schema`, so a mistyped key or a wrong type fails at composition time,
 and `to_config` runs the dataclasses' `__post_init__` checks before any work starts.
@@ -19,6 +19,7 @@ from reasondiff.config.bench import BenchConfig, TaskData
 from reasondiff.config.common import HardwareConfig, ModelConfig, ReasoningFormat, WandbConfig
 from reasondiff.config.finetune import FinetuneConfig, HoldoutConfig
 from reasondiff.config.harvest import HarvestConfig
+from reasondiff.config.intervene import InterveneConfig
 from reasondiff.config.nulls import NullConfig
 from reasondiff.config.pipeline import PipelineConfig
 from reasondiff.config.scan import ScanConfig
@@ -26,13 +27,14 @@ from reasondiff.config.sweeps import SweepGrids
 from reasondiff.config.train import SyntheticConfig, TrainConfig
 from reasondiff.core.runs import ITEM_SEPARATOR, check_run_name, dir_name, join
 
-STAGES = ("finetune", "bench", "harvest", "scan", "train", "analyze")
+STAGES = ("finetune", "bench", "harvest", "scan", "train", "analyze", "intervene")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 """The Hydra config directory of the apps (conf/)."""
 
 __all__ = [
     "AnalyzeConfig", "BenchConfig", "Config", "FinetuneConfig", "HardwareConfig", "HarvestConfig", "HoldoutConfig",
-    "ModelConfig", "NullConfig", "PipelineConfig", "ReasoningFormat", "STAGES", "ScanConfig", "SweepGrids",
+    "InterveneConfig", "ModelConfig", "NullConfig", "PipelineConfig", "ReasoningFormat", "STAGES", "ScanConfig",
+    "SweepGrids",
     "SyntheticConfig", "TaskData", "TrainConfig",
     "WandbConfig", "register_configs", "to_config",
 ]
@@ -69,6 +71,7 @@ class Config:
     scan: ScanConfig = field(default_factory=ScanConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    intervene: InterveneConfig = field(default_factory=InterveneConfig)
     sweeps: SweepGrids = field(default_factory=SweepGrids)
     nulls: NullConfig = field(default_factory=NullConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

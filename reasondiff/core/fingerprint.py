@@ -75,6 +75,7 @@ COSMETIC: dict[str, str] = {
                           "rows, each checked by its token id (docs/null.md)",
     "analyze.checkpoint_every": "how often the streamed sums are saved",
     "scan.checkpoint_every": "how often the streamed sums are saved",
+    "intervene.checkpoint_every": "how often the streamed sums are saved",
 }
 """Keys never fingerprinted, each with the reason its change leaves the results identical."""
 
@@ -89,6 +90,8 @@ RESUME_TOLERANT: dict[str, tuple[str, ...]] = {
     # each streamed pass keeps its own fingerprint and starts over when it differs
     "analyze": ("*",),
     "scan": ("*",),
+    # each text pass keeps its own fingerprint; every generations.jsonl row carries one
+    "intervene": ("*",),
 }
 """Keys that may change between a kill and the resume of a PARTIAL run (a finished run is
 still compared on every key)."""
@@ -134,6 +137,16 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
                 "harvest.corpus_split",
                 "harvest.corpus_config", "harvest.text_column", "harvest.hook", "harvest.drop_first_position",
                 "harvest.max_norm_ratio", *reasoning)
+    if stage == "intervene":
+        # analyze's texts, crosscoder and position rules (analyze.* and harvest.* as analyze reads them), the
+        # bench's questions, prompts and grader for the budget sweep
+        extra = ("bench", "format") if cfg.intervene.bench else ()
+        reasoning = ("analyze.reasoning_text", *reasoning_text_keys(cfg, cfg.analyze)) \
+            if cfg.intervene.n_reasoning_contexts else ()
+        return ("seed", "intervene", "tuned_model", *MODEL_KEYS, "hardware.analyze_batch_size", "analyze.crosscoder_dir",
+                "analyze.heldout_corpus", "analyze.reasoning_corpus", "analyze.exclude_first_position",
+                "harvest.corpus", "harvest.corpus_split", "harvest.corpus_config", "harvest.text_column",
+                "harvest.hook", "harvest.drop_first_position", "harvest.max_norm_ratio", *reasoning, *extra)
     if stage == "scan":
         # CKA's minibatch and the massive-activation median are per context: no batch size counts
         harvest = ("harvest.drop_first_position", "harvest.max_norm_ratio")

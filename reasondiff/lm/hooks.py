@@ -114,8 +114,10 @@ def _mid_hooks(layer, fn: ActivationFn) -> list:
 
 
 @torch.no_grad()
-def capture(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, hook: HookPoint) -> torch.Tensor:
-    """Activations [B, T, d] at `hook`, running the model only up to the hook point."""
+def capture(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, hook: HookPoint,
+            **forward_kwargs) -> torch.Tensor:
+    """Activations [B, T, d] at `hook`, running the model only up to the hook point. `forward_kwargs` go to
+    the base transformer's forward (a KV cache with use_cache=True: the layers before the hook extend it)."""
     captured: list[torch.Tensor] = []
 
     def grab(acts: torch.Tensor) -> None:
@@ -123,9 +125,12 @@ def capture(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
         raise _StopForward
 
     device = next(model.parameters()).device
-    kwargs = {"attention_mask": attention_mask.to(device)} if attention_mask is not None else {}
+    if isinstance(attention_mask, torch.Tensor):
+        attention_mask = attention_mask.to(device)
+    kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}  # or masks prepared by generate
+    kwargs = {"use_cache": False, **kwargs, **forward_kwargs}
     with residual_hook(model, hook, grab), contextlib.suppress(_StopForward):
-        base_transformer(model)(input_ids=input_ids.to(device), use_cache=False, **kwargs)
+        base_transformer(model)(input_ids=input_ids.to(device), **kwargs)
     if not captured:
         raise RuntimeError(f"{hook.name}: the forward finished without reaching the hook point")
     return captured[0]

@@ -107,6 +107,39 @@ def ce_recovered(run_dir: Path, text: str = "general", convention: str = "paper"
             if r.get("text", text) == text and r.get("convention", convention) == convention}
 
 
+def causal_test(run_dir: Path, task: str = "gsm8k") -> str:
+    """intervene's headline in the demo's words: the best latent set ablated from the tuned model and patched
+    into the base model, against a frequency-matched random set of the same size ("" before intervene ran)."""
+    out = run_dir / "intervene"
+    if not (out / "bench_intervened" / "format.csv").is_file():
+        return ""
+    best = artifacts.read_json(out / "manifest.json")["outputs"].get("best_selection") or {}
+    fmt = {r["model"]: r for r in _rows(out / "bench_intervened" / "format.csv") if r["task"] == task}
+    vs = {r["model"]: r for r in _rows(out / "bench_intervened" / "vs_clean.csv") if r["task"] == task}
+
+    def said(model: str) -> str:
+        f, v = fmt[model], vs.get(model, {})
+        p = f", McNemar p = {float(v['mcnemar_p']):.2g}" if v.get("mcnemar_p") else ""
+        return (f"opens the thinking on {float(f['opens_thinking']):.0f}% [{float(f['opens_thinking_low']):.0f}, "
+                f"{float(f['opens_thinking_high']):.0f}] and scores {float(f['accuracy']):.1f}% "
+                f"[{float(f['accuracy_low']):.1f}, {float(f['accuracy_high']):.1f}]{p}")
+
+    if not {"tuned", "base", "tuned+ablate_set", "base+patch_set"} <= set(fmt):
+        return ""
+    text = (f" Causal test (`outputs/tiny/intervene/`, {fmt['tuned']['n']} {task}-like questions at limit "
+            f"{fmt['tuned']['limit']}): the {best.get('size')} latents chosen by `{best.get('selection')}` close "
+            f"{100 * float(best.get('value', float('nan'))):.1f}% [{100 * float(best.get('ci_low', float('nan'))):.1f}, "
+            f"{100 * float(best.get('ci_high', float('nan'))):.1f}] of KL(base ‖ tuned) on reasoning text when "
+            f"patched into the base model. Ablated from the tuned model, they leave a model that "
+            f"{said('tuned+ablate_set')} (un-intervened: {said('tuned')})")
+    if "tuned+ablate_random" in fmt:
+        text += f"; a frequency-matched random set of the same size ablated instead: {said('tuned+ablate_random')}"
+    text += f". Patched into the base model, the base {said('base+patch_set')} (un-intervened: {said('base')})"
+    if "base+patch_random" in fmt:
+        text += f"; the random set patched: {said('base+patch_random')}"
+    return text + "."
+
+
 def render(run_dir: Path, *, wall: float | None = None, machine: str | None = None) -> str:
     """The README block for the finished demo run in `run_dir`."""
     stages = stage_seconds(run_dir)
@@ -129,7 +162,7 @@ def render(run_dir: Path, *, wall: float | None = None, machine: str | None = No
         "",
         f"The base model gives {distinct} different final answers to the {n} gsm8k-like questions (most "
         f"common: {common!s} × {count}).{paired_test(run_dir)} The crosscoder recovers {ce_text} of the CE loss on "
-        "held-out general text (the paper's convention).",
+        f"held-out general text (the paper's convention).{causal_test(run_dir)}",
         END,
     ])
 
