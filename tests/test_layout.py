@@ -120,3 +120,15 @@ def test_dir_lists_the_lazy_public_names():
     for package in (reasondiff, reasondiff.harvest, reasondiff.finetune, reasondiff.tiny):
         assert set(package.__all__) <= set(dir(package)), package.__name__
     assert "load_crosscoder" in dir(reasondiff) and "__version__" in dir(reasondiff)
+
+
+def test_no_public_name_shadows_a_module_of_its_package():
+    """A lazy public name equal to a submodule's name (bench's `regrade` function vs the
+    `reasondiff.bench.regrade` script) makes `from reasondiff.bench import regrade` return the wrong one."""
+    clashes = []
+    for init in PACKAGE.rglob("__init__.py"):
+        package = importlib.import_module(module_name(init))
+        names = set(getattr(package, "__all__", ()))
+        modules = {p.stem for p in init.parent.glob("*.py")} | {p.parent.name for p in init.parent.glob("*/__init__.py")}
+        clashes += [f"{package.__name__}.{n}" for n in sorted(names & modules)]
+    assert not clashes, clashes

@@ -62,12 +62,12 @@ def test_a_named_pipeline_run_reuses_every_stage_whose_settings_did_not_change(w
     cfg = world("pipeline", "train.l1_coeff=4", "run=l1_coeff=4")
     assert _plan(cfg) == [("finetune", "skip", "finetune"), ("bench", "skip", "bench"), ("harvest", "skip", "harvest"),
                           ("scan", "skip", "scan"), ("train", "skip", "train@l1_coeff=4"),
-                          ("analyze", "run", "analyze@l1_coeff=4")]
+                          ("analyze", "run", "analyze@l1_coeff=4"), ("intervene", "run", "intervene@l1_coeff=4")]
     with caplog.at_level(logging.INFO, logger="reasondiff"):
         run_pipeline(cfg)
     # before the fix: finetune@, bench@, harvest@, scan@l1_coeff=4 made, and the sweep job redone as "stale"
-    assert calls == ["analyze@l1_coeff=4"]
-    assert sorted(p.name for p in exp.glob("*@*")) == ["analyze@l1_coeff=4", "train@l1_coeff=4"]
+    assert calls == ["analyze@l1_coeff=4", "intervene@l1_coeff=4"]
+    assert sorted(p.name for p in exp.glob("*@*")) == ["analyze@l1_coeff=4", "intervene@l1_coeff=4", "train@l1_coeff=4"]
     assert (job / "crosscoder.safetensors").read_bytes() == weights and "stale" not in caplog.text
     printed = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline: finetune skip"))
     assert "train skip tiny/train@l1_coeff=4" in printed and "analyze run tiny/analyze@l1_coeff=4" in printed
@@ -81,12 +81,12 @@ def test_the_run_name_applies_from_the_first_stage_that_differs_and_to_what_read
     cfg = world("pipeline", "harvest.context_length=64", "run=ctx64")
     assert _plan(cfg) == [("finetune", "skip", "finetune"), ("bench", "skip", "bench"), ("harvest", "run", "harvest@ctx64"),
                           ("scan", "run", "scan@ctx64"), ("train", "run", "train@ctx64"),
-                          ("analyze", "run", "analyze@ctx64")]
+                          ("analyze", "run", "analyze@ctx64"), ("intervene", "run", "intervene@ctx64")]
     run_pipeline(cfg)
-    assert calls == ["harvest@ctx64", "scan@ctx64", "train@ctx64", "analyze@ctx64"]  # the plan is what it did
+    assert calls == ["harvest@ctx64", "scan@ctx64", "train@ctx64", "analyze@ctx64", "intervene@ctx64"]  # as planned
     assert artifacts.read_json(tmp_path / "tiny" / "train@ctx64" / "fingerprint.json")["upstream"] \
         .keys() == {"tiny/harvest@ctx64"}
-    assert [d.action for _, d in plan(cfg)] == ["skip"] * 6  # and again: nothing to do
+    assert [d.action for _, d in plan(cfg)] == ["skip"] * 7  # and again: nothing to do
 
 
 def test_a_stage_is_never_called_stale_because_a_sibling_of_its_input_was_redone(world, done, tmp_path):
@@ -122,7 +122,7 @@ def test_a_given_tuned_model_is_not_fine_tuned(world, tiny_tuned_model_dir, monk
     cfg = world("pipeline", f"tuned_model={tiny_tuned_model_dir}", "exp_name=pair")
     with caplog.at_level(logging.INFO, logger="reasondiff"):
         run_pipeline(cfg)
-    assert calls == ["bench", "harvest", "scan", "train", "analyze"]  # before the fix: a fine-tune nothing used
+    assert calls == ["bench", "harvest", "scan", "train", "analyze", "intervene"]  # before the fix: a fine-tune too
     assert f"pipeline: finetune not run: tuned_model={tiny_tuned_model_dir} is given" in caplog.text
     # the finetune app on such a config refuses in one line
     with pytest.raises(UserError, match=r"^tuned_model=.* is given: there is nothing to fine-tune"):

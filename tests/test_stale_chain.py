@@ -51,7 +51,12 @@ def fake_stages(tuned_source, calls: list[str]):
         calls.append(ctx.dir.name)
         return {}
 
-    return {"finetune": finetune, "harvest": harvest, "train": train, "analyze": analyze, "scan": scan}
+    def intervene(cfg, ctx):
+        calls.append(ctx.dir.name)
+        return {}
+
+    return {"finetune": finetune, "harvest": harvest, "train": train, "analyze": analyze, "scan": scan,
+            "intervene": intervene}
 
 
 @pytest.fixture

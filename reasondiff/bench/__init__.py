@@ -28,11 +28,11 @@ __getattr__ = lazy_exports(__name__, {
     "HFGenerator": "reasondiff.bench.generation",
     "length_sorted_batches": "reasondiff.bench.generation",
     "load_questions": "reasondiff.bench.prompts",
-    "regrade": "reasondiff.bench.scoring",
+    "regrade_rows": "reasondiff.bench.scoring",
     "paired_comparison": "reasondiff.bench.tables",
     "mcnemar_exact": "reasondiff.bench.stats",
     "wilson_interval": "reasondiff.bench.stats",
 })
 __all__ = ["GenerationLog", "HFGenerator", "ModelSpec", "length_sorted_batches", "load_questions", "mcnemar_exact",
-           "model_layout", "on_policy_conversations", "paired_comparison", "prompt_opened", "question_prompt", "regrade",
+           "model_layout", "on_policy_conversations", "paired_comparison", "prompt_opened", "question_prompt", "regrade_rows",
            "resolve_models", "sweep_chunk", "sweep_fingerprint", "thinking_opened", "wilson_interval", "write_reports"]

@@ -527,7 +527,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                        fingerprints=fingerprints, limits=limits)
     references = {(task, q.id): q.reference for task, qs in questions.items() for q in qs}
     layouts = {spec.label: model_layout(cfg, spec) for spec in specs}
-    regraded = scoring.regrade(rows, references=references,
+    regraded = scoring.regrade_rows(rows, references=references,
                                delimiters={label: (lay.think_delimiter, lay.answer_delimiter)
                                            for label, lay in layouts.items()})
     if regraded:

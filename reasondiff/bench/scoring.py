@@ -70,7 +70,7 @@ def infer_finished(rows: Iterable[dict[str, Any]]) -> dict[tuple, bool]:
     return finished
 
 
-def regrade(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], Any],
+def regrade_rows(rows: list[dict[str, Any]], *, references: Mapping[tuple[str, str], Any],
             think_delimiter: str | None = grading.DEFAULT_THINK_DELIMITER,
             answer_delimiter: str | None = grading.DEFAULT_ANSWER_DELIMITER,
             delimiters: Mapping[str, tuple[str | None, str | None]] | None = None) -> int:

@@ -133,7 +133,7 @@ def run_sweep(cfg: Config, out_dir: Path, variants: list[Variant]) -> dict[str, 
     for variant in variants:  # each graded in the layout of the model it is (base+... as base)
         layout = bench.model_layout(cfg, variant.spec, variant.tokenizer)
         delimiters[variant.label] = (layout.think_delimiter, layout.answer_delimiter)
-    bench.regrade(rows, references=references, delimiters=delimiters)
+    bench.regrade_rows(rows, references=references, delimiters=delimiters)
     tables = bench.write_reports(out_dir, rows, cfg)
     vs_clean = vs_clean_rows(rows, tables["summary"], variants, cfg)
     tuned_variant = next(v for v in variants if v.spec.label == "tuned")
