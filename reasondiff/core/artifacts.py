@@ -39,24 +39,31 @@ def _file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a staging file next to `path`; on success fsync and rename it over `path`."""
-    path = Path(path)
+def _staged(path: Path, prefix: str, suffix: str) -> Iterator[tuple[int, str]]:
+    """(fd, staging path) beside `path`, with the mode a plain open() gives; moved over `path` when the
+    block ends, removed when it raises. What atomic_write and atomic_save share."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     with contextlib.suppress(OSError):
         os.fchmod(fd, _file_mode())
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield fd, tmp
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a staging file next to `path`; on success fsync and rename it over `path`."""
+    path = Path(path)
+    with _staged(path, f".{path.name}.", ".tmp") as (fd, _), os.fdopen(fd, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -85,23 +92,13 @@ def atomic_save(path: str | os.PathLike, save_fn) -> None:
     """For libraries that write to a path themselves (torch.save, safetensors, savefig):
     `save_fn(staging_path)` writes the file, then it is moved into place atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, _file_mode())
-    os.close(fd)
-    try:
+    with _staged(path, f".{path.stem}.", path.suffix) as (fd, tmp):
+        os.close(fd)
         save_fn(tmp)
         with contextlib.suppress(OSError):  # some writers (safetensors) replace the file: mkstemp's 0600 back
             os.chmod(tmp, _file_mode())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 16 * 2**20) -> str:
