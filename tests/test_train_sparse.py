@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reasondiff.config import TrainConfig
-from reasondiff.crosscoder import sparse
+from reasondiff.crosscoder import pairs_kernel, sparse
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
 from reasondiff.train.step import Objective, dense_objective, select_active, sparse_objective
 from reasondiff.train.trainer import CrossCoderTrainer
@@ -24,36 +24,85 @@ def _mask(B=12, F=40, density=0.15, seed=0):
     return torch.rand(B, F, generator=gen) < density
 
 
-@pytest.mark.parametrize("density", [0.02, 0.15])  # latent-major order by sort / by the transposed mask
-def test_active_pairs_orders_and_values(density):
-    assert (density <= sparse.SORT_MAX_DENSITY) == (density == 0.02)
+@pytest.fixture(scope="module")
+def cpp():
+    """The compiled pairs kernels (built once per machine; CI has gcc)."""
+    kernel = pairs_kernel.load()
+    if kernel is None:
+        pytest.skip(f"needs a C++ compiler with OpenMP and ninja: {pairs_kernel.failure()}")
+    return kernel
+
+
+@pytest.fixture(params=["torch", "cpp"])
+def backend(request):
+    """None (torch ops) or the compiled kernels: every product is tested both ways."""
+    return request.getfixturevalue("cpp") if request.param == "cpp" else None
+
+
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.15])  # none; latent-major order by sort / by the transposed mask
+def test_active_pairs_orders_and_values(density, backend):
     mask = _mask(B=30, F=200, density=density)
     mask[3] = False  # a token with no active latent
     mask[:, 7] = False  # a latent active nowhere
+    mask[:, 199] = density > 0  # the last latent (the kernel's offsets end there)
     dense = torch.randn(mask.shape)
-    pairs = sparse.ActivePairs.from_mask(mask)
-    assert pairs.nnz == int(mask.sum()) and pairs.density == pytest.approx(float(mask.float().mean()))
-    tokens, latents = mask.nonzero(as_tuple=True)  # row-major = token-major
-    assert torch.equal(pairs.token_major_latent, latents)
-    assert torch.equal(pairs.token_major(dense), dense[tokens, latents])
-    order = torch.argsort(latents * mask.shape[0] + tokens)  # latent-major
-    assert torch.equal(pairs.latent_major_token, tokens[order])
-    assert torch.equal(pairs.latent_major_latent, latents[order])
-    assert torch.equal(pairs.latent_major(dense), dense[tokens[order], latents[order]])
-    assert torch.equal(pairs.token_offsets, torch.cumsum(mask.sum(1), 0) - mask.sum(1))
-    assert torch.equal(pairs.latent_offsets, torch.cumsum(mask.sum(0), 0) - mask.sum(0))
-    torch.testing.assert_close(pairs.per_latent_sum(pairs.latent_major(dense)), (dense * mask).sum(0))
-    assert torch.equal(pairs.latent_counts(), mask.sum(0))
+    for pairs in (sparse.ActivePairs.from_mask(mask, backend),
+                  sparse.ActivePairs.above(torch.where(mask, dense.abs() + 0.1, -dense.abs()), 0.0, backend)):
+        assert pairs.kernel is backend
+        assert pairs.nnz == int(mask.sum()) and pairs.density == pytest.approx(float(mask.float().mean()))
+        tokens, latents = mask.nonzero(as_tuple=True)  # row-major = token-major
+        assert torch.equal(pairs.token_major_latent, latents)
+        assert torch.equal(pairs.token_major(dense), dense[tokens, latents])
+        order = torch.argsort(latents * mask.shape[0] + tokens)  # latent-major
+        assert torch.equal(pairs.latent_major_token, tokens[order])
+        assert torch.equal(pairs.latent_major_latent, latents[order])
+        assert torch.equal(pairs.latent_major(dense), dense[tokens[order], latents[order]])
+        assert torch.equal(pairs.token_offsets, torch.cumsum(mask.sum(1), 0) - mask.sum(1))
+        assert torch.equal(pairs.latent_offsets, torch.cumsum(mask.sum(0), 0) - mask.sum(0))
+        torch.testing.assert_close(pairs.per_latent_sum(pairs.latent_major(dense)), (dense * mask).sum(0))
+        assert torch.equal(pairs.latent_counts(), mask.sum(0))
 
 
-def test_kernels_equal_the_dense_products():
-    mask = _mask(B=16, F=50, density=0.2)
-    f = torch.rand(mask.shape) * mask
-    W, T = torch.randn(50, 10), torch.randn(16, 10)
-    pairs = sparse.ActivePairs.from_mask(mask)
-    torch.testing.assert_close(sparse.decode(pairs, pairs.token_major(f), W), f @ W)
-    torch.testing.assert_close(sparse.latent_sums(pairs, pairs.latent_major(f), T), f.T @ T)
-    torch.testing.assert_close(sparse.sampled_dots(pairs, T, W), pairs.latent_major(T @ W.T))
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.05, 0.3])
+def test_kernels_equal_the_dense_products(density, backend):
+    """Every product over the pairs against its dense [B, F] formula, with an empty batch of pairs,
+    a token and a latent with no pairs, and rows (M·d = 2 x 150) wider than one column block."""
+    B, F_, M, d = 24, 70, 2, 150
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.rand(B, F_, generator=gen) < density
+    mask[5] = False
+    mask[:, 11] = False
+    f = torch.rand(B, F_, generator=gen) * mask
+    W, T, X = torch.randn(F_, M * d, generator=gen), torch.randn(B, M * d, generator=gen), torch.randn(B, M * d, generator=gen)
+    bias, w_pairs = torch.randn(M, d, generator=gen), torch.randn(B, F_, generator=gen) * mask
+    scale = torch.randn(F_, M, generator=gen)
+    pairs = sparse.ActivePairs.from_mask(mask, backend)
+    close = dict(rtol=1e-5, atol=1e-5)
+
+    recon, norms = sparse.decode(pairs, f, W, bias=bias, n_models=M)
+    torch.testing.assert_close(recon, f @ W + bias.reshape(1, -1), **close)
+    torch.testing.assert_close(norms, W.view(F_, M, d).norm(dim=-1), **close)
+    assert sparse.decode(pairs, f, W)[1] is None
+    torch.testing.assert_close(sparse.decode(pairs, f, W)[0], f @ W, **close)
+    torch.testing.assert_close(sparse.latent_sums(pairs, pairs.latent_major(f), T), f.T @ T, **close)
+
+    norm_term = (scale.unsqueeze(-1) * W.view(F_, M, d)).reshape(F_, M * d)
+    g_W, dots = sparse.decoder_weight_gradient(pairs, pairs.latent_major(f), T, W, row_scale=scale)
+    torch.testing.assert_close(g_W, f.T @ T + norm_term, **close)
+    torch.testing.assert_close(dots, pairs.latent_major(T @ W.T), **close)
+    assert dots.shape == (pairs.nnz,)
+    start = torch.randn(F_, M * d, generator=gen)
+    g_W, _ = sparse.decoder_weight_gradient(pairs, pairs.latent_major(f), T, W, accumulate=start.clone())
+    torch.testing.assert_close(g_W, start + f.T @ T, **close)
+
+    g_enc, g_b = sparse.encoder_weight_gradient(pairs, pairs.latent_major(w_pairs), X)
+    torch.testing.assert_close(g_enc, w_pairs.T @ X, **close)
+    torch.testing.assert_close(g_b, w_pairs.sum(0), **close)
+    start_b = torch.randn(F_, generator=gen)
+    g_enc, g_b = sparse.encoder_weight_gradient(pairs, pairs.latent_major(w_pairs), X,
+                                                accumulate=(start.clone(), start_b.clone()))
+    torch.testing.assert_close(g_enc, start + w_pairs.T @ X, **close)
+    torch.testing.assert_close(g_b, start_b + w_pairs.sum(0), **close)
 
 
 def test_sampled_dots_split_over_threads_and_public_fallback(monkeypatch):
@@ -93,7 +142,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_one_step_gradients_equal(case):
+def test_one_step_gradients_equal(case, backend):
     spec = dict(CASES[case])
     objective = spec.pop("objective", Objective())
     cc = _crosscoder(**spec)
@@ -110,7 +159,7 @@ def test_one_step_gradients_equal(case):
     want = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
-    got = sparse_objective(cc, x, pre.detach(), mask, l1_coeff=0.7, dead=dead, objective=objective)
+    got = sparse_objective(cc, x, pre.detach(), mask, l1_coeff=0.7, dead=dead, objective=objective, kernel=backend)
     torch.testing.assert_close(got.loss, dense.loss.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.aux, dense.aux, rtol=1e-5, atol=1e-6)
     if "aux" in case:
@@ -136,6 +185,7 @@ def _train(mode, variant, steps=8, **overrides):
     return trainer, metrics, initial
 
 
+@pytest.mark.parametrize("sparse_kernel", ["torch", "cpp"])
 @pytest.mark.parametrize("variant,overrides", [
     ("l1", {}),
     ("l1", {"shared_latents": 0.125, "reconstruction_loss": "unsquared"}),
@@ -143,9 +193,12 @@ def _train(mode, variant, steps=8, **overrides):
     ("batchtopk", {"aux_k_style": "fork", "reconstruction_loss": "unsquared", "b_dec_init": "geometric_median",
                    "lr_warmup_steps": 3}),
 ])
-def test_several_steps_dense_and_sparse_reach_the_same_parameters(variant, overrides):
+def test_several_steps_dense_and_sparse_reach_the_same_parameters(variant, overrides, sparse_kernel, request):
+    if sparse_kernel == "cpp":
+        request.getfixturevalue("cpp")
     dense, dense_metrics, initial = _train("off", variant, **overrides)
-    sparse_, sparse_metrics, _ = _train("on", variant, **overrides)
+    sparse_, sparse_metrics, _ = _train("on", variant, sparse_kernel=sparse_kernel, **overrides)
+    assert (sparse_.kernel is not None) == (sparse_kernel == "cpp")
     assert all(m["sparse_step"] == 0.0 for m in dense_metrics) and all(m["sparse_step"] == 1.0 for m in sparse_metrics)
     if variant == "batchtopk":  # AuxK was active (dead_tokens = 2 batches) and the threshold tracked
         assert max(m["aux_loss"] for m in dense_metrics) > 0

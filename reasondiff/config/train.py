@@ -106,6 +106,12 @@ class TrainConfig:
     most `sparse_max_density` (see docs/train.md)."""
     sparse_max_density: float = 0.05
     """auto: the largest L0/n_latents at which the sparse step is used (measured crossover: 10-12%)."""
+    sparse_kernel: str = "auto"
+    """What runs the sparse step's pairs products on a CPU (same numbers up to float rounding):
+    cpp = the C++/OpenMP kernels (compiled once per machine into torch's extension cache; needs a
+    C++ compiler with OpenMP and ninja; an error if they cannot be built) | torch = torch ops
+    (embedding_bag) | auto = cpp where it builds, else torch with one logged warning. A GPU always
+    uses torch ops (see docs/train.md)."""
     shared_latents: float = 0.0
     """Fraction of the dictionary designated shared (Anthropic, Feb 2025): one decoder vector tied
     across both models and a reduced sparsity penalty. 0 = none (the paper); e.g. 0.05."""
@@ -147,6 +153,7 @@ class TrainConfig:
         if self.n_latents is not None and self.n_latents < 1:
             raise ValueError("train.n_latents must be >= 1 (or null for expansion_factor x d_model)")
         check_choice("train.sparse", self.sparse, ("auto", "on", "off"))
+        check_choice("train.sparse_kernel", self.sparse_kernel, ("auto", "cpp", "torch"))
         check_choice("train.reconstruction_loss", self.reconstruction_loss, ("squared", "unsquared"))
         check_choice("train.aux_k_style", self.aux_k_style, ("scaled", "fork"))
         check_choice("train.b_dec_init", self.b_dec_init, ("zeros", "geometric_median"))

@@ -2,25 +2,33 @@
 
 With L0 active latents of F per token, only the encoder forward of a training step needs a dense
 GEMM: the decoder forward, the gradient wrt the activations, and both weight gradients involve only
-the B·L0 active pairs (sparsify's TopK trainer does the same for the decoder). Every product here
-is one `embedding_bag` call, the fastest of the CPU candidates measured at the paper's shapes
-(gather + index_add_, torch.sparse CSR, sampled_addmm: see docs/train.md), and the public API on any
-device:
+the B·L0 active pairs (sparsify's TopK trainer does the same for the decoder). Each product has two
+implementations that give the same numbers up to float rounding, chosen per `ActivePairs.kernel`:
 
-- `decode`: x̂_b = Σ_i f_bi W_dec[i], bags = tokens (token-major pairs);
-- `latent_sums`: G_i = Σ_b w_bi T_b, bags = latents (latent-major pairs): the decoder-weight
-  gradient (T = ∂L/∂x̂, w = f) and the transposed encoder-weight gradient (T = x, w = ∂L/∂pre);
-- `sampled_dots`: <T_b, W_i> on every pair (the gradient wrt the active f_bi with T = ∂L/∂x̂),
-  `embedding_bag`'s per-sample-weight backward: never the dense [B, F] product.
+- the C++/OpenMP kernels of `pairs_kernel.cpp` (CPU; `pairs_kernel.py` builds them): latent-major
+  over column blocks of the rows, each W row read once per product, with the row norms, the
+  per-pair dots and the decoder-norm penalty's term fused into the same passes;
+- torch ops (any device, and the fallback where no compiler is available): one `embedding_bag`
+  call per product, the fastest of the torch CPU candidates measured at the paper's shapes
+  (gather + index_add_, torch.sparse CSR, sampled_addmm: see docs/train.md).
 
-Latent-major order reads each W_dec row once per step and keeps the [B, M·d] operand in cache,
+The products:
+- `decode`: x̂_b = b_dec + Σ_i f_bi W_dec[i] (and the decoder rows' per-model norms);
+- `latent_sums`: G_i = Σ_b w_bi T_b, bags = latents (latent-major pairs);
+- `decoder_weight_gradient`: ∂L/∂W_dec[i] = Σ_b f_bi ∂L/∂x̂_b + s_i,m W_dec[i, m] (the norm
+  penalty) and the dots <∂L/∂x̂_b, W_dec[i]> on every pair (the gradient wrt the active f_bi,
+  never the dense [B, F] product);
+- `encoder_weight_gradient`: ∂L/∂W_enc[:, i] = Σ_b ∂L/∂f_bi x_b and ∂L/∂b_enc[i] = Σ_b ∂L/∂f_bi.
+
+Latent-major order reads each W row once per step and keeps the [B, M·d] operand in cache,
 which is what makes the weight gradients cheap on a CPU.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +59,17 @@ class ActivePairs:
     """[nnz]: latent of each latent-major pair."""
     latent_major_flat: torch.Tensor
     """[nnz]: b·F + i of each latent-major pair."""
+    kernel: ModuleType | None = field(default=None, compare=False)
+    """The compiled kernels (`pairs_kernel.load()`) the products run with; None = torch ops."""
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> ActivePairs:
-        """mask [B, F] bool. One `nonzero` pass gives the token-major order; the latent-major order is
-        a stable sort of its latents when the pairs are few (≤ SORT_MAX_DENSITY of the mask), else a
-        second `nonzero` over the transposed mask (sorting 3M pairs costs more than the transpose)."""
+    def from_mask(cls, mask: torch.Tensor, kernel: ModuleType | None = None) -> ActivePairs:
+        """mask [B, F] bool. Kernel: two passes over the mask's rows and a counting sort. Torch: one
+        `nonzero` pass gives the token-major order; the latent-major order is a stable sort of its
+        latents when the pairs are few (≤ SORT_MAX_DENSITY of the mask), else a second `nonzero`
+        over the transposed mask (sorting 3M pairs costs more than the transpose)."""
+        if kernel is not None and mask.device.type == "cpu":
+            return cls._from_kernel(mask.shape, kernel.pairs_from_mask(mask.contiguous()), kernel)
         B, n_latents = mask.shape
         flat = mask.reshape(-1).nonzero().squeeze(1)
         token_latent = flat % n_latents
@@ -75,8 +88,24 @@ class ActivePairs:
             token_offsets=torch.searchsorted(flat, starts[:B] * n_latents), token_major_latent=token_latent,
             token_major_flat=flat,
             latent_offsets=torch.searchsorted(latent_t, starts[:n_latents]), latent_major_token=token_t,
-            latent_major_latent=latent_t, latent_major_flat=token_t * n_latents + latent_t,
+            latent_major_latent=latent_t, latent_major_flat=token_t * n_latents + latent_t, kernel=kernel,
         )
+
+    @classmethod
+    def above(cls, scores: torch.Tensor, threshold: float = 0.0, kernel: ModuleType | None = None) -> ActivePairs:
+        """The pairs where scores [B, F] > threshold (the l1 variant's ReLU support). The kernel reads
+        the fp32 scores directly, never writing the [B, F] bool mask."""
+        if kernel is not None and scores.device.type == "cpu" and scores.dtype == torch.float32:
+            return cls._from_kernel(scores.shape, kernel.pairs_above(scores.contiguous(), float(threshold)), kernel)
+        return cls.from_mask(scores > threshold, kernel)
+
+    @classmethod
+    def _from_kernel(cls, shape: torch.Size, parts: list[torch.Tensor], kernel: ModuleType) -> ActivePairs:
+        B, n_latents = shape
+        token_offsets, token_latent, token_flat, latent_offsets, latent_token, latent_latent, latent_flat = parts
+        return cls(n_tokens=B, n_latents=n_latents, token_offsets=token_offsets, token_major_latent=token_latent,
+                   token_major_flat=token_flat, latent_offsets=latent_offsets, latent_major_token=latent_token,
+                   latent_major_latent=latent_latent, latent_major_flat=latent_flat, kernel=kernel)
 
     def latent_counts(self) -> torch.Tensor:
         """[F]: active pairs per latent (> 0: the latent fired in this batch), from the offsets alone,
@@ -106,16 +135,87 @@ class ActivePairs:
         return out.index_add(0, self.latent_major_latent, values_latent_major)
 
 
-def decode(pairs: ActivePairs, values_token_major: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """Σ_i f_bi W[i] per token: [B, M·d] for W [F, M·d] (no bias)."""
-    return F.embedding_bag(pairs.token_major_latent, W, pairs.token_offsets, mode="sum",
-                           per_sample_weights=values_token_major.to(W.dtype))
+def _on_kernel(pairs: ActivePairs, *tensors: torch.Tensor) -> bool:
+    return pairs.kernel is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def decode(pairs: ActivePairs, f: torch.Tensor, W: torch.Tensor, *, bias: torch.Tensor | None = None,
+           n_models: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x̂ [B, M·d], norms): x̂_b = bias + Σ_i f_bi W[i] for f [B, F] read at the pairs and
+    W [F, M·d]; with `n_models`, also ||W[i, m]|| [F, M] for every row (the kernel gets them from
+    the same read of W; the torch path is token-major `embedding_bag` + `norm`)."""
+    F_, K = W.shape
+    if _on_kernel(pairs, f, W):
+        bias_flat = bias.reshape(K).contiguous() if bias is not None else W.new_empty(0)
+        recon, norms = pairs.kernel.decode(pairs.latent_offsets, pairs.latent_major_token,
+                                           pairs.latent_major(f).contiguous(), W.contiguous(), bias_flat,
+                                           pairs.n_tokens, n_models or 1, n_models is not None)
+        return recon, (norms if n_models is not None else None)
+    recon = F.embedding_bag(pairs.token_major_latent, W, pairs.token_offsets, mode="sum",
+                            per_sample_weights=pairs.token_major(f).to(W.dtype))
+    if bias is not None:
+        recon = recon + bias.reshape(1, K).to(recon.dtype)
+    norms = W.view(F_, n_models, K // n_models).norm(dim=-1) if n_models is not None else None
+    return recon, norms
 
 
 def latent_sums(pairs: ActivePairs, weights_latent_major: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """G[i] = Σ_b w_bi T[b] over each latent's pairs: [F, M·d] for T [B, M·d]."""
+    if _on_kernel(pairs, weights_latent_major, T):
+        out = T.new_empty(pairs.n_latents, T.shape[1])
+        return _kernel_sums(pairs, weights_latent_major, T, None, None, out, 1, False)[0]
     return F.embedding_bag(pairs.latent_major_token, T, pairs.latent_offsets, mode="sum",
                            per_sample_weights=weights_latent_major.to(T.dtype))
+
+
+def decoder_weight_gradient(pairs: ActivePairs, f_latent_major: torch.Tensor, g_recon: torch.Tensor,
+                            W: torch.Tensor, *, row_scale: torch.Tensor | None = None,
+                            accumulate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂L/∂W [F, M·d], dots [nnz]) from ∂L/∂x̂ `g_recon` [B, M·d], W [F, M·d] and the active f:
+    ∂L/∂W[i] = Σ_b f_bi g_b (+ row_scale[i, m] · W[i, m]: the decoder-norm penalty's term, a
+    [F, M] scale); dots[p] = <g_b, W[i]> for every latent-major pair p = (b, i). `accumulate`:
+    add ∂L/∂W into this [F, M·d] tensor (in place) and return it."""
+    F_, K = W.shape
+    M = row_scale.shape[1] if row_scale is not None else 1
+    if _on_kernel(pairs, f_latent_major, g_recon, W):
+        out = accumulate if accumulate is not None else W.new_empty(F_, K)
+        scale = row_scale.contiguous() if row_scale is not None else W.new_empty(0)
+        g_W, dots, _ = _kernel_sums(pairs, f_latent_major, g_recon, W, scale, out, M, accumulate is not None)
+        return g_W, dots
+    g_W = latent_sums(pairs, f_latent_major, g_recon)
+    dots = sampled_dots(pairs, g_recon, W)
+    if row_scale is not None:
+        g_W.view(F_, M, K // M).addcmul_(row_scale.unsqueeze(-1), W.view(F_, M, K // M))
+    if accumulate is not None:
+        g_W = accumulate.add_(g_W)
+    return g_W, dots
+
+
+def encoder_weight_gradient(pairs: ActivePairs, g_f_latent_major: torch.Tensor, x: torch.Tensor, *,
+                            accumulate: tuple[torch.Tensor, torch.Tensor] | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂L/∂W_enc latent-major [F, M·d], ∂L/∂b_enc [F]) from ∂L/∂f on the pairs and the inputs x
+    [B, M·d]. `accumulate`: add both into these tensors (in place) and return them."""
+    if _on_kernel(pairs, g_f_latent_major, x):
+        if accumulate is None:
+            g_W, _, g_b = _kernel_sums(pairs, g_f_latent_major, x, None, None,
+                                       x.new_empty(pairs.n_latents, x.shape[1]), 1, False)
+            return g_W, g_b
+        g_W, _, g_b = _kernel_sums(pairs, g_f_latent_major, x, None, None, accumulate[0], 1, True)
+        return g_W, accumulate[1].add_(g_b)
+    g_W, g_b = latent_sums(pairs, g_f_latent_major, x), pairs.per_latent_sum(g_f_latent_major)
+    if accumulate is not None:
+        return accumulate[0].add_(g_W), accumulate[1].add_(g_b)
+    return g_W, g_b
+
+
+def _kernel_sums(pairs: ActivePairs, weights: torch.Tensor, T: torch.Tensor, W: torch.Tensor | None,
+                 row_scale: torch.Tensor | None, out: torch.Tensor, n_models: int, accumulate: bool):
+    empty = T.new_empty(0)
+    return pairs.kernel.latent_sums(pairs.latent_offsets, pairs.latent_major_token, weights.contiguous(),
+                                    T.contiguous(), W.contiguous() if W is not None else empty,
+                                    row_scale if row_scale is not None else empty, out, pairs.n_latents,
+                                    n_models, accumulate)
 
 
 def sampled_dots(pairs: ActivePairs, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

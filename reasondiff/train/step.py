@@ -16,6 +16,7 @@ both paths (tests/test_train_sparse.py compares parameters after several steps).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -49,8 +50,9 @@ class StepOutput:
     l2: torch.Tensor
     l1: torch.Tensor
     aux: torch.Tensor
-    active: torch.Tensor
-    """[B, F] bool: the latents actually used (after BatchTopK)."""
+    active: torch.Tensor | None
+    """[B, F] bool: the latents actually used (after BatchTopK); None when a sparse step never
+    built the mask (the l1 variant's pairs read straight off the pre-activations)."""
     recon: torch.Tensor
     f: torch.Tensor | None = None
     """Dense path only: the latent activations used, detached."""
@@ -100,9 +102,9 @@ def dense_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: to
                       f=f.detach())
 
 
-def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: torch.Tensor, *, l1_coeff: float,
-                     dead: torch.Tensor | None, objective: Objective,
-                     pairs: sparse.ActivePairs | None = None) -> StepOutput:
+def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: torch.Tensor | None, *,
+                     l1_coeff: float, dead: torch.Tensor | None, objective: Objective,
+                     pairs: sparse.ActivePairs | None = None, kernel: ModuleType | None = None) -> StepOutput:
     """The same loss as `dense_objective`, with its exact gradients written into the parameters' `.grad`.
 
     Chain rule through x̂ = Σ_(b,i) f_bi W_dec[i] + b_dec and f_bi = pre_bi on the active pairs:
@@ -110,7 +112,9 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
       ∂L/∂f_bi     = <∂L/∂x̂_b, W_dec[i]> (+ the penalty's weight),
       ∂L/∂W_enc[:, i] = Σ_b ∂L/∂f_bi x_b,  ∂L/∂b_enc[i] = Σ_b ∂L/∂f_bi,  ∂L/∂b_dec = Σ_b ∂L/∂x̂_b.
     AuxK adds the same terms for its own pairs and reconstruction. `pairs`: the mask's active pairs
-    when the caller already built them (the trainer does, to read the batch's density off them).
+    when the caller already built them (the trainer does, to read the batch's density off them; then
+    `mask` may be None). `kernel`: the compiled pairs kernels (`pairs_kernel.load()`) for pairs built
+    here; None = torch ops (pairs the caller built carry their own choice).
     """
     cfg = cc.cfg
     M, d, F = cfg.n_models, cfg.d_model, cfg.n_latents
@@ -120,17 +124,16 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
     pre = pre.detach().float()
     W_dec = cc.W_dec.detach().float()
     W_dec_flat = W_dec.reshape(F, M * d)
-    norms = W_dec.norm(dim=-1)
-    pairs = sparse.ActivePairs.from_mask(mask) if pairs is None else pairs
+    pairs = sparse.ActivePairs.from_mask(mask, kernel) if pairs is None else pairs
     values = pairs.latent_major(pre)
-    recon = sparse.decode(pairs, pairs.token_major(pre), W_dec_flat) + cc.b_dec.detach().float().reshape(1, M * d)
+    recon, norms = sparse.decode(pairs, pre, W_dec_flat, bias=cc.b_dec.detach().float(), n_models=M)
     recon = recon.view(B, M, d)
     aux_pairs = None
     if cfg.variant == "batchtopk" and dead is not None and objective.aux_k_coeff > 0 and bool(dead.any()):
         aux_mask = aux_k_selection(pre, dead, objective.aux_k, objective.aux_k_style, norms.sum(-1))
-        aux_pairs = sparse.ActivePairs.from_mask(aux_mask)
+        aux_pairs = sparse.ActivePairs.from_mask(aux_mask, pairs.kernel)
         aux_values = aux_pairs.latent_major(pre)
-        recon_aux = sparse.decode(aux_pairs, aux_pairs.token_major(pre), W_dec_flat)
+        recon_aux = sparse.decode(aux_pairs, pre, W_dec_flat)[0]
 
     # the loss as a function of (x̂, active f, decoder norms, AuxK's x̂): small leaves for autograd
     with torch.enable_grad():
@@ -157,20 +160,18 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     g_recon, g_values, g_norms = grads[0].reshape(B, M * d), grads[1], grads[2]
 
-    g_W_dec = sparse.latent_sums(pairs, values, g_recon)
-    dots = sparse.sampled_dots(pairs, g_recon, W_dec_flat)
-    g_f = dots if g_values is None else dots + g_values
-    g_W_enc_t = sparse.latent_sums(pairs, g_f, x_flat)
-    g_b_enc = pairs.per_latent_sum(g_f)
+    scale = None
     if g_norms is not None:  # ∂||w||/∂w = w / ||w|| (0 for a zero row, as autograd's norm backward)
         scale = torch.where(norms > 0, g_norms / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-        g_W_dec.view(F, M, d).addcmul_(scale.unsqueeze(-1), W_dec)
+    g_W_dec, dots = sparse.decoder_weight_gradient(pairs, values, g_recon, W_dec_flat, row_scale=scale)
+    g_f = dots if g_values is None else dots + g_values
+    g_W_enc_t, g_b_enc = sparse.encoder_weight_gradient(pairs, g_f, x_flat)
     if aux_pairs is not None:
         g_recon_aux = grads[3].reshape(B, M * d)
-        g_W_dec += sparse.latent_sums(aux_pairs, aux_values, g_recon_aux)
-        dots_aux = sparse.sampled_dots(aux_pairs, g_recon_aux, W_dec_flat)
-        g_W_enc_t += sparse.latent_sums(aux_pairs, dots_aux, x_flat)
-        g_b_enc += aux_pairs.per_latent_sum(dots_aux)
+        g_W_dec, dots_aux = sparse.decoder_weight_gradient(aux_pairs, aux_values, g_recon_aux, W_dec_flat,
+                                                           accumulate=g_W_dec)
+        g_W_enc_t, g_b_enc = sparse.encoder_weight_gradient(aux_pairs, dots_aux, x_flat,
+                                                            accumulate=(g_W_enc_t, g_b_enc))
     _set_grad(cc.W_dec, g_W_dec.view(F, M, d))
     _set_grad(cc.W_enc_by_latent, g_W_enc_t.view(F, M, d))
     _set_grad(cc.b_enc, g_b_enc)

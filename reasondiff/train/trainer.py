@@ -32,7 +32,7 @@ from reasondiff.config import TrainConfig
 from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.tracking import require_finite
-from reasondiff.crosscoder import sparse
+from reasondiff.crosscoder import pairs_kernel, sparse
 from reasondiff.crosscoder.loss import (
     ExplainedVarianceMeter,
     explained_variance,
@@ -101,6 +101,8 @@ class CrossCoderTrainer:
                             "batch-wide): run it in one process, or use train.variant=l1 under torchrun")
         if device.type == "cpu":
             keep_freed_memory()
+        self.kernel = self._pairs_kernel()
+        """The compiled pairs kernels the sparse step uses (None: torch ops)."""
 
     def l1_coeff(self) -> float:
         return l1_coeff_at(self.step, self.total_steps, self.train.l1_coeff, self.train.l1_warmup_frac)
@@ -116,6 +118,18 @@ class CrossCoderTrainer:
         if mode != "auto":
             return mode == "on"
         return self.device.type == "cpu" and density <= self.train.sparse_max_density
+
+    def _pairs_kernel(self):
+        """train.sparse_kernel resolved once: the compiled kernels, or None for torch ops (a GPU, a
+        run that never takes the sparse step, `torch`, or `auto` where they cannot be built)."""
+        choice = self.train.sparse_kernel
+        if choice == "torch" or self.device.type != "cpu" or not self.may_use_sparse():
+            return None
+        kernel = pairs_kernel.load()
+        if kernel is None and choice == "cpp":
+            raise UserError(f"train.sparse_kernel=cpp: the C++ kernels could not be built here ({pairs_kernel.failure()}); "
+                            "install a C++ compiler with OpenMP and `pip install ninja`, or set train.sparse_kernel=auto")
+        return kernel
 
     def may_use_sparse(self) -> bool:
         """Whether `use_sparse` can say yes for some density (then the trainer builds the pairs first)."""
@@ -133,12 +147,18 @@ class CrossCoderTrainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:  # one dense GEMM both paths need; only the dense path backpropagates through it
             pre = self.cc.pre_activations(x)
-            active, scores = select_active(self.cc, pre)
+            if self.kernel is not None and self.cc.cfg.variant == "l1":
+                active, scores = None, None  # the kernel reads pre > 0 itself; the dense step builds the mask if it runs
+            else:
+                active, scores = select_active(self.cc, pre)
         # the pairs, when a sparse step is possible, give the density (and later the fired latents)
         # without more passes over the [B, F] mask
-        pairs = sparse.ActivePairs.from_mask(active) if self.may_use_sparse() else None
+        if active is None:
+            pairs = sparse.ActivePairs.above(pre.detach(), 0.0, self.kernel)
+        else:
+            pairs = sparse.ActivePairs.from_mask(active, self.kernel) if self.may_use_sparse() else None
         n_active = pairs.nnz if pairs is not None else int(torch.count_nonzero(active))  # not .sum(): int64 cast
-        density = n_active / active.numel()
+        density = n_active / pre.numel()
         dead = self.dead_latents()
         if self.train.aux_k_style == "fork":  # the fork counts this batch before choosing dead latents
             fired_now = pairs.latent_counts() > 0 if pairs is not None else active.any(dim=0)
@@ -147,6 +167,8 @@ class CrossCoderTrainer:
             out = sparse_objective(self.cc, x, pre.detach(), active, l1_coeff=l1_coeff, dead=dead,
                                    objective=self.objective, pairs=pairs)
         else:
+            if active is None:
+                active, scores = select_active(self.cc, pre)
             with autocast:
                 out = self._dense(self.cc, x, pre, active, l1_coeff=l1_coeff, dead=dead, objective=self.objective)
         if scores is not None and out.scores is None:
