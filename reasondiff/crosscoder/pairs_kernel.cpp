@@ -4,21 +4,31 @@
 // Every product walks the pairs latent-major and the [*, M*d] rows in column blocks of at most
 // BLOCK floats that never straddle two models' segments: a [B, BLOCK] slice of the token-side
 // operand (x, dL/dx_hat, or the reconstruction being accumulated) stays in the core's L2 cache
-// while each W row is streamed from memory exactly once per product. torch's `embedding_bag`
-// instead reads one whole 1792-float row per pair (about 1 GB per product at the paper's shapes).
+// while each W row is streamed from memory once per product, its blocks prefetched a few latents
+// ahead (rows are BLOCK-wide pieces M*d apart: too far apart for the hardware prefetcher).
+// torch's `embedding_bag` instead reads one whole M*d-float row per pair (~1 GB per product at the
+// paper's shapes). Full blocks use a compile-time width, so the accumulator lives in registers.
 //
 // fp32 only; the caller checks dtypes, devices and contiguity. Sums are reordered against
-// torch's kernels (blocks, SIMD lanes): equal to float rounding, not bit for bit.
+// torch's kernels (blocks, SIMD lanes): equal to float rounding, not bit for bit. Each output
+// float is written by one thread in a fixed order, so results do not depend on the thread count.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
 constexpr int64_t BLOCK = 128;
+constexpr int64_t PREFETCH_LATENTS = 6;  // how many latents ahead a row's block is fetched
+constexpr int64_t LINE = 16;             // floats per 64-byte cache line
 
 struct ColumnBlock {
   int64_t start, width, model;
@@ -28,27 +38,92 @@ struct ColumnBlock {
 std::vector<ColumnBlock> column_blocks(int64_t n_models, int64_t d_model) {
   std::vector<ColumnBlock> blocks;
   for (int64_t m = 0; m < n_models; ++m) {
-    for (int64_t c = 0; c < d_model; c += BLOCK) {
-      blocks.push_back({m * d_model + c, std::min(BLOCK, d_model - c), m});
-    }
+    for (int64_t c = 0; c < d_model; c += BLOCK) blocks.push_back({m * d_model + c, std::min(BLOCK, d_model - c), m});
   }
   return blocks;
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t c = 0; c < n; ++c) s += a[c] * b[c];
-  return s;
+inline void prefetch(const float* p, int64_t width, bool for_write) {
+  for (int64_t c = 0; c < width; c += LINE) {
+    if (for_write) {
+      __builtin_prefetch(p + c, 1, 3);
+    } else {
+      __builtin_prefetch(p + c, 0, 3);
+    }
+  }
 }
 
-inline void axpy(float alpha, const float* x, float* y, int64_t n) {
+inline int64_t stop_of(const int64_t* offsets, int64_t i, int64_t n, int64_t total) {
+  return i + 1 < n ? offsets[i + 1] : total;
+}
+
+// x_hat[b, block] += f_bi W[i, block] for latent i's pairs; returns ||W[i, block]||^2.
+template <int64_t FIXED>
+inline float decode_latent(const float* __restrict wi, const int64_t* tok, const float* val, int64_t start,
+                           int64_t stop, float* __restrict out, int64_t K, int64_t width_rt) {
+  const int64_t width = FIXED ? FIXED : width_rt;
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t c = 0; c < width; ++c) sq += wi[c] * wi[c];
+  for (int64_t p = start; p < stop; ++p) {
+    float* __restrict ob = out + tok[p] * K;
+    const float v = val[p];
 #pragma omp simd
-  for (int64_t c = 0; c < n; ++c) y[c] += alpha * x[c];
+    for (int64_t c = 0; c < width; ++c) ob[c] += v * wi[c];
+  }
+  return sq;
+}
+
+// gi[block] (+)= sum_p w_p T[b_p, block] (+ scale * W[i, block]); dots[p] += <T[b_p, block], W[i, block]>
+// when W is given. Returns ||gi[block]||^2 after the write.
+template <int64_t FIXED>
+inline float sum_latent(const float* __restrict t, const float* __restrict wi, const int64_t* tok, const float* wt,
+                        float* dt, int64_t start, int64_t stop, int64_t K, bool with_scale, float scale,
+                        float* __restrict gi, bool accumulate, int64_t width_rt) {
+  const int64_t width = FIXED ? FIXED : width_rt;
+  alignas(64) float acc[BLOCK];
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) acc[c] = 0.f;
+  for (int64_t p = start; p < stop; ++p) {
+    const float* __restrict tb = t + tok[p] * K;
+    const float wp = wt[p];
+    if (dt) {  // one read of T[b]'s block serves the dot and the sum
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t c = 0; c < width; ++c) {
+        s += tb[c] * wi[c];
+        acc[c] += wp * tb[c];
+      }
+      dt[p] += s;
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) acc[c] += wp * tb[c];
+    }
+  }
+  if (with_scale) {
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) acc[c] += scale * wi[c];
+  }
+  float sq = 0.f;
+  if (accumulate) {
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < width; ++c) {
+      const float g = gi[c] + acc[c];
+      gi[c] = g;
+      sq += g * g;
+    }
+  } else {
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < width; ++c) {
+      gi[c] = acc[c];
+      sq += acc[c] * acc[c];
+    }
+  }
+  return sq;
 }
 
 // Latent-major order of token-major pairs by a counting sort (stable: tokens stay ascending
-// within a latent). Fills latent_offsets [F], latent_token, latent_latent, latent_flat [nnz].
+// within a latent).
 void latent_major_order(const int64_t* token_offsets, const int64_t* token_latent, int64_t B, int64_t F, int64_t nnz,
                         int64_t* latent_offsets, int64_t* latent_token, int64_t* latent_latent, int64_t* latent_flat) {
   std::vector<int64_t> cursor(F + 1, 0);
@@ -56,7 +131,7 @@ void latent_major_order(const int64_t* token_offsets, const int64_t* token_laten
   for (int64_t i = 0; i < F; ++i) cursor[i + 1] += cursor[i];
   std::copy(cursor.begin(), cursor.begin() + F, latent_offsets);
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t stop = b + 1 < B ? token_offsets[b + 1] : nnz;
+    const int64_t stop = stop_of(token_offsets, b, B, nnz);
     for (int64_t p = token_offsets[b]; p < stop; ++p) {
       const int64_t i = token_latent[p];
       const int64_t q = cursor[i]++;
@@ -67,21 +142,58 @@ void latent_major_order(const int64_t* token_offsets, const int64_t* token_laten
   }
 }
 
-template <typename Active>
-std::vector<torch::Tensor> pairs_where(int64_t B, int64_t F, Active active) {
+// Appends the columns of row where the row is active to `found` (ascending).
+inline void active_columns(const bool* row, int64_t F, std::vector<int32_t>& found) {
+  for (int64_t i = 0; i < F; ++i) {
+    if (row[i]) found.push_back(static_cast<int32_t>(i));
+  }
+}
+
+inline void active_columns(const float* row, float threshold, int64_t F, std::vector<int32_t>& found) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 t = _mm512_set1_ps(threshold);
+  const __m512i step = _mm512_set1_epi32(16);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; i + 16 <= F; i += 16) {
+    const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + i), t, _CMP_GT_OQ);
+    if (hit) {
+      const size_t n = found.size();
+      found.resize(n + 16);
+      _mm512_mask_compressstoreu_epi32(found.data() + n, hit, idx);
+      found.resize(n + __builtin_popcount(hit));
+    }
+    idx = _mm512_add_epi32(idx, step);
+  }
+#endif
+  for (; i < F; ++i) {
+    if (row[i] > threshold) found.push_back(static_cast<int32_t>(i));
+  }
+}
+
+// The pairs in both orders from a per-row scan: rows in parallel chunks, each chunk collecting its
+// rows' active columns in one read, then placed at their offsets.
+template <typename Scan>
+std::vector<torch::Tensor> pairs_where(int64_t B, int64_t F, Scan scan) {
   auto opts = torch::TensorOptions().dtype(torch::kInt64);
   torch::Tensor token_offsets = torch::empty({B}, opts);
   int64_t* offsets = token_offsets.data_ptr<int64_t>();
-  // pass 1: active pairs per token (rows in parallel)
-  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t n = 0;
-      for (int64_t i = 0; i < F; ++i) n += active(b, i) ? 1 : 0;
-      offsets[b] = n;
+  constexpr int64_t CHUNK = 32;
+  const int64_t n_chunks = (B + CHUNK - 1) / CHUNK;
+  std::vector<std::vector<int32_t>> found(n_chunks);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t b = k * CHUNK; b < std::min(B, (k + 1) * CHUNK); ++b) {
+        const size_t before = found[k].size();
+        scan(b, found[k]);
+        offsets[b] = static_cast<int64_t>(found[k].size() - before);
+      }
     }
   });
   int64_t nnz = 0;
+  std::vector<int64_t> chunk_start(n_chunks);
   for (int64_t b = 0; b < B; ++b) {
+    if (b % CHUNK == 0) chunk_start[b / CHUNK] = nnz;
     const int64_t n = offsets[b];
     offsets[b] = nnz;
     nnz += n;
@@ -89,16 +201,14 @@ std::vector<torch::Tensor> pairs_where(int64_t B, int64_t F, Active active) {
   torch::Tensor token_latent = torch::empty({nnz}, opts), token_flat = torch::empty({nnz}, opts);
   int64_t* tl = token_latent.data_ptr<int64_t>();
   int64_t* tf = token_flat.data_ptr<int64_t>();
-  // pass 2: the pairs, token-major (= row-major, like torch.nonzero)
-  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t p = offsets[b];
-      for (int64_t i = 0; i < F; ++i) {
-        if (active(b, i)) {
-          tl[p] = i;
-          tf[p] = b * F + i;
-          ++p;
-        }
+  at::parallel_for(0, n_chunks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const std::vector<int32_t>& cols = found[k];
+      int64_t p = chunk_start[k];
+      for (size_t q = 0; q < cols.size(); ++q) tl[p + static_cast<int64_t>(q)] = cols[q];
+      for (int64_t b = k * CHUNK; b < std::min(B, (k + 1) * CHUNK); ++b) {
+        const int64_t stop = stop_of(offsets, b, B, nnz);
+        for (int64_t r = offsets[b]; r < stop; ++r) tf[r] = b * F + tl[r];
       }
     }
   });
@@ -116,7 +226,7 @@ std::vector<torch::Tensor> pairs_where(int64_t B, int64_t F, Active active) {
 std::vector<torch::Tensor> pairs_from_mask(torch::Tensor mask) {
   const int64_t B = mask.size(0), F = mask.size(1);
   const bool* m = mask.data_ptr<bool>();
-  return pairs_where(B, F, [m, F](int64_t b, int64_t i) { return m[b * F + i]; });
+  return pairs_where(B, F, [m, F](int64_t b, std::vector<int32_t>& found) { active_columns(m + b * F, F, found); });
 }
 
 // The pairs where scores [B, F] (fp32) > threshold: the l1 variant's ReLU support, without a [B, F] mask.
@@ -124,7 +234,8 @@ std::vector<torch::Tensor> pairs_above(torch::Tensor scores, double threshold) {
   const int64_t B = scores.size(0), F = scores.size(1);
   const float* s = scores.data_ptr<float>();
   const float t = static_cast<float>(threshold);
-  return pairs_where(B, F, [s, F, t](int64_t b, int64_t i) { return s[b * F + i] > t; });
+  return pairs_where(B, F,
+                     [s, F, t](int64_t b, std::vector<int32_t>& found) { active_columns(s + b * F, t, F, found); });
 }
 
 // x_hat[b] = bias + sum_i f_bi W[i] over the latent-major pairs, and every row's per-model norm
@@ -134,34 +245,34 @@ std::vector<torch::Tensor> decode(torch::Tensor latent_offsets, torch::Tensor la
                                   torch::Tensor W, torch::Tensor bias, int64_t n_tokens, int64_t n_models,
                                   bool with_norms) {
   const int64_t F = W.size(0), K = W.size(1), B = n_tokens, nnz = latent_token.size(0);
-  const int64_t d = K / n_models;
-  const auto blocks = column_blocks(n_models, d);
+  const auto blocks = column_blocks(n_models, K / n_models);
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());
   torch::Tensor out = torch::empty({B, K}, W.options());
-  torch::Tensor partial = with_norms ? torch::empty({n_blocks, F}, W.options()) : torch::empty({0}, W.options());
+  torch::Tensor partial = torch::empty({n_blocks, F}, W.options());
   const int64_t* lo = latent_offsets.data_ptr<int64_t>();
   const int64_t* tok = latent_token.data_ptr<int64_t>();
   const float* val = values.data_ptr<float>();
   const float* w = W.data_ptr<float>();
   const float* bias_p = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* o = out.data_ptr<float>();
-  float* part = with_norms ? partial.data_ptr<float>() : nullptr;
+  float* part = partial.data_ptr<float>();
   at::parallel_for(0, n_blocks, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t c0 = blocks[k].start, width = blocks[k].width;
       for (int64_t b = 0; b < B; ++b) {
         float* ob = o + b * K + c0;
         if (bias_p) {
-          std::copy(bias_p + c0, bias_p + c0 + width, ob);
+          std::memcpy(ob, bias_p + c0, width * sizeof(float));
         } else {
           std::fill(ob, ob + width, 0.f);
         }
       }
       for (int64_t i = 0; i < F; ++i) {
+        if (i + PREFETCH_LATENTS < F) prefetch(w + (i + PREFETCH_LATENTS) * K + c0, width, false);
         const float* wi = w + i * K + c0;
-        if (part) part[k * F + i] = dot(wi, wi, width);
-        const int64_t stop = i + 1 < F ? lo[i + 1] : nnz;
-        for (int64_t p = lo[i]; p < stop; ++p) axpy(val[p], wi, o + tok[p] * K + c0, width);
+        const int64_t start = lo[i], stop = stop_of(lo, i, F, nnz);
+        part[k * F + i] = width == BLOCK ? decode_latent<BLOCK>(wi, tok, val, start, stop, o + c0, K, width)
+                                         : decode_latent<0>(wi, tok, val, start, stop, o + c0, K, width);
       }
     }
   });
@@ -181,17 +292,18 @@ std::vector<torch::Tensor> decode(torch::Tensor latent_offsets, torch::Tensor la
 
 // G[i] (+)= sum_b w_bi T[b] over latent i's pairs (+ row_scale[i, m] * W[i, m] when row_scale is
 // given: the decoder-norm penalty's gradient), and, when W is given, dots[p] = <T[b], W[i]> for
-// every pair p = (b, i) (the gradient wrt the active f_bi). Latents in parallel (each thread owns
-// its rows of G and its pairs' dots), column blocks inside.
+// every pair p = (b, i) (the gradient wrt the active f_bi). Also sum_i w_bi per latent (the
+// encoder-bias gradient) and ||G[i]||^2 of the rows as written (the grad-norm clip's share).
+// Latents in parallel (each thread owns its rows of G and its pairs' dots), column blocks inside.
 std::vector<torch::Tensor> latent_sums(torch::Tensor latent_offsets, torch::Tensor latent_token, torch::Tensor weights,
                                        torch::Tensor T, torch::Tensor W, torch::Tensor row_scale, torch::Tensor out,
                                        int64_t n_latents, int64_t n_models, bool accumulate) {
   const int64_t F = n_latents, K = T.size(1), nnz = latent_token.size(0);
-  const int64_t d = K / n_models;
-  const auto blocks = column_blocks(n_models, d);
+  const auto blocks = column_blocks(n_models, K / n_models);
   const bool with_dots = W.numel() > 0, with_scale = row_scale.numel() > 0;
   torch::Tensor dots = torch::zeros({with_dots ? nnz : 0}, T.options());
   torch::Tensor weight_sums = torch::empty({F}, T.options());
+  torch::Tensor row_sq = torch::zeros({F}, T.options());
   const int64_t* lo = latent_offsets.data_ptr<int64_t>();
   const int64_t* tok = latent_token.data_ptr<int64_t>();
   const float* wt = weights.data_ptr<float>();
@@ -201,48 +313,32 @@ std::vector<torch::Tensor> latent_sums(torch::Tensor latent_offsets, torch::Tens
   float* g = out.data_ptr<float>();
   float* dt = with_dots ? dots.data_ptr<float>() : nullptr;
   float* ws = weight_sums.data_ptr<float>();
-  // grain: enough latents per task that a thread streams long runs of W and G rows
+  float* sq = row_sq.data_ptr<float>();
+  // grain: enough latents per task that a thread streams long runs of rows
   at::parallel_for(0, F, 256, [&](int64_t i0, int64_t i1) {
-    alignas(64) float acc[BLOCK];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t stop = i + 1 < F ? lo[i + 1] : nnz;
       float s = 0.f;
-      for (int64_t p = lo[i]; p < stop; ++p) s += wt[p];
+      for (int64_t p = lo[i]; p < stop_of(lo, i, F, nnz); ++p) s += wt[p];
       ws[i] = s;
     }
     for (const ColumnBlock& blk : blocks) {
       const int64_t c0 = blk.start, width = blk.width;
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t start = lo[i], stop = i + 1 < F ? lo[i + 1] : nnz;
-        std::fill(acc, acc + width, 0.f);
+        if (i + PREFETCH_LATENTS < i1) {
+          if (w) prefetch(w + (i + PREFETCH_LATENTS) * K + c0, width, false);
+          prefetch(g + (i + PREFETCH_LATENTS) * K + c0, width, true);
+        }
+        const int64_t start = lo[i], stop = stop_of(lo, i, F, nnz);
         const float* wi = w ? w + i * K + c0 : nullptr;
-        for (int64_t p = start; p < stop; ++p) {
-          const float* tb = t + tok[p] * K + c0;
-          const float wp = wt[p];
-          if (dt) {  // one read of T[b]'s block serves the dot and the sum
-            float s = 0.f;
-#pragma omp simd reduction(+ : s)
-            for (int64_t c = 0; c < width; ++c) {
-              s += tb[c] * wi[c];
-              acc[c] += wp * tb[c];
-            }
-            dt[p] += s;
-          } else {
-            axpy(wp, tb, acc, width);
-          }
-        }
-        if (scale) axpy(scale[i * n_models + blk.model], wi, acc, width);
+        const float sc = with_scale ? scale[i * n_models + blk.model] : 0.f;
         float* gi = g + i * K + c0;
-        if (accumulate) {
-#pragma omp simd
-          for (int64_t c = 0; c < width; ++c) gi[c] += acc[c];
-        } else {
-          std::copy(acc, acc + width, gi);
-        }
+        sq[i] += width == BLOCK
+                     ? sum_latent<BLOCK>(t + c0, wi, tok, wt, dt, start, stop, K, with_scale, sc, gi, accumulate, width)
+                     : sum_latent<0>(t + c0, wi, tok, wt, dt, start, stop, K, with_scale, sc, gi, accumulate, width);
       }
     }
   });
-  return {out, dots, weight_sums};
+  return {out, dots, weight_sums, row_sq};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

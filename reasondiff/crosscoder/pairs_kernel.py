@@ -58,7 +58,7 @@ def load() -> ModuleType | None:
                 from torch.utils.cpp_extension import load as build
 
                 _module = build(name=f"reasondiff_pairs_{_build_tag()}", sources=[str(SOURCE)],
-                                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                                extra_cflags=["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                 verbose=False)
             except Exception as err:  # no compiler, no ninja, no OpenMP, a headerless torch: all mean "fall back"
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

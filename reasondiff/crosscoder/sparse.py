@@ -170,43 +170,47 @@ def latent_sums(pairs: ActivePairs, weights_latent_major: torch.Tensor, T: torch
 
 def decoder_weight_gradient(pairs: ActivePairs, f_latent_major: torch.Tensor, g_recon: torch.Tensor,
                             W: torch.Tensor, *, row_scale: torch.Tensor | None = None,
-                            accumulate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂W [F, M·d], dots [nnz]) from ∂L/∂x̂ `g_recon` [B, M·d], W [F, M·d] and the active f:
-    ∂L/∂W[i] = Σ_b f_bi g_b (+ row_scale[i, m] · W[i, m]: the decoder-norm penalty's term, a
-    [F, M] scale); dots[p] = <g_b, W[i]> for every latent-major pair p = (b, i). `accumulate`:
-    add ∂L/∂W into this [F, M·d] tensor (in place) and return it."""
+                            accumulate: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(∂L/∂W [F, M·d], dots [nnz], ||∂L/∂W||² or None) from ∂L/∂x̂ `g_recon` [B, M·d], W [F, M·d]
+    and the active f: ∂L/∂W[i] = Σ_b f_bi g_b (+ row_scale[i, m] · W[i, m]: the decoder-norm
+    penalty's term, a [F, M] scale); dots[p] = <g_b, W[i]> for every latent-major pair p = (b, i).
+    `accumulate`: add ∂L/∂W into this [F, M·d] tensor (in place) and return it. The squared norm
+    (of the returned gradient, for the grad-norm clip) comes with the kernel, which sums it as it
+    writes the rows; the torch path leaves it to the caller (None)."""
     F_, K = W.shape
     M = row_scale.shape[1] if row_scale is not None else 1
     if _on_kernel(pairs, f_latent_major, g_recon, W):
         out = accumulate if accumulate is not None else W.new_empty(F_, K)
         scale = row_scale.contiguous() if row_scale is not None else W.new_empty(0)
-        g_W, dots, _ = _kernel_sums(pairs, f_latent_major, g_recon, W, scale, out, M, accumulate is not None)
-        return g_W, dots
+        g_W, dots, _, row_sq = _kernel_sums(pairs, f_latent_major, g_recon, W, scale, out, M, accumulate is not None)
+        return g_W, dots, row_sq.sum()
     g_W = latent_sums(pairs, f_latent_major, g_recon)
     dots = sampled_dots(pairs, g_recon, W)
     if row_scale is not None:
         g_W.view(F_, M, K // M).addcmul_(row_scale.unsqueeze(-1), W.view(F_, M, K // M))
     if accumulate is not None:
         g_W = accumulate.add_(g_W)
-    return g_W, dots
+    return g_W, dots, None
 
 
 def encoder_weight_gradient(pairs: ActivePairs, g_f_latent_major: torch.Tensor, x: torch.Tensor, *,
                             accumulate: tuple[torch.Tensor, torch.Tensor] | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂W_enc latent-major [F, M·d], ∂L/∂b_enc [F]) from ∂L/∂f on the pairs and the inputs x
-    [B, M·d]. `accumulate`: add both into these tensors (in place) and return them."""
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(∂L/∂W_enc latent-major [F, M·d], ∂L/∂b_enc [F], ||∂L/∂W_enc||² or None) from ∂L/∂f on the
+    pairs and the inputs x [B, M·d]. `accumulate`: add both into these tensors (in place) and
+    return them. The squared norm as in `decoder_weight_gradient`."""
     if _on_kernel(pairs, g_f_latent_major, x):
         if accumulate is None:
-            g_W, _, g_b = _kernel_sums(pairs, g_f_latent_major, x, None, None,
-                                       x.new_empty(pairs.n_latents, x.shape[1]), 1, False)
-            return g_W, g_b
-        g_W, _, g_b = _kernel_sums(pairs, g_f_latent_major, x, None, None, accumulate[0], 1, True)
-        return g_W, accumulate[1].add_(g_b)
+            g_W, _, g_b, row_sq = _kernel_sums(pairs, g_f_latent_major, x, None, None,
+                                               x.new_empty(pairs.n_latents, x.shape[1]), 1, False)
+            return g_W, g_b, row_sq.sum()
+        g_W, _, g_b, row_sq = _kernel_sums(pairs, g_f_latent_major, x, None, None, accumulate[0], 1, True)
+        return g_W, accumulate[1].add_(g_b), row_sq.sum()
     g_W, g_b = latent_sums(pairs, g_f_latent_major, x), pairs.per_latent_sum(g_f_latent_major)
     if accumulate is not None:
-        return accumulate[0].add_(g_W), accumulate[1].add_(g_b)
-    return g_W, g_b
+        return accumulate[0].add_(g_W), accumulate[1].add_(g_b), None
+    return g_W, g_b, None
 
 
 def _kernel_sums(pairs: ActivePairs, weights: torch.Tensor, T: torch.Tensor, W: torch.Tensor | None,

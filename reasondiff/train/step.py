@@ -62,6 +62,9 @@ class StepOutput:
     fired: torch.Tensor | None = None
     """[F] bool: latents active on some token of the batch (sparse path: from the pairs' offsets, so
     the trainer's dead-latent count needs no column reduction over the [B, F] mask)."""
+    grad_sq_norms: dict[str, torch.Tensor] | None = None
+    """Sparse path with the compiled kernels: ||.grad||² of the weight matrices by parameter name,
+    summed as the kernels wrote them, so the grad-norm clip needs no extra pass over 51M gradients."""
 
 
 @torch.no_grad()
@@ -163,15 +166,15 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
     scale = None
     if g_norms is not None:  # ∂||w||/∂w = w / ||w|| (0 for a zero row, as autograd's norm backward)
         scale = torch.where(norms > 0, g_norms / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-    g_W_dec, dots = sparse.decoder_weight_gradient(pairs, values, g_recon, W_dec_flat, row_scale=scale)
+    g_W_dec, dots, sq_dec = sparse.decoder_weight_gradient(pairs, values, g_recon, W_dec_flat, row_scale=scale)
     g_f = dots if g_values is None else dots + g_values
-    g_W_enc_t, g_b_enc = sparse.encoder_weight_gradient(pairs, g_f, x_flat)
+    g_W_enc_t, g_b_enc, sq_enc = sparse.encoder_weight_gradient(pairs, g_f, x_flat)
     if aux_pairs is not None:
         g_recon_aux = grads[3].reshape(B, M * d)
-        g_W_dec, dots_aux = sparse.decoder_weight_gradient(aux_pairs, aux_values, g_recon_aux, W_dec_flat,
-                                                           accumulate=g_W_dec)
-        g_W_enc_t, g_b_enc = sparse.encoder_weight_gradient(aux_pairs, dots_aux, x_flat,
-                                                            accumulate=(g_W_enc_t, g_b_enc))
+        g_W_dec, dots_aux, sq_dec = sparse.decoder_weight_gradient(aux_pairs, aux_values, g_recon_aux, W_dec_flat,
+                                                                   accumulate=g_W_dec)
+        g_W_enc_t, g_b_enc, sq_enc = sparse.encoder_weight_gradient(aux_pairs, dots_aux, x_flat,
+                                                                    accumulate=(g_W_enc_t, g_b_enc))
     _set_grad(cc.W_dec, g_W_dec.view(F, M, d))
     _set_grad(cc.W_enc_by_latent, g_W_enc_t.view(F, M, d))
     _set_grad(cc.b_enc, g_b_enc)
@@ -179,9 +182,12 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
     scores = None
     if cfg.variant == "batchtopk":
         scores = values * norms.sum(-1)[pairs.latent_major_latent]
+    grad_sq_norms = None
+    if sq_dec is not None and sq_enc is not None:
+        grad_sq_norms = {"W_dec": sq_dec, "W_enc_by_latent": sq_enc}
     return StepOutput(loss=loss.detach(), l2=l2.detach(), l1=l1.detach(), aux=aux.detach(), active=mask,
                       recon=recon, scores=scores, sparse=True,
-                      fired=pairs.latent_counts() > 0)
+                      fired=pairs.latent_counts() > 0, grad_sq_norms=grad_sq_norms)
 
 
 def _set_grad(param: torch.Tensor, grad: torch.Tensor) -> None:

@@ -181,7 +181,10 @@ class CrossCoderTrainer:
             out.loss.backward()
         self._average_grads()
         self._tie_shared_decoder_grads()
-        self._clipped_optimizer_step()
+        # the kernels' sums of squares are of the gradients as written: valid unless the ranks'
+        # average or the shared latents' tying changed them since
+        known = out.grad_sq_norms if self.world == 1 and self.cc.cfg.n_shared_latents == 0 else None
+        self._clipped_optimizer_step(known)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         with torch.no_grad():
@@ -237,11 +240,17 @@ class CrossCoderTrainer:
             g.copy_(g.sum(dim=1, keepdim=True).expand_as(g))
 
     @torch.no_grad()
-    def _clip_coefficient(self) -> torch.Tensor:
-        """clip_grad_norm_'s factor, counting each tied decoder vector once (not once per model row)."""
+    def _clip_coefficient(self, known: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """clip_grad_norm_'s factor, counting each tied decoder vector once (not once per model row).
+        `known`: ||grad||² of some parameters by name, already summed (the sparse kernels')."""
         n, M = self.cc.cfg.n_shared_latents, self.cc.cfg.n_models
         grads = [p.grad for p in self.params if p.grad is not None]
-        if n == 0 or M == 1:
+        if known:
+            names = {id(p): name for name, p in self.cc.named_parameters()}
+            rest = [p.grad for p in self.params if p.grad is not None and names[id(p)] not in known]
+            total_sq = sum(known.values()) + sum(g.float().pow(2).sum() for g in rest)
+            total = total_sq.clamp_min(0).sqrt()
+        elif n == 0 or M == 1:
             total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         else:
             total_sq = sum(g.float().pow(2).sum() for g in grads) - (M - 1) * self.cc.W_dec.grad[:n, 0].float().pow(2).sum()
@@ -253,11 +262,11 @@ class CrossCoderTrainer:
         """Scale the gradients in place by `_clip_coefficient` (what the non-fused optimizers get)."""
         torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], self._clip_coefficient())
 
-    def _clipped_optimizer_step(self) -> None:
+    def _clipped_optimizer_step(self, known: dict[str, torch.Tensor] | None = None) -> None:
         """Clip, then Adam. The fused Adam kernel divides each gradient by `grad_scale` as it reads
         it (the hook GradScaler uses), so there the clip costs no extra pass over the gradients."""
         if self.optimizer.defaults.get("fused"):
-            self.optimizer.grad_scale = 1.0 / self._clip_coefficient()
+            self.optimizer.grad_scale = 1.0 / self._clip_coefficient(known)
             try:
                 self.optimizer.step()
             finally:
