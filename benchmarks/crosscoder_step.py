@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/crosscoder_step.py [--densities 0.005,0.01,0.02,0.05,0.1,0.2]
         [--variant l1|batchtopk] [--batch-size 1024] [--repeats 3] [--reference] [--model /work/qwen05b]
+        [--kernels torch,cpp]
 
 Shapes are the paper's: 2 models x d_model (896 for Qwen2.5-0.5B; read from --model's config.json)
 -> 16 x d_model latents. Default batch 4096 on a GPU (bf16 autocast), 1024 fp32 on CPU. Per density
@@ -9,15 +10,18 @@ Shapes are the paper's: 2 models x d_model (896 for Qwen2.5-0.5B; read from --mo
 (a) dense-ours: `CrossCoderTrainer.train_step` with train.sparse=off (fused encoder/decoder GEMMs,
     loss, autograd backward, clip, Adam, schedule, dead-latent bookkeeping, NaN check);
 (b) sparse-ours: the same with train.sparse=on (encoder GEMM dense, everything else over the
-    active (token, latent) pairs);
+    active (token, latent) pairs), once per `--kernels` entry: train.sparse_kernel=torch (the
+    `embedding_bag` path) and =cpp (the compiled C++/OpenMP pairs kernels; the arm is dropped, with
+    a note, where they cannot be built);
 (c) the five-GEMM bound: the five bare dense GEMMs a dense step cannot avoid (encoder and decoder
     forward, decoder-input, decoder-weight and encoder-weight gradients), same shapes and precision;
 (d) the one-GEMM bound: the encoder forward GEMM alone (what a sparse step cannot avoid).
 With --reference, (e) a per-model einsum step written like the public replications (Kissane/Nanda,
 dictionary_learning) joins the first density. The arms are timed round-robin (a, b, c, d, a, ...)
 so load from other processes hits all of them alike; ratios use each arm's fastest repeat (the
-least disturbed on a shared machine), medians are printed too. The crossover is the density above
-which the sparse step stops being faster than the dense one (linear interpolation between sweep
+least disturbed on a shared machine), medians are printed too. Each step's ratio to the one-GEMM
+bound is issue 31's goal (sparse ≤ 1.5× at L0/F ≤ 2%). The crossover is the density above which
+the fastest sparse step stops being faster than the dense one (linear interpolation between sweep
 points). The last line is a JSON object of every figure.
 """
 
@@ -38,6 +42,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from reasondiff.config import TrainConfig  # noqa: E402
+from reasondiff.crosscoder import pairs_kernel  # noqa: E402
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig  # noqa: E402
 from reasondiff.train.trainer import CrossCoderTrainer  # noqa: E402
 
@@ -50,8 +55,9 @@ def _sync(device: torch.device) -> None:
 
 
 def make_ours(d: int, F: int, B: int, device: torch.device, x: torch.Tensor, *, variant: str, density: float,
-              sparse: str, compile_: bool = False):
-    """A trainer whose batches have L0/F ~= density; returns (step, measured density of the last step)."""
+              sparse: str, compile_: bool = False, sparse_kernel: str = "torch"):
+    """A trainer whose batches have L0/F ~= density; returns (step, what the last step saw: density,
+    whether it was sparse, and whether the compiled kernels ran it)."""
     torch.manual_seed(0)
     k = max(1, round(density * F))
     cc = CrossCoder(CrossCoderConfig(d_model=d, n_latents=F, variant=variant, k=k))
@@ -61,9 +67,9 @@ def make_ours(d: int, F: int, B: int, device: torch.device, x: torch.Tensor, *, 
             cc.b_enc.fill_(-float(torch.quantile(pre.flatten()[::7], 1 - density)))
     # lr tiny: the weights (hence the density) stay put over the repeats; the cost of a step does not depend on it
     train = TrainConfig(variant=variant, k=k, batch_size=B, n_tokens=B * STEPS, lr=1e-7, l1_coeff=2.0,
-                        compile=compile_, sparse=sparse, threshold_start_step=STEPS)
+                        compile=compile_, sparse=sparse, sparse_kernel=sparse_kernel, threshold_start_step=STEPS)
     trainer = CrossCoderTrainer(cc, train, STEPS, device)
-    seen = {"density": float("nan"), "sparse": float("nan")}
+    seen = {"density": float("nan"), "sparse": float("nan"), "kernel": trainer.kernel is not None}
 
     def step(batch):
         metrics = trainer.train_step(batch, with_metrics=True)
@@ -159,6 +165,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time the per-model einsum step (first density)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile our dense loss (needs a C compiler on CPU)")
+    parser.add_argument("--kernels", default="torch,cpp",
+                        help="train.sparse_kernel of each sparse arm, comma-separated (torch, cpp)")
     args = parser.parse_args()
 
     d = args.d_model
@@ -169,6 +177,11 @@ def main() -> None:
     B = args.batch_size or (4096 if device.type == "cuda" else 1024)
     F = args.expansion * d
     densities = [float(v) for v in args.densities.split(",")]
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    if "cpp" in kernels and (device.type != "cpu" or pairs_kernel.load() is None):
+        why = "not a CPU" if device.type != "cpu" else pairs_kernel.failure()
+        print(f"  (no cpp arm: the compiled kernels do not run here: {why})")
+        kernels.remove("cpp")
     torch.manual_seed(0)
     x = torch.randn(B, 2, d, device=device) * 10
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
@@ -179,15 +192,20 @@ def main() -> None:
           + (f", load average {load[0]:.1f} at start" if load else ""))
     gemm_flops = 2 * B * (2 * d) * F
     bounds = {"five_gemms": make_bare_gemms(d, F, B, device), "one_gemm": make_bare_gemms(d, F, B, device, only_encoder=True)}
+    sparse_arms = [f"sparse_{k}" for k in kernels]
+    steps = ["dense", *sparse_arms]
     rows, reference = [], None
-    header = (f"  {'L0/F':>6} {'L0':>6} | {'dense':>8} {'sparse':>8} {'5 GEMMs':>8} {'1 GEMM':>8} ms | "
-              f"{'dense/5G':>8} {'sparse/5G':>9} {'sparse/1G':>9} {'dense/sparse':>12}")
+    header = (f"  {'L0/F':>6} {'L0':>6} | " + " ".join(f"{name:>13}" for name in steps) + f" {'5 GEMMs':>8} {'1 GEMM':>8} ms | "
+              + " ".join(f"{name + '/1G':>16}" for name in steps) + f" {'dense/5G':>9}")
     print(header)
     for density in densities:
         dense_step, dense_seen = make_ours(d, F, B, device, x, variant=args.variant, density=density, sparse="off",
                                            compile_=args.compile)
-        sparse_step, sparse_seen = make_ours(d, F, B, device, x, variant=args.variant, density=density, sparse="on")
-        arms = {"dense": dense_step, "sparse": sparse_step, **bounds}
+        arms, seen = {"dense": dense_step}, {}
+        for kernel, name in zip(kernels, sparse_arms, strict=True):
+            arms[name], seen[name] = make_ours(d, F, B, device, x, variant=args.variant, density=density, sparse="on",
+                                               sparse_kernel=kernel)
+        arms.update(bounds)
         if args.reference and reference is None:
             arms["reference_einsum"] = make_reference(d, F, B, device)
         times = time_arms(arms, x, device, args.warmup, args.repeats)
@@ -197,32 +215,47 @@ def main() -> None:
             reference = {"seconds": best["reference_einsum"], "median": median["reference_einsum"],
                          "over_dense": best["reference_einsum"] / best["dense"],
                          "over_five_gemms": best["reference_einsum"] / best["five_gemms"]}
-        row = {"target_density": density, "density": sparse_seen["density"], "l0": sparse_seen["density"] * F,
-               "sparse_step_taken": sparse_seen["sparse"], "dense_step_density": dense_seen["density"],
+        first = seen[sparse_arms[0]] if sparse_arms else dense_seen
+        fastest_sparse = min(sparse_arms, key=lambda name: best[name]) if sparse_arms else None
+        row = {"target_density": density, "density": first["density"], "l0": first["density"] * F,
+               "dense_step_density": dense_seen["density"],
+               "sparse_step_taken": {name: seen[name]["sparse"] for name in sparse_arms},
+               "compiled_kernels_ran": {name: seen[name]["kernel"] for name in sparse_arms},
                "seconds": {k: round(v, 5) for k, v in best.items() if k != "reference_einsum"},
                "median_seconds": {k: round(v, 5) for k, v in median.items() if k != "reference_einsum"},
+               "over_one_gemm": {name: best[name] / best["one_gemm"] for name in steps},
                "dense_over_five_gemms": best["dense"] / best["five_gemms"],
-               "sparse_over_five_gemms": best["sparse"] / best["five_gemms"],
-               "sparse_over_one_gemm": best["sparse"] / best["one_gemm"],
-               "dense_over_sparse": best["dense"] / best["sparse"]}
+               "fastest_sparse": fastest_sparse,
+               "dense_over_fastest_sparse": best["dense"] / best[fastest_sparse] if fastest_sparse else None}
         rows.append(row)
         ms = {k: v * 1e3 for k, v in best.items()}
-        print(f"  {row['density']:6.2%} {row['l0']:6.0f} | {ms['dense']:8.0f} {ms['sparse']:8.0f} {ms['five_gemms']:8.0f} "
-              f"{ms['one_gemm']:8.0f}    | {row['dense_over_five_gemms']:8.2f} {row['sparse_over_five_gemms']:9.2f} "
-              f"{row['sparse_over_one_gemm']:9.2f} {row['dense_over_sparse']:12.2f}", flush=True)
-    cross = crossover([(r["density"], 1.0 / r["dense_over_sparse"]) for r in rows])
+        print(f"  {row['density']:6.2%} {row['l0']:6.0f} | " + " ".join(f"{ms[name]:13.0f}" for name in steps)
+              + f" {ms['five_gemms']:8.0f} {ms['one_gemm']:8.0f}    | "
+              + " ".join(f"{row['over_one_gemm'][name]:16.2f}" for name in steps)
+              + f" {row['dense_over_five_gemms']:9.2f}", flush=True)
+    cross = None
+    if sparse_arms:
+        cross = crossover([(r["density"], 1.0 / r["dense_over_fastest_sparse"]) for r in rows])
     print(f"  GEMM rate: {gemm_flops / min(r['seconds']['one_gemm'] for r in rows) / 1e9:.0f} GFLOP/s (one-GEMM arm, best)")
-    print("  crossover (sparse no longer faster than dense): " +
+    print("  crossover (fastest sparse no longer faster than dense): " +
           (f"L0/F ~ {cross:.1%}" if cross is not None else f"none up to {max(densities):.0%}"))
     if reference:
         print(f"  per-model einsum reference: {reference['seconds'] * 1e3:.0f} ms, "
               f"{reference['over_dense']:.2f}x dense-ours, {reference['over_five_gemms']:.2f}x the five GEMMs")
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(json.dumps({"benchmark": "crosscoder_step", "d_model": d, "n_latents": F, "batch_size": B, "variant": args.variant,
-                      "precision": precision, "device": device_name, "compile": args.compile,
+                      "precision": precision, "device": device_name, "compile": args.compile, "kernels": kernels,
                       "load_average_start_end": [load[0] if load else None, load_end[0] if load_end else None],
                       "crossover_density": cross, "reference_einsum": reference,
-                      "sweep": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}))
+                      "sweep": [_rounded(r) for r in rows]}))
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 if __name__ == "__main__":
