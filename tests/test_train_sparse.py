@@ -63,6 +63,21 @@ def test_active_pairs_orders_and_values(density, backend):
         assert torch.equal(pairs.latent_counts(), mask.sum(0))
 
 
+def test_pairs_above_keep_the_scores_values_only_while_the_scores_are_unchanged(cpp):
+    """The kernel picks up the active values while it scans the scores; `latent_major` returns them
+    for those scores (or a detached view of them) and gathers afresh once they are written to."""
+    scores = torch.randn(30, 200) - 1.0
+    pairs = sparse.ActivePairs.above(scores, 0.0, cpp)
+    tokens, latents = pairs.latent_major_token, pairs.latent_major_latent
+    assert pairs.source is not None and torch.equal(pairs.latent_major(scores.detach()), scores[tokens, latents])
+    assert torch.equal(pairs.source[1], scores[tokens, latents])
+    other = scores.clone()
+    other[tokens, latents] += 1.0
+    assert torch.equal(pairs.latent_major(other), scores[tokens, latents] + 1.0)  # another tensor: gathered
+    scores.mul_(2.0)  # the same tensor, written to: gathered again
+    assert torch.equal(pairs.latent_major(scores), scores[tokens, latents])
+
+
 def _assert_sums_close(got, terms):
     """`got` equals Σ terms (float64, summed over dim 1 of terms [..., n, ...] given as a pair
     (exact, sum of |terms|)) to 1e-5 of the sum of the terms' magnitudes: the rounding bound of a

@@ -71,6 +71,8 @@ COSMETIC: dict[str, str] = {
                     "rounding: tests/test_train_sparse.py)",
     "train.sparse_max_density": "when train.sparse=auto takes the sparse step (the same gradients up to "
                                 "floating-point rounding)",
+    "train.sparse_kernel": "compiled C++ kernels or torch ops compute the sparse step's same gradients (equal up "
+                           "to floating-point rounding: tests/test_train_sparse.py)",
     "harvest.reuse_base": "the base model's rows are copied from the main store instead of computed again: the same "
                           "rows, each checked by its token id (docs/null.md)",
     "analyze.checkpoint_every": "how often the streamed sums are saved",

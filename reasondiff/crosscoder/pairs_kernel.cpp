@@ -12,11 +12,16 @@
 // fp32 only; the caller checks dtypes, devices and contiguity. Sums are reordered against
 // torch's kernels (blocks, SIMD lanes): equal to float rounding, not bit for bit. Each output
 // float is written by one thread in a fixed order, so results do not depend on the thread count.
-#include <torch/extension.h>
+// Only the headers used (not <torch/extension.h>): a third of the build time.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -122,10 +127,80 @@ inline float sum_latent(const float* __restrict t, const float* __restrict wi, c
   return sq;
 }
 
+#if defined(__AVX512F__)
+// BLOCK = 128 floats = 8 zmm registers: the W block, the accumulator and the T block each stay in
+// registers; the dot uses two accumulation chains and a tree sum instead of one chain of 8 FMAs.
+static_assert(BLOCK == 128, "the AVX-512 paths below hold one block in 8 zmm registers");
+constexpr int V = 8;
+
+inline float decode_latent_avx512(const float* __restrict wi, const int64_t* tok, const float* val, int64_t start,
+                                  int64_t stop, float* __restrict out, int64_t K) {
+  __m512 w[V];
+  __m512 sq = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int k = 0; k < V; ++k) {
+    w[k] = _mm512_loadu_ps(wi + 16 * k);
+    sq = _mm512_fmadd_ps(w[k], w[k], sq);
+  }
+  for (int64_t p = start; p < stop; ++p) {
+    float* __restrict ob = out + tok[p] * K;
+    const __m512 v = _mm512_set1_ps(val[p]);
+#pragma GCC unroll 8
+    for (int k = 0; k < V; ++k) _mm512_storeu_ps(ob + 16 * k, _mm512_fmadd_ps(v, w[k], _mm512_loadu_ps(ob + 16 * k)));
+  }
+  return _mm512_reduce_add_ps(sq);
+}
+
+inline float sum_latent_avx512(const float* __restrict t, const float* __restrict wi, const int64_t* tok,
+                               const float* wt, float* dt, int64_t start, int64_t stop, int64_t K, bool with_scale,
+                               float scale, float* __restrict gi, bool accumulate, bool stream) {
+  __m512 acc[V], w[V];
+#pragma GCC unroll 8
+  for (int k = 0; k < V; ++k) {
+    acc[k] = _mm512_setzero_ps();
+    w[k] = wi ? _mm512_loadu_ps(wi + 16 * k) : _mm512_setzero_ps();
+  }
+  for (int64_t p = start; p < stop; ++p) {
+    const float* __restrict tb = t + tok[p] * K;
+    const __m512 wp = _mm512_set1_ps(wt[p]);
+    __m512 tv[V];
+#pragma GCC unroll 8
+    for (int k = 0; k < V; ++k) tv[k] = _mm512_loadu_ps(tb + 16 * k);
+    if (dt) {  // one read of T[b]'s block serves the dot and the sum
+      __m512 d0 = _mm512_mul_ps(tv[0], w[0]), d1 = _mm512_mul_ps(tv[1], w[1]);
+#pragma GCC unroll 3
+      for (int k = 2; k < V; k += 2) {
+        d0 = _mm512_fmadd_ps(tv[k], w[k], d0);
+        d1 = _mm512_fmadd_ps(tv[k + 1], w[k + 1], d1);
+      }
+      dt[p] += _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < V; ++k) acc[k] = _mm512_fmadd_ps(wp, tv[k], acc[k]);
+  }
+  __m512 sq = _mm512_setzero_ps();
+  const __m512 sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 8
+  for (int k = 0; k < V; ++k) {
+    if (with_scale) acc[k] = _mm512_fmadd_ps(sc, w[k], acc[k]);
+    if (accumulate) acc[k] = _mm512_add_ps(_mm512_loadu_ps(gi + 16 * k), acc[k]);
+    if (stream) {
+      _mm512_stream_ps(gi + 16 * k, acc[k]);
+    } else {
+      _mm512_storeu_ps(gi + 16 * k, acc[k]);
+    }
+    sq = _mm512_fmadd_ps(acc[k], acc[k], sq);
+  }
+  return _mm512_reduce_add_ps(sq);
+}
+#endif
+
 // Latent-major order of token-major pairs by a counting sort (stable: tokens stay ascending
 // within a latent).
+// With `scores`, also their values at the pairs, latent-major (read in ascending address order).
 void latent_major_order(const int64_t* token_offsets, const int64_t* token_latent, int64_t B, int64_t F, int64_t nnz,
-                        int64_t* latent_offsets, int64_t* latent_token, int64_t* latent_latent, int64_t* latent_flat) {
+                        int64_t* latent_offsets, int64_t* latent_token, int64_t* latent_latent, int64_t* latent_flat,
+                        const float* scores, float* latent_values) {
   std::vector<int64_t> cursor(F + 1, 0);
   for (int64_t p = 0; p < nnz; ++p) ++cursor[token_latent[p] + 1];
   for (int64_t i = 0; i < F; ++i) cursor[i + 1] += cursor[i];
@@ -138,6 +213,7 @@ void latent_major_order(const int64_t* token_offsets, const int64_t* token_laten
       latent_token[q] = b;
       latent_latent[q] = i;
       latent_flat[q] = b * F + i;
+      if (scores) latent_values[q] = scores[b * F + i];
     }
   }
 }
@@ -174,9 +250,9 @@ inline void active_columns(const float* row, float threshold, int64_t F, std::ve
 // The pairs in both orders from a per-row scan: rows in parallel chunks, each chunk collecting its
 // rows' active columns in one read, then placed at their offsets.
 template <typename Scan>
-std::vector<torch::Tensor> pairs_where(int64_t B, int64_t F, Scan scan) {
-  auto opts = torch::TensorOptions().dtype(torch::kInt64);
-  torch::Tensor token_offsets = torch::empty({B}, opts);
+std::vector<at::Tensor> pairs_where(int64_t B, int64_t F, Scan scan, const float* scores) {
+  auto opts = at::TensorOptions().dtype(at::kLong);
+  at::Tensor token_offsets = at::empty({B}, opts);
   int64_t* offsets = token_offsets.data_ptr<int64_t>();
   constexpr int64_t CHUNK = 32;
   const int64_t n_chunks = (B + CHUNK - 1) / CHUNK;
@@ -198,7 +274,7 @@ std::vector<torch::Tensor> pairs_where(int64_t B, int64_t F, Scan scan) {
     offsets[b] = nnz;
     nnz += n;
   }
-  torch::Tensor token_latent = torch::empty({nnz}, opts), token_flat = torch::empty({nnz}, opts);
+  at::Tensor token_latent = at::empty({nnz}, opts), token_flat = at::empty({nnz}, opts);
   int64_t* tl = token_latent.data_ptr<int64_t>();
   int64_t* tf = token_flat.data_ptr<int64_t>();
   at::parallel_for(0, n_chunks, 1, [&](int64_t k0, int64_t k1) {
@@ -212,43 +288,49 @@ std::vector<torch::Tensor> pairs_where(int64_t B, int64_t F, Scan scan) {
       }
     }
   });
-  torch::Tensor latent_offsets = torch::empty({F}, opts);
-  torch::Tensor latent_token = torch::empty({nnz}, opts), latent_latent = torch::empty({nnz}, opts),
-                latent_flat = torch::empty({nnz}, opts);
+  at::Tensor latent_offsets = at::empty({F}, opts);
+  at::Tensor latent_token = at::empty({nnz}, opts), latent_latent = at::empty({nnz}, opts),
+                latent_flat = at::empty({nnz}, opts);
+  at::Tensor latent_values = at::empty({scores ? nnz : 0}, at::TensorOptions().dtype(at::kFloat));
   latent_major_order(offsets, tl, B, F, nnz, latent_offsets.data_ptr<int64_t>(), latent_token.data_ptr<int64_t>(),
-                     latent_latent.data_ptr<int64_t>(), latent_flat.data_ptr<int64_t>());
-  return {token_offsets, token_latent, token_flat, latent_offsets, latent_token, latent_latent, latent_flat};
+                     latent_latent.data_ptr<int64_t>(), latent_flat.data_ptr<int64_t>(), scores,
+                     scores ? latent_values.data_ptr<float>() : nullptr);
+  return {token_offsets, token_latent, token_flat, latent_offsets, latent_token, latent_latent, latent_flat,
+          latent_values};
 }
 
 }  // namespace
 
-// The pairs where mask [B, F] (bool) is true, in both orders (see sparse.ActivePairs).
-std::vector<torch::Tensor> pairs_from_mask(torch::Tensor mask) {
+// The pairs where mask [B, F] (bool) is true, in both orders (see sparse.ActivePairs); the last
+// tensor is empty (no values).
+std::vector<at::Tensor> pairs_from_mask(at::Tensor mask) {
   const int64_t B = mask.size(0), F = mask.size(1);
   const bool* m = mask.data_ptr<bool>();
-  return pairs_where(B, F, [m, F](int64_t b, std::vector<int32_t>& found) { active_columns(m + b * F, F, found); });
+  return pairs_where(
+      B, F, [m, F](int64_t b, std::vector<int32_t>& found) { active_columns(m + b * F, F, found); }, nullptr);
 }
 
-// The pairs where scores [B, F] (fp32) > threshold: the l1 variant's ReLU support, without a [B, F] mask.
-std::vector<torch::Tensor> pairs_above(torch::Tensor scores, double threshold) {
+// The pairs where scores [B, F] (fp32) > threshold: the l1 variant's ReLU support, without a [B, F]
+// mask; the last tensor holds the scores at the pairs, latent-major (the active f).
+std::vector<at::Tensor> pairs_above(at::Tensor scores, double threshold) {
   const int64_t B = scores.size(0), F = scores.size(1);
   const float* s = scores.data_ptr<float>();
   const float t = static_cast<float>(threshold);
-  return pairs_where(B, F,
-                     [s, F, t](int64_t b, std::vector<int32_t>& found) { active_columns(s + b * F, t, F, found); });
+  return pairs_where(
+      B, F, [s, F, t](int64_t b, std::vector<int32_t>& found) { active_columns(s + b * F, t, F, found); }, s);
 }
 
 // x_hat[b] = bias + sum_i f_bi W[i] over the latent-major pairs, and every row's per-model norm
 // ||W[i, m]|| (all F rows: the decoder-norm penalty needs them), reading W once.
 // Column blocks in parallel: each thread owns its blocks of x_hat, so no two threads write one float.
-std::vector<torch::Tensor> decode(torch::Tensor latent_offsets, torch::Tensor latent_token, torch::Tensor values,
-                                  torch::Tensor W, torch::Tensor bias, int64_t n_tokens, int64_t n_models,
+std::vector<at::Tensor> decode(at::Tensor latent_offsets, at::Tensor latent_token, at::Tensor values,
+                                  at::Tensor W, at::Tensor bias, int64_t n_tokens, int64_t n_models,
                                   bool with_norms) {
   const int64_t F = W.size(0), K = W.size(1), B = n_tokens, nnz = latent_token.size(0);
   const auto blocks = column_blocks(n_models, K / n_models);
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());
-  torch::Tensor out = torch::empty({B, K}, W.options());
-  torch::Tensor partial = torch::empty({n_blocks, F}, W.options());
+  at::Tensor out = at::empty({B, K}, W.options());
+  at::Tensor partial = at::empty({n_blocks, F}, W.options());
   const int64_t* lo = latent_offsets.data_ptr<int64_t>();
   const int64_t* tok = latent_token.data_ptr<int64_t>();
   const float* val = values.data_ptr<float>();
@@ -271,12 +353,18 @@ std::vector<torch::Tensor> decode(torch::Tensor latent_offsets, torch::Tensor la
         if (i + PREFETCH_LATENTS < F) prefetch(w + (i + PREFETCH_LATENTS) * K + c0, width, false);
         const float* wi = w + i * K + c0;
         const int64_t start = lo[i], stop = stop_of(lo, i, F, nnz);
+#if defined(__AVX512F__)
+        if (width == BLOCK) {
+          part[k * F + i] = decode_latent_avx512(wi, tok, val, start, stop, o + c0, K);
+          continue;
+        }
+#endif
         part[k * F + i] = width == BLOCK ? decode_latent<BLOCK>(wi, tok, val, start, stop, o + c0, K, width)
                                          : decode_latent<0>(wi, tok, val, start, stop, o + c0, K, width);
       }
     }
   });
-  torch::Tensor norms = torch::empty({with_norms ? F : 0, n_models}, W.options());
+  at::Tensor norms = at::empty({with_norms ? F : 0, n_models}, W.options());
   if (with_norms) {
     float* nr = norms.data_ptr<float>();
     at::parallel_for(0, F, 1024, [&](int64_t i0, int64_t i1) {
@@ -295,15 +383,15 @@ std::vector<torch::Tensor> decode(torch::Tensor latent_offsets, torch::Tensor la
 // every pair p = (b, i) (the gradient wrt the active f_bi). Also sum_i w_bi per latent (the
 // encoder-bias gradient) and ||G[i]||^2 of the rows as written (the grad-norm clip's share).
 // Latents in parallel (each thread owns its rows of G and its pairs' dots), column blocks inside.
-std::vector<torch::Tensor> latent_sums(torch::Tensor latent_offsets, torch::Tensor latent_token, torch::Tensor weights,
-                                       torch::Tensor T, torch::Tensor W, torch::Tensor row_scale, torch::Tensor out,
+std::vector<at::Tensor> latent_sums(at::Tensor latent_offsets, at::Tensor latent_token, at::Tensor weights,
+                                       at::Tensor T, at::Tensor W, at::Tensor row_scale, at::Tensor out,
                                        int64_t n_latents, int64_t n_models, bool accumulate) {
   const int64_t F = n_latents, K = T.size(1), nnz = latent_token.size(0);
   const auto blocks = column_blocks(n_models, K / n_models);
   const bool with_dots = W.numel() > 0, with_scale = row_scale.numel() > 0;
-  torch::Tensor dots = torch::zeros({with_dots ? nnz : 0}, T.options());
-  torch::Tensor weight_sums = torch::empty({F}, T.options());
-  torch::Tensor row_sq = torch::zeros({F}, T.options());
+  at::Tensor dots = at::zeros({with_dots ? nnz : 0}, T.options());
+  at::Tensor weight_sums = at::empty({F}, T.options());
+  at::Tensor row_sq = at::zeros({F}, T.options());
   const int64_t* lo = latent_offsets.data_ptr<int64_t>();
   const int64_t* tok = latent_token.data_ptr<int64_t>();
   const float* wt = weights.data_ptr<float>();
@@ -323,20 +411,33 @@ std::vector<torch::Tensor> latent_sums(torch::Tensor latent_offsets, torch::Tens
     }
     for (const ColumnBlock& blk : blocks) {
       const int64_t c0 = blk.start, width = blk.width;
+      // a fresh gradient goes out with streaming stores (whole cache lines, no read for ownership:
+      // the rows are read next by Adam, long after they left the cache)
+      const bool stream = !accumulate && width == BLOCK && (reinterpret_cast<uintptr_t>(g + c0) % 64 == 0) &&
+                          (K * sizeof(float)) % 64 == 0;
       for (int64_t i = i0; i < i1; ++i) {
         if (i + PREFETCH_LATENTS < i1) {
           if (w) prefetch(w + (i + PREFETCH_LATENTS) * K + c0, width, false);
-          prefetch(g + (i + PREFETCH_LATENTS) * K + c0, width, true);
+          if (!stream) prefetch(g + (i + PREFETCH_LATENTS) * K + c0, width, true);
         }
         const int64_t start = lo[i], stop = stop_of(lo, i, F, nnz);
         const float* wi = w ? w + i * K + c0 : nullptr;
         const float sc = with_scale ? scale[i * n_models + blk.model] : 0.f;
         float* gi = g + i * K + c0;
+#if defined(__AVX512F__)
+        if (width == BLOCK) {
+          sq[i] += sum_latent_avx512(t + c0, wi, tok, wt, dt, start, stop, K, with_scale, sc, gi, accumulate, stream);
+          continue;
+        }
+#endif
         sq[i] += width == BLOCK
                      ? sum_latent<BLOCK>(t + c0, wi, tok, wt, dt, start, stop, K, with_scale, sc, gi, accumulate, width)
                      : sum_latent<0>(t + c0, wi, tok, wt, dt, start, stop, K, with_scale, sc, gi, accumulate, width);
       }
     }
+#if defined(__AVX512F__)
+    _mm_sfence();  // the streamed rows are visible before anyone reads them
+#endif
   });
   return {out, dots, weight_sums, row_sq};
 }

@@ -61,6 +61,9 @@ class ActivePairs:
     """[nnz]: b·F + i of each latent-major pair."""
     kernel: ModuleType | None = field(default=None, compare=False)
     """The compiled kernels (`pairs_kernel.load()`) the products run with; None = torch ops."""
+    source: tuple | None = field(default=None, compare=False, repr=False)
+    """`above` with the kernel: (the scores' storage, shape, strides, version) and their values at
+    the pairs, latent-major, read during the scan: `latent_major(scores)` then costs no gather."""
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, kernel: ModuleType | None = None) -> ActivePairs:
@@ -96,16 +99,20 @@ class ActivePairs:
         """The pairs where scores [B, F] > threshold (the l1 variant's ReLU support). The kernel reads
         the fp32 scores directly, never writing the [B, F] bool mask."""
         if kernel is not None and scores.device.type == "cpu" and scores.dtype == torch.float32:
-            return cls._from_kernel(scores.shape, kernel.pairs_above(scores.contiguous(), float(threshold)), kernel)
+            scores = scores.contiguous()
+            pairs = cls._from_kernel(scores.shape, kernel.pairs_above(scores, float(threshold)), kernel)
+            pairs.source = (_identity(scores), pairs.source[1])
+            return pairs
         return cls.from_mask(scores > threshold, kernel)
 
     @classmethod
     def _from_kernel(cls, shape: torch.Size, parts: list[torch.Tensor], kernel: ModuleType) -> ActivePairs:
         B, n_latents = shape
-        token_offsets, token_latent, token_flat, latent_offsets, latent_token, latent_latent, latent_flat = parts
+        token_offsets, token_latent, token_flat, latent_offsets, latent_token, latent_latent, latent_flat, values = parts
         return cls(n_tokens=B, n_latents=n_latents, token_offsets=token_offsets, token_major_latent=token_latent,
                    token_major_flat=token_flat, latent_offsets=latent_offsets, latent_major_token=latent_token,
-                   latent_major_latent=latent_latent, latent_major_flat=latent_flat, kernel=kernel)
+                   latent_major_latent=latent_latent, latent_major_flat=latent_flat, kernel=kernel,
+                   source=(None, values))
 
     def latent_counts(self) -> torch.Tensor:
         """[F]: active pairs per latent (> 0: the latent fired in this batch), from the offsets alone,
@@ -127,12 +134,19 @@ class ActivePairs:
 
     def latent_major(self, dense: torch.Tensor) -> torch.Tensor:
         """Values of a [B, F] tensor at the pairs, latent-major."""
+        if self.source is not None and self.source[0] == _identity(dense):
+            return self.source[1]
         return dense.reshape(-1)[self.latent_major_flat]
 
     def per_latent_sum(self, values_latent_major: torch.Tensor) -> torch.Tensor:
         """Σ_b over each latent's pairs -> [F] (differentiable)."""
         out = values_latent_major.new_zeros(self.n_latents)
         return out.index_add(0, self.latent_major_latent, values_latent_major)
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    """Same storage, layout and version counter: the same values (a detached view shares the counter)."""
+    return (t.device, t.dtype, t.data_ptr(), tuple(t.shape), t.stride(), t._version)
 
 
 def _on_kernel(pairs: ActivePairs, *tensors: torch.Tensor) -> bool:
