@@ -48,12 +48,13 @@ std::vector<ColumnBlock> column_blocks(int64_t n_models, int64_t d_model) {
   return blocks;
 }
 
+// Into L2 (prefetcht1), not L1: a block is 8 lines, and L1's few fill buffers would stall the loop.
 inline void prefetch(const float* p, int64_t width, bool for_write) {
   for (int64_t c = 0; c < width; c += LINE) {
     if (for_write) {
-      __builtin_prefetch(p + c, 1, 3);
+      __builtin_prefetch(p + c, 1, 2);
     } else {
-      __builtin_prefetch(p + c, 0, 3);
+      __builtin_prefetch(p + c, 0, 2);
     }
   }
 }
