@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reasondiff.config import TrainConfig
+from reasondiff.core.errors import UserError
 from reasondiff.crosscoder import pairs_kernel, sparse
 from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
 from reasondiff.train.step import Objective, dense_objective, select_active, sparse_objective
@@ -328,3 +329,31 @@ def test_clip_folded_into_fused_adam_equals_clip_then_adam(mode):
         assert moved > 100 * PARAM_ATOL, name
         torch.testing.assert_close(getattr(cc, name).detach(), getattr(reference, name).detach(), rtol=0,
                                    atol=PARAM_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_kernel_choice_and_the_logged_fallback_without_a_compiler(monkeypatch, caplog):
+    """auto: the compiled kernels where they build, else one warning and the torch path (same
+    numbers); cpp: a build failure is one clear error; torch and GPU runs never build them."""
+    def train(kernel, sparse="on"):
+        config = TrainConfig(variant="l1", batch_size=64, n_tokens=64 * 4, sparse=sparse, sparse_kernel=kernel)
+        return CrossCoderTrainer(_crosscoder(), config, 4, torch.device("cpu"))
+
+    assert train("torch").kernel is None and train("auto", sparse="off").kernel is None
+    with pytest.raises(ValueError, match="sparse_kernel"):
+        TrainConfig(sparse_kernel="cuda")
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension: g++: command not found")
+
+    monkeypatch.setattr(pairs_kernel, "_module", None)
+    monkeypatch.setattr(pairs_kernel, "_failure", None)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
+    with caplog.at_level("WARNING", logger=pairs_kernel.__name__):
+        fallback = train("auto")
+        train("auto")
+    assert fallback.kernel is None and "g++: command not found" in pairs_kernel.failure()
+    assert sum("could not be built" in r.getMessage() for r in caplog.records) == 1  # logged once
+    metrics = fallback.train_step(torch.randn(64, 2, 6), with_metrics=True)
+    assert metrics["sparse_step"] == 1.0
+    with pytest.raises(UserError, match="train.sparse_kernel=cpp.*g\\+\\+: command not found"):
+        train("cpp")
