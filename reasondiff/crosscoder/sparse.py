@@ -67,7 +67,7 @@ class ActivePairs:
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, kernel: ModuleType | None = None) -> ActivePairs:
-        """mask [B, F] bool. Kernel: two passes over the mask's rows and a counting sort. Torch: one
+        """mask [B, F] bool. Kernel: one pass over the mask's rows and a counting sort. Torch: one
         `nonzero` pass gives the token-major order; the latent-major order is a stable sort of its
         latents when the pairs are few (≤ SORT_MAX_DENSITY of the mask), else a second `nonzero`
         over the transposed mask (sorting 3M pairs costs more than the transpose)."""
@@ -160,7 +160,7 @@ def decode(pairs: ActivePairs, f: torch.Tensor, W: torch.Tensor, *, bias: torch.
     the same read of W; the torch path is token-major `embedding_bag` + `norm`)."""
     F_, K = W.shape
     if _on_kernel(pairs, f, W):
-        bias_flat = bias.reshape(K).contiguous() if bias is not None else W.new_empty(0)
+        bias_flat = bias.reshape(K).to(W.dtype).contiguous() if bias is not None else W.new_empty(0)
         recon, norms = pairs.kernel.decode(pairs.latent_offsets, pairs.latent_major_token,
                                            pairs.latent_major(f).contiguous(), W.contiguous(), bias_flat,
                                            pairs.n_tokens, n_models or 1, n_models is not None)
