@@ -282,3 +282,23 @@ def test_the_reasoning_text_source_is_part_of_the_result_it_makes():
         assert held != fingerprint.settings(make_config("finetune.holdout.seed=1", config_name=stage), stage)
         on_policy = fingerprint.settings(make_config(f"{stage}.reasoning_text=on_policy", config_name=stage), stage)
         assert "bench.token_limits" in on_policy and "finetune.holdout.fraction" not in on_policy
+
+
+def test_the_held_out_split_is_part_of_a_harvest_that_mixes_reasoning_text_only():
+    from reasondiff.core import fingerprint
+
+    def digest(*overrides, stage="harvest"):
+        cfg = make_config("+exp=tiny", "tuned_model=someone/released-reasoner", *overrides, config_name=stage)
+        return fingerprint.Fingerprint(fingerprint.settings(cfg, stage)).digest
+
+    # a tuned model from the hub: no finetune upstream id moves when the split does
+    for stage, extra in (("harvest", ()), ("train", ("train.data=live",))):
+        mixed = digest(*extra, stage=stage)
+        for change in ("finetune.holdout.seed=1", "finetune.holdout.n_rows=3", "finetune.holdout.fraction=0.3",
+                       "finetune.dataset=other.jsonl"):
+            assert digest(*extra, change, stage=stage) != mixed, (stage, change)
+        plain = ("harvest.reasoning_fraction=0", *extra)
+        assert digest(*plain, "finetune.holdout.seed=1", stage=stage) == digest(*plain, stage=stage)
+    # and a harvest without a mix keeps the fingerprint it had before the split was fingerprinted
+    cfg = make_config("+exp=tiny", "harvest.reasoning_fraction=0", config_name="harvest")
+    assert not any(k.startswith("finetune.") for k in fingerprint.settings(cfg, "harvest"))

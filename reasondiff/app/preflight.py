@@ -123,6 +123,23 @@ def finetune_dir_of(cfg) -> Path | None:
     return owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
 
 
+def mix_excluded_questions(cfg) -> frozenset[str]:
+    """question_keys (reasondiff.lm.holdout) of the fine-tune's held-out rows, when harvest mixes
+    reasoning text in: scan, analyze and intervene read those rows as held-out reasoning text, so the
+    harvest leaves them out and the crosscoder never trains on them. Empty without a mix."""
+    from reasondiff.lm.holdout import resolve_split
+
+    h = cfg.harvest
+    if not (h.reasoning_fraction > 0 and h.reasoning_corpus):
+        return frozenset()
+    try:
+        return resolve_split(cfg, finetune_dir_of(cfg)).heldout_questions
+    except UserError as err:
+        log.warning("harvest: cannot read the fine-tune's held-out rows (%s); the reasoning mix may hold rows that "
+                    "scan and analyze read as held-out text", err)
+        return frozenset()
+
+
 def reasoning_text_problem(cfg, stage: str) -> str | None:
     """Reasoning text that would measure rows the fine-tune trained on: a reasoning_corpus sharing
     questions with the trained rows (unless `<stage>.allow_trained_text`), or held-out rows asked

@@ -126,10 +126,12 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
         extra = (("model",) if "base" in models else ()) + (("tuned_model",) if "tuned" in models else ())
         return ("seed", "format", "bench", "hardware.dtype", "hardware.attn_implementation", *extra)
     if stage == "harvest":
-        return ("seed", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
+        return ("seed", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size",
+                *reasoning_mix_keys(cfg))
     if stage == "train":
         if cfg.train.data == "live":
-            return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
+            return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size",
+                    *reasoning_mix_keys(cfg))
         return ("seed", "train")
     if stage == "analyze":
         reasoning = reasoning_text_keys(cfg, cfg.analyze) if cfg.analyze.n_reasoning_contexts else ()
@@ -158,6 +160,17 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
         return ("seed", "scan", "tuned_model", *MODEL_KEYS, *harvest, *reasoning)
     # a stage this module does not know yet: its section and the models, to be safe
     return ("seed", stage, "tuned_model", *MODEL_KEYS)
+
+
+def reasoning_mix_keys(cfg) -> tuple[str, ...]:
+    """What harvest's reasoning mix depends on outside `harvest.*`: the fine-tune's held-out questions
+    are left out of it (reasondiff.app.preflight.mix_excluded_questions), so which rows are held out
+    changes the store even when the tuned model is not this experiment's fine-tune (a hub id: no
+    upstream id moves). Nothing without a mix, so such a harvest keeps its fingerprint."""
+    h = cfg.harvest
+    if not (h.reasoning_fraction > 0 and h.reasoning_corpus):
+        return ()
+    return ("finetune.dataset", "finetune.split", "finetune.holdout")
 
 
 def reasoning_text_keys(cfg, section) -> tuple[str, ...]:
