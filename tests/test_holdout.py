@@ -302,3 +302,72 @@ def test_the_held_out_split_is_part_of_a_harvest_that_mixes_reasoning_text_only(
     # and a harvest without a mix keeps the fingerprint it had before the split was fingerprinted
     cfg = make_config("+exp=tiny", "harvest.reasoning_fraction=0", config_name="harvest")
     assert not any(k.startswith("finetune.") for k in fingerprint.settings(cfg, "harvest"))
+
+
+def _store_of_crosscoder(tmp_path, tiny_world, *, read, excluded=None, count=0):
+    """A finished train run whose recorded input is a harvest store that read the first `read` rows of the
+    fine-tune's dataset as its reasoning mix, leaving out `excluded` (None: a store that names none)."""
+    from reasondiff.core import fingerprint
+
+    store = tmp_path / "t" / "harvest"
+    store.mkdir(parents=True, exist_ok=True)
+    corpus = {"reasoning_corpus": str(tiny_world / "s1k.jsonl"), "reasoning_fraction": 0.2,
+              "reasoning_questions_excluded": count}
+    if excluded is not None:
+        corpus["reasoning_questions_excluded_keys"] = sorted(excluded)
+    state = {"documents": read, "offset": 0, "passes": 0}
+    artifacts.write_json(store / "store.json", {"corpus": corpus, "shards": [{"stream_state": {"reasoning": state}}]})
+    artifacts.mark_complete(store)
+    train = tmp_path / "t" / "train"
+    train.mkdir(parents=True, exist_ok=True)
+    fingerprint.write(train, "train", fingerprint.Fingerprint({}, upstream={"t/harvest": "id1"}), "")
+    artifacts.mark_complete(train)
+
+
+def test_preflight_refuses_held_out_rows_that_the_crosscoders_store_trained_on(tmp_path, tiny_world, monkeypatch):
+    rows = rows_of(tiny_world / "s1k.jsonl")
+    split = split_rows(rows, dataset=str(tiny_world / "s1k.jsonl"), fields=FIELDS, fraction=0.25, n_rows=None, seed=0)
+    fake_finetune(tmp_path, tiny_world, record=split.to_record())
+
+    def cfg(stage, *extra):
+        return make_config(f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", "model.build_tiny=false",
+                           f"tuned_model={tmp_path / 't' / 'finetune' / 'model'}",
+                           f"finetune.dataset={tiny_world / 's1k.jsonl'}", f"harvest.corpus={tiny_world / 'corpus.jsonl'}",
+                           *extra, config_name=stage)
+
+    # a store harvested before finetune.holdout: its reasoning mix read every row and left none out
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows))
+    for stage in ("analyze", "intervene"):
+        problem = preflight.reasoning_text_problem(cfg(stage), stage)
+        assert problem.startswith(f"{stage}: {len(split.heldout_questions)} of the {len(split.heldout_questions)} "
+                                  "held-out questions") and "\n" not in problem
+        assert str(tmp_path / "t" / "harvest") in problem and "analyze.allow_trained_text=true" in problem
+        assert "harvested before finetune.holdout" in problem
+        assert preflight.reasoning_text_problem(cfg(stage, "analyze.allow_trained_text=true"), stage) is None
+    # one clear UserError from the stage's preflight (the models themselves are not what is checked here)
+    monkeypatch.setattr(preflight, "_model_problem", lambda *a: None)
+    with pytest.raises(UserError, match=r"^analyze: \d+ of the \d+ held-out questions"):
+        preflight.check([(cfg("analyze"), "analyze")], disk=False)
+    # a pipeline that redoes the harvest (or the train run, onto a store it redoes) reads no such store
+    redone = frozenset({tmp_path / "t" / "harvest"})
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze", redone) is None
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze", redone | {tmp_path / "t" / "train"}) is None
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze", frozenset({tmp_path / "t" / "train"}))
+    # scan reads no crosscoder; on-policy text is not the held-out rows
+    assert preflight.reasoning_text_problem(cfg("scan"), "scan") is None
+    assert preflight.reasoning_text_problem(cfg("analyze", "analyze.reasoning_text=on_policy"), "analyze") is None
+
+    # the evidence is what the store read: rows before the first held-out one are no problem...
+    _store_of_crosscoder(tmp_path, tiny_world, read=min(split.heldout))
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze") is None
+    _store_of_crosscoder(tmp_path, tiny_world, read=min(split.heldout) + 1)
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze").startswith("analyze: 1 of the")
+    # ...and what it left out: the held-out questions themselves, or (an older store) a count of them
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows), excluded=split.heldout_questions,
+                         count=len(split.heldout_questions))
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze") is None
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows), count=len(split.heldout_questions))
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze") is None
+    other = split_rows(rows, dataset="d", fields=FIELDS, fraction=0.25, n_rows=None, seed=5).heldout_questions
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows), excluded=other, count=len(other))
+    assert "another split" in preflight.reasoning_text_problem(cfg("analyze"), "analyze")
