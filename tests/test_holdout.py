@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,55 @@ def test_on_policy_text_is_the_tuned_models_bench_generations_in_the_chat_layout
     assert texts["reasoning"]["label"] == "on-policy" and texts["reasoning"]["contexts"] == 2
     at_96 = bench.on_policy_conversations(scan, tiny_tokenizer, n_contexts=4, context_length=96, config_key="x")
     assert texts["reasoning"]["tokens"] == sum(len(ids) for ids in at_96.conversations)
+
+
+def test_on_policy_text_drops_generations_of_questions_the_fine_tune_trained_on(tmp_path, tiny_world,
+                                                                              tiny_tokenizer, tiny_tuned_model_dir):
+    from reasondiff import bench
+    from reasondiff.bench.prompts import load_questions
+    from reasondiff.bench.run import GENERATIONS, resolve_models, sweep_fingerprint
+
+    # a fine-tune dataset that shares the first bench question (spaced otherwise: the same question_key)
+    questions = load_questions("gsm8k", make_config(f"bench.data.gsm8k.path={tiny_world / 'gsm8k.jsonl'}", *BENCH,
+                                                    config_name="bench").bench)
+    shared = {"question": "  " + questions[0].question.replace(" ", "\n "), "deepseek_thinking_trajectory": "t",
+              "deepseek_attempt": "a"}
+    dataset = tmp_path / "s1k_like.jsonl"
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in [shared, {**shared, "question": "another question"}]))
+
+    def on_policy(tuned, *extra):
+        cfg = make_config(f"output_root={tmp_path}", "exp_name=t", "model.build_tiny=false", f"tuned_model={tuned}",
+                          f"bench.data.gsm8k.path={tiny_world / 'gsm8k.jsonl'}", f"finetune.dataset={dataset}", *BENCH,
+                          *extra, config_name="bench")
+        spec = [s for s in resolve_models(cfg) if s.label == "tuned"][0]
+        rows = [{"model": "tuned", "task": "gsm8k", "id": q.id, "limit": 64, "completion": f"answer {i}",
+                 "finished": True, "fingerprint": sweep_fingerprint(cfg, spec, "gsm8k")} for i, q in enumerate(questions)]
+        bench_dir = cfg.stage_dir("bench")
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        (bench_dir / GENERATIONS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        artifacts.mark_complete(bench_dir)
+        return bench.on_policy_conversations(cfg, tiny_tokenizer, n_contexts=8, context_length=256, config_key="x")
+
+    def answers(text):
+        return [tiny_tokenizer.decode(ids).split("answer ")[-1][0] for ids in text.conversations]
+
+    # a tuned model made elsewhere may have trained on any row of finetune.dataset
+    text = on_policy(tiny_tuned_model_dir)
+    assert text.trained_dropped == 1 and answers(text) == ["1", "2"]
+    assert "1 dropped" in text.source and f"finetune.dataset={dataset}" in text.source
+    # this experiment's fine-tune: only the rows it trained on count, not the ones it held out
+    splits = [split_rows(rows_of(dataset), dataset=str(dataset), fields=FIELDS, fraction=0.5, n_rows=1, seed=seed)
+              for seed in range(20)]
+    for held in (True, False):
+        split = next(sp for sp in splits if (0 in sp.heldout) == held)
+        shutil.rmtree(tmp_path / "t" / "finetune", ignore_errors=True)
+        fake_finetune(tmp_path, tiny_world, record=split.to_record())
+        text = on_policy(tmp_path / "t" / "finetune" / "model")
+        assert text.trained_dropped == (0 if held else 1) and len(text.conversations) == (3 if held else 2)
+        assert "the rows the fine-tune trained on (finetune manifest" in text.source
+    # a dataset that cannot be read: the text is used, and its source says it was not checked
+    text = on_policy(tiny_tuned_model_dir, f"finetune.dataset={tmp_path / 'gone.jsonl'}")
+    assert text.trained_dropped is None and len(text.conversations) == 3 and "not checked" in text.source
 
 
 def test_harvest_keeps_the_held_out_questions_out_of_its_reasoning_mix(tiny_world):
