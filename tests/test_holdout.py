@@ -331,7 +331,9 @@ def test_the_reasoning_text_source_is_part_of_the_result_it_makes():
         assert held[f"{stage}.reasoning_text"] == "heldout_rows" and "finetune.holdout.fraction" in held
         assert held != fingerprint.settings(make_config("finetune.holdout.seed=1", config_name=stage), stage)
         on_policy = fingerprint.settings(make_config(f"{stage}.reasoning_text=on_policy", config_name=stage), stage)
-        assert "bench.token_limits" in on_policy and "finetune.holdout.fraction" not in on_policy
+        assert "bench.token_limits" in on_policy and "finetune.holdout.fraction" in on_policy  # what it drops
+        assert on_policy != fingerprint.settings(make_config(f"{stage}.reasoning_text=on_policy", "finetune.limit_rows=5",
+                                                             config_name=stage), stage)
 
 
 def test_the_held_out_split_is_part_of_a_harvest_that_mixes_reasoning_text_only():

@@ -180,7 +180,8 @@ def reasoning_text_keys(cfg, section) -> tuple[str, ...]:
     if section.reasoning_text == "heldout_rows":
         keys += ("finetune.dataset", "finetune.split", "finetune.holdout")
     elif section.reasoning_text == "on_policy":
-        keys += ("bench",)
+        # generations of questions the fine-tune trained on are dropped (reasondiff.bench.on_policy)
+        keys += ("bench", "finetune.dataset", "finetune.split", "finetune.holdout", "finetune.limit_rows")
     return keys
 
 
