@@ -229,6 +229,7 @@ def _finished(directory, **files):
 
 
 def test_a_control_harvest_reuses_the_base_rows_only_when_its_mix_left_out_the_same_questions(tmp_path):
+    from reasondiff.app.preflight import mix_excluded_questions
     from reasondiff.app.reuse import base_rows_source
     from reasondiff.core import fingerprint
     from reasondiff.lm.holdout import split_rows
@@ -256,10 +257,10 @@ def test_a_control_harvest_reuses_the_base_rows_only_when_its_mix_left_out_the_s
 
     # ...yet both mixes leave out the reasoning fine-tune's held-out questions: the base rows are the same
     main_store(split.heldout_questions)
-    assert base_rows_source(control) == (main, "")
+    assert base_rows_source(control, lambda: mix_excluded_questions(control)) == (main, "")
     other = split_rows(rows, dataset="s1k", fields=split.fields, fraction=0.25, n_rows=None, seed=1).heldout_questions
     main_store(other)  # a main store whose mix left out other questions holds other reasoning contexts
-    lender, why = base_rows_source(control)
+    lender, why = base_rows_source(control, lambda: mix_excluded_questions(control))
     assert lender is None and "other held-out questions" in why
 
 

@@ -60,7 +60,7 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
     if stage == "harvest":
         from reasondiff.app.reuse import base_rows_source
 
-        lender = base_rows_source(cfg)[0]  # a null pair's base rows, copied from the main store (docs/null.md)
+        lender = base_rows_source(cfg, lambda: mix_excluded_questions(cfg))[0]  # a null pair's base rows, copied from the main store (docs/null.md)
         return [model, tuned, *corpora] + ([Input("harvest.reuse_base", str(lender), "stage", "harvest")] if lender else [])
     if stage == "train":
         if cfg.train.data == "store":

@@ -12,6 +12,7 @@ on the tuned model). The harvest checks every reused row's token id against its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from reasondiff.core import artifacts, fingerprint
@@ -21,8 +22,10 @@ ROW_NEUTRAL = ("tuned_model", "harvest.n_tokens", "harvest.stats_sample_tokens",
 """Settings a reused base row does not depend on."""
 
 
-def base_rows_source(cfg) -> tuple[Path | None, str]:
-    """(the main harvest directory whose base rows this named harvest run can reuse, or None; why not)."""
+def base_rows_source(cfg, excluded_questions: Callable[[], frozenset[str]]) -> tuple[Path | None, str]:
+    """(the main harvest directory whose base rows this named harvest run can reuse, or None; why not).
+    `excluded_questions()`: the questions this run's reasoning mix leaves out
+    (reasondiff.app.preflight.mix_excluded_questions; passed in, as preflight reads this module)."""
     if not cfg.run or not cfg.harvest.reuse_base:
         return None, "harvest.reuse_base=false" if cfg.run else "the main run"
     main = cfg.exp_dir / "harvest"
@@ -44,19 +47,16 @@ def base_rows_source(cfg) -> tuple[Path | None, str]:
     if changed:
         return None, f"{main} was made with other settings ({', '.join(changed)})"
     store = artifacts.read_json(main / "store.json")
-    if (problem := _other_exclusions(store.get("corpus") or {}, cfg)) is not None:
+    if (problem := _other_exclusions(store.get("corpus") or {}, excluded_questions())) is not None:
         return None, f"{main} {problem}"
     if int(store.get("n_tokens", 0)) < cfg.harvest.n_tokens:
         return None, f"{main} holds {store.get('n_tokens', 0)} tokens, fewer than harvest.n_tokens={cfg.harvest.n_tokens}"
     return main, ""
 
 
-def _other_exclusions(corpus: dict, cfg) -> str | None:
+def _other_exclusions(corpus: dict, ours: frozenset[str]) -> str | None:
     """Why the main store's reasoning mix left out other questions than this run's would (None when
     the same): its rows would differ from ours at every reasoning context after the first such row."""
-    from reasondiff.app.preflight import mix_excluded_questions
-
-    ours = mix_excluded_questions(cfg)
     if "reasoning_questions_excluded_keys" in corpus:
         if set(corpus["reasoning_questions_excluded_keys"]) == ours:
             return None

@@ -205,7 +205,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                     f"harvesting {remaining:,} paired activations")
     except artifacts.DiskSpaceError as err:
         raise UserError(f"{err} (harvest.n_tokens, harvest.store_dtype)") from err
-    reused_from, not_reused = base_rows_source(cfg)
+    reused_from, not_reused = base_rows_source(cfg, lambda: mix_excluded_questions(cfg))
     if reused_from is not None and world > 1:  # the main store's rows follow one process's batch order
         reused_from, not_reused = None, "a torchrun harvest runs both models"
     if cfg.run and reused_from is None:
