@@ -28,7 +28,6 @@ from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_metrics
 from reasondiff.finetune.data import (
-    SFTExample,
     build_sft_examples,
     load_s1k_split,
     summarize_report,
@@ -36,6 +35,7 @@ from reasondiff.finetune.data import (
 )
 from reasondiff.finetune.loss_curve import loss_points, plot_loss_curve
 from reasondiff.lm.s1_layout import answer_start, thinking_start
+from reasondiff.lm.sft_example import SFTExample
 
 log = logging.getLogger(__name__)
 
