@@ -44,6 +44,7 @@ from reasondiff.lm.resume_forward import (
     clean_run,
     close_up_to_rounding,
     final_norm,
+    log_probs,
     resume_problem,
     resumed_at_hook,
     uniform_final_residual,
@@ -164,15 +165,6 @@ def final_hidden(model, tokens: torch.Tensor, hook, fn: Callable[[torch.Tensor],
     reference the resumed runs of `ce_recovery_batch` are tested against."""
     with residual_hook(model, hook, fn):
         return model.base_model(input_ids=tokens.to(model.device)).last_hidden_state
-
-
-def log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the model's logits for hidden states [N, d] (float32; Gemma-2's soft cap applied)."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, dim=-1)
 
 
 class _Unembedding:

@@ -100,16 +100,6 @@ class InterventionMeter(ContextSums):
         return rows
 
 
-def log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
-    """log-softmax [n, V] (float32) of the model's logits for hidden states after its final norm [n, d]
-    (Gemma-2's final soft cap applied, as its forward does)."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, dim=-1)
-
-
 def kl_terms(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """[n] KL(p ‖ q) in nats from log-probabilities [n, V] (a p_v = 0 term counts 0)."""
     p = logp.exp()
