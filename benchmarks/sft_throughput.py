@@ -35,9 +35,10 @@ arms saw different tokens. Each ratio to `plain` is the median of the per-round 
 the same round), with their range.
 
 Row sets (--sets): `full`, rows trimmed (finetune.overlong_policy=keep_answer) to exactly
---max-length, so no batch pads; `mixed`, every row up to --mixed-max-length (s1K traces are long:
-below ~512 tokens nearly all rows fill max_length), so padded batches compute pad tokens and
-padding-free does not. The projection for the paper's run (5 epochs of s1K-1.1 at max_length 2048,
+--max-length, so no batch pads, at the stage's gradient accumulation; `mixed`, every row up to
+--mixed-max-length (s1K traces are long: below ~512 tokens nearly all rows fill max_length), so
+padded batches compute pad tokens and padding-free does not, one micro batch per step by default
+(--mixed-accumulation) so that a step holds about the tokens of a `full` step. The projection for the paper's run (5 epochs of s1K-1.1 at max_length 2048,
 every row filling its 2048 tokens) divides those tokens by the measured rate: a lower bound on the
 time, since attention costs more per token at 2048 than at the measured length.
 """
@@ -350,8 +351,11 @@ def main() -> None:
     parser.add_argument("--mixed-max-length", type=int, default=512, help="longest row of the `mixed` set")
     parser.add_argument("--micro-batch", type=int, default=2, help="hardware.finetune_micro_batch")
     parser.add_argument("--accumulation", type=int, default=None,
-                        help="micro batches per optimizer step (default: the stage's, finetune.effective_batch_size "
-                             "/ micro batch)")
+                        help="micro batches per optimizer step of the `full` set (default: the stage's, "
+                             "finetune.effective_batch_size / micro batch)")
+    parser.add_argument("--mixed-accumulation", type=int, default=1,
+                        help="micro batches per optimizer step of the `mixed` set (default 1: rows up to "
+                             "--mixed-max-length make a step of about the `full` set's tokens)")
     parser.add_argument("--steps", type=int, default=3, help="measured optimizer steps (rounds) per arm")
     parser.add_argument("--warmup", type=int, default=1, help="rounds dropped first (trainer construction included)")
     parser.add_argument("--dtype", default=None, help="hardware.dtype (default: float32 on CPU, bfloat16 on GPU)")
@@ -390,7 +394,8 @@ def main() -> None:
         max_length = args.max_length if row_set == "full" else args.mixed_max_length
         cfg = bench_config(max_length, args.micro_batch, args.dtype, device.type, args.gradient_checkpointing)
         set_pad_token(tokenizer, cfg.finetune.pad_token)
-        accumulation = args.accumulation or gradient_accumulation(cfg.finetune.effective_batch_size, args.micro_batch)
+        accumulation = (args.mixed_accumulation if row_set == "mixed" else args.accumulation
+                        or gradient_accumulation(cfg.finetune.effective_batch_size, args.micro_batch))
         n_rows = rounds * args.micro_batch * accumulation
         examples, _ = build_sft_examples(make_rows(args.data, max(4 * n_rows, 100)), tokenizer, cfg.finetune,
                                          ReasoningFormat())
