@@ -185,9 +185,9 @@ def run_arms(arms: dict[str, Callable[[Turns, str], list[int]]], rounds: int) ->
         worker.start()
     for worker in workers:
         worker.join()
-    if errors:
-        name, err = next(iter(errors.items()))
-        raise RuntimeError(f"arm {name} failed: {err!r}") from err
+    if errors:  # the arm that failed first; the others only stopped waiting for it
+        name = turns.failed if turns.failed in errors else next(iter(errors))
+        raise RuntimeError(f"arm {name} failed: {errors[name]!r}") from errors[name]
     if len(set(threads_seen.values())) > 1:
         raise RuntimeError(f"arms ran with different torch thread counts: {threads_seen}")
     return turns, tokens
@@ -370,6 +370,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_SAMPLE)
     parser.add_argument("--workdir", type=Path, default=REPO / "outputs" / "_bench" / "sft_throughput")
     args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1 (the first round builds the trainers)")
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
