@@ -36,7 +36,8 @@ SWEEPS_OF = {"train": ("l1_coeff", "k"), "bench": ("token_limits",), "harvest": 
 HARDWARE_OF = {"finetune": ("finetune_micro_batch", "gradient_checkpointing"), "bench": ("bench_batch_size",),
                "harvest": ("harvest_batch_size",), "scan": ("analyze_batch_size",), "analyze": ("analyze_batch_size",),
                "intervene": ("analyze_batch_size", "bench_batch_size"), "train": ()}
-HARDWARE_SHARED = ("name", "device", "dtype", "attn_implementation", "memory_gb", "dataloader_workers", "cpu_threads")
+HARDWARE_SHARED = ("name", "device", "dtype", "attn_implementation", "memory_gb", "dataloader_workers", "cpu_threads",
+                   "malloc_mmap_threshold_kb")
 
 
 # --- the schema's own documentation ---------------------------------------------------------------

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from reasondiff.app import preflight
 from reasondiff.config import CONF_DIR, Config, to_config, upstream_candidates
-from reasondiff.core import artifacts, distributed, fingerprint, runs
+from reasondiff.core import artifacts, distributed, fingerprint, memory, runs
 from reasondiff.core.errors import UserError
 from reasondiff.core.fingerprint import Fingerprint
 from reasondiff.core.locking import StageLock
@@ -459,6 +459,8 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
         import torch
 
         torch.set_num_threads(cfg.hardware.cpu_threads)
+    if cfg.hardware.malloc_mmap_threshold_kb:
+        memory.set_mmap_threshold(cfg.hardware.malloc_mmap_threshold_kb * 1024)
     name = cfg.run_of(stage)
     seed_everything(cfg.seed)
     func = func or stage_function(stage)

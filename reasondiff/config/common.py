@@ -80,12 +80,19 @@ class HardwareConfig:
     """torch intra-op threads on CPU (None = torch's default, one per core); set it when other jobs
     share the cores: on a 2-core machine with one core busy, 1 thread ran a decode-shaped forward of
     the 0.5B in 0.35 s against 2.9 s with the default 2 (threads waiting on a busy core stall the op)."""
+    malloc_mmap_threshold_kb: int | None = 64
+    """glibc only: allocations above this many KiB are mmap'ed and given back to the system when freed
+    (reasondiff/core/memory.py). null keeps glibc's dynamic threshold, under which a CPU fine-tune of the
+    0.5B model grew from 12 to 21 GB resident and was OOM-killed; 64 held it at 11-13 GB."""
 
     def __post_init__(self) -> None:
         check_choice("hardware.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         if self.dtype == "auto":  # resolved here, so manifests and fingerprints record the real dtype
             self.dtype = auto_dtype(self.device)
         check_choice("hardware.attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2"))
+        if self.malloc_mmap_threshold_kb is not None and not 0 < self.malloc_mmap_threshold_kb <= 32768:
+            raise ValueError(f"hardware.malloc_mmap_threshold_kb must be in 1..32768 (glibc's maximum is 32 MiB) or "
+                             f"null, got {self.malloc_mmap_threshold_kb}")
         for key in ("finetune_micro_batch", "bench_batch_size", "harvest_batch_size", "analyze_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"hardware.{key} must be >= 1, got {getattr(self, key)}")

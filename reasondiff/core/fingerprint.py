@@ -56,6 +56,7 @@ COSMETIC: dict[str, str] = {
                                    "its median is the batch's, so then it counts)",
     "hardware.dataloader_workers": "how batches are loaded, not which",
     "hardware.cpu_threads": "how many cores compute the same thing",
+    "hardware.malloc_mmap_threshold_kb": "where the C library places freed memory, not what is computed",
     "finetune.logging_steps": "how often the loss is logged",
     "finetune.save_steps": "how often a resumable checkpoint is saved",
     "finetune.save_total_limit": "how many checkpoints are kept while training",

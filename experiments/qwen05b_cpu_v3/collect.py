@@ -1,0 +1,167 @@
+"""Copy what the v3 write-up cites from the run into this folder (figures/, results/) and generate its tables.
+
+    python experiments/qwen05b_cpu_v3/collect.py outputs/qwen05b_cpu_v3 [OUT_DIR]   (default: this folder)
+
+The run's own directory is the source of truth: every number in README.md is a file there, copied here
+unchanged, or a table below generated from those files. The copying, stage times and the Table 1 / Table 2
+/ crosscoder tables are v2's collect.py (same stage files); this edition adds the scan with its intervals,
+the calibrated table of model-specific latents (seeds and the base-vs-base null), and the causal tests
+(intervene.csv: every selection against its frequency-matched random sets; the intervened budget sweep).
+No regrade: the bench ran with the current grader (v4).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+
+def _v2():
+    spec = importlib.util.spec_from_file_location("collect_v2", HERE.parent / "qwen05b_cpu_v2" / "collect.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+v2 = _v2()
+_read, _table, _f = v2._read, v2._table, v2._f
+
+
+def _pct(row: dict[str, str], key: str, low: str, high: str) -> str:
+    if row.get(key) in (None, ""):
+        return "—"
+    return f"{_f(row[key], 1, 100)} [{_f(row.get(low, ''), 1, 100)}, {_f(row.get(high, ''), 1, 100)}]"
+
+
+def scan_table(run_dir: Path) -> str:
+    """Residual rows of every scan: relative change, KL gap and both patching fractions with their intervals."""
+    out = []
+    for scan in sorted(run_dir.glob("scan*")):
+        rows = [r for r in _read(scan / "scan.csv") if r.get("site") == "resid"]
+        if not rows:
+            continue
+        body = [[r["text"], r["hook"].split(".")[1], _f(r["relative_change"], 3), _f(r["cosine"], 3), _f(r["cka"], 3),
+                 _f(r.get("kl_base_tuned", ""), 3),
+                 _pct(r, "closed_tuned_into_base", "closed_tuned_into_base_low", "closed_tuned_into_base_high"),
+                 _pct(r, "closed_base_into_tuned", "closed_base_into_tuned_low", "closed_base_into_tuned_high"),
+                 r.get("n_patch_contexts", ""), r.get("text_source", "")]
+                for r in rows if r["text"] in ("general", "reasoning")]
+        out.append(f"**{scan.name}** (residual stream; closed = % of KL(base‖tuned) closed by patching one layer, "
+                   "95% bootstrap over patched contexts)\n\n" + _table(
+                       ["text", "layer", "relative change", "cosine", "CKA", "KL base‖tuned (nats)",
+                        "closed tuned→base %", "closed base→tuned %", "patched contexts", "text source"], body))
+    return "\n\n".join(out)
+
+
+def calibration(run_dir: Path) -> str:
+    """analyze's calibrated table (seeds × nulls), as analyze wrote it."""
+    out = []
+    for analyze in sorted(run_dir.glob("analyze*")):
+        path = analyze / "calibration.md"
+        if path.is_file():
+            out.append(f"**{analyze.name}**\n\n" + path.read_text(encoding="utf-8").strip())
+    return "\n\n".join(out)
+
+
+def intervene_table(run_dir: Path) -> str:
+    """kl_closed on reasoning text of every selection and size against its random sets (min–max), with the
+    whole-residual ceiling; ablate_set's kl_closed in the tuned model; ΔCE on general text."""
+    out = []
+    for intervene in sorted(run_dir.glob("intervene*")):
+        rows = _read(intervene / "intervene.csv")
+        if not rows:
+            continue
+
+        def pick(rows: list[dict[str, str]] = rows, **want: str) -> list[dict[str, str]]:
+            return [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+
+        body = []
+        for kind in ("patch_set", "ablate_set"):
+            own = [r for r in pick(text="reasoning", kind=kind, measure="kl_closed") if r["set_index"] == "0"]
+            for r in sorted(own, key=lambda r: (r["selection"], int(r["size"] or 0))):
+                random = [float(x["value"]) for x in pick(text="reasoning", kind=kind, measure="kl_closed",
+                                                          size=r["size"], matched_to=r["selection"])
+                          if x["set_index"] != "0" and x["value"] not in ("", None)]
+                band = f"{100 * min(random):.1f} – {100 * max(random):.1f}" if random else "—"
+                dce = pick(text="general", kind=kind, selection=r["selection"], size=r["size"], set_index="0",
+                           measure="delta_ce")
+                beats = "yes" if random and r["ci_low"] not in ("", None) and float(r["ci_low"]) > max(random) else "no"
+                body.append([kind, r["selection"], r["size"], f"{_f(r['value'], 1, 100)} [{_f(r['ci_low'], 1, 100)}, "
+                             f"{_f(r['ci_high'], 1, 100)}]", band, beats,
+                             _f(dce[0]["value"], 3) if dce else "—", r["n_contexts"]])
+        ceiling = [r for r in pick(text="reasoning", measure="kl_closed") if r["kind"] not in ("patch_set", "ablate_set",
+                                                                                               "steer")]
+        extra = "\n".join(f"- {r['kind']} ({r['model']}): kl_closed {_f(r['value'], 1, 100)}% "
+                          f"[{_f(r['ci_low'], 1, 100)}, {_f(r['ci_high'], 1, 100)}]" for r in ceiling)
+        out.append(f"**{intervene.name}** (reasoning text; kl_closed % [95% bootstrap over contexts]; random = "
+                   "min–max over frequency-matched random sets of the same size; beats = the interval's low end above "
+                   "every random set)\n\n" + _table(["intervention", "selection", "latents", "KL closed %",
+                                                     "random sets %", "beats random", "ΔCE general (nats)",
+                                                     "contexts"], body) + ("\n\n" + extra if extra else ""))
+        steer = pick(text="reasoning", kind="steer", measure="kl_closed")
+        if steer:
+            out.append("Steering the base model (kl_closed on reasoning text; ΔCE on general text)\n\n" + _table(
+                ["direction", "α", "KL closed %", "ΔCE general"],
+                [[r["selection"], r["alpha"], f"{_f(r['value'], 1, 100)} [{_f(r['ci_low'], 1, 100)}, "
+                  f"{_f(r['ci_high'], 1, 100)}]",
+                  next((_f(x["value"], 3) for x in pick(text="general", kind="steer", measure="delta_ce",
+                                                         selection=r["selection"], alpha=r["alpha"])), "—")]
+                 for r in steer]))
+    return "\n\n".join(out)
+
+
+def bench_intervened(run: Path, out_dir: Path) -> list[Path]:
+    """intervene's budget sweep (its own bench tables, a subfolder of the run) as <run>_bench_intervened_<file>."""
+    sub = run / "bench_intervened"
+    if not sub.is_dir():
+        return []
+    written = []
+    for source in sorted(sub.iterdir()):
+        if source.is_file() and source.suffix in v2.SMALL and source.stat().st_size <= v2.MAX_BYTES:
+            target = out_dir / ("figures" if source.suffix in (".png", ".pdf") else "results") / \
+                f"{run.name}_bench_intervened_{source.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            written.append(target)
+    return written
+
+
+def tables(run_dir: Path, out_dir: Path) -> Path:
+    text = ("# Tables of the v3 run (generated by collect.py from outputs/qwen05b_cpu_v3)\n\n"
+            "## Layer scan (run 1)\n\n" + scan_table(run_dir)
+            + "\n\n## Table 1 analogue\n\n" + v2.table1(run_dir)
+            + "\n\n## Table 2 analogue\n\n" + v2.table2(run_dir)
+            + "\n\n## Crosscoders\n\n" + v2.crosscoders(run_dir)
+            + "\n\n## Calibrated model-specific latents\n\n" + calibration(run_dir)
+            + "\n\n## Causal tests\n\n" + intervene_table(run_dir) + "\n")
+    target = out_dir / "results" / "tables.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+def collect(run_dir: Path, out_dir: Path = HERE) -> list[Path]:
+    found = v2.runs(run_dir)
+    if not found:
+        sys.exit(f"{run_dir}: no finished stage")
+    written = []
+    for run in found:
+        written += v2.copy_small_files(run, out_dir)
+        written += v2.model_specific_latents(run, out_dir)
+        written += bench_intervened(run, out_dir)
+    written.append(v2.stage_times(found, out_dir))
+    written.append(tables(run_dir, out_dir))
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    sys.path.insert(0, str(REPO))
+    for path in collect(Path(sys.argv[1]), Path(sys.argv[2]).resolve() if len(sys.argv) == 3 else HERE):
+        print(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
