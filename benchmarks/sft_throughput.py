@@ -32,7 +32,9 @@ one, so it includes what the trainer does between steps (logging, fetching and c
 batches) and the plain loop's collate. tokens/s counts the non-padding tokens each arm reports for
 its own steps (the trainers' `num_tokens`, the plain loop's attention mask); the run stops if the
 arms saw different tokens. Each ratio to `plain` is the median of the per-round ratios (paired:
-the same round), with their range.
+the same round), with their range. The process runs under the stage's glibc mmap threshold
+(hardware.malloc_mmap_threshold_kb: every large tensor mmap'ed and returned when freed, so its pages
+fault in again on the next allocation); --malloc-mmap-threshold-kb 0 shows what that costs.
 
 Row sets (--sets): `full`, rows trimmed (finetune.overlong_policy=keep_answer) to exactly
 --max-length, so no batch pads, at the stage's gradient accumulation; `mixed`, every row up to
@@ -62,7 +64,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reasondiff.config import Config, FinetuneConfig, ReasoningFormat  # noqa: E402
+from reasondiff.config import Config, FinetuneConfig, HardwareConfig, ReasoningFormat  # noqa: E402
+from reasondiff.core import memory  # noqa: E402
 from reasondiff.finetune.data import IGNORE_INDEX, build_sft_examples, load_s1k_rows, to_dataset  # noqa: E402
 
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "s1k_schema_sample.jsonl"
@@ -367,6 +370,9 @@ def main() -> None:
                         help="add trl's chunked-LM-head SFTTrainer (on CPU the stage uses the model's own loss)")
     parser.add_argument("--old-plain", action="store_true",
                         help="add the previous baseline (torch's default AdamW: a for-loop on CPU; no clipping)")
+    parser.add_argument("--malloc-mmap-threshold-kb", type=int, default=HardwareConfig.malloc_mmap_threshold_kb,
+                        help="glibc's mmap threshold for the whole process, as the stage sets it "
+                             "(hardware.malloc_mmap_threshold_kb; 0 keeps glibc's dynamic threshold)")
     parser.add_argument("--data", type=Path, default=SHARED_SAMPLE)
     parser.add_argument("--workdir", type=Path, default=REPO / "outputs" / "_bench" / "sft_throughput")
     args = parser.parse_args()
@@ -375,6 +381,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # the stage fixes glibc's mmap threshold (reasondiff.app.stage); one process, so every arm runs under it
+    mmap_threshold = args.malloc_mmap_threshold_kb if args.malloc_mmap_threshold_kb and memory.set_mmap_threshold(
+        args.malloc_mmap_threshold_kb * 1024) else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     rounds = args.warmup + args.steps
@@ -390,7 +399,8 @@ def main() -> None:
                      "device_name": torch.cuda.get_device_name() if device.type == "cuda"
                      else platform.processor() or "cpu", "threads": torch.get_num_threads(), "dtype": args.dtype,
                      "micro_batch": args.micro_batch, "gradient_checkpointing": args.gradient_checkpointing,
-                     "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__}
+                     "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__,
+                     "malloc_mmap_threshold_kb": mmap_threshold}
     paper_tokens = S1K_ROWS * EPOCHS * PAPER_MAX_LENGTH
     for row_set in args.sets:
         max_length = args.max_length if row_set == "full" else args.mixed_max_length
@@ -414,7 +424,8 @@ def main() -> None:
         print(f"\nSFT throughput, rows `{row_set}` (max_length {max_length}; {sum(lengths) / padded:.0%} of the padded "
               f"batches are real tokens), {figures['device_name']} ({device.type}, {figures['threads']} threads), "
               f"{n_params / 1e6:.0f}M params, micro batch {args.micro_batch} x {accumulation} accumulation, "
-              f"{args.dtype}, {args.steps} measured rounds after {args.warmup}")
+              f"{args.dtype}, {args.steps} measured rounds after {args.warmup}, glibc mmap threshold "
+              f"{f'{mmap_threshold} KiB' if mmap_threshold else 'dynamic'}")
         print(f"{'arm':<22}{'tok/step':>9}{'tok/s':>9}{'s/step':>9}{'vs plain (range)':>22}{'5 ep s1K@2048 (h)':>19}")
         for name, r in results.items():
             hours = paper_tokens / r["tokens_per_s"] / 3600
