@@ -23,8 +23,9 @@ Arms
                         torch's default implementation (a per-tensor for-loop on CPU), no clipping
 
 Fairness. Every arm trains one model and one set of AdamW moments (the shared fused AdamW is handed
-to each trainer: a test checks it equals the one Trainer builds, and that one step of `plain` and
-of `stage` from the same weights gives the same loss and the same weights). Arms run round-robin,
+to each trainer: tests/test_sft_throughput.py checks it equals the one Trainer builds, and that one
+step of `plain`, `stage` and `stage_padding_free` from the same weights sees the same batches and gives
+the same loss, token count and clipped gradients). Arms run round-robin,
 one optimizer step each in turn, the order reversed every other round, so load, allocator warm-up
 and drift hit every arm alike; the first --warmup rounds (trainer construction, first allocations)
 are dropped. A turn is timed from the end of the arm's previous optimizer step to the end of this
@@ -40,9 +41,10 @@ Row sets (--sets): `full`, rows trimmed (finetune.overlong_policy=keep_answer) t
 --max-length, so no batch pads, at the stage's gradient accumulation; `mixed`, every row up to
 --mixed-max-length (s1K traces are long: below ~512 tokens nearly all rows fill max_length), so
 padded batches compute pad tokens and padding-free does not, one micro batch per step by default
-(--mixed-accumulation) so that a step holds about the tokens of a `full` step. The projection for the paper's run (5 epochs of s1K-1.1 at max_length 2048,
-every row filling its 2048 tokens) divides those tokens by the measured rate: a lower bound on the
-time, since attention costs more per token at 2048 than at the measured length.
+(--mixed-accumulation) so that a step holds about the tokens of a `full` step. The projection for the
+paper's run (5 epochs of s1K-1.1 at max_length 2048, every row filling its 2048 tokens) divides those
+tokens by the measured rate: a lower bound on the time, since attention costs more per token at 2048
+than at the measured length.
 """
 
 from __future__ import annotations
