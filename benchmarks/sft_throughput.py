@@ -328,7 +328,8 @@ def sft_args(cfg: Config, output_dir: Path, *, accumulation: int, device_type: s
 
 
 def summarize(turns: Turns, tokens: dict[str, list[int]], warmup: int) -> dict[str, dict]:
-    """Per arm: tokens/s over the measured rounds, s/step, and the paired per-round ratio to `plain`."""
+    """Per arm over the measured rounds: tokens/s and s/step (medians; overall tokens / seconds beside
+    them) and the paired per-round ratio to `plain` (median, min, max)."""
     measured = {name: (tokens[name][warmup:], turns.seconds[name][warmup:]) for name in turns.seconds}
     reference = measured[PLAIN][0]
     for name, (toks, _) in measured.items():
@@ -339,7 +340,9 @@ def summarize(turns: Turns, tokens: dict[str, list[int]], warmup: int) -> dict[s
     for name, (toks, secs) in measured.items():
         rates = [t / s for t, s in zip(toks, secs, strict=True)]
         ratios = [r / p for r, p in zip(rates, plain_rates, strict=True)]
-        out[name] = {"tokens": sum(toks), "seconds": sum(secs), "tokens_per_s": sum(toks) / sum(secs),
+        # medians over rounds: one round slowed by a burst of load moves neither the rate nor the ratio
+        out[name] = {"tokens": sum(toks), "seconds": sum(secs), "tokens_per_s": statistics.median(rates),
+                     "tokens_per_s_overall": sum(toks) / sum(secs),
                      "seconds_per_step": statistics.median(secs), "step_seconds": [round(s, 3) for s in secs],
                      "over_plain": statistics.median(ratios), "over_plain_min": min(ratios),
                      "over_plain_max": max(ratios)}
@@ -420,7 +423,7 @@ def main() -> None:
                               trl_head=args.trl_head, old_plain=args.old_plain)
         turns, tokens = run_arms(arms, rounds)
         results = summarize(turns, tokens, args.warmup)
-        lengths = [len(e) for e in examples[:n_rows]]
+        lengths = [len(examples[i % len(examples)]) for i in range(n_rows)]  # the rows the arms train on
         padded = sum(args.micro_batch * max(lengths[i:i + args.micro_batch])
                      for i in range(0, len(lengths), args.micro_batch))
         print(f"\nSFT throughput, rows `{row_set}` (max_length {max_length}; {sum(lengths) / padded:.0%} of the padded "
@@ -428,7 +431,8 @@ def main() -> None:
               f"{n_params / 1e6:.0f}M params, micro batch {args.micro_batch} x {accumulation} accumulation, "
               f"{args.dtype}, {args.steps} measured rounds after {args.warmup}, glibc mmap threshold "
               f"{f'{mmap_threshold} KiB' if mmap_threshold else 'dynamic'}")
-        print(f"{'arm':<22}{'tok/step':>9}{'tok/s':>9}{'s/step':>9}{'vs plain (range)':>22}{'5 ep s1K@2048 (h)':>19}")
+        print(f"{'arm':<22}{'tok/step':>9}{'tok/s':>9}{'s/step':>9}{'vs plain (range)':>22}{'5 ep s1K@2048 (h)':>19}"
+              "   (medians over rounds)")
         for name, r in results.items():
             hours = paper_tokens / r["tokens_per_s"] / 3600
             print(f"{name:<22}{r['tokens'] // args.steps:>9}{r['tokens_per_s']:>9.1f}{r['seconds_per_step']:>9.2f}"
