@@ -20,18 +20,19 @@ steps=(
   "train -m seed=1,2"                               # 8  seed siblings of the reasoning pair
   "train -m +null=base_vs_base seed=1,2"            # 9  and of the null
   "analyze"                                         # 10 held-out text, calibrated table
-  "bench"                                           # 11 gsm8k n = 100, limits 128/256/512
-  "intervene"                                       # 12 causal tests of the layer-10 latents
-  "analyze run=shared"                              # 13
-  "harvest ${L14[*]}"                               # 14 run 1: layer 14, general text (v2's setting)
-  "train ${L14[*]}"                                 # 15
-  "analyze ${L14[*]}"                               # 16
-  "control_data"                                    # 17 control rows from wiki documents no stage reads
-  "finetune +null=control $CONTROL"                 # 18 the control fine-tune: same recipe, no reasoning
-  "harvest +null=control $CONTROL"                  # 19 only the control model runs
-  "train +null=control $CONTROL"                    # 20
-  "train -m +null=control seed=1,2 $CONTROL"        # 21
-  "analyze analyze.nulls=[base_vs_base,control] $CONTROL"   # 22 the calibrated table with both nulls
+  "intervene"                                       # 11 causal tests of the layer-10 latents; its budget
+                                                    #    sweep holds base and tuned at n = 100, limits 128/256
+  "analyze run=shared"                              # 12
+  "harvest ${L14[*]}"                               # 13 run 1: layer 14, general text (v2's setting)
+  "train ${L14[*]}"                                 # 14
+  "analyze ${L14[*]}"                               # 15
+  "control_data"                                    # 16 control rows from wiki documents no stage reads
+  "finetune +null=control $CONTROL"                 # 17 the control fine-tune: same recipe, no reasoning
+  "harvest +null=control $CONTROL"                  # 18 only the control model runs
+  "train +null=control $CONTROL"                    # 19
+  "train -m +null=control seed=1,2 $CONTROL"        # 20
+  "analyze analyze.nulls=[base_vs_base,control] $CONTROL"   # 21 the calibrated table with both nulls
+  "bench"                                           # 22 Table 1 at 512 tokens (gsm8k n = 100, limits 128/256/512)
 )
 for i in "${!steps[@]}"; do
   n=$((i + 1)); [ "$n" -lt "$FROM" ] && continue
