@@ -47,7 +47,9 @@ for i in "${!steps[@]}"; do
     python -m reasondiff.finetune.control_data "$OUT/data/wiki_documents_100_on.jsonl" "$OUT/data/control.jsonl" --rows 100
     continue
   fi
+  multirun=()
+  if [[ $args == "-m "* ]]; then multirun=(-m); args=${args#-m }; fi
   # shellcheck disable=SC2086
-  python -m reasondiff.$stage "${X[@]}" $args
+  python -m reasondiff.$stage "${multirun[@]}" "${X[@]}" $args
   echo "=== step $n: $stage $args  end   $(date -u +%FT%TZ)"
 done
