@@ -549,7 +549,7 @@ def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None,
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
-        sys.argv[1:] = cli.quote_run_values(argv)
+        sys.argv[1:] = cli.multirun_first(cli.quote_run_values(argv))
         _main()
 
     return entry
