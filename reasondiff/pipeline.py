@@ -21,7 +21,8 @@ import logging
 from pathlib import Path
 
 from reasondiff.app import preflight
-from reasondiff.app.stage import Decision, decide, execute, follow_runs, hydra_app, user_command
+from reasondiff.app.commands import user_command
+from reasondiff.app.stage import Decision, decide, execute, follow_runs, hydra_app
 from reasondiff.config import STAGES, Config
 from reasondiff.core import distributed, fingerprint
 from reasondiff.core.errors import UserError

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasondiff.analyze.texts import conversation_ids, reasoning_conversations
+from reasondiff.analyze.texts import reasoning_conversations
 from reasondiff.config import ReasoningFormat
+from reasondiff.lm.sft_example import conversation_ids
 
 FMT = ReasoningFormat()
 QUESTION, ATTEMPT = "What is 2 + 3?", "The answer is 5."
@@ -15,7 +16,7 @@ THINKING = " ".join(f"step {i} adds one more apple to the basket." for i in rang
 
 
 def test_a_conversation_is_the_sequence_the_fine_tune_trained_on(tiny_tokenizer):
-    from reasondiff.finetune.data import tokenize_example
+    from reasondiff.lm.sft_example import tokenize_example
 
     ids = conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10_000)
     assert ids == tokenize_example(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT).input_ids
@@ -50,3 +51,24 @@ def test_reasoning_conversations_are_right_padded_and_marked(tiny_tokenizer):
         reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=1, context_length=512, trace_source="gemini")
     assert torch.equal(texts.input_ids[0, :lengths[0]], torch.tensor(conversation_ids(
         tiny_tokenizer, QUESTION, rows[0]["deepseek_thinking_trajectory"], ATTEMPT, FMT, 10_000)))
+
+
+def test_analyze_reads_the_real_s1k_rows_exactly_as_the_fine_tune_trains_on_them(tiny_tokenizer, shared_data):
+    """One implementation of a training row's chat layout (reasondiff.lm): analyze's reasoning
+    conversations are finetune's examples, token for token, whole and with the thinking's middle cut."""
+    import json
+
+    from reasondiff.config import FinetuneConfig
+    from reasondiff.finetune.data import build_sft_examples
+
+    rows = [json.loads(line) for line in (shared_data / "s1k_schema_sample.jsonl").read_text().splitlines()[:12]]
+    whole = reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=len(rows), context_length=10**6)
+    trained, _ = build_sft_examples(rows, tiny_tokenizer, FinetuneConfig(max_length=10**6), FMT)
+    assert [whole.input_ids[i, whole.valid[i]].tolist() for i in range(len(rows))] == [e.input_ids for e in trained]
+    # a context shorter than most rows: both cut the same thinking tokens (finetune's keep_answer policy)
+    length = sorted(len(e) for e in trained)[len(trained) // 2]
+    cut = reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=len(rows), context_length=length)
+    kept, _ = build_sft_examples(rows, tiny_tokenizer, FinetuneConfig(max_length=length, overlong_policy="keep_answer"),
+                                 FMT)
+    assert len(kept) == len(cut) and sum(len(e) == length for e in kept) >= len(rows) // 2
+    assert [cut.input_ids[i, cut.valid[i]].tolist() for i in range(len(cut))] == [e.input_ids for e in kept]

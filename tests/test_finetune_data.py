@@ -10,14 +10,13 @@ import pytest
 from reasondiff.config import FinetuneConfig, ReasoningFormat
 from reasondiff.core.errors import UserError
 from reasondiff.finetune.data import (
-    IGNORE_INDEX,
     apply_overlong_policy,
     build_sft_examples,
     length_report,
     load_s1k_rows,
-    tokenize_example,
 )
 from reasondiff.lm.s1_layout import format_assistant
+from reasondiff.lm.sft_example import IGNORE_INDEX, tokenize_example
 
 FMT = ReasoningFormat()
 QWEN = Path("/work/qwen05b")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from reasondiff.config import ReasoningFormat
-from reasondiff.finetune.data import IGNORE_INDEX, to_dataset, tokenize_example
+from reasondiff.finetune.data import to_dataset
+from reasondiff.lm.sft_example import IGNORE_INDEX, tokenize_example
 
 FMT = ReasoningFormat()
 MAX_LENGTH = 512  # above every row here: nothing is cut

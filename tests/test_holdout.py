@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,55 @@ def test_on_policy_text_is_the_tuned_models_bench_generations_in_the_chat_layout
     assert texts["reasoning"]["tokens"] == sum(len(ids) for ids in at_96.conversations)
 
 
+def test_on_policy_text_drops_generations_of_questions_the_fine_tune_trained_on(tmp_path, tiny_world,
+                                                                              tiny_tokenizer, tiny_tuned_model_dir):
+    from reasondiff import bench
+    from reasondiff.bench.prompts import load_questions
+    from reasondiff.bench.run import GENERATIONS, resolve_models, sweep_fingerprint
+
+    # a fine-tune dataset that shares the first bench question (spaced otherwise: the same question_key)
+    questions = load_questions("gsm8k", make_config(f"bench.data.gsm8k.path={tiny_world / 'gsm8k.jsonl'}", *BENCH,
+                                                    config_name="bench").bench)
+    shared = {"question": "  " + questions[0].question.replace(" ", "\n "), "deepseek_thinking_trajectory": "t",
+              "deepseek_attempt": "a"}
+    dataset = tmp_path / "s1k_like.jsonl"
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in [shared, {**shared, "question": "another question"}]))
+
+    def on_policy(tuned, *extra):
+        cfg = make_config(f"output_root={tmp_path}", "exp_name=t", "model.build_tiny=false", f"tuned_model={tuned}",
+                          f"bench.data.gsm8k.path={tiny_world / 'gsm8k.jsonl'}", f"finetune.dataset={dataset}", *BENCH,
+                          *extra, config_name="bench")
+        spec = [s for s in resolve_models(cfg) if s.label == "tuned"][0]
+        rows = [{"model": "tuned", "task": "gsm8k", "id": q.id, "limit": 64, "completion": f"answer {i}",
+                 "finished": True, "fingerprint": sweep_fingerprint(cfg, spec, "gsm8k")} for i, q in enumerate(questions)]
+        bench_dir = cfg.stage_dir("bench")
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        (bench_dir / GENERATIONS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        artifacts.mark_complete(bench_dir)
+        return bench.on_policy_conversations(cfg, tiny_tokenizer, n_contexts=8, context_length=256, config_key="x")
+
+    def answers(text):
+        return [tiny_tokenizer.decode(ids).split("answer ")[-1][0] for ids in text.conversations]
+
+    # a tuned model made elsewhere may have trained on any row of finetune.dataset
+    text = on_policy(tiny_tuned_model_dir)
+    assert text.trained_dropped == 1 and answers(text) == ["1", "2"]
+    assert "1 dropped" in text.source and f"finetune.dataset={dataset}" in text.source
+    # this experiment's fine-tune: only the rows it trained on count, not the ones it held out
+    splits = [split_rows(rows_of(dataset), dataset=str(dataset), fields=FIELDS, fraction=0.5, n_rows=1, seed=seed)
+              for seed in range(20)]
+    for held in (True, False):
+        split = next(sp for sp in splits if (0 in sp.heldout) == held)
+        shutil.rmtree(tmp_path / "t" / "finetune", ignore_errors=True)
+        fake_finetune(tmp_path, tiny_world, record=split.to_record())
+        text = on_policy(tmp_path / "t" / "finetune" / "model")
+        assert text.trained_dropped == (0 if held else 1) and len(text.conversations) == (3 if held else 2)
+        assert "the rows the fine-tune trained on (finetune manifest" in text.source
+    # a dataset that cannot be read: the text is used, and its source says it was not checked
+    text = on_policy(tiny_tuned_model_dir, f"finetune.dataset={tmp_path / 'gone.jsonl'}")
+    assert text.trained_dropped is None and len(text.conversations) == 3 and "not checked" in text.source
+
+
 def test_harvest_keeps_the_held_out_questions_out_of_its_reasoning_mix(tiny_world):
     from reasondiff import harvest
     from reasondiff.harvest.corpus import reasoning_text
@@ -281,4 +331,95 @@ def test_the_reasoning_text_source_is_part_of_the_result_it_makes():
         assert held[f"{stage}.reasoning_text"] == "heldout_rows" and "finetune.holdout.fraction" in held
         assert held != fingerprint.settings(make_config("finetune.holdout.seed=1", config_name=stage), stage)
         on_policy = fingerprint.settings(make_config(f"{stage}.reasoning_text=on_policy", config_name=stage), stage)
-        assert "bench.token_limits" in on_policy and "finetune.holdout.fraction" not in on_policy
+        assert "bench.token_limits" in on_policy and "finetune.holdout.fraction" in on_policy  # what it drops
+        assert on_policy != fingerprint.settings(make_config(f"{stage}.reasoning_text=on_policy", "finetune.limit_rows=5",
+                                                             config_name=stage), stage)
+
+
+def test_the_held_out_split_is_part_of_a_harvest_that_mixes_reasoning_text_only():
+    from reasondiff.core import fingerprint
+
+    def digest(*overrides, stage="harvest"):
+        cfg = make_config("+exp=tiny", "tuned_model=someone/released-reasoner", *overrides, config_name=stage)
+        return fingerprint.Fingerprint(fingerprint.settings(cfg, stage)).digest
+
+    # a tuned model from the hub: no finetune upstream id moves when the split does
+    for stage, extra in (("harvest", ()), ("train", ("train.data=live",))):
+        mixed = digest(*extra, stage=stage)
+        for change in ("finetune.holdout.seed=1", "finetune.holdout.n_rows=3", "finetune.holdout.fraction=0.3",
+                       "finetune.dataset=other.jsonl"):
+            assert digest(*extra, change, stage=stage) != mixed, (stage, change)
+        plain = ("harvest.reasoning_fraction=0", *extra)
+        assert digest(*plain, "finetune.holdout.seed=1", stage=stage) == digest(*plain, stage=stage)
+    # and a harvest without a mix keeps the fingerprint it had before the split was fingerprinted
+    cfg = make_config("+exp=tiny", "harvest.reasoning_fraction=0", config_name="harvest")
+    assert not any(k.startswith("finetune.") for k in fingerprint.settings(cfg, "harvest"))
+
+
+def _store_of_crosscoder(tmp_path, tiny_world, *, read, excluded=None, count=0):
+    """A finished train run whose recorded input is a harvest store that read the first `read` rows of the
+    fine-tune's dataset as its reasoning mix, leaving out `excluded` (None: a store that names none)."""
+    from reasondiff.core import fingerprint
+
+    store = tmp_path / "t" / "harvest"
+    store.mkdir(parents=True, exist_ok=True)
+    corpus = {"reasoning_corpus": str(tiny_world / "s1k.jsonl"), "reasoning_fraction": 0.2,
+              "reasoning_questions_excluded": count}
+    if excluded is not None:
+        corpus["reasoning_questions_excluded_keys"] = sorted(excluded)
+    state = {"documents": read, "offset": 0, "passes": 0}
+    artifacts.write_json(store / "store.json", {"corpus": corpus, "shards": [{"stream_state": {"reasoning": state}}]})
+    artifacts.mark_complete(store)
+    train = tmp_path / "t" / "train"
+    train.mkdir(parents=True, exist_ok=True)
+    fingerprint.write(train, "train", fingerprint.Fingerprint({}, upstream={"t/harvest": "id1"}), "")
+    artifacts.mark_complete(train)
+
+
+def test_preflight_refuses_held_out_rows_that_the_crosscoders_store_trained_on(tmp_path, tiny_world, monkeypatch):
+    rows = rows_of(tiny_world / "s1k.jsonl")
+    split = split_rows(rows, dataset=str(tiny_world / "s1k.jsonl"), fields=FIELDS, fraction=0.25, n_rows=None, seed=0)
+    fake_finetune(tmp_path, tiny_world, record=split.to_record())
+
+    def cfg(stage, *extra):
+        return make_config(f"output_root={tmp_path}", "exp_name=t", "hardware=cpu", "model.build_tiny=false",
+                           f"tuned_model={tmp_path / 't' / 'finetune' / 'model'}",
+                           f"finetune.dataset={tiny_world / 's1k.jsonl'}", f"harvest.corpus={tiny_world / 'corpus.jsonl'}",
+                           *extra, config_name=stage)
+
+    # a store harvested before finetune.holdout: its reasoning mix read every row and left none out
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows))
+    for stage in ("analyze", "intervene"):
+        problem = preflight.reasoning_text_problem(cfg(stage), stage)
+        assert problem.startswith(f"{stage}: {len(split.heldout_questions)} of the {len(split.heldout_questions)} "
+                                  "held-out questions") and "\n" not in problem
+        assert str(tmp_path / "t" / "harvest") in problem and "analyze.allow_trained_text=true" in problem
+        assert "harvested before finetune.holdout" in problem
+        assert preflight.reasoning_text_problem(cfg(stage, "analyze.allow_trained_text=true"), stage) is None
+    # one clear UserError from the stage's preflight (the models themselves are not what is checked here)
+    monkeypatch.setattr(preflight, "_model_problem", lambda *a: None)
+    with pytest.raises(UserError, match=r"^analyze: \d+ of the \d+ held-out questions"):
+        preflight.check([(cfg("analyze"), "analyze")], disk=False)
+    # a pipeline that redoes the harvest (or the train run, onto a store it redoes) reads no such store
+    redone = frozenset({tmp_path / "t" / "harvest"})
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze", redone) is None
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze", redone | {tmp_path / "t" / "train"}) is None
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze", frozenset({tmp_path / "t" / "train"}))
+    # scan reads no crosscoder; on-policy text is not the held-out rows
+    assert preflight.reasoning_text_problem(cfg("scan"), "scan") is None
+    assert preflight.reasoning_text_problem(cfg("analyze", "analyze.reasoning_text=on_policy"), "analyze") is None
+
+    # the evidence is what the store read: rows before the first held-out one are no problem...
+    _store_of_crosscoder(tmp_path, tiny_world, read=min(split.heldout))
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze") is None
+    _store_of_crosscoder(tmp_path, tiny_world, read=min(split.heldout) + 1)
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze").startswith("analyze: 1 of the")
+    # ...and what it left out: the held-out questions themselves, or (an older store) a count of them
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows), excluded=split.heldout_questions,
+                         count=len(split.heldout_questions))
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze") is None
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows), count=len(split.heldout_questions))
+    assert preflight.reasoning_text_problem(cfg("analyze"), "analyze") is None
+    other = split_rows(rows, dataset="d", fields=FIELDS, fraction=0.25, n_rows=None, seed=5).heldout_questions
+    _store_of_crosscoder(tmp_path, tiny_world, read=len(rows), excluded=other, count=len(other))
+    assert "another split" in preflight.reasoning_text_problem(cfg("analyze"), "analyze")

@@ -307,3 +307,20 @@ def test_hooks_are_removed_when_the_forward_fails(pair, tiny_tokenizer):
     handle = base.model.layers[0].register_forward_hook(lambda *a: None)
     assert not no_hooks_left(base)
     handle.remove()
+
+
+def test_the_intervention_meter_resumes_from_its_state_and_ranks_add_up():
+    from reasondiff.core.streamed_pass import merge_states
+
+    meter = InterventionMeter(3, 2)
+    meter.add(torch.tensor([0, 2]), 1, {"kl_gap": torch.tensor([1.0, 2.0]), "n_predictions": torch.tensor([4.0, 5.0])})
+    assert meter.sums[:, 1, SUMS.index("kl_gap")].tolist() == [1.0, 0.0, 2.0]
+    assert meter.sums[:, 0].abs().sum() == 0 and meter.sums[:, 1, SUMS.index("n_predictions")].tolist() == [4, 0, 5]
+    again = InterventionMeter(3, 2)
+    again.load_state_dict(meter.state_dict())
+    assert torch.equal(again.sums, meter.sums)
+    with pytest.raises(ValueError, match="intervention sums"):
+        InterventionMeter(3, 3).load_state_dict(meter.state_dict())
+    merged = InterventionMeter(3, 2)
+    merged.load_state_dict(merge_states([meter.state_dict(), again.state_dict()], {}))
+    assert torch.equal(merged.sums, 2 * meter.sums)  # torchrun ranks' sums add

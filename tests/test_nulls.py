@@ -221,6 +221,49 @@ def test_null_harvests_reuse_the_base_rows_of_the_main_store(tmp_path, tiny_mode
     assert artifacts.read_json(changed / "manifest.json")["outputs"]["base_rows_from"] is None
 
 
+def _finished(directory, **files):
+    directory.mkdir(parents=True)
+    for name, obj in files.items():
+        artifacts.write_json(directory / name, obj)
+    artifacts.mark_complete(directory)
+
+
+def test_a_control_harvest_reuses_the_base_rows_only_when_its_mix_left_out_the_same_questions(tmp_path):
+    from reasondiff.app.preflight import mix_excluded_questions
+    from reasondiff.app.reuse import base_rows_source
+    from reasondiff.core import fingerprint
+    from reasondiff.lm.holdout import split_rows
+
+    rows = [{"question": f"q{i}", "deepseek_thinking_trajectory": "t", "deepseek_attempt": "a"} for i in range(20)]
+    split = split_rows(rows, dataset="s1k", fields=("question", "deepseek_thinking_trajectory", "deepseek_attempt"),
+                       fraction=0.25, n_rows=None, seed=0)
+    _finished(tmp_path / "tiny" / "finetune", **{"manifest.json": {"outputs": {"holdout": split.to_record()}}})
+    main_cfg = make_config("+exp=tiny", f"output_root={tmp_path}", f"tuned_model={tmp_path}/tiny/finetune/model",
+                           config_name="harvest")
+    control = make_config("+exp=tiny", "+null=control", f"output_root={tmp_path}", config_name="harvest")
+    # the control's finetune.dataset names its chat rows: its fingerprint differs from the main store's there...
+    ours = fingerprint.settings(control, "harvest")
+    assert ours["finetune.dataset"] != fingerprint.settings(main_cfg, "harvest")["finetune.dataset"]
+    main = tmp_path / "tiny" / "harvest"
+
+    def main_store(excluded):
+        import shutil
+
+        shutil.rmtree(main, ignore_errors=True)
+        corpus = {"reasoning_questions_excluded": len(excluded), "reasoning_questions_excluded_keys": sorted(excluded)}
+        _finished(main, **{"store.json": {"n_tokens": 10**9, "corpus": corpus},
+                           "fingerprint.json": fingerprint.Fingerprint(fingerprint.settings(main_cfg, "harvest"))
+                           .to_json()})
+
+    # ...yet both mixes leave out the reasoning fine-tune's held-out questions: the base rows are the same
+    main_store(split.heldout_questions)
+    assert base_rows_source(control, lambda: mix_excluded_questions(control)) == (main, "")
+    other = split_rows(rows, dataset="s1k", fields=split.fields, fraction=0.25, n_rows=None, seed=1).heldout_questions
+    main_store(other)  # a main store whose mix left out other questions holds other reasoning contexts
+    lender, why = base_rows_source(control, lambda: mix_excluded_questions(control))
+    assert lender is None and "other held-out questions" in why
+
+
 # --- base vs base on the tiny world ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def base_vs_base_store(tmp_path_factory):

@@ -189,8 +189,8 @@ QUESTION, THINKING, ATTEMPT = "What is 3 + 4?", "3 + 4 = 7.", "Answer: the sum i
 
 @pytest.mark.parametrize("layout", ["s1", "think_r1", "think_qwen3", "none"])
 def test_reasoning_corpus_is_the_layouts_conversation(layout, tiny_tokenizer, r1_tokenizer, qwen3_tokenizer):
-    from reasondiff.analyze.texts import conversation_ids
     from reasondiff.finetune import tokenize_example
+    from reasondiff.lm.sft_example import conversation_ids
 
     tok = {"s1": tiny_tokenizer, "think_r1": r1_tokenizer, "think_qwen3": qwen3_tokenizer, "none": tiny_tokenizer}[layout]
     fmt = _fmt(layout.split("_")[0])

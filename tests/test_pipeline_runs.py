@@ -13,8 +13,9 @@ from conftest import REPO, make_config
 from test_stale_chain import fake_stages
 
 import reasondiff.app.stage as stage_module
-from reasondiff.app import preflight
-from reasondiff.app.stage import decide, run_stage, user_command
+from reasondiff.app import commands, preflight
+from reasondiff.app.commands import user_command
+from reasondiff.app.stage import decide, run_stage
 from reasondiff.config import STAGES
 from reasondiff.core import artifacts
 from reasondiff.core.errors import UserError
@@ -159,14 +160,14 @@ def test_printed_commands_carry_the_overrides_the_run_was_made_with(world, monke
 
     given = ["+exp=tiny", "exp_name=pair", "model.path=/models/base", "tuned_model=/models/tuned", "overwrite=true",
              "run='l1_coeff=4'", "scan.n_general_contexts=8", "harvest.hook=blocks.1.hook_resid_pre"]
-    monkeypatch.setattr(stage_module, "RUN_OVERRIDES", given)
+    monkeypatch.setattr(commands, "RUN_OVERRIDES", given)
     cfg = world("scan")
     assert experiment_args(cfg) == "+exp=tiny exp_name=pair model.path=/models/base tuned_model=/models/tuned"
     assert user_command("train", cfg, "run=x", drop=("overwrite", "scan.")) == (
         "python -m reasondiff.train +exp=tiny exp_name=pair model.path=/models/base tuned_model=/models/tuned "
         "harvest.hook=blocks.1.hook_resid_pre run=x")
     # a library call (no command line): the experiment and a given tuned model
-    monkeypatch.setattr(stage_module, "RUN_OVERRIDES", [])
+    monkeypatch.setattr(commands, "RUN_OVERRIDES", [])
     assert experiment_args(world("scan", "tuned_model=Org/tuned")) == "+exp=tiny tuned_model=Org/tuned"
 
 

@@ -141,3 +141,14 @@ def test_a_wrong_type_and_a_refusal_are_each_one_line_once(tmp_path):
     both = refused.stdout + refused.stderr
     assert both.count("no finished harvest run") == 1, both
     assert refused.stderr.startswith("error: train.data=store: no finished harvest run")
+
+
+def test_multirun_flag_may_come_after_the_overrides(tmp_path):
+    """`python -m reasondiff.train +exp=X -m seed=1,2` failed in Hydra's parser ("unrecognized arguments");
+    the CLI moves -m to the front, so the same multirun runs wherever the flag is written."""
+    from reasondiff.app.cli import multirun_first
+
+    assert multirun_first(["+exp=tiny", "-m", "seed=1,2"]) == ["-m", "+exp=tiny", "seed=1,2"]
+    assert multirun_first(["+exp=tiny", "seed=1"]) == ["+exp=tiny", "seed=1"]
+    late = _app("+exp=tiny", f"output_root={tmp_path}", "-m", "train.l1_coeff=abc,1", "--cfg", "job")
+    assert "unrecognized arguments" not in late.stderr, late.stderr

@@ -45,7 +45,7 @@ def scan_table(run_dir: Path) -> str:
         rows = [r for r in _read(scan / "scan.csv") if r.get("site") == "resid"]
         if not rows:
             continue
-        body = [[r["text"], r["hook"].split(".")[1], _f(r["relative_change"], 3), _f(r["cosine"], 3), _f(r["cka"], 3),
+        body = [[r["text"], r["hook"].split(".")[1] + (" (post)" if r["hook"].endswith("resid_post") else ""), _f(r["relative_change"], 3), _f(r["cosine"], 3), _f(r["cka"], 3),
                  _f(r.get("kl_base_tuned", ""), 3),
                  _pct(r, "closed_tuned_into_base", "closed_tuned_into_base_low", "closed_tuned_into_base_high"),
                  _pct(r, "closed_base_into_tuned", "closed_base_into_tuned_low", "closed_base_into_tuned_high"),

@@ -7,6 +7,8 @@ MODEL=${1:?usage: run.sh MODEL_DIR [FROM_STEP]}
 FROM=${2:-1}
 X=(+exp=qwen05b_cpu_v3 "model.path=$MODEL")
 L14=(run=l14 harvest.hook=blocks.14.hook_resid_pre harvest.reasoning_fraction=0)
+OUT=outputs/qwen05b_cpu_v3
+CONTROL="nulls.control_dataset=$OUT/data/control.jsonl"
 steps=(
   "finetune"                                        # 1  70 trained rows, 30 held out
   "scan"                                            # 2  run 1: where along the depth, on held-out rows
@@ -18,18 +20,36 @@ steps=(
   "train -m seed=1,2"                               # 8  seed siblings of the reasoning pair
   "train -m +null=base_vs_base seed=1,2"            # 9  and of the null
   "analyze"                                         # 10 held-out text, calibrated table
-  "bench"                                           # 11 gsm8k n = 100, limits 128/256/512
-  "intervene"                                       # 12 causal tests of the layer-10 latents
-  "analyze run=shared"                              # 13
-  "harvest ${L14[*]}"                               # 14 run 1: layer 14, general text (v2's setting)
-  "train ${L14[*]}"                                 # 15
-  "analyze ${L14[*]}"                               # 16
+  "intervene"                                       # 11 causal tests of the layer-10 latents; its budget
+                                                    #    sweep holds base and tuned at n = 100, limits 128/256
+  "analyze run=shared"                              # 12
+  "harvest ${L14[*]}"                               # 13 run 1: layer 14, general text (v2's setting)
+  "train ${L14[*]}"                                 # 14
+  "analyze ${L14[*]}"                               # 15
+  "control_data"                                    # 16 control rows from wiki documents no stage reads
+  "finetune +null=control $CONTROL"                 # 17 the control fine-tune: same recipe, no reasoning
+  "harvest +null=control $CONTROL"                  # 18 only the control model runs
+  "train +null=control $CONTROL"                    # 19
+  "train -m +null=control seed=1,2 $CONTROL"        # 20
+  "analyze analyze.nulls=[base_vs_base,control] $CONTROL"   # 21 the calibrated table with both nulls
+  "bench"                                           # 22 Table 1 at 512 tokens (gsm8k n = 100, limits 128/256/512)
 )
 for i in "${!steps[@]}"; do
   n=$((i + 1)); [ "$n" -lt "$FROM" ] && continue
   read -r stage args <<<"${steps[$i]}"
   echo "=== step $n: $stage $args  start $(date -u +%FT%TZ)"
+  if [ "$stage" = control_data ]; then
+    # 100 rows (as many as the reasoning fine-tune's dataset) from Wikipedia documents 100-218 of the
+    # slice: harvest reads documents 0-68 and analyze's held-out general text the ones after, so no
+    # stage's general text is text the control model trained on
+    mkdir -p "$OUT/data"
+    tail -n +101 "${REASONDIFF_DATA:-../shared/data}/wiki_text_sample.jsonl" > "$OUT/data/wiki_documents_100_on.jsonl"
+    python -m reasondiff.finetune.control_data "$OUT/data/wiki_documents_100_on.jsonl" "$OUT/data/control.jsonl" --rows 100
+    continue
+  fi
+  multirun=()
+  if [[ $args == "-m "* ]]; then multirun=(-m); args=${args#-m }; fi
   # shellcheck disable=SC2086
-  python -m reasondiff.$stage "${X[@]}" $args
+  python -m reasondiff.$stage "${multirun[@]}" "${X[@]}" $args
   echo "=== step $n: $stage $args  end   $(date -u +%FT%TZ)"
 done

@@ -37,12 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from reasondiff.core.streamed_pass import ContextSums
 from reasondiff.lm.hooks import residual_hook, select_positions
 from reasondiff.lm.resume_forward import (
     CleanRun,
     clean_run,
     close_up_to_rounding,
     final_norm,
+    log_probs,
     resume_problem,
     resumed_at_hook,
     uniform_final_residual,
@@ -102,18 +104,16 @@ def bootstrap_intervals(per_context: np.ndarray, *, n_resamples: int, seed: int,
     return out
 
 
-class CERecoveryMeter:
+class CERecoveryMeter(ContextSums):
     """SUMS per (context, model, convention), filled batch by batch; resumable (state_dict)."""
 
     def __init__(self, n_contexts: int, model_names: Sequence[str] = ("base", "tuned")):
         self.model_names = tuple(model_names)
-        self.sums = torch.zeros(n_contexts, len(self.model_names), len(CONVENTIONS), len(SUMS), dtype=torch.float64)
+        super().__init__(SUMS, n_contexts, len(self.model_names), len(CONVENTIONS), what="CE recovery")
 
     def add(self, contexts: torch.Tensor, model_index: int, convention: str, values: dict[str, torch.Tensor]) -> None:
         """values[key]: [B] per-context sums for the contexts `contexts` (global indices)."""
-        c = CONVENTIONS.index(convention)
-        for key, value in values.items():
-            self.sums[contexts.cpu(), model_index, c, SUMS.index(key)] += value.detach().double().cpu()
+        self.add_sums(contexts, (model_index, CONVENTIONS.index(convention)), values)
 
     def rows(self, *, text: str = "general", n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
         rows = []
@@ -128,14 +128,6 @@ class CERecoveryMeter:
                 row.update(n_tokens=int(per_context[:, 0].sum()), n_contexts=int((per_context[:, 0] > 0).sum()))
                 rows.append(row)
         return rows
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"sums": self.sums.clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["sums"].shape != self.sums.shape:
-            raise ValueError("CE checkpoint was taken for other contexts")
-        self.sums.copy_(state["sums"])
 
 
 # --- running the models ------------------------------------------------------------------------------
@@ -173,15 +165,6 @@ def final_hidden(model, tokens: torch.Tensor, hook, fn: Callable[[torch.Tensor],
     reference the resumed runs of `ce_recovery_batch` are tested against."""
     with residual_hook(model, hook, fn):
         return model.base_model(input_ids=tokens.to(model.device)).last_hidden_state
-
-
-def log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the model's logits for hidden states [N, d] (float32; Gemma-2's soft cap applied)."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, dim=-1)
 
 
 class _Unembedding:

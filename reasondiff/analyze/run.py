@@ -82,8 +82,8 @@ def crosscoder_dir(cfg: Config) -> Path:
 def report_arguments(cfg: Config) -> dict[str, Any]:
     """What the report says of the run itself: the overrides its suggested commands carry, and the
     tuned model when it was given rather than fine-tuned here (analyze and intervene both write it)."""
+    from reasondiff.app.commands import command_args
     from reasondiff.app.preflight import tuned_model_given
-    from reasondiff.app.stage import command_args
 
     return {"command_args": command_args(cfg, drop=("overwrite", "run", "pipeline.")),
             "given_tuned_model": cfg.tuned_model if tuned_model_given(cfg) else None}

@@ -4,8 +4,9 @@ layout the fine-tune taught.
 General text: fixed-length packed contexts, every token real. Reasoning text: one s1K-style row per
 context, rendered with the tuned model's chat template around its layout of the assistant turn
 (`format.layout`, `reasondiff/lm/layouts.py`: s1's `<|im_start|>think` thinking `<|im_start|>answer`
-answer, or R1's `<think>` thinking `</think>` answer), exactly the conversation the fine-tune trained on, so that latents tied to the layout (the delimiters, the
-answer block) can fire at all. A conversation longer than the context loses the middle of its
+answer, or R1's `<think>` thinking `</think>` answer), exactly the conversation the fine-tune trained
+on (`reasondiff.lm.sft_example`, finetune's own tokenization), so that latents tied to the layout (the
+delimiters, the answer block) can fire at all. A conversation longer than the context loses the middle of its
 thinking, never its prompt, delimiters or answer; shorter ones are right-padded and `valid` marks the
 real tokens (a causal model's real predictions never see the padding after them).
 """
@@ -58,44 +59,14 @@ class Contexts:
         return cls(name=name, input_ids=input_ids, valid=torch.ones_like(input_ids, dtype=torch.bool))
 
 
-def trace_fields(trace_source: str) -> tuple[str, str]:
-    """s1K-1.1's (thinking, attempt) columns of one trace source (`finetune.trace_source`)."""
-    return f"{trace_source}_thinking_trajectory", f"{trace_source}_attempt"
-
-
-def conversation_ids(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat,
-                     max_length: int) -> list[int] | None:
-    """The conversation as the fine-tune saw it (chat template around the tuned layout), cut to
-    `max_length` tokens by dropping the middle of the thinking; None when even no thinking won't fit."""
-    from reasondiff.lm.layouts import conversation_text, layout_for
-
-    thinking = thinking.strip()
-    # the fine-tune's sequences: the generation prompt, the turn in the tuned layout, the EOS closing it
-    text, _ = conversation_text(tokenizer, layout_for(fmt, "tuned"), question, thinking, attempt)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    if len(ids) <= max_length:
-        return ids
-    start = text.find(thinking)
-    if start < 0 or not thinking:
-        return None
-    end = start + len(thinking)
-    inside = [i for i, (lo, hi) in enumerate(offsets) if lo >= start and hi <= end]
-    excess = len(ids) - max_length
-    if len(inside) < excess:
-        return None
-    first, last = inside[0], inside[-1] + 1  # the thinking's whole tokens
-    head = (last - first - excess) // 2  # keep as much of its start as of its end
-    return ids[:first + head] + ids[first + head + excess:]
-
-
 def reasoning_conversations(rows: Iterable[dict], tokenizer, fmt: ReasoningFormat, *, n_contexts: int,
                             context_length: int, trace_source: str = "deepseek",
                             config_key: str = "analyze.reasoning_corpus") -> Contexts:
     """Up to `n_contexts` conversations, one per context, right-padded to the longest (<= context_length)."""
     from reasondiff.lm.data_sources import require_fields
+    from reasondiff.lm.sft_example import TRACE_FIELDS, conversation_ids
 
-    thinking_field, attempt_field = trace_fields(trace_source)
+    thinking_field, attempt_field = TRACE_FIELDS[trace_source]
     fields = ("question", thinking_field, attempt_field)
     conversations, too_long = [], 0
     for index, row in enumerate(itertools.islice(rows, 20 * n_contexts)):

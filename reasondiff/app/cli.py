@@ -227,6 +227,13 @@ def _in_open_dict(key: str, keys: frozenset[str], open_prefixes: tuple[str, ...]
     return False
 
 
+def multirun_first(argv: list[str]) -> list[str]:
+    """`+exp=X seed=1,2 -m` -> `-m +exp=X seed=1,2`: Hydra's parser takes the overrides as one run of
+    positional arguments, so an override after `-m` ended it with "unrecognized arguments"."""
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    return [*flags, *(a for a in argv if a not in ("-m", "--multirun"))]
+
+
 def quote_run_values(argv: list[str]) -> list[str]:
     """`run=l1_coeff=4` -> `run='l1_coeff=4'` (Hydra's grammar has no `=` in unquoted values)."""
     out = []

@@ -60,7 +60,7 @@ def stage_inputs(cfg, stage: str) -> list[Input]:
     if stage == "harvest":
         from reasondiff.app.reuse import base_rows_source
 
-        lender = base_rows_source(cfg)[0]  # a null pair's base rows, copied from the main store (docs/null.md)
+        lender = base_rows_source(cfg, lambda: mix_excluded_questions(cfg))[0]  # a null pair's base rows, copied from the main store (docs/null.md)
         return [model, tuned, *corpora] + ([Input("harvest.reuse_base", str(lender), "stage", "harvest")] if lender else [])
     if stage == "train":
         if cfg.train.data == "store":
@@ -123,33 +123,125 @@ def finetune_dir_of(cfg) -> Path | None:
     return owner if owner is not None and split_dir_name(owner.name)[0] == "finetune" else None
 
 
-def reasoning_text_problem(cfg, stage: str) -> str | None:
+def mix_excluded_questions(cfg) -> frozenset[str]:
+    """question_keys (reasondiff.lm.holdout) of the fine-tune's held-out rows, when harvest mixes
+    reasoning text in: scan, analyze and intervene read those rows as held-out reasoning text, so the
+    harvest leaves them out and the crosscoder never trains on them. Empty without a mix."""
+    from reasondiff.lm.holdout import resolve_split
+
+    h = cfg.harvest
+    if not (h.reasoning_fraction > 0 and h.reasoning_corpus):
+        return frozenset()
+    try:
+        return resolve_split(cfg, finetune_dir_of(cfg)).heldout_questions
+    except UserError as err:
+        log.warning("harvest: cannot read the fine-tune's held-out rows (%s); the reasoning mix may hold rows that "
+                    "scan and analyze read as held-out text", err)
+        return frozenset()
+
+
+def reasoning_text_problem(cfg, stage: str, produced: frozenset[Path] = frozenset()) -> str | None:
     """Reasoning text that would measure rows the fine-tune trained on: a reasoning_corpus sharing
     questions with the trained rows (unless `<stage>.allow_trained_text`), or held-out rows asked
-    of a fine-tune that held none out. One line; None when fine (or when the data cannot be read:
-    the dataset check reports that)."""
+    of a fine-tune that held none out, or held-out rows the crosscoder's activation store mixed in
+    (`store_trained_problem`). One line; None when fine (or when the data cannot be read: the dataset
+    check reports that). intervene reads analyze's reasoning text, as analyze reads it. `produced`:
+    stage directories an earlier stage of the same run will write (absolute)."""
     import itertools
 
     from reasondiff.lm.data_sources import load_rows
     from reasondiff.lm.holdout import corpus_overlap, resolve_split
 
-    section = getattr(cfg, stage, None)
+    owner = "analyze" if stage == "intervene" else stage
+    section = getattr(cfg, owner, None)
+    if stage == "intervene" and not cfg.intervene.n_reasoning_contexts:
+        return None
     if section is None or not getattr(section, "n_reasoning_contexts", 0) or section.reasoning_text == "on_policy":
         return None
     try:
         split = resolve_split(cfg, finetune_dir_of(cfg))
         if section.reasoning_text == "heldout_rows":
             if split.heldout:
-                return None
-            return (f"{stage}.reasoning_text=heldout_rows: no row of {split.dataset} was held out ({split.origin}); "
-                    f"re-run finetune with finetune.holdout.fraction > 0, or set {stage}.reasoning_text=on_policy")
+                return store_trained_problem(cfg, stage, split.heldout_questions, produced)
+            return (f"{owner}.reasoning_text=heldout_rows: no row of {split.dataset} was held out ({split.origin}); "
+                    f"re-run finetune with finetune.holdout.fraction > 0, or set {owner}.reasoning_text=on_policy")
         rows = load_rows(section.reasoning_corpus, split=getattr(section, "reasoning_split", "train"), streaming=True,
-                         config_key=f"{stage}.reasoning_corpus")
+                         config_key=f"{owner}.reasoning_corpus")
         rows = [dict(r) for r in itertools.islice(rows, 20 * section.n_reasoning_contexts)]
     except UserError:
         return None
-    return corpus_overlap(split, rows, stage=stage, corpus=section.reasoning_corpus,
+    return corpus_overlap(split, rows, stage=owner, corpus=section.reasoning_corpus,
                           allow=section.allow_trained_text)[1]
+
+
+def crosscoder_store_dir(cfg, produced: frozenset[Path] = frozenset()) -> Path | None:
+    """The activation store the crosscoder analyze reads was trained on: the harvest its train run
+    recorded reading, else (train not run yet, or about to be redone: `produced`) the one
+    train.data=store will read; None for a live-trained or foreign crosscoder."""
+    crosscoder = Path(cfg.analyze.crosscoder_dir) if cfg.analyze.crosscoder_dir else cfg.stage_dir("train")
+    from reasondiff.core.fingerprint import recorded
+
+    record = None if crosscoder.absolute() in produced else recorded(crosscoder)
+    if record is not None:
+        harvests = [name for name in record.upstream if split_dir_name(Path(name).name)[0] == "harvest"]
+        return directory_of(cfg, harvests[0]) if harvests else None
+    if not cfg.analyze.crosscoder_dir and cfg.train.data == "store":
+        return cfg.stage_dir("harvest")
+    return None
+
+
+def _reasoning_rows_read(store: dict) -> int | None:
+    """How many rows of its reasoning corpus a store's harvest read (from its shards' stream states;
+    None: every row, the corpus was cycled)."""
+    read = 0
+    for shard in store.get("shards", []):
+        state = (shard.get("stream_state") or {}).get("reasoning") or {}
+        if state.get("passes"):
+            return None
+        read = max(read, int(state.get("documents", 0)) + (1 if state.get("offset") else 0))
+    return read
+
+
+def store_trained_problem(cfg, stage: str, heldout: frozenset[str],
+                          produced: frozenset[Path] = frozenset()) -> str | None:
+    """analyze / intervene reading the fine-tune's held-out rows with a crosscoder whose activation
+    store mixed some of them in (a store harvested before finetune.holdout existed left nothing out
+    of its reasoning mix): one line, unless analyze.allow_trained_text. The evidence is the store's
+    record: `corpus.reasoning_questions_excluded_keys` (the questions it left out) and its shards'
+    stream states (how many reasoning rows it read); the rows read are looked up in its reasoning
+    corpus. A store that records only a count of excluded questions left the fine-tune's held-out
+    questions out when it was made (a fine-tune redone since makes it stale: `stale_links`)."""
+    import itertools
+
+    from reasondiff.lm.data_sources import load_rows
+    from reasondiff.lm.holdout import question_key
+
+    if stage not in ("analyze", "intervene") or cfg.analyze.allow_trained_text:
+        return None
+    store_dir = crosscoder_store_dir(cfg, produced)
+    if store_dir is None or store_dir.absolute() in produced or not (store_dir / "store.json").is_file():
+        return None
+    store = artifacts.read_json(store_dir / "store.json")
+    corpus = store.get("corpus") or {}
+    if not (corpus.get("reasoning_fraction") and corpus.get("reasoning_corpus")):
+        return None
+    keys = corpus.get("reasoning_questions_excluded_keys")
+    if keys is None and corpus.get("reasoning_questions_excluded"):
+        return None
+    excluded = frozenset(keys or ())
+    n_read = _reasoning_rows_read(store)
+    rows = load_rows(corpus["reasoning_corpus"], split=cfg.harvest.reasoning_split, streaming=True,
+                     config_key="harvest.reasoning_corpus", fields=["question"])
+    harvested = {question_key(row.get("question", "")) for row in itertools.islice(rows, n_read)}
+    trained = (harvested & heldout) - excluded
+    if not trained:
+        return None
+    return (f"{stage}: {len(trained)} of the {len(heldout)} held-out questions (analyze.reasoning_text=heldout_rows) "
+            f"are in the reasoning mix of {store_dir}, which the crosscoder trained on ("
+            + (f"it left out {len(excluded)} questions of another split" if excluded else
+               "it left none out: harvested before finetune.holdout")
+            + ") — redo harvest and train, set analyze.reasoning_text=on_policy, or analyze.allow_trained_text=true "
+            "to measure them anyway")
 
 
 # --- where inputs come from -----------------------------------------------------------------------
@@ -520,8 +612,8 @@ def problems(checks: list[tuple[Any, str]], *, produced: set[Path] | None = None
                 add(_stage_problem(cfg, item, produced))
         for problem in shape_problems(cfg, stage):
             add(problem)
-        if stage in ("scan", "analyze") and not found:
-            add(reasoning_text_problem(cfg, stage))
+        if stage in ("scan", "analyze", "intervene") and not found:
+            add(reasoning_text_problem(cfg, stage, frozenset(produced)))
         need = disk_needed(cfg, stage) if disk and stage != "harvest" else None
         if need is not None:
             free = artifacts.free_bytes(cfg.stage_dir(stage))

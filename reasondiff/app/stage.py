@@ -14,7 +14,6 @@ import importlib
 import logging
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from reasondiff.app import preflight
+from reasondiff.app import commands, preflight
 from reasondiff.config import CONF_DIR, Config, to_config, upstream_candidates
 from reasondiff.core import artifacts, distributed, fingerprint, memory, runs
 from reasondiff.core.errors import UserError
@@ -272,53 +271,7 @@ def redo_chain_command(cfg: Config, redone: Path) -> str:
         today = fingerprint.settings(cfg, redone_stage)
         extra = [fingerprint.as_override(key, value, cfg.output_root) for key, value in sorted(record.settings.items())
                  if key in today and today[key] != value]
-    return user_command("pipeline", cfg, *extra, drop=("overwrite", "pipeline.stages"))
-
-
-# --- commands printed for the user ----------------------------------------------------------------
-def _key_of(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def experiment_args(cfg: Config) -> list[str]:
-    """`+exp=NAME` when an experiment file named like exp_name exists, else a placeholder plus exp_name."""
-    if (CONF_DIR / "exp" / f"{cfg.exp_name}.yaml").is_file():
-        return [f"+exp={cfg.exp_name}"]
-    return ["+exp=<experiment>", f"exp_name={cfg.exp_name}"]
-
-
-def carried_overrides(cfg: Config, *, drop: tuple[str, ...] = ()) -> list[str]:
-    """The overrides this run was made with (its command line; from the config where there was
-    none, as in a library call), less the keys in `drop` (a key, or a section ending in `.`)."""
-    overrides = list(RUN_OVERRIDES)
-    if not overrides:
-        overrides = experiment_args(cfg)
-        if preflight.tuned_model_given(cfg):
-            overrides.append(f"tuned_model={cfg.tuned_model}")
-        if cfg.run:
-            overrides.append(f"run={cfg.run}")
-    return [o for o in overrides if not any(_key_of(o) == d or (d.endswith(".") and _key_of(o).startswith(d))
-                                            for d in (*drop, "hydra."))]
-
-
-def _shell(word: str) -> str:
-    import shlex
-
-    if re.fullmatch(r"[^\s]*<\w+>[^\s]*", word):
-        return word  # a placeholder for the user to fill in (+exp=<experiment>)
-    return shlex.quote(word) if re.search(r"[\s$&;|<>()*?!`\\{}\"#]", word) else word
-
-
-def command_args(cfg: Config, *extra: str, drop: tuple[str, ...] = ("overwrite",)) -> str:
-    """This run's overrides (`exp_name=`, `tuned_model=`, `model.path=` ... so a printed command can
-    be pasted) and `extra`, which replace the carried ones of the same key; shell-quoted where needed."""
-    carried = carried_overrides(cfg, drop=(*drop, *(_key_of(e) for e in extra)))
-    return " ".join(_shell(w) for w in (*carried, *extra))
-
-
-def user_command(app: str, cfg: Config, *extra: str, drop: tuple[str, ...] = ("overwrite",)) -> str:
-    """`python -m reasondiff.<app>` with this run's overrides and `extra` (see `command_args`)."""
-    return f"python -m reasondiff.{app} {command_args(cfg, *extra, drop=drop)}".rstrip()
+    return commands.user_command("pipeline", cfg, *extra, drop=("overwrite", "pipeline.stages"))
 
 
 def verify_finished(cfg: Config, stage: str, directory: Path) -> str | None:
@@ -416,7 +369,7 @@ def _open_stage_dir(cfg: Config, stage: str, out_dir: Path, prepare: Prepare | N
     fingerprint.write(out_dir, stage, decision.fingerprint, name)
     artifacts.write_text(out_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     if name:
-        runs.record_run(cfg.exp_dir, out_dir.name, {"stage": stage, "run": name, "overrides": list(RUN_OVERRIDES)})
+        runs.record_run(cfg.exp_dir, out_dir.name, {"stage": stage, "run": name, "overrides": list(commands.RUN_OVERRIDES)})
     return decision
 
 
@@ -503,10 +456,6 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
     return Outcome(out_dir, "done")
 
 
-RUN_OVERRIDES: list[str] = []
-"""The command-line overrides of this process's run (recorded in runs.json with a run's name)."""
-
-
 def _apply_hydra_runtime(cfg: Config) -> Config:
     """A multirun job is a separate run named after its overrides (`train@l1_coeff=4`), a sibling of
     the main run; the command line's overrides are kept for runs.json."""
@@ -516,7 +465,7 @@ def _apply_hydra_runtime(cfg: Config) -> Config:
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         overrides = list(hydra_cfg.overrides.task)
-        RUN_OVERRIDES[:] = overrides
+        commands.RUN_OVERRIDES[:] = overrides
         if hydra_cfg.mode == RunMode.MULTIRUN:
             from reasondiff.app.sweeps import SWEPT_KEYS_ENV, job_run_name
 
@@ -600,7 +549,7 @@ def hydra_app(config_name: str, body: Callable[[Config], Any] | None = None,
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
-        sys.argv[1:] = cli.quote_run_values(argv)
+        sys.argv[1:] = cli.multirun_first(cli.quote_run_values(argv))
         _main()
 
     return entry

@@ -1,8 +1,11 @@
 """On-policy reasoning text: the tuned model's own bench generations, in the chat layout (issue 26.1).
 
-Text the tuned model wrote itself, on questions it never trained on (the bench's gsm8k / MATH-500
-/ boolq questions are not in s1K): what a fine-tune changed is measured where the tuned model
-actually runs, not on someone else's traces it memorised. Each conversation is the bench's own
+Text the tuned model wrote itself, on questions it never trained on: what a fine-tune changed is
+measured where the tuned model actually runs, not on someone else's traces it memorised. A bench
+question may also be a fine-tune row (s1K draws on MATH, as MATH-500 does): a generation whose
+question matches one the fine-tune trained on (`question_key`, whitespace-normalised, as the holdout
+split keys rows) is dropped, counted and named in the text's source, which the stage records; for a
+tuned model not made here, which rows it trained on is unknown, so every row of finetune.dataset counts. Each conversation is the bench's own
 prompt for the tuned model (chat template, generation prompt, an opened thinking where the bench
 opened it) followed by the generation at the sweep's largest token limit, closed by the EOS when
 the model ended its turn. scan and analyze read it with `reasoning_text=on_policy`.
@@ -26,6 +29,27 @@ class OnPolicyText:
     conversations: list[list[int]] = field(default_factory=list)
     answer_starts: list[int | None] = field(default_factory=list)
     source: str = ""
+    trained_dropped: int | None = None
+    """Generations left out because the fine-tune trained on their question (None: not checked, the
+    fine-tune's dataset could not be read)."""
+
+
+def trained_questions(cfg) -> tuple[frozenset[str] | None, str]:
+    """(question_keys the tuned model may have trained on, what they are); (None, why) when the
+    fine-tune's dataset cannot be read. The rows its finetune run trained on (recorded split); for a
+    tuned model made elsewhere, every row of finetune.dataset."""
+    from reasondiff.app.preflight import finetune_dir_of
+    from reasondiff.lm.holdout import resolve_split
+
+    finetune_dir = finetune_dir_of(cfg)
+    try:
+        split = resolve_split(cfg, finetune_dir)
+    except UserError as err:
+        return None, f"not checked against the fine-tune's rows: {err}"
+    if finetune_dir is None:
+        return frozenset(split.question_keys), (f"finetune.dataset={split.dataset} (tuned_model={cfg.tuned_model} "
+                                                "was not made here: any row may have been trained on)")
+    return split.trained_questions, f"the rows the fine-tune trained on ({split.origin})"
 
 
 def _cut_middle(prompt: list[int], generated: list[int], max_length: int) -> list[int] | None:
@@ -69,10 +93,24 @@ def on_policy_conversations(cfg: Config, tokenizer, *, n_contexts: int, context_
 
     # where the tuned model's answer block opens in its own layout (s1: <|im_start|>answer, think: </think>)
     eos, delimiter = tokenizer.eos_token_id, layout_for(cfg.format, "tuned").think_close
-    per_task = {task: [q for q in load_questions(task, cfg.bench) if (task, q.id) in by_question]
-                for task in cfg.bench.tasks}
+    from reasondiff.lm.holdout import question_key
+
+    trained, what = trained_questions(cfg)
+    per_task, dropped = {}, 0
+    for task in cfg.bench.tasks:
+        generated = [q for q in load_questions(task, cfg.bench) if (task, q.id) in by_question]
+        per_task[task] = [q for q in generated if trained is None or question_key(q.question) not in trained]
+        dropped += len(generated) - len(per_task[task])
+    if trained is None:
+        checked = what
+        log.warning("%s=on_policy: %s", config_key, what)
+    else:
+        checked = f"generations whose question is in {what}: {dropped} dropped"
+        if dropped:
+            log.warning("%s=on_policy: %d generations dropped: their question is in %s", config_key, dropped, what)
     out = OnPolicyText(source=f"tuned model's bench generations ({bench_dir / GENERATIONS}, limit {limit}, "
-                              f"tasks {', '.join(cfg.bench.tasks)})")
+                              f"tasks {', '.join(cfg.bench.tasks)}; {checked})",
+                       trained_dropped=None if trained is None else dropped)
     too_long = 0
     for i in range(max((len(v) for v in per_task.values()), default=0)):
         for task in cfg.bench.tasks:

@@ -129,10 +129,12 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
         extra = (("model",) if "base" in models else ()) + (("tuned_model",) if "tuned" in models else ())
         return ("seed", "format", "bench", "hardware.dtype", "hardware.attn_implementation", *extra)
     if stage == "harvest":
-        return ("seed", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
+        return ("seed", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size",
+                *reasoning_mix_keys(cfg))
     if stage == "train":
         if cfg.train.data == "live":
-            return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size")
+            return ("seed", "train", "harvest", "tuned_model", *MODEL_KEYS, "hardware.harvest_batch_size",
+                    *reasoning_mix_keys(cfg))
         return ("seed", "train")
     if stage == "analyze":
         reasoning = reasoning_text_keys(cfg, cfg.analyze) if cfg.analyze.n_reasoning_contexts else ()
@@ -163,6 +165,17 @@ def reads(cfg, stage: str) -> tuple[str, ...]:
     return ("seed", stage, "tuned_model", *MODEL_KEYS)
 
 
+def reasoning_mix_keys(cfg) -> tuple[str, ...]:
+    """What harvest's reasoning mix depends on outside `harvest.*`: the fine-tune's held-out questions
+    are left out of it (reasondiff.app.preflight.mix_excluded_questions), so which rows are held out
+    changes the store even when the tuned model is not this experiment's fine-tune (a hub id: no
+    upstream id moves). Nothing without a mix, so such a harvest keeps its fingerprint."""
+    h = cfg.harvest
+    if not (h.reasoning_fraction > 0 and h.reasoning_corpus):
+        return ()
+    return ("finetune.dataset", "finetune.split", "finetune.holdout")
+
+
 def reasoning_text_keys(cfg, section) -> tuple[str, ...]:
     """What a stage's reasoning text (`<stage>.reasoning_text`, config/common.py) depends on outside
     its own section: the layout, and the fine-tune's held-out rows or the bench's prompts."""
@@ -170,7 +183,8 @@ def reasoning_text_keys(cfg, section) -> tuple[str, ...]:
     if section.reasoning_text == "heldout_rows":
         keys += ("finetune.dataset", "finetune.split", "finetune.holdout")
     elif section.reasoning_text == "on_policy":
-        keys += ("bench",)
+        # generations of questions the fine-tune trained on are dropped (reasondiff.bench.on_policy)
+        keys += ("bench", "finetune.dataset", "finetune.split", "finetune.holdout", "finetune.limit_rows")
     return keys
 
 

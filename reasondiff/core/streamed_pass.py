@@ -25,6 +25,31 @@ from reasondiff.core import artifacts, distributed
 log = logging.getLogger(__name__)
 
 
+class ContextSums:
+    """Named sums per context (the first axis) and per cell of the other axes, in float64: a meter
+    whose every number is a sum (CE recovery, interventions), so a pass checkpoints it as is and
+    torchrun ranks' states add (`merge_states`). Keeping them per context is what the bootstrap over
+    contexts resamples."""
+
+    def __init__(self, keys: tuple[str, ...], n_contexts: int, *cells: int, what: str) -> None:
+        self.keys, self.what = keys, what
+        self.sums = torch.zeros(n_contexts, *cells, len(keys), dtype=torch.float64)
+
+    def add_sums(self, contexts: torch.Tensor, cell: tuple[int, ...], values: dict[str, torch.Tensor]) -> None:
+        """values[key]: [B] per-context sums for the contexts `contexts` (global indices, distinct)."""
+        for key, value in values.items():
+            self.sums[(contexts.cpu(), *cell, self.keys.index(key))] += value.detach().double().cpu()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"sums": self.sums.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["sums"].shape != self.sums.shape:
+            raise ValueError(f"{self.what} sums {tuple(state['sums'].shape)} were saved for other contexts or cells "
+                             f"than {tuple(self.sums.shape)}")
+        self.sums.copy_(state["sums"])
+
+
 class PassState:
     """A pass's meters (`parts`: objects with state_dict/load_state_dict) plus how many batches they
     cover, saved atomically; resumed only when the fingerprint (text, models, settings) is the one it

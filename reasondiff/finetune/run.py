@@ -28,7 +28,6 @@ from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_metrics
 from reasondiff.finetune.data import (
-    SFTExample,
     build_sft_examples,
     load_s1k_split,
     summarize_report,
@@ -36,6 +35,7 @@ from reasondiff.finetune.data import (
 )
 from reasondiff.finetune.loss_curve import loss_points, plot_loss_curve
 from reasondiff.lm.s1_layout import answer_start, thinking_start
+from reasondiff.lm.sft_example import SFTExample
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,50 @@ def _model_loss_sft_trainer():
     return ModelLossSFTTrainer
 
 
+def sft_arguments(cfg: Config, output_dir: Path, *, accumulation: int, device_type: str, **overrides: Any):
+    """The stage trainer's `SFTConfig`: the experiment's hyper-parameters, the hardware's micro batch and
+    precision, trl's and transformers' defaults for the rest (AdamW `adamw_torch_fused`, grad-norm clip
+    1.0). benchmarks/sft_throughput.py times the trainer built from it (`overrides`: its own step
+    count, no checkpoints), so the benchmark measures what the stage runs."""
+    from trl import SFTConfig
+
+    ft = cfg.finetune
+    keys = dict(
+        output_dir=str(output_dir),
+        # padding-free: rows are cut in to_dataset (trl refuses a max_length it would not enforce)
+        max_length=None if ft.padding_free else ft.max_length,
+        packing=False,
+        padding_free=ft.padding_free,
+        learning_rate=ft.learning_rate,
+        weight_decay=ft.weight_decay,
+        num_train_epochs=ft.num_epochs,
+        max_steps=ft.max_steps,
+        warmup_steps=ft.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=ft.lr_scheduler,
+        adam_beta1=ft.adam_beta1,
+        adam_beta2=ft.adam_beta2,
+        per_device_train_batch_size=cfg.hardware.finetune_micro_batch,
+        gradient_accumulation_steps=accumulation,
+        activation_checkpointing=cfg.hardware.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.hardware.gradient_checkpointing else None,
+        use_cpu=device_type == "cpu",
+        **precision_flags(cfg.hardware, device_type),
+        logging_steps=ft.logging_steps,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=ft.save_steps,
+        save_total_limit=ft.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.hardware.dataloader_workers,
+        ddp_find_unused_parameters=False,  # torchrun: every parameter gets a gradient (no extra autograd walk)
+        report_to=["wandb"] if cfg.wandb.mode != "disabled" else "none",
+        run_name=f"{cfg.exp_name}-finetune",
+        disable_tqdm=False,
+    )
+    return SFTConfig(**{**keys, **overrides})
+
+
 def set_pad_token(tokenizer, pad_token: str) -> None:
     """Padding must not be EOS: collators that mask padding would also mask the turn's end token."""
     if pad_token not in tokenizer.get_vocab():
@@ -333,7 +377,6 @@ def layout_samples(model, tokenizer, questions: Sequence[str], fmt: ReasoningFor
 def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune `cfg.model.path` on s1K-1.1 into `ctx.dir/model` (resumes a killed run's checkpoint)."""
     import torch
-    from trl import SFTConfig
 
     from reasondiff.lm.models import load_model, load_tokenizer, resolve_device
 
@@ -385,39 +428,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     NonFiniteLossGuard, MetricsToCsv, GracefulStop = _callbacks_module()
     stopper = GracefulStop()
-    args = SFTConfig(
-        output_dir=str(checkpoints),
-        # padding-free: rows are cut in to_dataset (trl refuses a max_length it would not enforce)
-        max_length=None if ft.padding_free else ft.max_length,
-        packing=False,
-        padding_free=ft.padding_free,
-        learning_rate=ft.learning_rate,
-        weight_decay=ft.weight_decay,
-        num_train_epochs=ft.num_epochs,
-        max_steps=ft.max_steps,
-        warmup_steps=ft.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=ft.lr_scheduler,
-        adam_beta1=ft.adam_beta1,
-        adam_beta2=ft.adam_beta2,
-        per_device_train_batch_size=cfg.hardware.finetune_micro_batch,
-        gradient_accumulation_steps=accumulation,
-        activation_checkpointing=cfg.hardware.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.hardware.gradient_checkpointing else None,
-        use_cpu=device.type == "cpu",
-        **precision,
-        logging_steps=ft.logging_steps,
-        logging_nan_inf_filter=False,
-        save_strategy="steps",
-        save_steps=ft.save_steps,
-        save_total_limit=ft.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_num_workers=cfg.hardware.dataloader_workers,
-        ddp_find_unused_parameters=False,  # torchrun: every parameter gets a gradient (no extra autograd walk)
-        report_to=["wandb"] if cfg.wandb.mode != "disabled" else "none",
-        run_name=f"{cfg.exp_name}-finetune",
-        disable_tqdm=False,
-    )
+    args = sft_arguments(cfg, checkpoints, accumulation=accumulation, device_type=device.type)
     trainer = sft_trainer_class(ft.loss_head, device.type)(
         model=model,
         args=args,

@@ -65,22 +65,6 @@ def reasoning_texts(source: str, *, split: str = "train", config_key: str = "har
         yield "" if exclude_questions and question_key(row["question"]) in exclude_questions else reasoning_text(row)
 
 
-def evaluation_questions(cfg) -> frozenset[str]:
-    """The fine-tune's held-out questions, when harvest mixes reasoning text in: scan, analyze and
-    intervene read those rows as held-out reasoning text, so the crosscoder never trains on them."""
-    h = cfg.harvest
-    if not (h.reasoning_fraction > 0 and h.reasoning_corpus):
-        return frozenset()
-    from reasondiff import finetune
-
-    try:
-        return finetune.holdout_split(cfg).heldout_questions
-    except UserError as err:
-        log.warning("harvest: cannot read the fine-tune's held-out rows (%s); the reasoning mix may hold rows that "
-                    "scan and analyze read as held-out text", err)
-        return frozenset()
-
-
 def separator_id(tokenizer) -> int:
     token_id = tokenizer.convert_tokens_to_ids(DOCUMENT_SEPARATOR)
     # an unknown token maps to unk_token_id, which may be any id: check that it round-trips
@@ -221,7 +205,7 @@ class ContextStream:
             tokenizer, harvest.context_length, state=state.general, cycle=cycle, name="harvest.corpus")
         self.general.documents_touched = max(self.general.documents_touched, state.documents_used)
         self.reasoning, self._warned_cycle = None, False
-        self.n_excluded_questions = len(exclude_questions)
+        self.exclude_questions = exclude_questions
         if harvest.reasoning_fraction > 0 and harvest.reasoning_corpus:
             self.reasoning = Packer(
                 lambda skip: reasoning_texts(harvest.reasoning_corpus, split=harvest.reasoning_split, skip=skip,
@@ -268,7 +252,10 @@ class ContextStream:
                 "corpus_config": self.harvest.corpus_config, "text_column": self.harvest.text_column,
                 "reasoning_corpus": self.harvest.reasoning_corpus if self.reasoning else None,
                 "reasoning_fraction": self.harvest.reasoning_fraction if self.reasoning else 0.0,
-                "reasoning_questions_excluded": self.n_excluded_questions if self.reasoning else 0,
+                "reasoning_questions_excluded": len(self.exclude_questions) if self.reasoning else 0,
+                # which ones (reasondiff.lm.holdout.question_key): what preflight checks held-out text
+                # against, and what a null pair's harvest must share to reuse this store's base rows
+                "reasoning_questions_excluded_keys": sorted(self.exclude_questions) if self.reasoning else [],
                 "context_length": self.harvest.context_length}
 
 

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from reasondiff.app.preflight import mix_excluded_questions
 from reasondiff.app.reuse import base_rows_source
 from reasondiff.config import Config
 from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
 from reasondiff.harvest import store as store_io
-from reasondiff.harvest.corpus import ContextStream, StreamState, evaluation_questions
+from reasondiff.harvest.corpus import ContextStream, StreamState
 from reasondiff.harvest.pairs import PairedHarvester, load_pair
 from reasondiff.harvest.reuse import BaseRowReader, ReusedBaseHarvester
 from reasondiff.harvest.store import STATS, STORE_MANIFEST, ActivationStore
@@ -174,7 +175,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     h = cfg.harvest
     base, tuned, tokenizer, hook = load_pair(cfg)
     d_model = store_io.d_model_of(base)
-    stream_description = ContextStream(h, tokenizer, exclude_questions=evaluation_questions(cfg)).describe(tokenizer)
+    stream_description = ContextStream(h, tokenizer, exclude_questions=mix_excluded_questions(cfg)).describe(tokenizer)
     header = {
         "d_model": d_model, "hook": hook.name,
         "store_dtype": h.store_dtype, "layout": "[n_tokens, 2, d_model], index 0 = base, 1 = tuned",
@@ -204,7 +205,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
                                     f"harvesting {remaining:,} paired activations")
     except artifacts.DiskSpaceError as err:
         raise UserError(f"{err} (harvest.n_tokens, harvest.store_dtype)") from err
-    reused_from, not_reused = base_rows_source(cfg)
+    reused_from, not_reused = base_rows_source(cfg, lambda: mix_excluded_questions(cfg))
     if reused_from is not None and world > 1:  # the main store's rows follow one process's batch order
         reused_from, not_reused = None, "a torchrun harvest runs both models"
     if cfg.run and reused_from is None:
@@ -285,7 +286,7 @@ def _harvest_loop(cfg: Config, ctx, writer: StoreWriter, harvester: PairedHarves
     when b mod world == rank (a single process takes every batch)."""
     h = cfg.harvest
     previous = writer.stream_state
-    stream = ContextStream(h, tokenizer, state=previous, exclude_questions=evaluation_questions(cfg))
+    stream = ContextStream(h, tokenizer, state=previous, exclude_questions=mix_excluded_questions(cfg))
     if writer.manifest["shards"]:
         harvester.n_massive_dropped = writer.manifest["shards"][-1].get("massive_dropped_total", 0)
     stored = writer.n_tokens

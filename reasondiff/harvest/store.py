@@ -367,9 +367,11 @@ class LiveActivationSource:
         self._next_refill = None
 
     def _new_stream(self):
-        from reasondiff.harvest.corpus import ContextStream, evaluation_questions
+        from reasondiff.app.preflight import mix_excluded_questions
+        from reasondiff.harvest.corpus import ContextStream
 
-        return ContextStream(self.harvest, self.tokenizer, cycle=True, exclude_questions=evaluation_questions(self.cfg))
+        return ContextStream(self.harvest, self.tokenizer, cycle=True,
+                             exclude_questions=mix_excluded_questions(self.cfg))
 
     def _run(self, stream, n_contexts: int) -> torch.Tensor:
         rows = []

@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from reasondiff.intervene.measures import log_probs
-from reasondiff.lm.resume_forward import final_norm
+from reasondiff.lm.resume_forward import final_norm, log_probs
 
 ADL_TOKEN_COLUMNS = ("text", "position", "model", "direction", "rank", "token_id", "token", "probability", "norm",
                      "n_averaged")

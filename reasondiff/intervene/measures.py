@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from reasondiff.core.streamed_pass import ContextSums
+
 SUMS = ("n_predictions", "kl_gap", "kl_after", "kl_self", "ce_clean", "ce_after")
 MEASURES = ("kl_closed", "kl_gap", "kl_after", "kl_self", "delta_ce")
 """kl_closed: fraction of KL(base ‖ tuned) closed; kl_gap, kl_after, kl_self: nats per prediction;
@@ -71,16 +73,15 @@ def bootstrap_intervals(per_context: np.ndarray, *, n_resamples: int, seed: int,
     return out
 
 
-class InterventionMeter:
+class InterventionMeter(ContextSums):
     """SUMS per (context, intervention), filled batch by batch; resumable (state_dict)."""
 
     def __init__(self, n_contexts: int, n_interventions: int):
-        self.sums = torch.zeros(n_contexts, n_interventions, len(SUMS), dtype=torch.float64)
+        super().__init__(SUMS, n_contexts, n_interventions, what="intervention")
 
     def add(self, contexts: torch.Tensor, intervention: int, values: dict[str, torch.Tensor]) -> None:
         """values[key]: [B] per-context sums for the contexts `contexts` (global indices)."""
-        for key, value in values.items():
-            self.sums[contexts.cpu(), intervention, SUMS.index(key)] += value.detach().double().cpu()
+        self.add_sums(contexts, (intervention,), values)
 
     def rows(self, names: Sequence[str], *, n_bootstrap: int, seed: int, min_kl: float) -> list[dict]:
         """Per intervention: every measure with its interval, the tokens and contexts it was read on."""
@@ -97,24 +98,6 @@ class InterventionMeter:
                             f"{key}_ci_high": float(ci[key][1][i])})
             rows.append(row)
         return rows
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"sums": self.sums.clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["sums"].shape != self.sums.shape:
-            raise ValueError("intervention sums were saved for other contexts or interventions")
-        self.sums.copy_(state["sums"])
-
-
-def log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
-    """log-softmax [n, V] (float32) of the model's logits for hidden states after its final norm [n, d]
-    (Gemma-2's final soft cap applied, as its forward does)."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, dim=-1)
 
 
 def kl_terms(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from reasondiff.intervene.edits import MODEL_INDEX, Direction, Intervention, edit_for, latents_of
-from reasondiff.intervene.measures import InterventionMeter, kl_terms, log_probs
+from reasondiff.intervene.measures import InterventionMeter, kl_terms
 from reasondiff.lm.hooks import capture, residual_hook, select_positions
 from reasondiff.lm.resume_forward import (
     RESUME_TOKENS,
     CleanRun,
     clean_run,
     final_norm,
+    log_probs,
     resume_problem,
     resumed_at_hook,
 )

@@ -154,6 +154,16 @@ def final_norm(model) -> torch.nn.Module:
     return norm
 
 
+def log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
+    """log-softmax [n, V] (float32) of the model's logits for hidden states after its final norm [n, d]
+    (Gemma-2's final soft cap applied, as its forward does): CE recovery and the interventions score with it."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.log_softmax(logits, dim=-1)
+
+
 def resume_layer(hook: HookPoint) -> int:
     """The first decoder layer a run edited at `hook` must run again: L for resid_pre and resid_mid
     (resid_mid lies inside layer L), L+1 for resid_post (the input of layer L+1)."""

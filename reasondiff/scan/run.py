@@ -173,7 +173,7 @@ def recommendation_of(rows: list[dict[str, Any]], cfg: Config, n_layers: int) ->
 def experiment_args(cfg: Config) -> str:
     """The overrides this scan was made with (`+exp=`, `exp_name=`, `tuned_model=`, `model.path=` ...),
     so its follow-up commands can be pasted as printed; the keys they set themselves left out."""
-    from reasondiff.app.stage import command_args
+    from reasondiff.app.commands import command_args
 
     return command_args(cfg, drop=("overwrite", "run", "scan.", "harvest.hook", "pipeline.", "stage"))
 
