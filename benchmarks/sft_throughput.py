@@ -68,7 +68,8 @@ sys.path.insert(0, str(REPO))
 
 from reasondiff.config import Config, FinetuneConfig, HardwareConfig, ReasoningFormat  # noqa: E402
 from reasondiff.core import memory  # noqa: E402
-from reasondiff.finetune.data import IGNORE_INDEX, build_sft_examples, load_s1k_rows, to_dataset  # noqa: E402
+from reasondiff.finetune.data import build_sft_examples, load_s1k_rows, to_dataset  # noqa: E402
+from reasondiff.lm.sft_example import IGNORE_INDEX  # noqa: E402
 
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "s1k_schema_sample.jsonl"
 S1K_ROWS, EPOCHS, PAPER_MAX_LENGTH = 1000, 5, 2048

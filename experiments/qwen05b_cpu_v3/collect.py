@@ -68,6 +68,45 @@ def calibration(run_dir: Path) -> str:
     return "\n\n".join(out)
 
 
+def relative_norm_spread(run_dir: Path) -> tuple[str, list[dict[str, object]]]:
+    """The paper's bands count nothing when every latent sits near r = 0.5, so read the spread itself
+    against the null: per crosscoder the quantiles of r (crosscoder/geometry.py, from the decoder, every
+    latent) and of the decoder cosine, and how many latents of each reasoning-pair crosscoder lie outside
+    the base-vs-base crosscoder's [min, max] of r at the same seed (same initialisation and batch order)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from reasondiff.crosscoder.geometry import decoder_cosine, relative_decoder_norm
+
+    def stats(train: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+        path = train / "crosscoder.safetensors"
+        if not path.is_file():
+            return None
+        W = load_file(str(path))["W_dec"]
+        return relative_decoder_norm(W), decoder_cosine(W)
+
+    rows, records = [], []
+    for seed, suffix in ((0, ""), (1, "@seed=1"), (2, "@seed=2")):
+        pair = stats(run_dir / f"train{suffix}")
+        null = stats(run_dir / ("train@base_vs_base" + ("+" + suffix[1:] if suffix else "")))
+        for name, got in (("reasoning pair", pair), ("base vs base", null)):
+            if got is None:
+                continue
+            r, cos = got
+            q = torch.quantile(r, torch.tensor([0.0, 0.01, 0.5, 0.99, 1.0])).tolist()
+            outside = ""
+            if name == "reasoning pair" and null is not None:
+                lo, hi = float(null[0].min()), float(null[0].max())
+                outside = f"{int((r < lo).sum())} below / {int((r > hi).sum())} above"
+            rows.append([str(seed), name, *(f"{x:.3f}" for x in q), f"{float(r.std()):.4f}",
+                         f"{float(torch.quantile(cos, 0.05)):.3f}", outside])
+            records.append({"seed": seed, "pair": name, "r_min": q[0], "r_p01": q[1], "r_median": q[2], "r_p99": q[3],
+                            "r_max": q[4], "r_std": float(r.std()), "cosine_p05": float(torch.quantile(cos, 0.05))})
+    table = _table(["seed", "pair", "r min", "r 1%", "r median", "r 99%", "r max", "r std", "cosine 5%",
+                    "latents outside the null's r range"], rows)
+    return table, records
+
+
 def intervene_table(run_dir: Path) -> str:
     """kl_closed on reasoning text of every selection and size against its random sets (min–max), with the
     whole-residual ceiling; ablate_set's kl_closed in the tuned model; ΔCE on general text."""
@@ -138,6 +177,7 @@ def tables(run_dir: Path, out_dir: Path) -> Path:
             + "\n\n## Table 2 analogue\n\n" + v2.table2(run_dir)
             + "\n\n## Crosscoders\n\n" + v2.crosscoders(run_dir)
             + "\n\n## Calibrated model-specific latents\n\n" + calibration(run_dir)
+            + "\n\n## Spread of the relative decoder norm against the null\n\n" + relative_norm_spread(run_dir)[0]
             + "\n\n## Causal tests\n\n" + intervene_table(run_dir) + "\n")
     target = out_dir / "results" / "tables.md"
     target.parent.mkdir(parents=True, exist_ok=True)
