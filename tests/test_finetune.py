@@ -257,6 +257,40 @@ def test_non_finite_loss_stops_training():
         guard.on_log(None, State(), None, logs={"loss": 1.0, "grad_norm": float("inf")})
 
 
+def test_without_a_terminal_the_optimizer_steps_are_logged_from_the_resumed_step(caplog, monkeypatch):
+    from reasondiff.core import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    monkeypatch.delenv("RANK", raising=False)
+    caplog.set_level(logging.INFO, logger=progress.__name__)
+    to_log = _callbacks_module()[3]
+
+    class Args:
+        disable_tqdm = True  # what sft_arguments sets where stderr is not a terminal
+
+    class State:
+        global_step, max_steps = 5, 8  # resumed from checkpoint-5
+
+    callback = to_log()
+    for _ in range(3):
+        callback.on_step_begin(Args(), State(), None)
+        State.global_step += 1
+        callback.on_step_end(Args(), State(), None)
+    callback.on_train_end(Args(), State(), None)
+    got = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+    assert [line.split(",")[0] for line in got] == ["finetune: 6/8 steps", "finetune: 7/8 steps", "finetune: 8/8 steps"]
+    assert "done in" in got[-1]
+
+    caplog.clear()
+    Args.disable_tqdm = False  # on a terminal HF's own bar shows the steps
+    State.global_step = 0
+    callback = to_log()
+    callback.on_step_begin(Args(), State(), None)
+    State.global_step += 1
+    callback.on_step_end(Args(), State(), None)
+    assert not [r for r in caplog.records if r.name == progress.__name__]
+
+
 def test_gradient_accumulation_makes_up_the_effective_batch():
     paper = make_config("+exp=qwen05b", config_name="finetune")
     assert gradient_accumulation(paper.finetune.effective_batch_size, paper.hardware.finetune_micro_batch) == 4

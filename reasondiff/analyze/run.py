@@ -229,7 +229,8 @@ def _fingerprint(cfg: Config, texts: Contexts, cc_dir: Path, extra: dict[str, An
 
 def _resumable_pass(cfg: Config, state: PassState, n_contexts: int, step, *, desc: str) -> dict:
     return resumable_pass(state, n_contexts, cfg.hardware.analyze_batch_size, step,
-                          checkpoint_every=cfg.analyze.checkpoint_every, desc=desc)
+                          checkpoint_every=cfg.analyze.checkpoint_every,
+                          checkpoint_minutes=cfg.analyze.checkpoint_minutes, desc=desc)
 
 
 def partial_file(ctx_dir: Path, text: str) -> Path:

@@ -37,7 +37,7 @@ HARDWARE_OF = {"finetune": ("finetune_micro_batch", "gradient_checkpointing"), "
                "harvest": ("harvest_batch_size",), "scan": ("analyze_batch_size",), "analyze": ("analyze_batch_size",),
                "intervene": ("analyze_batch_size", "bench_batch_size"), "train": ()}
 HARDWARE_SHARED = ("name", "device", "dtype", "attn_implementation", "memory_gb", "dataloader_workers", "cpu_threads",
-                   "malloc_mmap_threshold_kb")
+                   "malloc_mmap_threshold_kb", "progress_log_seconds")
 
 
 # --- the schema's own documentation ---------------------------------------------------------------

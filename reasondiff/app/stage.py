@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from reasondiff.app import commands, preflight
 from reasondiff.config import CONF_DIR, Config, to_config, upstream_candidates
-from reasondiff.core import artifacts, distributed, fingerprint, memory, runs
+from reasondiff.core import artifacts, distributed, fingerprint, memory, progress, runs
 from reasondiff.core.errors import UserError
 from reasondiff.core.fingerprint import Fingerprint
 from reasondiff.core.locking import StageLock
@@ -414,6 +414,7 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
         torch.set_num_threads(cfg.hardware.cpu_threads)
     if cfg.hardware.malloc_mmap_threshold_kb:
         memory.set_mmap_threshold(cfg.hardware.malloc_mmap_threshold_kb * 1024)
+    progress.set_log_interval(cfg.hardware.progress_log_seconds)
     name = cfg.run_of(stage)
     seed_everything(cfg.seed)
     func = func or stage_function(stage)

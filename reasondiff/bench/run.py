@@ -35,8 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from reasondiff.bench import forcing, lmeval, plots, scoring
 from reasondiff.bench.generation import Generation, decode_completion, length_sorted_batches
 from reasondiff.bench.prompts import Question, chat_prompt, load_questions, prompt_ids
@@ -53,6 +51,7 @@ from reasondiff.bench.tables import (
 from reasondiff.config import Config
 from reasondiff.core import artifacts, distributed, figures
 from reasondiff.core.errors import UserError
+from reasondiff.core.progress import Progress
 from reasondiff.lm.layouts import ReasoningLayout, layout_for, layout_named
 
 log = logging.getLogger(__name__)
@@ -496,7 +495,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
         log.info("bench: %s (%s): %d questions to generate at %d tokens", spec.label, spec.path, n_pending, limits[-1])
         generator, tokenizer = make_generator(cfg, spec)
         try:
-            with tqdm(total=n_pending, desc=f"bench {spec.label}", unit="q") as progress:
+            with Progress(total=n_pending, desc=f"bench {spec.label}", unit="q") as progress:
                 for task in bench.tasks:
                     todo = pending[task]
                     fingerprint = fingerprints[(spec.label, task)]

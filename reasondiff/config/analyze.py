@@ -78,6 +78,10 @@ class AnalyzeConfig:
     """A latent is stable when it has a match in at least this fraction of the other seeds."""
     checkpoint_every: int = 8
     """Save the streaming statistics every this many batches (a killed run resumes from there)."""
+    checkpoint_minutes: float = 10.0
+    """Also save them when this many minutes have passed since the last save (0 = only every
+    checkpoint_every batches): one batch can take minutes, and a pass of fewer batches than
+    checkpoint_every would otherwise save nothing until it ends."""
 
     def __post_init__(self) -> None:
         check_reasoning_text("analyze", self.reasoning_text, self.reasoning_corpus)
@@ -85,6 +89,8 @@ class AnalyzeConfig:
             raise ValueError("analyze thresholds must satisfy 0 <= base_only_max < shared_min <= shared_max "
                              f"< tuned_only_min <= 1, got {self.base_only_max}, {self.shared_min}, "
                              f"{self.shared_max}, {self.tuned_only_min}")
+        if self.checkpoint_minutes < 0:
+            raise ValueError(f"analyze.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         for key in ("n_heldout_contexts", "context_length", "n_contexts_per_latent", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"analyze.{key} must be >= 1, got {getattr(self, key)}")

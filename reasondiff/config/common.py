@@ -84,6 +84,10 @@ class HardwareConfig:
     """glibc only: allocations above this many KiB are mmap'ed and given back to the system when freed
     (reasondiff/core/memory.py). null keeps glibc's dynamic threshold, under which a CPU fine-tune of the
     0.5B model grew from 12 to 21 GB resident and was OOM-killed; 64 held it at 11-13 GB."""
+    progress_log_seconds: float = 60.0
+    """Where stderr is not a terminal (nohup, Slurm, torchrun into a file), each progress bar becomes an
+    INFO log line at most every this many seconds (done/total, elapsed, time left; reasondiff/core/progress.py).
+    On a terminal tqdm's bar is drawn as before. 0 = a line after every step."""
 
     def __post_init__(self) -> None:
         check_choice("hardware.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
@@ -93,6 +97,8 @@ class HardwareConfig:
         if self.malloc_mmap_threshold_kb is not None and not 0 < self.malloc_mmap_threshold_kb <= 32768:
             raise ValueError(f"hardware.malloc_mmap_threshold_kb must be in 1..32768 (glibc's maximum is 32 MiB) or "
                              f"null, got {self.malloc_mmap_threshold_kb}")
+        if self.progress_log_seconds < 0:
+            raise ValueError(f"hardware.progress_log_seconds must be >= 0, got {self.progress_log_seconds}")
         for key in ("finetune_micro_batch", "bench_batch_size", "harvest_batch_size", "analyze_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"hardware.{key} must be >= 1, got {getattr(self, key)}")

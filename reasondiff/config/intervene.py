@@ -81,6 +81,10 @@ class InterveneConfig:
     """all = every position the crosscoder covers, prompt and generated tokens; prompt = the prompt only."""
     checkpoint_every: int = 4
     """Save the streamed sums every this many batches (a killed run resumes from there)."""
+    checkpoint_minutes: float = 10.0
+    """Also save them when this many minutes have passed since the last save (0 = only every
+    checkpoint_every batches): one batch can take minutes, and a pass of fewer batches than
+    checkpoint_every would otherwise save nothing until it ends."""
 
     def __post_init__(self) -> None:
         for rule in self.selections:
@@ -94,6 +98,8 @@ class InterveneConfig:
             raise ValueError(f"intervene.selections lists a rule twice: {self.selections}")
         if not self.set_sizes or any(n < 1 for n in self.set_sizes) or len(set(self.set_sizes)) != len(self.set_sizes):
             raise ValueError(f"intervene.set_sizes must be distinct sizes >= 1, got {self.set_sizes}")
+        if self.checkpoint_minutes < 0:
+            raise ValueError(f"intervene.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         for key in ("n_general_contexts", "adl_positions", "random_match_pool", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"intervene.{key} must be >= 1, got {getattr(self, key)}")

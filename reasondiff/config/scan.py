@@ -65,6 +65,10 @@ class ScanConfig:
     text: the fractions are undefined (empty cells) and nothing is recommended."""
     checkpoint_every: int = 4
     """Save the streamed sums every this many batches (a killed scan resumes from there)."""
+    checkpoint_minutes: float = 10.0
+    """Also save them when this many minutes have passed since the last save (0 = only every
+    checkpoint_every batches): one batch can take minutes, and a pass of fewer batches than
+    checkpoint_every would otherwise save nothing until it ends."""
     bootstrap_samples: int = 1000
     """Resamples of the patched contexts for the 95% bootstrap intervals of the fractions closed
     (seeded by `seed`). With fewer than two patched contexts there is no interval."""
@@ -78,6 +82,8 @@ class ScanConfig:
         check_choice("scan.recommend_on", self.recommend_on, RECOMMEND_ON)
         if self.bootstrap_samples < 100:
             raise ValueError(f"scan.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
+        if self.checkpoint_minutes < 0:
+            raise ValueError(f"scan.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         for key in ("n_general_contexts", "context_length", "patch_batch_size", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"scan.{key} must be >= 1, got {getattr(self, key)}")

@@ -57,6 +57,7 @@ COSMETIC: dict[str, str] = {
     "hardware.dataloader_workers": "how batches are loaded, not which",
     "hardware.cpu_threads": "how many cores compute the same thing",
     "hardware.malloc_mmap_threshold_kb": "where the C library places freed memory, not what is computed",
+    "hardware.progress_log_seconds": "how often progress is logged",
     "finetune.logging_steps": "how often the loss is logged",
     "finetune.save_steps": "how often a resumable checkpoint is saved",
     "finetune.save_total_limit": "how many checkpoints are kept while training",
@@ -79,6 +80,9 @@ COSMETIC: dict[str, str] = {
     "analyze.checkpoint_every": "how often the streamed sums are saved",
     "scan.checkpoint_every": "how often the streamed sums are saved",
     "intervene.checkpoint_every": "how often the streamed sums are saved",
+    "analyze.checkpoint_minutes": "how often the streamed sums are saved",
+    "scan.checkpoint_minutes": "how often the streamed sums are saved",
+    "intervene.checkpoint_minutes": "how often the streamed sums are saved",
 }
 """Keys never fingerprinted, each with the reason its change leaves the results identical."""
 

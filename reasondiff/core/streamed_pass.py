@@ -1,5 +1,5 @@
-"""A pass over many contexts in batches whose running sums survive a kill: scan and analyze stream
-their meters through one, saving them every few batches and resuming where the file says.
+"""A pass over many contexts in batches whose running sums survive a kill: scan, analyze and
+intervene stream their meters through one, saving them every few batches or minutes and resuming where the file says.
 
 Under torchrun the batches are split into contiguous blocks, one per rank; each rank saves and
 resumes its own part (`partial_<text>.rank<r>.pt`), and when every rank has finished, the meters'
@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from reasondiff.core import artifacts, distributed
+from reasondiff.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +81,33 @@ class PassState:
 
 
 def resumable_pass(state: PassState, n_contexts: int, batch_size: int, step: Callable[[slice], None], *,
-                   checkpoint_every: int, desc: str) -> dict[str, Any]:
+                   checkpoint_every: int, checkpoint_minutes: float, desc: str,
+                   clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """Run `step(rows)` over the contexts in batches, resuming from and saving to `state`; under
-    torchrun each rank runs its block of the batches and every rank returns the merged meters."""
+    torchrun each rank runs its block of the batches and every rank returns the merged meters.
+
+    The state is saved after every `checkpoint_every`-th batch and after any batch that ends at
+    least `checkpoint_minutes` after the last save (0: no time rule), so a pass whose batches take
+    minutes (intervene) loses at most about that much work to a kill. Either rule saves at a batch
+    boundary, which is all an exact resume needs: the order of the batches is fixed."""
     n_batches = math.ceil(n_contexts / batch_size)
     mine = distributed.shard_indices(n_batches)
     if distributed.is_distributed():
         state.path = state.path.with_name(f"{state.path.stem}{distributed.rank_suffix()}{state.path.suffix}")
     state.try_resume()
     if not state.finished:
-        with tqdm(total=len(mine), initial=state.batches_done, desc=desc, unit="batch",
-                  disable=not distributed.is_main_process() or None) as bar:
+        last_save = clock()
+        with Progress(total=len(mine), initial=state.batches_done, desc=desc, unit="batch") as bar:
             for done in range(state.batches_done, len(mine)):
                 b = mine[done]
                 step(slice(b * batch_size, min(n_contexts, (b + 1) * batch_size)))
                 state.batches_done = done + 1
                 bar.update(1)
-                if state.batches_done % checkpoint_every == 0 and state.batches_done < len(mine):
+                due = state.batches_done % checkpoint_every == 0 or \
+                    (checkpoint_minutes > 0 and clock() - last_save >= 60 * checkpoint_minutes)
+                if due and state.batches_done < len(mine):
                     state.save()
+                    last_save = clock()
         state.finished = True
         state.save()
     if distributed.is_distributed():

@@ -21,6 +21,7 @@ from typing import Any
 
 from reasondiff.config import FinetuneConfig, ReasoningFormat
 from reasondiff.core.errors import UserError
+from reasondiff.core.progress import Progress
 from reasondiff.lm.data_sources import load_rows, require_fields
 from reasondiff.lm.holdout import HoldoutSplit, split_rows
 from reasondiff.lm.sft_example import TRACE_FIELDS, SFTExample, tokenize_example, trim_thinking_middle
@@ -155,11 +156,9 @@ def summarize_report(report: Mapping[str, Any]) -> str:
 def build_sft_examples(rows: Sequence[Mapping[str, Any]], tokenizer, cfg: FinetuneConfig, fmt: ReasoningFormat,
                        ) -> tuple[list[SFTExample], dict[str, Any]]:
     """Tokenize every row, apply the overlong policy; returns (examples to train on, length report)."""
-    from tqdm.auto import tqdm
-
     thinking_field, attempt_field = TRACE_FIELDS[cfg.trace_source]
     examples = [tokenize_example(tokenizer, row["question"], row[thinking_field], row[attempt_field], fmt)
-                for row in tqdm(rows, desc="tokenizing s1K", disable=len(rows) < 200)]
+                for row in Progress(rows, desc="tokenizing s1K", unit="row", disable=len(rows) < 200)]
     kept = [apply_overlong_policy(e, cfg.max_length, cfg.overlong_policy) for e in examples]
     report = length_report(examples, kept, max_length=cfg.max_length, policy=cfg.overlong_policy,
                            trace_source=cfg.trace_source)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from reasondiff.app.stage import deferred_interrupts
 from reasondiff.config import Config, HardwareConfig, ReasoningFormat
 from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
+from reasondiff.core.progress import Progress, on_terminal
 from reasondiff.core.tracking import MetricsLogger, require_finite, truncate_metrics
 from reasondiff.finetune.data import (
     build_sft_examples,
@@ -202,7 +204,28 @@ def _callbacks_module():
                 control.should_save = True
                 control.should_training_stop = True
 
-    return NonFiniteLossGuard, MetricsToCsv, GracefulStop
+    class ProgressToLog(TrainerCallback):
+        """Where stderr is not a terminal (nohup, Slurm) the trainer's tqdm bar is off (`disable_tqdm`):
+        the optimizer steps as log lines instead (reasondiff.core.progress). Opened at the first step,
+        once a resumed run's trainer state is loaded (on_train_begin comes before that)."""
+
+        def __init__(self):
+            self.progress = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.progress is None and args.disable_tqdm:
+                self.progress = Progress(total=state.max_steps, initial=state.global_step, desc="finetune",
+                                         unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(state.global_step - self.progress.n)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.close()
+
+    return NonFiniteLossGuard, MetricsToCsv, GracefulStop, ProgressToLog
 
 
 # --- model and tokenizer ----------------------------------------------------------------------------
@@ -279,7 +302,7 @@ def sft_arguments(cfg: Config, output_dir: Path, *, accumulation: int, device_ty
         ddp_find_unused_parameters=False,  # torchrun: every parameter gets a gradient (no extra autograd walk)
         report_to=["wandb"] if cfg.wandb.mode != "disabled" else "none",
         run_name=f"{cfg.exp_name}-finetune",
-        disable_tqdm=False,
+        disable_tqdm=not on_terminal(sys.stderr),  # else tqdm's frames fill the log: ProgressToLog writes lines
     )
     return SFTConfig(**{**keys, **overrides})
 
@@ -426,7 +449,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         log.info("resuming from %s", resume)
     ctx.inputs["resumed_from"] = str(resume) if resume else None
 
-    NonFiniteLossGuard, MetricsToCsv, GracefulStop = _callbacks_module()
+    NonFiniteLossGuard, MetricsToCsv, GracefulStop, ProgressToLog = _callbacks_module()
     stopper = GracefulStop()
     args = sft_arguments(cfg, checkpoints, accumulation=accumulation, device_type=device.type)
     trainer = sft_trainer_class(ft.loss_head, device.type)(
@@ -438,7 +461,7 @@ def run(cfg: Config, ctx, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         # WandbCallback is the only writer to the run (two writers fight over W&B's step counter).
         # the guard after the stopper: a save the stopper asks for is checked too
         callbacks=[MetricsToCsv(MetricsLogger(ctx.dir) if main else ctx.metrics), stopper, NonFiniteLossGuard(),
-                   *callbacks],
+                   ProgressToLog(), *callbacks],
     )
     if resume and hasattr(trainer, "_total_train_tokens"):
         # trl counts num_tokens in the trainer object, not in the checkpoint: a resume restarted it at 0

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from reasondiff.app.preflight import mix_excluded_questions
 from reasondiff.app.reuse import base_rows_source
 from reasondiff.config import Config
 from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
+from reasondiff.core.progress import Progress
 from reasondiff.harvest import store as store_io
 from reasondiff.harvest.corpus import ContextStream, StreamState
 from reasondiff.harvest.pairs import PairedHarvester, load_pair
@@ -312,8 +312,8 @@ def _harvest_loop(cfg: Config, ctx, writer: StoreWriter, harvester: PairedHarves
         acts_parts, token_parts, buffered = [], [], 0
 
     batch_size = cfg.hardware.harvest_batch_size
-    with tqdm(total=quota, initial=stored, unit="tok", unit_scale=True, desc=f"harvest {harvester.hook.name}",
-              mininterval=1.0, smoothing=0.1, disable=rank != 0 or None) as bar:
+    with Progress(total=quota, initial=stored, unit="tok", unit_scale=True, desc=f"harvest {harvester.hook.name}",
+                  mininterval=1.0, smoothing=0.1) as bar:
         while stored + buffered < quota:
             batch = stream.next_batch(batch_size)
             if batch is None:

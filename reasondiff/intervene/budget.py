@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from reasondiff.config import Config
+from reasondiff.core.progress import Progress
 from reasondiff.intervene.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def run_sweep(cfg: Config, out_dir: Path, variants: list[Variant]) -> dict[str, 
             from reasondiff.intervene.live import LiveGenerator
 
             generator = LiveGenerator(generator, variant.hold)
-        with tqdm(total=n_pending, desc=f"intervene bench {variant.label}", unit="q") as progress:
+        with Progress(total=n_pending, desc=f"intervene bench {variant.label}", unit="q") as progress:
             layout = bench.model_layout(cfg, variant.spec, tokenizer)
             for task, todo in pending.items():
                 prompts = [bench.question_prompt(tokenizer, q, cfg, variant.spec) for q in todo]

@@ -234,6 +234,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
 
         state = PassState(ctx.dir / f"partial_{name}.pt", {"text": text.digest(), **common}, {"sums": meter})
         resumable_pass(state, len(text), batch, step, checkpoint_every=i.checkpoint_every,
+                       checkpoint_minutes=i.checkpoint_minutes,
                        desc=f"intervene {name} ({len(interventions)} interventions)")
         rows += intervention_rows(name, meter, interventions, table, cfg)
     write_csv(ctx.dir / "intervene.csv", rows, INTERVENE_COLUMNS)

@@ -58,7 +58,8 @@ def _massive_keep(base: torch.Tensor, tuned: torch.Tensor, valid: torch.Tensor, 
 
 def representation_pass(models, texts: ScanTexts, sites: list[Site], state_path: Path, fingerprint: dict, *,
                         batch_size: int, exclude_first: bool, max_norm_ratio: float | None,
-                        checkpoint_every: int, components: bool) -> dict[str, RepresentationMeter]:
+                        checkpoint_every: int, checkpoint_minutes: float,
+                        components: bool) -> dict[str, RepresentationMeter]:
     meters = {view: RepresentationMeter(sites) for view in views_of(texts)}
     n_layers = sum(1 for s in sites if s.kind == "resid") - 1
 
@@ -80,7 +81,8 @@ def representation_pass(models, texts: ScanTexts, sites: list[Site], state_path:
                 meters[view].update(index, a, b, keep & mask)  # one context = one CKA minibatch
 
     return resumable_pass(PassState(state_path, fingerprint, meters), len(texts), batch_size, step,
-                          checkpoint_every=checkpoint_every, desc=f"scan {texts.name}: representations")
+                          checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+                          desc=f"scan {texts.name}: representations")
 
 
 DIRECTION_MODELS = {"tuned_into_base": (0, 1), "base_into_tuned": (1, 0)}
@@ -123,4 +125,4 @@ def patch_pass(models, texts: ScanTexts, directions: list[str], state_path: Path
                     meters[view].update_patched(direction, layer, kl[sel], context_of[sel])
 
     return resumable_pass(PassState(state_path, fingerprint, meters), n_patched, batch_size, step,
-                          checkpoint_every=1, desc=f"scan {texts.name}: patching {n_layers + 1} layers x {len(directions)}")
+                          checkpoint_every=1, checkpoint_minutes=0, desc=f"scan {texts.name}: patching {n_layers + 1} layers x {len(directions)}")

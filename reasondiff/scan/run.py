@@ -217,7 +217,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
             models, text, sites, ctx.dir / f"partial_{text.name}_representation.pt",
             {**fingerprint, "sites": len(sites), "max_norm_ratio": max_norm_ratio},
             batch_size=cfg.hardware.analyze_batch_size, exclude_first=exclude_first, max_norm_ratio=max_norm_ratio,
-            checkpoint_every=s.checkpoint_every, components=s.component_sites)
+            checkpoint_every=s.checkpoint_every, checkpoint_minutes=s.checkpoint_minutes,
+            components=s.component_sites)
         patching = None
         if s.patch_contexts > 0 and s.directions:
             patching = patch_pass(models, text, list(s.directions), ctx.dir / f"partial_{text.name}_patching.pt",

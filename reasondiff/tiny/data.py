@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from reasondiff.core.progress import Progress
 
 NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "June", "Kai", "Lena"]
 ITEMS = ["apples", "books", "coins", "pens", "shells", "stamps", "marbles", "cards", "eggs", "cups"]
@@ -388,8 +388,8 @@ def write_tiny_datasets(directory: str | Path, seed: int = 0, *, n_corpus: int =
     paths = {name: directory / f"{name}.jsonl" for name in ("corpus", "s1k", "gsm8k", "math500", "boolq")}
     documents = (base_training_text(rng, source, chat_share=chat_share, chat_max_steps=chat_max_steps,
                                     instructed_share=instructed_share)
-                 for _ in tqdm(range(n_corpus), desc="tiny world corpus", unit="doc", dynamic_ncols=True,
-                               disable=n_corpus < 5000))
+                 for _ in Progress(range(n_corpus), desc="tiny world corpus", unit="doc", dynamic_ncols=True,
+                                   disable=n_corpus < 5000))
     _write_jsonl(paths["corpus"], [{"text": text} for text in documents])
     tasks = list(GENERATORS)
     _write_jsonl(paths["s1k"], [s1k_row(source.draw(tasks[i % len(tasks)])) for i in range(n_s1k)])

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from reasondiff.core import artifacts
+from reasondiff.core.progress import Progress
 from reasondiff.tiny import data as tiny_data
 from reasondiff.tiny.data import ProblemSource, base_training_text, general_text, write_tiny_datasets
 
@@ -152,8 +153,6 @@ def pack(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
 def pretrain(model, data: torch.Tensor, *, steps: int, batch_size: int = 16, lr: float = 3e-3,
              seed: int = 0) -> list[float]:
     """Plain next-token pretraining on packed rows (warm-up, cosine decay); returns the loss curve."""
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -161,7 +160,7 @@ def pretrain(model, data: torch.Tensor, *, steps: int, batch_size: int = 16, lr:
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
     losses = []
-    with tqdm(total=steps, desc="tiny base pretraining", unit="step", dynamic_ncols=True) as bar:
+    with Progress(total=steps, desc="tiny base pretraining", unit="step", dynamic_ncols=True) as bar:
         for _ in range(steps):
             batch = data[torch.randint(len(data), (batch_size,), generator=gen)]
             loss = model(input_ids=batch, labels=batch).loss

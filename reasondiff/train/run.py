@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from reasondiff.app.stage import deferred_interrupts
 from reasondiff.config import Config
 from reasondiff.core import artifacts, distributed
 from reasondiff.core.errors import UserError
+from reasondiff.core.progress import Progress
 from reasondiff.crosscoder.model import (
     WEIGHTS_FILE,
     CrossCoder,
@@ -215,8 +215,8 @@ def _train_loop(trainer: CrossCoderTrainer, source: ActivationSource, cfg: Confi
     batches = rank_batches(source, tc.batch_size, seed=cfg.seed, start_batch=trainer.step)
     save = distributed.is_main_process()
     started, start_step = time.perf_counter(), trainer.step
-    with deferred_interrupts() as interrupt, tqdm(total=trainer.total_steps, initial=trainer.step,
-                                                  desc="crosscoder", unit="step", mininterval=2.0) as bar:
+    with deferred_interrupts() as interrupt, Progress(total=trainer.total_steps, initial=trainer.step,
+                                                      desc="crosscoder", unit="step", mininterval=2.0) as bar:
         try:
             while trainer.step < trainer.total_steps:
                 x_raw = next(batches)
