@@ -100,6 +100,25 @@ def make_config(*overrides: str, config_name: str = "train") -> Config:
         return to_config(compose(config_name=config_name, overrides=quote_run_values(list(overrides))))
 
 
+def model_leaning_crosscoder(out_dir: Path, n_latents: int, shrink: float) -> Path:
+    """A seeded crosscoder at the tiny model's width (d_model 128), saved in the train stage's format into
+    `out_dir`: latents 0-39 lean to the tuned model and 40-79 to the base one (their decoder vectors in the
+    other model scaled by `shrink`), the encoder is the decoder's transpose × 3 with a small negative bias (a
+    sparse code), and the scaling factors are != 1 (a stage that forgot to undo them would show). What the
+    analyze and intervene stage tests run on."""
+    from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
+
+    torch.manual_seed(0)
+    cc = CrossCoder(CrossCoderConfig(d_model=128, n_latents=n_latents, dec_init_norm=0.3))
+    with torch.no_grad():
+        cc.W_dec[:40, 0] *= shrink   # tuned-leaning
+        cc.W_dec[40:80, 1] *= shrink  # base-leaning
+        cc.W_enc.copy_(cc.W_dec.permute(1, 2, 0) * 3)
+        cc.b_enc.fill_(-0.05)
+        cc.scaling_factors.copy_(torch.tensor([2.0, 0.5]))
+    return cc.save(out_dir)
+
+
 TINY_PAIR_EXP = "_tiny_pair"
 """outputs/<this>/finetune/ holds the tuned half of `trained_tiny_pair` between test runs."""
 

@@ -10,27 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_config
+from conftest import make_config, model_leaning_crosscoder
 
 from reasondiff.app.stage import run_stage
 from reasondiff.core import artifacts
-from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
 
 N_LATENTS = 256
 
 
 @pytest.fixture(scope="module")
 def crosscoder_dir(tmp_path_factory) -> Path:
-    """A crosscoder in the train stage's format with latents of every class and factors != 1."""
-    torch.manual_seed(0)
-    cc = CrossCoder(CrossCoderConfig(d_model=128, n_latents=N_LATENTS, dec_init_norm=0.3))
-    with torch.no_grad():
-        cc.W_dec[:40, 0] *= 0.01   # tuned-only
-        cc.W_dec[40:80, 1] *= 0.01  # base-only
-        cc.W_enc.copy_(cc.W_dec.permute(1, 2, 0) * 3)
-        cc.b_enc.fill_(-0.05)
-        cc.scaling_factors.copy_(torch.tensor([2.0, 0.5]))
-    out = cc.save(tmp_path_factory.mktemp("crosscoder"))
+    """A crosscoder in the train stage's format with latents of every class (0-39 tuned-only, 40-79 base-only)
+    and factors != 1."""
+    out = model_leaning_crosscoder(tmp_path_factory.mktemp("crosscoder"), N_LATENTS, shrink=0.01)
     (out / "metrics.csv").write_text("step,loss,l2,l1,l0,frac_dead,explained_variance_base,explained_variance_tuned\n"
                                      "50,9.0,6.0,1.5,80.0,0.0,0.80,0.70\n100,5.0,3.0,1.0,40.0,0.1,0.90,0.85\n")
     return out

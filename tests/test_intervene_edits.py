@@ -81,6 +81,17 @@ def paired(models, ids, hook, cc):
     return x, edits.latents_of(cc, x)
 
 
+def at_the_hook(pair, tokenizer, shape, make_crosscoder):
+    """The set-up of the patching tests, drawn in this order: the hook, random token ids of `shape`, the
+    crosscoder `make_crosscoder()` builds, then both models' activations there [batch, pos, 2, d] and its
+    latents. Returns (hook, ids, crosscoder, activations, latents)."""
+    hook = parse_hook(HOOK, 4)
+    ids = torch.randint(0, len(tokenizer), shape)
+    cc = make_crosscoder()
+    x, f = paired(pair, ids, hook, cc)
+    return hook, ids, cc, x, f
+
+
 def no_hooks_left(*models) -> bool:
     return all(not module._forward_hooks and not module._forward_pre_hooks
                for model in models for module in model.modules())
@@ -88,10 +99,7 @@ def no_hooks_left(*models) -> bool:
 
 def test_patching_an_empty_set_changes_nothing(pair, tiny_tokenizer):
     base, tuned = pair
-    hook = parse_hook(HOOK, 4)
-    ids = torch.randint(0, len(tiny_tokenizer), (2, 24))
-    cc = random_crosscoder()
-    x, f = paired(pair, ids, hook, cc)
+    hook, ids, cc, x, f = at_the_hook(pair, tiny_tokenizer, (2, 24), random_crosscoder)
     empty = torch.zeros(0, dtype=torch.long)
     assert edits.patch_set(x[:, :, 0], cc, f, empty) is None
     clean = base(input_ids=ids, use_cache=False).logits
@@ -103,10 +111,7 @@ def test_patching_an_empty_set_changes_nothing(pair, tiny_tokenizer):
 
 def test_patching_every_latent_of_a_perfect_crosscoder_is_the_whole_residual_patch(pair, tiny_tokenizer):
     base, tuned = pair
-    hook = parse_hook(HOOK, 4)
-    ids = torch.randint(0, len(tiny_tokenizer), (2, 24))
-    cc = perfect_crosscoder()
-    x, f = paired(pair, ids, hook, cc)
+    hook, ids, cc, x, f = at_the_hook(pair, tiny_tokenizer, (2, 24), perfect_crosscoder)
     where = torch.ones(2, 24, dtype=torch.bool)
     where[:, 0] = False  # as the stage does when the crosscoder never saw position 0
     recon = cc.denormalise(cc.decode(f))
@@ -130,14 +135,16 @@ def test_patching_every_latent_of_a_perfect_crosscoder_is_the_whole_residual_pat
 def test_the_decoder_biases_are_the_only_difference_from_the_whole_residual_patch(pair, tiny_tokenizer):
     """A perfect crosscoder WITH decoder biases (its latents carry x − b): patching every latent gives
     x_tuned + b_base/s_base − b_tuned/s_tuned, the biases belonging to no latent."""
-    hook = parse_hook(HOOK, 4)
-    ids = torch.randint(0, len(tiny_tokenizer), (1, 12))
-    cc = perfect_crosscoder()
-    with torch.no_grad():
-        cc.b_dec.normal_(0, 0.5)
-        for block, (model, sign) in enumerate(((0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0))):
-            cc.b_enc[block * D:(block + 1) * D] = -sign * cc.b_dec[model]
-    x, f = paired(pair, ids, hook, cc)
+
+    def perfect_crosscoder_with_biases():
+        cc = perfect_crosscoder()
+        with torch.no_grad():
+            cc.b_dec.normal_(0, 0.5)
+            for block, (model, sign) in enumerate(((0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0))):
+                cc.b_enc[block * D:(block + 1) * D] = -sign * cc.b_dec[model]
+        return cc
+
+    _, _, cc, x, f = at_the_hook(pair, tiny_tokenizer, (1, 12), perfect_crosscoder_with_biases)
     torch.testing.assert_close(cc.denormalise(cc.decode(f)), x, atol=1e-5, rtol=1e-5)  # still perfect
     every = torch.arange(cc.cfg.n_latents)
     patched = edits.patch_set(x[:, :, 0], cc, f, every)
@@ -148,10 +155,7 @@ def test_the_decoder_biases_are_the_only_difference_from_the_whole_residual_patc
 
 def test_ablating_then_patching_back_is_the_identity(pair, tiny_tokenizer):
     _, tuned = pair
-    hook = parse_hook(HOOK, 4)
-    ids = torch.randint(0, len(tiny_tokenizer), (2, 20))
-    cc = random_crosscoder()
-    _, f = paired(pair, ids, hook, cc)
+    hook, ids, cc, _, f = at_the_hook(pair, tiny_tokenizer, (2, 20), random_crosscoder)
     latents = torch.arange(0, 256, 3)
     clean = tuned(input_ids=ids, use_cache=False).logits
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_config
+from conftest import make_config, model_leaning_crosscoder
 
 from reasondiff.app.stage import run_stage
 from reasondiff.core import artifacts
-from reasondiff.crosscoder.model import CrossCoder, CrossCoderConfig
 
 N_LATENTS = 256
 CONTEXT = 96
@@ -27,15 +26,7 @@ CONTEXT = 96
 @pytest.fixture(scope="module")
 def crosscoder_dir(tmp_path_factory) -> Path:
     """A train-format crosscoder with tuned- and base-leaning latents and factors != 1."""
-    torch.manual_seed(0)
-    cc = CrossCoder(CrossCoderConfig(d_model=128, n_latents=N_LATENTS, dec_init_norm=0.3))
-    with torch.no_grad():
-        cc.W_dec[:40, 0] *= 0.05   # tuned-leaning
-        cc.W_dec[40:80, 1] *= 0.05  # base-leaning
-        cc.W_enc.copy_(cc.W_dec.permute(1, 2, 0) * 3)
-        cc.b_enc.fill_(-0.05)
-        cc.scaling_factors.copy_(torch.tensor([2.0, 0.5]))
-    return cc.save(tmp_path_factory.mktemp("crosscoder"))
+    return model_leaning_crosscoder(tmp_path_factory.mktemp("crosscoder"), N_LATENTS, shrink=0.05)
 
 
 def configs(tmp_path, crosscoder, tiny_model_dir, tiny_tuned_model_dir, tiny_world, *extra):

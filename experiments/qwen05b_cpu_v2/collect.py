@@ -23,6 +23,7 @@ import io
 import json
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -200,7 +201,21 @@ def tables(run_dir: Path, out_dir: Path) -> Path:
     return target
 
 
-def collect(run_dir: Path, out_dir: Path = HERE) -> list[Path]:
+def regrade_bench(run: Path, out_dir: Path) -> list[Path]:
+    """v2's step for each run: a bench run's generations regraded (`regrade`); nothing for other runs."""
+    if run.name.split("@")[0] == "bench" and (run / "generations.jsonl").is_file():
+        return regrade(run, out_dir)
+    return []
+
+
+Step = Callable[[Path, Path], list[Path]]
+"""What an edition does with one finished run (`run`, `out_dir`) besides copying it; returns what it wrote."""
+
+
+def collect(run_dir: Path, out_dir: Path = HERE, steps: Sequence[Step] = (regrade_bench,),
+            write_tables: Callable[[Path, Path], Path] = tables) -> list[Path]:
+    """Every finished run's small files and model-specific latents, then each of `steps` on the run, then
+    stage_times.csv and `write_tables` (tables.md). Another edition passes its own steps and tables."""
     found = runs(run_dir)
     if not found:
         sys.exit(f"{run_dir}: no finished stage")
@@ -208,16 +223,22 @@ def collect(run_dir: Path, out_dir: Path = HERE) -> list[Path]:
     for run in found:
         written += copy_small_files(run, out_dir)
         written += model_specific_latents(run, out_dir)
-        if run.name.split("@")[0] == "bench" and (run / "generations.jsonl").is_file():
-            written += regrade(run, out_dir)
+        for step in steps:
+            written += step(run, out_dir)
     written.append(stage_times(found, out_dir))
-    written.append(tables(run_dir, out_dir))
+    written.append(write_tables(run_dir, out_dir))
     return written
 
 
-if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
+def main(argv: list[str], usage: str = __doc__, default_out: Path = HERE, **editions) -> None:
+    """`collect.py RUN_DIR [OUT_DIR]`: collect (with an edition's `steps` and `write_tables`) and print what it
+    wrote; the usage (`usage`, the script's docstring) on wrong arguments."""
+    if len(argv) not in (2, 3):
+        sys.exit(usage)
     sys.path.insert(0, str(REPO))
-    for path in collect(Path(sys.argv[1]), Path(sys.argv[2]).resolve() if len(sys.argv) == 3 else HERE):
+    for path in collect(Path(argv[1]), Path(argv[2]).resolve() if len(argv) == 3 else default_out, **editions):
         print(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

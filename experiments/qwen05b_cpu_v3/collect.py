@@ -4,7 +4,8 @@
 
 The run's own directory is the source of truth: every number in README.md is a file there, copied here
 unchanged, or a table below generated from those files. The copying, stage times and the Table 1 / Table 2
-/ crosscoder tables are v2's collect.py (same stage files); this edition adds the scan with its intervals,
+/ crosscoder tables are v2's collect.py (same stage files; its `main` runs this edition with the step and the
+tables below); this edition adds the scan with its intervals,
 the calibrated table of model-specific latents (seeds and the base-vs-base null), and the causal tests
 (intervene.csv: every selection against its frequency-matched random sets; the intervened budget sweep).
 No regrade: the bench ran with the current grader (v4).
@@ -185,23 +186,5 @@ def tables(run_dir: Path, out_dir: Path) -> Path:
     return target
 
 
-def collect(run_dir: Path, out_dir: Path = HERE) -> list[Path]:
-    found = v2.runs(run_dir)
-    if not found:
-        sys.exit(f"{run_dir}: no finished stage")
-    written = []
-    for run in found:
-        written += v2.copy_small_files(run, out_dir)
-        written += v2.model_specific_latents(run, out_dir)
-        written += bench_intervened(run, out_dir)
-    written.append(v2.stage_times(found, out_dir))
-    written.append(tables(run_dir, out_dir))
-    return written
-
-
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
-    sys.path.insert(0, str(REPO))
-    for path in collect(Path(sys.argv[1]), Path(sys.argv[2]).resolve() if len(sys.argv) == 3 else HERE):
-        print(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+    v2.main(sys.argv, __doc__, HERE, steps=(bench_intervened,), write_tables=tables)
