@@ -3,7 +3,9 @@ against.
 
 The rules read analyze's latent table (latents.csv) of the same crosscoder:
 - `tuned_r` / `base_r`: highest / lowest relative decoder norm r = ‖d_tuned‖ / (‖d_base‖ + ‖d_tuned‖);
-- `delta`: highest Δ (Minder et al. 2025; tuned-leaning like tuned_r, but a different function of the norms);
+- `delta`: highest Δ (Minder et al. 2025). Δ and r are both increasing functions of ‖d_tuned‖ / ‖d_base‖,
+  so `delta` ranks as `tuned_r` does (ties and NaNs aside) and its sets are those of tuned_r: a rule whose
+  sets repeat an earlier rule's at every size is skipped with that reason, not measured twice;
 - `selectivity`: firing frequency on reasoning text ÷ on general text (needs the reasoning frequencies);
 - `nu`: the tuned-only latents with a finite Latent Scaling ν_error, lowest first (the tuned latents the
   base model needs least: "truly" tuned-specific);
@@ -161,20 +163,21 @@ def latent_sets(table: LatentTable, rules: list[str], sizes: list[int], *, n_ran
     controls; and {rule: why it was skipped}."""
     sets: list[LatentSet] = []
     skipped: dict[str, str] = {}
+    chosen_by: dict[tuple, str] = {}
     for rule in rules:
         order, reason = ranked(table, rule)
         if not order:
             skipped[rule] = reason
             continue
-        done: set[int] = set()
-        for size in sorted(sizes):
-            chosen = order[:size]
-            if len(chosen) in done:
-                continue
-            done.add(len(chosen))
-            sets.append(LatentSet(rule, len(chosen), 0, tuple(chosen)))
+        own = tuple(dict.fromkeys(tuple(order[:size]) for size in sorted(sizes)))
+        if own in chosen_by:
+            skipped[rule] = f"its sets are {chosen_by[own]}'s at every size (measured once, under {chosen_by[own]})"
+            continue
+        chosen_by[own] = rule
+        for chosen in own:
+            sets.append(LatentSet(rule, len(chosen), 0, chosen))
             for r in range(1, n_random + 1):
-                random_set = matched_random_set(chosen, table, pool=pool, seed=f"{seed}:{rule}:{len(chosen)}:{r}")
+                random_set = matched_random_set(list(chosen), table, pool=pool, seed=f"{seed}:{rule}:{len(chosen)}:{r}")
                 sets.append(LatentSet("random", len(random_set), r, tuple(random_set), matched_to=rule))
     return sets, skipped
 
