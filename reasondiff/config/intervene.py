@@ -30,7 +30,8 @@ class InterveneConfig:
     """Tokens per context (a longer conversation loses the middle of its thinking, as in analyze)."""
     selections: list[str] = field(default_factory=lambda: list(SELECTIONS))
     """Latent-set rules, each at every size of set_sizes: tuned_r, base_r, delta, selectivity, nu, shared
-    (a rule with no candidate, e.g. shared without designated shared latents, is skipped and said so)."""
+    (a rule with no candidate, e.g. shared without designated shared latents, is skipped and said so; so is a
+    rule that picks an earlier rule's latents at every size: delta ranks as tuned_r)."""
     set_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     """Latents per set (a rule with fewer candidates is taken whole, once)."""
     n_random_sets: int = 5
