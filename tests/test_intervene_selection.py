@@ -1,7 +1,9 @@
-"""intervene's latent sets: rules that pick the same latents are measured once."""
+"""intervene's latent sets: rules that pick the same latents are measured once; every set and every steering
+direction is read against its own random controls."""
 
 import numpy as np
 import torch
+from conftest import make_config
 
 from reasondiff.crosscoder.geometry import delta_norm, relative_decoder_norm
 from reasondiff.intervene.selection import LatentTable, latent_sets
@@ -46,7 +48,6 @@ def test_rules_with_different_sets_are_all_kept():
 def test_every_steering_direction_gets_its_random_directions_at_every_alpha():
     from reasondiff.intervene.edits import Direction
     from reasondiff.intervene.run import interventions_of
-    from tests.conftest import make_config
 
     rng = np.random.default_rng(0)
     table = table_from_decoder(torch.randn(50, 2, 16) * torch.rand(50, 2, 1), rng)
