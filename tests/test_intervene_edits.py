@@ -328,3 +328,45 @@ def test_the_intervention_meter_resumes_from_its_state_and_ranks_add_up():
     merged = InterventionMeter(3, 2)
     merged.load_state_dict(merge_states([meter.state_dict(), again.state_dict()], {}))
     assert torch.equal(merged.sums, 2 * meter.sums)  # torchrun ranks' sums add
+
+
+def test_a_random_direction_is_a_reproducible_unit_vector_per_seed_name_and_index():
+    drawn = edits.random_direction(D, "0:adl_general:1")
+    assert drawn.dtype == torch.float32 and drawn.shape == (D,)
+    assert float(drawn.double().norm()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(drawn, edits.random_direction(D, "0:adl_general:1"))  # a resumed run draws the same one
+    measured = {"adl_general": Direction(torch.randn(D), 3.0), "adl_reasoning": Direction(torch.randn(D), 2.0)}
+    both = edits.random_directions(measured, ["adl_general", "adl_reasoning"], 2, seed=0)
+    alone = edits.random_directions(measured, ["adl_reasoning"], 2, seed=0)
+    assert set(both) == {edits.random_key(name, i) for name in measured for i in (1, 2)}
+    # a direction's controls do not depend on which other directions are drawn
+    assert torch.equal(both["random/adl_reasoning/1"].direction, alone["random/adl_reasoning/1"].direction)
+    assert torch.equal(both["random/adl_general/1"].direction, drawn)
+    vectors = [d.direction for d in both.values()]
+    for a in range(len(vectors)):  # different across names and indices: nearly orthogonal in 128 dimensions
+        for b in range(a + 1, len(vectors)):
+            assert abs(float(vectors[a] @ vectors[b])) < 0.5
+    other_seed = edits.random_directions(measured, ["adl_general"], 1, seed=1)
+    assert not torch.equal(other_seed["random/adl_general/1"].direction, drawn)
+    assert edits.random_directions(measured, ["adl_general"], 0, seed=0) == {}
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 4.0])
+def test_a_random_steering_control_adds_a_vector_of_its_directions_norm(alpha):
+    """The null pushes exactly as hard as the direction it controls: the same α and typical norm."""
+    measured = {"top_latent": Direction(torch.randn(D) * 7.0, typical_norm=2.5)}
+    directions = {**measured, **edits.random_directions(measured, ["top_latent"], 3, seed=0)}
+    acts = torch.randn(2, 5, D)
+    own = edits.edit_for(Intervention("steer", "base", "top_latent", alpha=alpha), None, f=None, partner=None,
+                         where=None, directions=directions)(acts) - acts
+    expected = float(own[0, 0].norm())
+    assert expected == pytest.approx(alpha * 2.5, rel=1e-5)
+    for index in (1, 2, 3):
+        iv = Intervention("steer", "base", "random", set_index=index, alpha=alpha, matched_to="top_latent")
+        added = edits.edit_for(iv, None, f=None, partner=None, where=None, directions=directions)(acts) - acts
+        assert float(added[0, 0].norm()) == pytest.approx(expected, rel=1e-5)
+        assert torch.allclose(added[0, 0], added[1, 4], atol=1e-5)  # one vector at every position
+        assert not torch.allclose(added[0, 0], own[0, 0], atol=1e-3)  # another direction than the measured one
+    names = {Intervention("steer", "base", "random", set_index=i, alpha=alpha, matched_to="top_latent").name
+             for i in (1, 2, 3)}
+    assert len(names) == 3 and Intervention("steer", "base", "top_latent", alpha=alpha).name not in names

@@ -87,6 +87,11 @@ def test_intervene_after_analyze_on_an_imported_crosscoder(tmp_path, crosscoder_
     zero = {r["measure"]: float(r["value"]) for r in rows if r["kind"] == "steer" and float(r["alpha"]) == 0.0
             and r["text"] == "reasoning" and r["selection"] == "adl_reasoning"}
     assert zero["kl_closed"] == 0.0 and zero["kl_self"] == 0.0 and zero["delta_ce"] == 0.0
+    # every steering direction has its random directions of the same norm (the default 3) at every α
+    for direction in {r["selection"] for r in rows if r["kind"] == "steer" and r["selection"] != "random"}:
+        controls = {(r["set_index"], float(r["alpha"])) for r in rows if r["kind"] == "steer"
+                    and r["selection"] == "random" and r["matched_to"] == direction}
+        assert controls == {(i, a) for i in ("1", "2", "3") for a in (0.0, 1.0)}, direction
     ceiling = next(r for r in rows if r["kind"] == "patch_residual" and r["text"] == "reasoning" and r["measure"] == "kl_closed")
     assert float(ceiling["ci_low"]) <= float(ceiling["value"]) <= float(ceiling["ci_high"])
     for r in rows:
@@ -109,6 +114,7 @@ def test_intervene_after_analyze_on_an_imported_crosscoder(tmp_path, crosscoder_
     # the section is in analyze's report, its links rewritten to the intervene directory
     report = (analyze_cfg.stage_dir("analyze") / "report.md").read_text()
     assert "## Causal tests (intervene)" in report and "](../intervene/kl_closed.png)" in report
+    assert "| beats random |" in report  # steering read against its random directions
     assert (analyze_cfg.stage_dir("analyze") / "report.html").read_text().count("data:image/png") >= 1
     # the README's demo block says it in words (reasondiff.tiny.demo_numbers)
     from reasondiff.tiny.demo_numbers import causal_test

@@ -110,7 +110,10 @@ def relative_norm_spread(run_dir: Path) -> tuple[str, list[dict[str, object]]]:
 
 def intervene_table(run_dir: Path) -> str:
     """kl_closed on reasoning text of every selection and size against its random sets (min–max), with the
-    whole-residual ceiling; ablate_set's kl_closed in the tuned model; ΔCE on general text."""
+    whole-residual ceiling; ablate_set's kl_closed in the tuned model; ΔCE on general text; each steering
+    direction and α against its random directions of the same norm (reasondiff.intervene.report's rule)."""
+    from reasondiff.intervene.report import beats_random, steering_against_random
+
     out = []
     for intervene in sorted(run_dir.glob("intervene*")):
         rows = _read(intervene / "intervene.csv")
@@ -130,7 +133,7 @@ def intervene_table(run_dir: Path) -> str:
                 band = f"{100 * min(random):.1f} – {100 * max(random):.1f}" if random else "—"
                 dce = pick(text="general", kind=kind, selection=r["selection"], size=r["size"], set_index="0",
                            measure="delta_ce")
-                beats = "yes" if random and r["ci_low"] not in ("", None) and float(r["ci_low"]) > max(random) else "no"
+                beats = "yes" if beats_random(rows, r)[0] else "no"
                 body.append([kind, r["selection"], r["size"], f"{_f(r['value'], 1, 100)} [{_f(r['ci_low'], 1, 100)}, "
                              f"{_f(r['ci_high'], 1, 100)}]", band, beats,
                              _f(dce[0]["value"], 3) if dce else "—", r["n_contexts"]])
@@ -143,15 +146,21 @@ def intervene_table(run_dir: Path) -> str:
                    "every random set)\n\n" + _table(["intervention", "selection", "latents", "KL closed %",
                                                      "random sets %", "beats random", "ΔCE general (nats)",
                                                      "contexts"], body) + ("\n\n" + extra if extra else ""))
-        steer = pick(text="reasoning", kind="steer", measure="kl_closed")
+        steer = steering_against_random(rows, "reasoning")
         if steer:
-            out.append("Steering the base model (kl_closed on reasoning text; ΔCE on general text)\n\n" + _table(
-                ["direction", "α", "KL closed %", "ΔCE general"],
-                [[r["selection"], r["alpha"], f"{_f(r['value'], 1, 100)} [{_f(r['ci_low'], 1, 100)}, "
-                  f"{_f(r['ci_high'], 1, 100)}]",
-                  next((_f(x["value"], 3) for x in pick(text="general", kind="steer", measure="delta_ce",
-                                                         selection=r["selection"], alpha=r["alpha"])), "—")]
-                 for r in steer]))
+            out.append("Steering the base model (kl_closed on reasoning text; random = min–max over random directions "
+                       "added with the same α and typical norm; beats = the interval's low end above every random "
+                       "direction; ΔCE on general text)\n\n" + _table(
+                           ["direction", "α", "KL closed %", "random directions %", "beats random", "ΔCE general"],
+                           [[s["row"]["selection"], s["row"]["alpha"],
+                             f"{_f(s['row']['value'], 1, 100)} [{_f(s['row']['ci_low'], 1, 100)}, "
+                             f"{_f(s['row']['ci_high'], 1, 100)}]",
+                             "—" if s["low"] != s["low"] else f"{100 * s['low']:.1f} – {100 * s['high']:.1f}",
+                             "yes" if s["beats"] else "no",
+                             next((_f(x["value"], 3) for x in pick(text="general", kind="steer", measure="delta_ce",
+                                                                    selection=s["row"]["selection"],
+                                                                    alpha=s["row"]["alpha"])), "—")]
+                            for s in steer]))
     return "\n\n".join(out)
 
 

@@ -54,6 +54,11 @@ class InterveneConfig:
     steer_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
     """α grid: the vector added is α × the direction's typical norm (ADL: the mean difference's own norm, so
     α = 1 adds the mean difference; a latent: its mean activation × its decoder norm, in raw units)."""
+    n_random_directions: int = 3
+    """The null of steering: per steering direction, this many random unit directions (isotropic Gaussian,
+    seeded by (seed, the direction's name, the index)), each added at every α with the SAME typical norm as
+    the direction it controls (selection = random, matched_to = the direction in intervene.csv); a direction
+    beats them when its interval's low end lies above every one. 0 = none."""
     bootstrap_samples: int = 1000
     """Bootstrap resamples of the contexts (questions) behind every 95% interval of intervene.csv (0 = none)."""
     min_kl: float = 1e-6
@@ -104,7 +109,7 @@ class InterveneConfig:
         for key in ("n_general_contexts", "adl_positions", "random_match_pool", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"intervene.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_reasoning_contexts", "n_random_sets", "n_logit_tokens", "bootstrap_samples"):
+        for key in ("n_reasoning_contexts", "n_random_sets", "n_random_directions", "n_logit_tokens", "bootstrap_samples"):
             if getattr(self, key) < 0:
                 raise ValueError(f"intervene.{key} must be >= 0, got {getattr(self, key)}")
         if self.context_length < max(2, self.adl_positions):

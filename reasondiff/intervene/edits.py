@@ -18,7 +18,9 @@ and a set S contributes C_S,m = Σ_{i∈S} c_i,m.
   them (tests/test_intervene_edits.py shows both).
 - `ablate_set`, in the tuned model: x_tuned − C_S,tuned.
 - `restore_set`, its inverse: x + C_S,tuned ("patching back" what an ablation removed).
-- `steer`: x + v, v = α × the direction's typical norm × the unit direction.
+- `steer`: x + v, v = α × the direction's typical norm × the unit direction. Its null (`random_direction`):
+  an isotropic Gaussian direction, drawn per (seed, direction, index), added with the SAME α and typical
+  norm, so a direction is read against what an arbitrary push of the same size does.
 - `patch_residual`: x_tuned itself (the whole residual stream patched: the ceiling of every patch_set).
 
 Every edit touches only the positions `where` [B, T] (the positions the crosscoder stands in for: no
@@ -29,6 +31,7 @@ patching nothing changes nothing, bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,23 +52,33 @@ class Intervention:
     model: str
     """The model whose forward is intervened on: base (patch_set, steer, patch_residual) or tuned (ablate_set)."""
     selection: str = ""
-    """The rule that chose the latents (tuned_r, ..., random), or the steering direction."""
+    """The rule that chose the latents (tuned_r, ..., random), or the steering direction (random: a random
+    direction matched to `matched_to`)."""
     size: int = 0
     """Latents in the set (0 for steer and patch_residual)."""
     set_index: int = 0
-    """0 = the selected set; 1.. = the random control sets matched to it."""
+    """0 = the selected set (or direction); 1.. = the random control sets (or directions) matched to it."""
     latents: tuple[int, ...] = ()
     alpha: float = 0.0
     """steer: multiple of the direction's typical norm."""
     matched_to: str = ""
-    """A random set: the selection it is matched to."""
+    """A random set: the selection it is matched to; a random direction: the steering direction it controls."""
     label: str = field(default="", compare=False)
+
+    @property
+    def direction(self) -> str:
+        """steer: the key of its vector in the `directions` mapping (a random direction's: `random_key`)."""
+        if self.selection == "random":
+            return random_key(self.matched_to, self.set_index)
+        return self.selection
 
     @property
     def name(self) -> str:
         if self.label:
             return self.label
         if self.kind == "steer":
+            if self.selection == "random":
+                return f"steer:random/{self.matched_to}:{self.alpha:g}:{self.set_index}"
             return f"steer:{self.selection}:{self.alpha:g}"
         if self.kind == "patch_residual":
             return "patch_residual"
@@ -152,8 +165,41 @@ class Direction:
     """ADL: the mean difference's own norm (α = 1 adds the mean difference itself); a latent: its mean
     activation where it fires × its decoder vector's norm (α = 1 adds its typical contribution)."""
 
+    seed: str = ""
+    """A random direction: the seed it was drawn from ('' for a measured direction); fingerprinted."""
+
     def vector(self, alpha: float) -> torch.Tensor:
         return steering_vector(self.direction, self.typical_norm, alpha)
+
+
+def random_key(direction: str, index: int) -> str:
+    """The name of random direction `index` (1..) matched to `direction` in a `directions` mapping."""
+    return f"random/{direction}/{index}"
+
+
+def random_direction(d: int, seed: str) -> torch.Tensor:
+    """A unit vector [d] uniform on the sphere (an isotropic Gaussian draw, normalised), drawn in float64 from
+    a generator seeded by sha256(seed), then cast to float32: the same seed gives the same vector on any
+    machine, and one direction's controls never depend on which other directions are drawn."""
+    generator = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "little"))
+    draw = torch.randn(d, dtype=torch.float64, generator=generator)
+    return (draw / draw.norm()).float()
+
+
+def random_directions(directions: dict[str, Direction], names: list[str], n: int, seed: int | str) -> dict[str, Direction]:
+    """The null of steering: for each of `names` (in `directions`), `n` random unit directions (seeded by
+    (seed, name, index)) with that direction's typical norm, so at the same α each adds a vector of exactly
+    the norm the direction adds. Keys: `random_key(name, index)`, index 1..n."""
+    out = {}
+    for name in names:
+        if name not in directions:
+            continue
+        own = directions[name]
+        for index in range(1, n + 1):
+            drawn_from = f"{seed}:{name}:{index}"
+            out[random_key(name, index)] = Direction(random_direction(own.direction.shape[-1], drawn_from),
+                                                     own.typical_norm, seed=drawn_from)
+    return out
 
 
 def edit_for(intervention: Intervention, crosscoder, *, f: torch.Tensor | None, partner: torch.Tensor | None,
@@ -170,7 +216,7 @@ def edit_for(intervention: Intervention, crosscoder, *, f: torch.Tensor | None, 
     if kind == "restore_set":
         return lambda acts: restore_set(acts, crosscoder, f, latents, where)
     if kind == "steer":
-        vector = directions[intervention.selection].vector(intervention.alpha)
+        vector = directions[intervention.direction].vector(intervention.alpha)
         return lambda acts: steer(acts, vector, where)
     if kind == "patch_residual":
         return lambda acts: patch_residual(acts, partner, where)

@@ -5,7 +5,8 @@
   (min to max over the sets, their mean dashed), the whole residual patched at the hook (the ceiling) and
   every latent patched; the lower row the same for ablate_set's KL(tuned ‖ ablated tuned), the "rise" (every
   latent ablated is in intervene.csv, not drawn: it would flatten the panel).
-- steering.png: per steering direction, KL closed on reasoning text and ΔCE on general text against α.
+- steering.png: per steering direction, KL closed on reasoning text and ΔCE on general text against α, with
+  the band (min to max) of its random directions of the same norm in its colour.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def kl_closed_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
 
 def steering_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     steer = [r for r in rows if r["kind"] == "steer"]
-    directions = list(dict.fromkeys(r["selection"] for r in steer))
+    directions = list(dict.fromkeys(r["selection"] for r in steer if r["selection"] != "random"))
     if not directions:
         return None
     texts = {r["text"] for r in rows}
@@ -105,6 +106,12 @@ def steering_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
                 err = [[v - _num(r["ci_low"]) for v, r in zip(values, points, strict=True)],
                        [_num(r["ci_high"]) - v for v, r in zip(values, points, strict=True)]]
                 style = figures.model_style(direction, index)
+                randoms = [[v for x in _pick(steer, text=text, selection="random", matched_to=direction, measure=measure,
+                                             alpha=r["alpha"]) if (v := _num(x["value"])) == v] for r in points]
+                if any(randoms):
+                    ax.fill_between(alphas, [min(v, default=float("nan")) for v in randoms],
+                                    [max(v, default=float("nan")) for v in randoms], color=style["color"], alpha=0.15,
+                                    label=f"{direction}: random directions")
                 ax.errorbar(alphas, values, yerr=err, capsize=3, label=direction, color=style["color"],
                             marker=style["marker"], linestyle=style["linestyle"])
             ax.axhline(0, color="black", linewidth=0.8)

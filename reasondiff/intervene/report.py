@@ -4,7 +4,7 @@ when it finishes.
 
 The headline sentences are written from the numbers: which selection closes the most KL per latent, whether
 each selection beats its random sets (its interval's lower end above every random set's value at the same
-size), how close the crosscoder gets to the whole-residual ceiling, the ADL's top tokens, and what the
+size; a steering direction likewise against its random directions of the same norm at the same α), how close the crosscoder gets to the whole-residual ceiling, the ADL's top tokens, and what the
 intervened models do in the budget sweep (opens the thinking, accuracy, McNemar against the un-intervened model).
 """
 
@@ -35,14 +35,44 @@ def _interval(row: dict[str, Any]) -> str:
     return f"{_pct(row['value'])} [{_pct(row['ci_low'])}, {_pct(row['ci_high'])}]"
 
 
-def beats_random(rows: list[dict[str, Any]], own: dict[str, Any]) -> tuple[bool, float]:
-    """(the set's 95% interval lies above every matched random set's value at its size, the best random value)."""
+def random_values(rows: list[dict[str, Any]], own: dict[str, Any]) -> list[float]:
+    """The values of the random controls of `own` (a selected set or a steering direction): same text, kind,
+    measure, size and α, matched to its selection (NaNs dropped)."""
     randoms = [_f(r["value"]) for r in rows if r["text"] == own["text"] and r["kind"] == own["kind"]
                and r["selection"] == "random" and r["matched_to"] == own["selection"] and r["size"] == own["size"]
-               and r["measure"] == own["measure"]]
-    randoms = [v for v in randoms if v == v]
+               and r.get("alpha", "") == own.get("alpha", "") and r["measure"] == own["measure"]]
+    return [v for v in randoms if v == v]
+
+
+def beats_random(rows: list[dict[str, Any]], own: dict[str, Any]) -> tuple[bool, float]:
+    """(the set's or direction's 95% interval lies above every matched random set's or direction's value at its
+    size and α, the best random value)."""
+    randoms = random_values(rows, own)
     best = max(randoms) if randoms else math.nan
     return bool(randoms) and _f(own["ci_low"]) > best, best
+
+
+def steering_against_random(rows: list[dict[str, Any]], text: str, measure: str = "kl_closed") -> list[dict[str, Any]]:
+    """Per steering direction and α on `text`: its row, the band (min, max) of its random directions of the same
+    norm (NaN without any) and whether it beats them (`beats_random`)."""
+    out = []
+    for own in rows:
+        if own["kind"] == "steer" and own["selection"] != "random" and own["text"] == text and own["measure"] == measure:
+            randoms = random_values(rows, own)
+            out.append({"row": own, "low": min(randoms) if randoms else math.nan,
+                        "high": max(randoms) if randoms else math.nan, "beats": beats_random(rows, own)[0]})
+    return out
+
+
+def steering_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: KL closed by each steering direction at each α against its random directions of the same norm."""
+    text = "reasoning" if any(r["text"] == "reasoning" for r in rows) else "general"
+    lines = [f"| direction | α | KL closed ({text}) | random directions (min – max) | beats random |", "|---|---|---|---|---|"]
+    for s in steering_against_random(rows, text):
+        band = "—" if s["low"] != s["low"] else f"{_pct(s['low'])} – {_pct(s['high'])}"
+        lines.append(f"| `{s['row']['selection']}` | {_f(s['row']['alpha']):g} | {_interval(s['row'])} | {band} | "
+                     f"{'yes' if s['beats'] else 'no'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def scan_closed(scan_dir: Path, hook: str, text: str) -> float:
@@ -130,9 +160,15 @@ def write_section(directory: Path, cfg, rows: list[dict[str, Any]], adl_rows: li
     sentences += bench_sentences(directory / "bench_intervened")
     if sentences:
         out.append("\n".join(f"- {s}" for s in sentences) + "\n")
+    steering = steering_table(rows)
+    if steering:
+        out.append("Steering the base model along each direction, against random directions added with the same α "
+                   "and typical norm (beats random: the 95% interval's low end above every random direction):\n\n"
+                   + steering + "\n")
     for name, caption in (("kl_closed.png", "Fraction of KL(base ‖ tuned) closed by patching latent sets (top) and the "
                                             "tuned model's shift under ablation (bottom), against frequency-matched random sets."),
-                          ("steering.png", "Steering the base model along each direction: KL closed and ΔCE against α."),
+                          ("steering.png", "Steering the base model along each direction: KL closed and ΔCE against α, "
+                                             "each with the band of its random directions of the same norm."),
                           ("bench_intervened/accuracy_vs_limit.png", "Accuracy against the token limit of the base, tuned "
                                                                      "and intervened models (Wilson 95% intervals).")):
         if (directory / name).is_file():

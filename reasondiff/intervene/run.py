@@ -29,7 +29,7 @@ from reasondiff.core.errors import UserError
 from reasondiff.core.streamed_pass import PassState, resumable_pass
 from reasondiff.crosscoder.geometry import TUNED
 from reasondiff.intervene.adl import ADL_TOKEN_COLUMNS, DifferenceMeans, adl_token_rows
-from reasondiff.intervene.edits import Direction, Intervention
+from reasondiff.intervene.edits import Direction, Intervention, random_directions
 from reasondiff.intervene.measures import MEASURES, InterventionMeter
 from reasondiff.intervene.passes import Runner, Site, first_position_differences, intervention_batch
 from reasondiff.intervene.selection import LatentTable, latent_sets, mean_frequency, ranked, read_latent_table
@@ -83,6 +83,8 @@ def trimmed(text, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
 # --- steering directions -----------------------------------------------------------------------------
 
 def directions_of(cfg: Config, adl: dict[str, DifferenceMeans], table: LatentTable, crosscoder) -> dict[str, Direction]:
+    """The steering directions by name, and the random directions that are their null (edits.random_directions:
+    intervene.n_random_directions per steering direction, keyed by edits.random_key)."""
     i = cfg.intervene
     out = {}
     for name in i.steer_directions + [i.bench_steer_direction]:
@@ -104,7 +106,7 @@ def directions_of(cfg: Config, adl: dict[str, DifferenceMeans], table: LatentTab
             mean_activation = table.mean_activation[latent]
             out[name] = Direction(vector, float(vector.norm()) * (float(mean_activation) if mean_activation == mean_activation
                                                                   else 1.0))
-    return out
+    return {**out, **random_directions(out, i.steer_directions, i.n_random_directions, cfg.seed)}
 
 
 # --- the interventions -----------------------------------------------------------------------------
@@ -123,6 +125,8 @@ def interventions_of(cfg: Config, table: LatentTable, directions: dict[str, Dire
     for name in i.steer_directions:
         if name in directions:
             out += [Intervention("steer", "base", name, alpha=alpha) for alpha in i.steer_alphas]
+            out += [Intervention("steer", "base", "random", set_index=index, alpha=alpha, matched_to=name)
+                    for index in range(1, i.n_random_directions + 1) for alpha in i.steer_alphas]
         else:
             skipped[f"steer:{name}"] = "no such direction (no reasoning text, or no live latent)"
     return out, skipped
@@ -222,7 +226,7 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     common = {"crosscoder": [str(weights.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns],
               "site": [hook.name, keep_first, max_norm_ratio], "batch_size": batch,
               "interventions": [[iv.name, list(iv.latents), iv.alpha] for iv in interventions],
-              "directions": {k: [float(v.direction.norm()), v.typical_norm] for k, v in directions.items()}}
+              "directions": {k: [float(v.direction.norm()), v.typical_norm, v.seed] for k, v in directions.items()}}
     rows = []
     for name, text in texts.items():
         meter = InterventionMeter(len(text), len(interventions))
