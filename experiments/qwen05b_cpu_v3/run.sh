@@ -44,7 +44,9 @@ for i in "${!steps[@]}"; do
     # stage's general text is text the control model trained on
     mkdir -p "$OUT/data"
     tail -n +101 "${REASONDIFF_DATA:-../shared/data}/wiki_text_sample.jsonl" > "$OUT/data/wiki_documents_100_on.jsonl"
-    python -m reasondiff.finetune.control_data "$OUT/data/wiki_documents_100_on.jsonl" "$OUT/data/control.jsonl" --rows 100
+    # --chars 500: 91 of the 100 rows fit finetune.max_length=512 (median 370 tokens; a control row has no
+    # thinking for keep_answer to cut; the default 1500 characters makes ~760-token rows, none of which fit)
+    python -m reasondiff.finetune.control_data "$OUT/data/wiki_documents_100_on.jsonl" "$OUT/data/control.jsonl" --rows 100 --chars 500
     continue
   fi
   multirun=()
