@@ -72,8 +72,9 @@ def calibration(run_dir: Path) -> str:
 def relative_norm_spread(run_dir: Path) -> tuple[str, list[dict[str, object]]]:
     """The paper's bands count nothing when every latent sits near r = 0.5, so read the spread itself
     against the null: per crosscoder the quantiles of r (crosscoder/geometry.py, from the decoder, every
-    latent) and of the decoder cosine, and how many latents of each reasoning-pair crosscoder lie outside
-    the base-vs-base crosscoder's [min, max] of r at the same seed (same initialisation and batch order)."""
+    latent) and of the decoder cosine, and how many latents of each reasoning-pair (and control fine-tune)
+    crosscoder lie outside the base-vs-base crosscoder's [min, max] of r at the same seed (same
+    initialisation and batch order)."""
     import torch
     from safetensors.torch import load_file
 
@@ -88,15 +89,17 @@ def relative_norm_spread(run_dir: Path) -> tuple[str, list[dict[str, object]]]:
 
     rows, records = [], []
     for seed, suffix in ((0, ""), (1, "@seed=1"), (2, "@seed=2")):
+        sibling = "+" + suffix[1:] if suffix else ""
         pair = stats(run_dir / f"train{suffix}")
-        null = stats(run_dir / ("train@base_vs_base" + ("+" + suffix[1:] if suffix else "")))
-        for name, got in (("reasoning pair", pair), ("base vs base", null)):
+        null = stats(run_dir / f"train@base_vs_base{sibling}")
+        control = stats(run_dir / f"train@control{sibling}")
+        for name, got in (("reasoning pair", pair), ("base vs base", null), ("control fine-tune", control)):
             if got is None:
                 continue
             r, cos = got
             q = torch.quantile(r, torch.tensor([0.0, 0.01, 0.5, 0.99, 1.0])).tolist()
             outside = ""
-            if name == "reasoning pair" and null is not None:
+            if name != "base vs base" and null is not None:
                 lo, hi = float(null[0].min()), float(null[0].max())
                 outside = f"{int((r < lo).sum())} below / {int((r > hi).sum())} above"
             rows.append([str(seed), name, *(f"{x:.3f}" for x in q), f"{float(r.std()):.4f}",

@@ -31,7 +31,8 @@ steps=(
   "harvest +null=control $CONTROL"                  # 18 only the control model runs
   "train +null=control $CONTROL"                    # 19
   "train -m +null=control seed=1,2 $CONTROL"        # 20
-  "analyze analyze.nulls=[base_vs_base,control] $CONTROL"   # 21 the calibrated table with both nulls
+  "analyze analyze.nulls=[base_vs_base,control] $CONTROL overwrite=true"   # 21 the calibrated table with
+                                                    #    both nulls (a changed analyze.nulls re-runs analyze)
   "bench"                                           # 22 Table 1 at 512 tokens (gsm8k n = 100, limits 128/256/512)
 )
 for i in "${!steps[@]}"; do
