@@ -104,12 +104,11 @@ class InterveneConfig:
             raise ValueError(f"intervene.selections lists a rule twice: {self.selections}")
         if not self.set_sizes or any(n < 1 for n in self.set_sizes) or len(set(self.set_sizes)) != len(self.set_sizes):
             raise ValueError(f"intervene.set_sizes must be distinct sizes >= 1, got {self.set_sizes}")
-        if self.checkpoint_minutes < 0:
-            raise ValueError(f"intervene.checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         for key in ("n_general_contexts", "adl_positions", "random_match_pool", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"intervene.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_reasoning_contexts", "n_random_sets", "n_random_directions", "n_logit_tokens", "bootstrap_samples"):
+        for key in ("n_reasoning_contexts", "n_random_sets", "n_random_directions", "n_logit_tokens", "bootstrap_samples",
+                    "checkpoint_minutes"):
             if getattr(self, key) < 0:
                 raise ValueError(f"intervene.{key} must be >= 0, got {getattr(self, key)}")
         if self.context_length < max(2, self.adl_positions):
