@@ -222,7 +222,7 @@ def main() -> None:
     header = (f"  {'L0/F':>6} {'L0':>6} | " + " ".join(f"{name:>13}" for name in steps)
               + f" {'5 GEMMs':>8} {'1 GEMM':>8} {'1G+Adam':>8} ms | "
               + " ".join(f"{name + '/1G':>16}" for name in steps)
-              + " ".join(f"{name + '/(1G+A)':>18}" for name in sparse_arms) + f" {'dense/5G':>9}")
+              + "".join(f" {name + '/(1G+A)':>18}" for name in sparse_arms) + f" {'dense/5G':>9}")
     print(header)
     for density in densities:
         dense_step, dense_seen = make_ours(d, F, B, device, x, variant=args.variant, density=density, sparse="off",
@@ -259,7 +259,7 @@ def main() -> None:
         print(f"  {row['density']:6.2%} {row['l0']:6.0f} | " + " ".join(f"{ms[name]:13.0f}" for name in steps)
               + f" {ms['five_gemms']:8.0f} {ms['one_gemm']:8.0f} {ms['gemm_adam']:8.0f}    | "
               + " ".join(f"{row['over_one_gemm'][name]:16.2f}" for name in steps)
-              + " ".join(f"{row['over_gemm_adam'][name]:18.2f}" for name in sparse_arms)
+              + "".join(f" {row['over_gemm_adam'][name]:18.2f}" for name in sparse_arms)
               + f" {row['dense_over_five_gemms']:9.2f}", flush=True)
     cross = None
     if sparse_arms:

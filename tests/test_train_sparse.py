@@ -322,6 +322,20 @@ def test_auto_takes_the_sparse_step_only_where_it_pays():
     assert on.use_sparse(0.9) and not off.use_sparse(0.0)
 
 
+def test_auto_falls_back_to_the_dense_step_with_the_bias_the_scan_left_out(cpp):
+    """With the kernels, the l1 step's GEMM leaves b_enc to the pairs scan; a batch too dense for the
+    sparse step must get the bias back before the dense step: every step dense this way reaches the
+    parameters of train.sparse=off."""
+    dense, _, initial = _train("off", "l1")
+    fallback, metrics, _ = _train("auto", "l1", sparse_kernel="cpp", sparse_max_density=0.0)
+    assert fallback.kernel is not None and all(m["sparse_step"] == 0.0 for m in metrics)
+    for name in ("W_enc_by_latent", "W_dec", "b_enc", "b_dec"):
+        a, b = getattr(dense.cc, name).detach(), getattr(fallback.cc, name).detach()
+        assert (a - initial[name]).abs().max() > 100 * PARAM_ATOL, name
+        torch.testing.assert_close(b, a, rtol=0, atol=PARAM_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+    assert torch.equal(dense.tokens_since_fired, fallback.tokens_since_fired)
+
+
 @pytest.mark.parametrize("mode", ["off", "on"])
 def test_clip_folded_into_fused_adam_equals_clip_then_adam(mode):
     """The clip coefficient handed to the fused Adam kernel as `grad_scale` gives the parameters of
