@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/crosscoder_step.py [--densities 0.005,0.01,0.02,0.05,0.1,0.2]
         [--variant l1|batchtopk] [--batch-size 1024] [--repeats 3] [--reference] [--model /work/qwen05b]
-        [--kernels torch,cpp]
+        [--kernels torch,cpp] [--phases]
 
 Shapes are the paper's: 2 models x d_model (896 for Qwen2.5-0.5B; read from --model's config.json)
 -> 16 x d_model latents. Default batch 4096 on a GPU (bf16 autocast), 1024 fp32 on CPU. Per density
@@ -23,10 +23,11 @@ Shapes are the paper's: 2 models x d_model (896 for Qwen2.5-0.5B; read from --mo
 With --reference, (f) a per-model einsum step written like the public replications (Kissane/Nanda,
 dictionary_learning) joins the first density. The arms are timed round-robin (a, b, c, d, a, ...)
 so load from other processes hits all of them alike; ratios use each arm's fastest repeat (the
-least disturbed on a shared machine), medians are printed too. Each step's ratio to the one-GEMM
-bound is issue 31's goal (sparse ≤ 1.5× at L0/F ≤ 2%). The crossover is the density above which
-the fastest sparse step stops being faster than the dense one (linear interpolation between sweep
-points). The last line is a JSON object of every figure.
+least disturbed on a shared machine), medians are printed too. With --phases, each density's
+sparse_cpp step is then run alone with timers around its encoder GEMM, kernel calls and Adam.
+Each step's ratio to the one-GEMM bound is issue 31's goal (sparse ≤ 1.5× at L0/F ≤ 2%). The
+crossover is the density above which the fastest sparse step stops being faster than the dense one
+(linear interpolation between sweep points). The last line is a JSON object of every figure.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def make_ours(d: int, F: int, B: int, device: torch.device, x: torch.Tensor, *, 
     train = TrainConfig(variant=variant, k=k, batch_size=B, n_tokens=B * STEPS, lr=1e-7, l1_coeff=2.0,
                         compile=compile_, sparse=sparse, sparse_kernel=sparse_kernel, threshold_start_step=STEPS)
     trainer = CrossCoderTrainer(cc, train, STEPS, device)
-    seen = {"density": float("nan"), "sparse": float("nan"), "kernel": trainer.kernel is not None}
+    seen = {"density": float("nan"), "sparse": float("nan"), "kernel": trainer.kernel is not None, "trainer": trainer}
 
     def step(batch):  # as the stage runs 99 of every 100 steps (train.log_every=100): no metrics
         trainer.train_step(batch)
@@ -150,6 +151,46 @@ def make_gemm_adam(d: int, F: int, B: int, device: torch.device):
     return step
 
 
+def phase_times(step, trainer: CrossCoderTrainer, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """ms per step of each phase of a sparse step on the compiled kernels (`--phases`): the encoder
+    GEMM, each kernel call, Adam, and the rest (the loss, the clip's scalars, bookkeeping), from
+    timers wrapped around the calls for `repeats` steps after one warm-up step."""
+    spent: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            key = name(args) if callable(name) else name
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+            return result
+        return wrapper
+
+    kernel, cc, optimizer = trainer.kernel, trainer.cc, trainer.optimizer
+    sums = lambda args: "decoder-weight gradient" if args[4].numel() else "encoder-weight gradient"  # noqa: E731
+    patches = [(kernel, "pairs_above", "pairs"), (kernel, "pairs_from_mask", "pairs"), (kernel, "decode", "decode"),
+               (kernel, "latent_sums", sums), (cc, "pre_activations", "encoder GEMM"), (optimizer, "step", "Adam")]
+    originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
+    try:
+        for obj, attr, name in patches:
+            setattr(obj, attr, timed(name, getattr(obj, attr)))
+        step(x)
+        spent.clear()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step(x)
+        total = time.perf_counter() - start
+    finally:
+        for obj, attr, fn in originals:
+            setattr(obj, attr, fn)
+        for obj in (cc, optimizer):  # drop the instance attributes: the class methods again
+            obj.__dict__.pop("pre_activations" if obj is cc else "step", None)
+    phases = {name: 1e3 * t / repeats for name, t in spent.items()}
+    phases["rest"] = 1e3 * total / repeats - sum(phases.values())
+    phases["step"] = 1e3 * total / repeats
+    return phases
+
+
 def time_arms(arms: dict, x: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in arms}
     for i in range(warmup + repeats):
@@ -190,6 +231,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile our dense loss (needs a C compiler on CPU)")
     parser.add_argument("--kernels", default="torch,cpp",
                         help="train.sparse_kernel of each sparse arm, comma-separated (torch, cpp)")
+    parser.add_argument("--phases", action="store_true",
+                        help="after each density, time the phases of the sparse_cpp step (the GEMM, each kernel, Adam)")
     args = parser.parse_args()
 
     d = args.d_model
@@ -254,6 +297,8 @@ def main() -> None:
                "dense_over_five_gemms": best["dense"] / best["five_gemms"],
                "fastest_sparse": fastest_sparse,
                "dense_over_fastest_sparse": best["dense"] / best[fastest_sparse] if fastest_sparse else None}
+        if args.phases and "sparse_cpp" in seen:
+            row["phases_ms"] = phase_times(arms["sparse_cpp"], seen["sparse_cpp"]["trainer"], x, args.repeats)
         rows.append(row)
         ms = {k: v * 1e3 for k, v in best.items()}
         print(f"  {row['density']:6.2%} {row['l0']:6.0f} | " + " ".join(f"{ms[name]:13.0f}" for name in steps)
@@ -261,6 +306,9 @@ def main() -> None:
               + " ".join(f"{row['over_one_gemm'][name]:16.2f}" for name in steps)
               + "".join(f" {row['over_gemm_adam'][name]:18.2f}" for name in sparse_arms)
               + f" {row['dense_over_five_gemms']:9.2f}", flush=True)
+        if "phases_ms" in row:
+            print("           sparse_cpp phases (ms/step, mean of the repeats): "
+                  + ", ".join(f"{name} {v:.1f}" for name, v in row["phases_ms"].items()), flush=True)
     cross = None
     if sparse_arms:
         cross = crossover([(r["density"], 1.0 / r["dense_over_fastest_sparse"]) for r in rows])
