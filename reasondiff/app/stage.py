@@ -186,6 +186,8 @@ def changed_input(cfg: Config, stage: str, recorded: dict[str, dict]) -> str | N
     """`key=path changed (what changed)` for the first local data source whose files no longer hold
     what a run recorded; None when all do. A source gone since (preflight reports it when it is needed)
     or read from another path now (a setting a partial run tolerates) is not compared."""
+    if not recorded:
+        return None  # a run recorded before input_files existed: resumed as before
     now = input_identities(cfg, stage, recorded)
     for key, before in sorted(recorded.items()):
         after = now.get(key)
