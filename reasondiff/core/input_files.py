@@ -7,7 +7,7 @@ contract therefore records, beside the settings and outside their digest, the id
 local data file a stage reads (`fingerprint.json`: `input_files`), and refuses to resume or reuse a
 run when one differs (reasondiff.app.stage.decide).
 
-Cost, and what it can miss: a file up to `WHOLE_FILE_BYTES` (256 MiB, about a second to read) is
+Cost, and what it can miss: a file up to `WHOLE_FILE_BYTES` (256 MiB) is
 hashed whole; a larger one by `SAMPLE_BLOCKS` blocks of `BLOCK_BYTES` spread evenly over it, the
 first and the last included (64 MiB read whatever its size) — there a rewrite that keeps the size
 and touches no sampled block goes unnoticed (a regenerated dataset changes bytes throughout). A
