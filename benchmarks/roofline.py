@@ -141,7 +141,8 @@ def crosscoder_rows(args, d: int) -> tuple[dict, dict]:
     x = torch.randn(B, 2, d) * 10
     rows, numbers = {}, {}
     for sparse in ("on", "off"):
-        step, seen = make_ours(d, F, B, torch.device("cpu"), x, variant="l1", density=0.01, sparse=sparse)
+        step, seen = make_ours(d, F, B, torch.device("cpu"), x, variant="l1", density=0.01, sparse=sparse,
+                               sparse_kernel="auto")  # the stage's default: the compiled kernels where they build
         seconds = best_of(lambda step=step: step(x), args.repeats)
         name = "crosscoder_step_sparse_1pct" if sparse == "on" else "crosscoder_step_dense"
         rows[name] = {"seconds": seconds, "gflop": flops_of(lambda step=step: step(x)) / 1e9, "tokens": B,

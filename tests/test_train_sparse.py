@@ -64,19 +64,43 @@ def test_active_pairs_orders_and_values(density, backend):
         assert torch.equal(pairs.latent_counts(), mask.sum(0))
 
 
-def test_pairs_above_keep_the_scores_values_only_while_the_scores_are_unchanged(cpp):
-    """The kernel picks up the active values while it scans the scores; `latent_major` returns them
-    for those scores (or a detached view of them) and gathers afresh once they are written to."""
-    scores = torch.randn(30, 200) - 1.0
-    pairs = sparse.ActivePairs.above(scores, 0.0, cpp)
-    tokens, latents = pairs.latent_major_token, pairs.latent_major_latent
-    assert pairs.source is not None and torch.equal(pairs.latent_major(scores.detach()), scores[tokens, latents])
-    assert torch.equal(pairs.source[1], scores[tokens, latents])
-    other = scores.clone()
-    other[tokens, latents] += 1.0
-    assert torch.equal(pairs.latent_major(other), scores[tokens, latents] + 1.0)  # another tensor: gathered
-    scores.mul_(2.0)  # the same tensor, written to: gathered again
-    assert torch.equal(pairs.latent_major(scores), scores[tokens, latents])
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_pairs_above_an_offset_carry_the_offset_scores(with_offset, backend):
+    """`above` with the encoder bias as its offset: the pairs of scores + offset > threshold, their
+    values scores + offset (latent-major), bit for bit, and a snapshot: later writes to the scores
+    do not change them. Offsets on both sides of zero move latents in and out of the support."""
+    gen = torch.Generator().manual_seed(5)
+    scores = torch.randn(30, 203, generator=gen) - 1.0  # 203: a tail after the 16-wide SIMD scan
+    offset = torch.randn(203, generator=gen) if with_offset else None
+    biased = scores + offset if with_offset else scores
+    pairs = sparse.ActivePairs.above(scores, 0.25, backend, offset=offset)
+    want = sparse.ActivePairs.from_mask(biased > 0.25)
+    for name in ("token_offsets", "token_major_latent", "latent_offsets", "latent_major_token", "latent_major_latent"):
+        assert torch.equal(getattr(pairs, name), getattr(want, name)), name
+    assert torch.equal(pairs.values, want.latent_major(biased))
+    snapshot = pairs.values.clone()
+    scores.mul_(2.0)
+    assert torch.equal(pairs.values, snapshot)
+
+
+def test_the_parallel_counting_sort_does_not_depend_on_the_thread_count(cpp):
+    """Enough pairs for the latent-major order to be split over token ranges: 1 and 3 threads give
+    the same order, offsets and values as the torch path."""
+    gen = torch.Generator().manual_seed(6)
+    scores = torch.randn(512, 300, generator=gen)  # ~ 48k pairs: 2-3 ranges of ≥ 16k
+    offset = torch.randn(300, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        got = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            got.append(sparse.ActivePairs.above(scores, 0.0, cpp, offset=offset))
+    finally:
+        torch.set_num_threads(threads)
+    want = sparse.ActivePairs.above(scores, 0.0, None, offset=offset)
+    for pairs in got:
+        for name in ("latent_offsets", "latent_major_token", "latent_major_latent", "latent_major_flat", "values"):
+            assert torch.equal(getattr(pairs, name), getattr(want, name)), name
 
 
 def _assert_sums_close(got, terms):
@@ -160,8 +184,8 @@ def test_kernel_results_do_not_depend_on_the_thread_count(cpp):
 
     def run():
         pairs = sparse.ActivePairs.above(scores, 0.0, cpp)
-        f = pairs.latent_major(scores)
-        recon, norms = sparse.decode(pairs, scores, W, n_models=2)
+        f = pairs.values
+        recon, norms = sparse.decode(pairs, None, W, n_models=2, values=f)
         g_W, dots, sq = sparse.decoder_weight_gradient(pairs, f, T, W, row_scale=scale)
         return [pairs.token_major_flat, pairs.latent_major_flat, recon, norms, g_W, dots, sq,
                 *sparse.encoder_weight_gradient(pairs, dots, T)]
@@ -296,6 +320,20 @@ def test_auto_takes_the_sparse_step_only_where_it_pays():
     on, _, _ = _train("on", "l1", steps=1)
     off, _, _ = _train("off", "l1", steps=1)
     assert on.use_sparse(0.9) and not off.use_sparse(0.0)
+
+
+def test_auto_falls_back_to_the_dense_step_with_the_bias_the_scan_left_out(cpp):
+    """With the kernels, the l1 step's GEMM leaves b_enc to the pairs scan; a batch too dense for the
+    sparse step must get the bias back before the dense step: every step dense this way reaches the
+    parameters of train.sparse=off."""
+    dense, _, initial = _train("off", "l1")
+    fallback, metrics, _ = _train("auto", "l1", sparse_kernel="cpp", sparse_max_density=0.0)
+    assert fallback.kernel is not None and all(m["sparse_step"] == 0.0 for m in metrics)
+    for name in ("W_enc_by_latent", "W_dec", "b_enc", "b_dec"):
+        a, b = getattr(dense.cc, name).detach(), getattr(fallback.cc, name).detach()
+        assert (a - initial[name]).abs().max() > 100 * PARAM_ATOL, name
+        torch.testing.assert_close(b, a, rtol=0, atol=PARAM_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+    assert torch.equal(dense.tokens_since_fired, fallback.tokens_since_fired)
 
 
 @pytest.mark.parametrize("mode", ["off", "on"])

@@ -187,13 +187,15 @@ class CrossCoder(nn.Module):
         return x_norm / self.scaling_factors.to(x_norm.dtype)[:, None]
 
     # --- the model ----------------------------------------------------------------------------
-    def pre_activations(self, x_norm: torch.Tensor) -> torch.Tensor:
-        """Σ_m x_m W_enc[m] + b_enc as ONE GEMM: [.., M·d] @ [M·d, F]."""
+    def pre_activations(self, x_norm: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        """Σ_m x_m W_enc[m] + b_enc as ONE GEMM: [.., M·d] @ [M·d, F]. `with_bias=False`: the product
+        alone, for a caller that adds b_enc where it reads the result (the sparse step's pairs scan)."""
         M, d, F = self.cfg.n_models, self.cfg.d_model, self.cfg.n_latents
         self.check_pair(x_norm)
         lead = x_norm.shape[:-2]
         flat = x_norm.reshape(-1, M * d)
-        pre = torch.addmm(self.b_enc.to(flat.dtype), flat, self.W_enc.reshape(M * d, F).to(flat.dtype))
+        W_enc = self.W_enc.reshape(M * d, F).to(flat.dtype)
+        pre = torch.addmm(self.b_enc.to(flat.dtype), flat, W_enc) if with_bias else flat @ W_enc
         return pre.view(*lead, F)
 
     def encode(self, x_norm: torch.Tensor) -> torch.Tensor:

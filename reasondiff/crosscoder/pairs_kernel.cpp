@@ -196,27 +196,54 @@ inline float sum_latent_avx512(const float* __restrict t, const float* __restric
 }
 #endif
 
-// Latent-major order of token-major pairs by a counting sort (stable: tokens stay ascending
-// within a latent).
-// With `scores`, also their values at the pairs, latent-major (read in ascending address order).
+// Latent-major order of token-major pairs by a counting sort, stable (tokens stay ascending within
+// a latent) and parallel: each thread counts and places the pairs of one range of tokens, its
+// pairs of latent i going after those of the ranges before it. The result does not depend on the
+// number of ranges. With `scores`, also their values (+ offset[i]) at the pairs, latent-major.
 void latent_major_order(const int64_t* token_offsets, const int64_t* token_latent, int64_t B, int64_t F, int64_t nnz,
                         int64_t* latent_offsets, int64_t* latent_token, int64_t* latent_latent, int64_t* latent_flat,
-                        const float* scores, float* latent_values) {
-  std::vector<int64_t> cursor(F + 1, 0);
-  for (int64_t p = 0; p < nnz; ++p) ++cursor[token_latent[p] + 1];
-  for (int64_t i = 0; i < F; ++i) cursor[i + 1] += cursor[i];
-  std::copy(cursor.begin(), cursor.begin() + F, latent_offsets);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t stop = stop_of(token_offsets, b, B, nnz);
-    for (int64_t p = token_offsets[b]; p < stop; ++p) {
-      const int64_t i = token_latent[p];
-      const int64_t q = cursor[i]++;
-      latent_token[q] = b;
-      latent_latent[q] = i;
-      latent_flat[q] = b * F + i;
-      if (scores) latent_values[q] = scores[b * F + i];
+                        const float* scores, const float* offset, float* latent_values) {
+  constexpr int64_t MIN_PAIRS = 16384;  // per range: below this a second thread costs more than it saves
+  const int64_t n_ranges = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nnz / MIN_PAIRS));
+  std::vector<int64_t> first_token(n_ranges + 1, B);  // range r: tokens [first_token[r], first_token[r + 1])
+  for (int64_t r = 0; r < n_ranges; ++r) {
+    first_token[r] = std::lower_bound(token_offsets, token_offsets + B, nnz * r / n_ranges) - token_offsets;
+  }
+  first_token[0] = 0;
+  std::vector<std::vector<int64_t>> cursor(n_ranges);
+  at::parallel_for(0, n_ranges, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      cursor[r].assign(F, 0);
+      const int64_t p0 = first_token[r] < B ? token_offsets[first_token[r]] : nnz;
+      const int64_t p1 = first_token[r + 1] < B ? token_offsets[first_token[r + 1]] : nnz;
+      for (int64_t p = p0; p < p1; ++p) ++cursor[r][token_latent[p]];
+    }
+  });
+  int64_t next = 0;
+  for (int64_t i = 0; i < F; ++i) {
+    latent_offsets[i] = next;
+    for (int64_t r = 0; r < n_ranges; ++r) {
+      const int64_t n = cursor[r][i];
+      cursor[r][i] = next;
+      next += n;
     }
   }
+  at::parallel_for(0, n_ranges, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t* at_latent = cursor[r].data();
+      for (int64_t b = first_token[r]; b < first_token[r + 1]; ++b) {
+        const int64_t stop = stop_of(token_offsets, b, B, nnz);
+        for (int64_t p = token_offsets[b]; p < stop; ++p) {
+          const int64_t i = token_latent[p];
+          const int64_t q = at_latent[i]++;
+          latent_token[q] = b;
+          latent_latent[q] = i;
+          latent_flat[q] = b * F + i;
+          if (scores) latent_values[q] = scores[b * F + i] + (offset ? offset[i] : 0.f);
+        }
+      }
+    }
+  });
 }
 
 // Appends the columns of row where the row is active to `found` (ascending).
@@ -226,14 +253,18 @@ inline void active_columns(const bool* row, int64_t F, std::vector<int32_t>& fou
   }
 }
 
-inline void active_columns(const float* row, float threshold, int64_t F, std::vector<int32_t>& found) {
+// The columns where row + offset > threshold (offset: [F], or null for none).
+inline void active_columns(const float* row, const float* offset, float threshold, int64_t F,
+                           std::vector<int32_t>& found) {
   int64_t i = 0;
 #if defined(__AVX512F__)
   const __m512 t = _mm512_set1_ps(threshold);
   const __m512i step = _mm512_set1_epi32(16);
   __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (; i + 16 <= F; i += 16) {
-    const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + i), t, _CMP_GT_OQ);
+    __m512 v = _mm512_loadu_ps(row + i);
+    if (offset) v = _mm512_add_ps(v, _mm512_loadu_ps(offset + i));
+    const __mmask16 hit = _mm512_cmp_ps_mask(v, t, _CMP_GT_OQ);
     if (hit) {
       const size_t n = found.size();
       found.resize(n + 16);
@@ -244,14 +275,14 @@ inline void active_columns(const float* row, float threshold, int64_t F, std::ve
   }
 #endif
   for (; i < F; ++i) {
-    if (row[i] > threshold) found.push_back(static_cast<int32_t>(i));
+    if (row[i] + (offset ? offset[i] : 0.f) > threshold) found.push_back(static_cast<int32_t>(i));
   }
 }
 
 // The pairs in both orders from a per-row scan: rows in parallel chunks, each chunk collecting its
 // rows' active columns in one read, then placed at their offsets.
 template <typename Scan>
-std::vector<at::Tensor> pairs_where(int64_t B, int64_t F, Scan scan, const float* scores) {
+std::vector<at::Tensor> pairs_where(int64_t B, int64_t F, Scan scan, const float* scores, const float* offset) {
   auto opts = at::TensorOptions().dtype(at::kLong);
   at::Tensor token_offsets = at::empty({B}, opts);
   int64_t* offsets = token_offsets.data_ptr<int64_t>();
@@ -294,7 +325,7 @@ std::vector<at::Tensor> pairs_where(int64_t B, int64_t F, Scan scan, const float
                 latent_flat = at::empty({nnz}, opts);
   at::Tensor latent_values = at::empty({scores ? nnz : 0}, at::TensorOptions().dtype(at::kFloat));
   latent_major_order(offsets, tl, B, F, nnz, latent_offsets.data_ptr<int64_t>(), latent_token.data_ptr<int64_t>(),
-                     latent_latent.data_ptr<int64_t>(), latent_flat.data_ptr<int64_t>(), scores,
+                     latent_latent.data_ptr<int64_t>(), latent_flat.data_ptr<int64_t>(), scores, offset,
                      scores ? latent_values.data_ptr<float>() : nullptr);
   return {token_offsets, token_latent, token_flat, latent_offsets, latent_token, latent_latent, latent_flat,
           latent_values};
@@ -308,17 +339,22 @@ std::vector<at::Tensor> pairs_from_mask(at::Tensor mask) {
   const int64_t B = mask.size(0), F = mask.size(1);
   const bool* m = mask.data_ptr<bool>();
   return pairs_where(
-      B, F, [m, F](int64_t b, std::vector<int32_t>& found) { active_columns(m + b * F, F, found); }, nullptr);
+      B, F, [m, F](int64_t b, std::vector<int32_t>& found) { active_columns(m + b * F, F, found); }, nullptr,
+      nullptr);
 }
 
-// The pairs where scores [B, F] (fp32) > threshold: the l1 variant's ReLU support, without a [B, F]
-// mask; the last tensor holds the scores at the pairs, latent-major (the active f).
-std::vector<at::Tensor> pairs_above(at::Tensor scores, double threshold) {
+// The pairs where scores [B, F] (fp32) + offset [F] > threshold: the l1 variant's ReLU support,
+// without a [B, F] mask, and with the encoder bias as the offset, without the pass over [B, F]
+// that adding it to the GEMM's output costs. An empty offset adds nothing. The last tensor holds
+// scores + offset at the pairs, latent-major (the active f).
+std::vector<at::Tensor> pairs_above(at::Tensor scores, double threshold, at::Tensor offset) {
   const int64_t B = scores.size(0), F = scores.size(1);
   const float* s = scores.data_ptr<float>();
+  const float* off = offset.numel() ? offset.data_ptr<float>() : nullptr;
   const float t = static_cast<float>(threshold);
   return pairs_where(
-      B, F, [s, F, t](int64_t b, std::vector<int32_t>& found) { active_columns(s + b * F, t, F, found); }, s);
+      B, F, [s, off, F, t](int64_t b, std::vector<int32_t>& found) { active_columns(s + b * F, off, t, F, found); },
+      s, off);
 }
 
 // x_hat[b] = bias + sum_i f_bi W[i] over the latent-major pairs, and every row's per-model norm
@@ -445,7 +481,7 @@ std::vector<at::Tensor> latent_sums(at::Tensor latent_offsets, at::Tensor latent
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pairs_from_mask", &pairs_from_mask, "active pairs of a [B, F] bool mask, both orders");
-  m.def("pairs_above", &pairs_above, "active pairs where [B, F] fp32 scores > threshold, both orders");
+  m.def("pairs_above", &pairs_above, "active pairs where [B, F] fp32 scores + offset > threshold, both orders");
   m.def("decode", &decode, "x_hat = bias + sum over pairs f W[i], and W's per-model row norms");
   m.def("latent_sums", &latent_sums, "G[i] (+)= sum_b w T[b] (+ scale W[i]); dots <T[b], W[i]> per pair");
 }

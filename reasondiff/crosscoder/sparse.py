@@ -61,9 +61,9 @@ class ActivePairs:
     """[nnz]: b·F + i of each latent-major pair."""
     kernel: ModuleType | None = field(default=None, compare=False)
     """The compiled kernels (`pairs_kernel.load()`) the products run with; None = torch ops."""
-    source: tuple | None = field(default=None, compare=False, repr=False)
-    """`above` with the kernel: (the scores' storage, shape, strides, version) and their values at
-    the pairs, latent-major, read during the scan: `latent_major(scores)` then costs no gather."""
+    values: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """`above`: [nnz] the scores (+ offset) at the pairs, latent-major, as they were when the pairs
+    were found (the kernel reads them during its scan: no gather). None for `from_mask`."""
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, kernel: ModuleType | None = None) -> ActivePairs:
@@ -95,24 +95,30 @@ class ActivePairs:
         )
 
     @classmethod
-    def above(cls, scores: torch.Tensor, threshold: float = 0.0, kernel: ModuleType | None = None) -> ActivePairs:
-        """The pairs where scores [B, F] > threshold (the l1 variant's ReLU support). The kernel reads
-        the fp32 scores directly, never writing the [B, F] bool mask."""
+    def above(cls, scores: torch.Tensor, threshold: float = 0.0, kernel: ModuleType | None = None, *,
+              offset: torch.Tensor | None = None) -> ActivePairs:
+        """The pairs where scores [B, F] + offset [F] > threshold (the l1 variant's ReLU support, the
+        offset its encoder bias), with their values in `values`. The kernel reads the fp32 scores
+        directly and adds the offset as it scans: neither the [B, F] bool mask nor the biased [B, F]
+        pre-activations are ever written (each a pass over 58 MB at the paper's shapes)."""
         if kernel is not None and scores.device.type == "cpu" and scores.dtype == torch.float32:
-            scores = scores.contiguous()
-            pairs = cls._from_kernel(scores.shape, kernel.pairs_above(scores, float(threshold)), kernel)
-            pairs.source = (_identity(scores), pairs.source[1])
-            return pairs
-        return cls.from_mask(scores > threshold, kernel)
+            offset = offset.detach().float().contiguous() if offset is not None else scores.new_empty(0)
+            return cls._from_kernel(scores.shape, kernel.pairs_above(scores.contiguous(), float(threshold), offset),
+                                    kernel, with_values=True)
+        biased = scores if offset is None else scores + offset
+        pairs = cls.from_mask(biased > threshold, kernel)
+        pairs.values = pairs.latent_major(biased)
+        return pairs
 
     @classmethod
-    def _from_kernel(cls, shape: torch.Size, parts: list[torch.Tensor], kernel: ModuleType) -> ActivePairs:
+    def _from_kernel(cls, shape: torch.Size, parts: list[torch.Tensor], kernel: ModuleType, *,
+                     with_values: bool = False) -> ActivePairs:
         B, n_latents = shape
         token_offsets, token_latent, token_flat, latent_offsets, latent_token, latent_latent, latent_flat, values = parts
         return cls(n_tokens=B, n_latents=n_latents, token_offsets=token_offsets, token_major_latent=token_latent,
                    token_major_flat=token_flat, latent_offsets=latent_offsets, latent_major_token=latent_token,
                    latent_major_latent=latent_latent, latent_major_flat=latent_flat, kernel=kernel,
-                   source=(None, values))
+                   values=values if with_values else None)
 
     def latent_counts(self) -> torch.Tensor:
         """[F]: active pairs per latent (> 0: the latent fired in this batch), from the offsets alone,
@@ -134,8 +140,6 @@ class ActivePairs:
 
     def latent_major(self, dense: torch.Tensor) -> torch.Tensor:
         """Values of a [B, F] tensor at the pairs, latent-major."""
-        if self.source is not None and self.source[0] == _identity(dense):
-            return self.source[1]
         return dense.reshape(-1)[self.latent_major_flat]
 
     def per_latent_sum(self, values_latent_major: torch.Tensor) -> torch.Tensor:
@@ -144,27 +148,26 @@ class ActivePairs:
         return out.index_add(0, self.latent_major_latent, values_latent_major)
 
 
-def _identity(t: torch.Tensor) -> tuple:
-    """Same storage, layout and version counter: the same values (a detached view shares the counter)."""
-    return (t.device, t.dtype, t.data_ptr(), tuple(t.shape), t.stride(), t._version)
-
-
 def _on_kernel(pairs: ActivePairs, *tensors: torch.Tensor) -> bool:
     return pairs.kernel is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
-def decode(pairs: ActivePairs, f: torch.Tensor, W: torch.Tensor, *, bias: torch.Tensor | None = None,
-           n_models: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def decode(pairs: ActivePairs, f: torch.Tensor | None, W: torch.Tensor, *, bias: torch.Tensor | None = None,
+           n_models: int | None = None, values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(x̂ [B, M·d], norms): x̂_b = bias + Σ_i f_bi W[i] for f [B, F] read at the pairs and
     W [F, M·d]; with `n_models`, also ||W[i, m]|| [F, M] for every row (the kernel gets them from
-    the same read of W; the torch path is token-major `embedding_bag` + `norm`)."""
+    the same read of W; the torch path is token-major `embedding_bag` + `norm`). `values`: f at the
+    pairs, latent-major, when the caller has them (the kernel then needs no f; the torch path does)."""
     F_, K = W.shape
-    if _on_kernel(pairs, f, W):
+    if _on_kernel(pairs, W, *(t for t in (f, values) if t is not None)):
+        values = values if values is not None else pairs.latent_major(f)
         bias_flat = bias.reshape(K).to(W.dtype).contiguous() if bias is not None else W.new_empty(0)
-        recon, norms = pairs.kernel.decode(pairs.latent_offsets, pairs.latent_major_token,
-                                           pairs.latent_major(f).contiguous(), W.contiguous(), bias_flat,
-                                           pairs.n_tokens, n_models or 1, n_models is not None)
+        recon, norms = pairs.kernel.decode(pairs.latent_offsets, pairs.latent_major_token, values.contiguous(),
+                                           W.contiguous(), bias_flat, pairs.n_tokens, n_models or 1,
+                                           n_models is not None)
         return recon, (norms if n_models is not None else None)
+    if f is None:
+        raise ValueError("sparse.decode: the torch path reads f token-major; pass the dense f")
     recon = F.embedding_bag(pairs.token_major_latent, W, pairs.token_offsets, mode="sum",
                             per_sample_weights=pairs.token_major(f).to(W.dtype))
     if bias is not None:

@@ -105,7 +105,7 @@ def dense_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: to
                       f=f.detach())
 
 
-def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: torch.Tensor | None, *,
+def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor | None, mask: torch.Tensor | None, *,
                      l1_coeff: float, dead: torch.Tensor | None, objective: Objective,
                      pairs: sparse.ActivePairs | None = None, kernel: ModuleType | None = None) -> StepOutput:
     """The same loss as `dense_objective`, with its exact gradients written into the parameters' `.grad`.
@@ -117,35 +117,49 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
     AuxK adds the same terms for its own pairs and reconstruction. `pairs`: the mask's active pairs
     when the caller already built them (the trainer does, to read the batch's density off them; then
     `mask` may be None). `kernel`: the compiled pairs kernels (`pairs_kernel.load()`) for pairs built
-    here; None = torch ops (pairs the caller built carry their own choice).
+    here; None = torch ops (pairs the caller built carry their own choice). `pre` may be None when
+    the pairs carry the active pre-activations (`ActivePairs.above` with the encoder bias as its
+    offset: the l1 variant on the kernels, whose encoder GEMM then never adds the bias to [B, F]).
+
+    The squared reconstruction term's gradient is written in closed form (∂/∂x̂ Σ||x̂ − x||²/B =
+    2(x̂ − x)/B, one pass over the error instead of autograd's five); every other term goes through
+    autograd as a function of the small leaves.
     """
     cfg = cc.cfg
     M, d, F = cfg.n_models, cfg.d_model, cfg.n_latents
     B = x.shape[0]
     x = x.float()
     x_flat = x.reshape(B, M * d)
-    pre = pre.detach().float()
+    pre = pre.detach().float() if pre is not None else None
     W_dec = cc.W_dec.detach().float()
     W_dec_flat = W_dec.reshape(F, M * d)
     pairs = sparse.ActivePairs.from_mask(mask, kernel) if pairs is None else pairs
-    values = pairs.latent_major(pre)
-    recon, norms = sparse.decode(pairs, pre, W_dec_flat, bias=cc.b_dec.detach().float(), n_models=M)
+    values = pairs.values if pairs.values is not None else pairs.latent_major(pre)
+    recon, norms = sparse.decode(pairs, pre, W_dec_flat, bias=cc.b_dec.detach().float(), n_models=M, values=values)
     recon = recon.view(B, M, d)
     aux_pairs = None
     if cfg.variant == "batchtopk" and dead is not None and objective.aux_k_coeff > 0 and bool(dead.any()):
+        if pre is None:
+            raise ValueError("sparse_objective: AuxK selects from the dense pre-activations; pass `pre`")
         aux_mask = aux_k_selection(pre, dead, objective.aux_k, objective.aux_k_style, norms.sum(-1))
         aux_pairs = sparse.ActivePairs.from_mask(aux_mask, pairs.kernel)
         aux_values = aux_pairs.latent_major(pre)
         recon_aux = sparse.decode(aux_pairs, pre, W_dec_flat)[0]
 
     # the loss as a function of (x̂, active f, decoder norms, AuxK's x̂): small leaves for autograd
+    closed_form = objective.reconstruction == "squared"
+    error = recon - x if closed_form else None
     with torch.enable_grad():
-        recon_leaf = recon.detach().requires_grad_(True)
+        recon_leaf = recon.detach().requires_grad_(not closed_form)
         values_leaf = values.detach().requires_grad_(True)
         norms_leaf = norms.detach().requires_grad_(True)
         leaves = [recon_leaf, values_leaf, norms_leaf]
         norm_sum = norms_leaf.sum(-1)
-        l2 = reconstruction_loss(x, recon_leaf, objective.reconstruction)
+        if closed_form:  # Σ_b ||x̂_b − x_b||² / B as one dot product; its gradient below
+            flat_error = error.reshape(-1)
+            l2 = torch.dot(flat_error, flat_error) / B
+        else:
+            l2 = reconstruction_loss(x, recon_leaf, objective.reconstruction)
         aux = x.new_zeros(())
         if cfg.variant == "l1":
             factors = penalty_factors(cfg, norms.device)
@@ -157,10 +171,14 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor, mask: t
             if aux_pairs is not None:
                 recon_aux_leaf = recon_aux.detach().requires_grad_(True)
                 leaves.append(recon_aux_leaf)
-                residual = (x - recon).detach().flatten(1)
+                residual = (-error if closed_form else x - recon).detach().flatten(1)
                 aux = aux_k_normalised(residual, recon_aux_leaf, int(dead.sum()), objective.aux_k, objective.aux_k_style)
             loss = l2 + objective.aux_k_coeff * aux
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        # batchtopk with no AuxK term and the closed-form l2: nothing left for autograd
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True) if loss.requires_grad else (None,) * len(wanted)
+        if closed_form:
+            grads = (error.mul_(2.0 / B), *grads)  # the error is not needed after this
     g_recon, g_values, g_norms = grads[0].reshape(B, M * d), grads[1], grads[2]
 
     scale = None

@@ -145,16 +145,16 @@ class CrossCoderTrainer:
         l1_coeff = self.l1_coeff()
         lr = self.optimizer.param_groups[0]["lr"]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        # the l1 variant on the kernels: the scan reads x W_enc and adds b_enc itself, so the biased
+        # [B, F] pre-activations exist only if the dense step runs (no mask either)
+        scan = self.kernel is not None and self.cc.cfg.variant == "l1"
         with autocast:  # one dense GEMM both paths need; only the dense path backpropagates through it
-            pre = self.cc.pre_activations(x)
-            if self.kernel is not None and self.cc.cfg.variant == "l1":
-                active, scores = None, None  # the kernel reads pre > 0 itself; the dense step builds the mask if it runs
-            else:
-                active, scores = select_active(self.cc, pre)
+            pre = self.cc.pre_activations(x, with_bias=not scan)
+            active, scores = (None, None) if scan else select_active(self.cc, pre)
         # the pairs, when a sparse step is possible, give the density (and later the fired latents)
         # without more passes over the [B, F] mask
-        if active is None:
-            pairs = sparse.ActivePairs.above(pre.detach(), 0.0, self.kernel)
+        if scan:
+            pairs = sparse.ActivePairs.above(pre.detach(), 0.0, self.kernel, offset=self.cc.b_enc.detach())
         else:
             pairs = sparse.ActivePairs.from_mask(active, self.kernel) if self.may_use_sparse() else None
         n_active = pairs.nnz if pairs is not None else int(torch.count_nonzero(active))  # not .sum(): int64 cast
@@ -164,10 +164,12 @@ class CrossCoderTrainer:
             fired_now = pairs.latent_counts() > 0 if pairs is not None else active.any(dim=0)
             dead = (self.tokens_since_fired + x.shape[0] >= self.train.dead_tokens) & ~fired_now
         if self.use_sparse(density):
-            out = sparse_objective(self.cc, x, pre.detach(), active, l1_coeff=l1_coeff, dead=dead,
+            out = sparse_objective(self.cc, x, None if scan else pre.detach(), active, l1_coeff=l1_coeff, dead=dead,
                                    objective=self.objective, pairs=pairs)
         else:
-            if active is None:
+            if scan:
+                with autocast:
+                    pre = pre + self.cc.b_enc.to(pre.dtype)
                 active, scores = select_active(self.cc, pre)
             with autocast:
                 out = self._dense(self.cc, x, pre, active, l1_coeff=l1_coeff, dead=dead, objective=self.objective)
