@@ -112,6 +112,27 @@ def reasoning_input(cfg, stage: str) -> Input:
     return Input("finetune.dataset", cfg.finetune.dataset, "dataset")
 
 
+def local_data(cfg, stage: str) -> dict[str, tuple[str, dict[str, Path]]]:
+    """{config key: (path, {name: file})} for every local dataset `stage` reads that is there now (a
+    file, or a directory's data files): what its fingerprint records the content of
+    (reasondiff.core.input_files). Models are no data (their weights are not hashed); hub ids, missing
+    paths and unreadable sources are left out (the checks above report them)."""
+    from reasondiff.lm.data_sources import local_files
+    from reasondiff.lm.models import looks_local
+
+    out = {}
+    for item in stage_inputs(cfg, stage):
+        if item.kind != "dataset" or item.key in out or not looks_local(item.value) \
+                or not Path(item.value).expanduser().exists():
+            continue
+        try:
+            files = local_files(item.value, item.key)
+        except UserError:
+            continue
+        out[item.key] = (item.value, {file.name: file for file in files})
+    return out
+
+
 def finetune_dir_of(cfg) -> Path | None:
     """The finetune stage directory that made `tuned_model` (None for a model made elsewhere). For a
     null pair (docs/null.md), the reasoning fine-tune's: its analysis reads the reasoning pair's

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from reasondiff.app import commands, preflight
 from reasondiff.config import CONF_DIR, Config, to_config, upstream_candidates
-from reasondiff.core import artifacts, distributed, fingerprint, memory, progress, runs
+from reasondiff.core import artifacts, distributed, fingerprint, input_files, memory, progress, runs
 from reasondiff.core.errors import UserError
 from reasondiff.core.fingerprint import Fingerprint
 from reasondiff.core.locking import StageLock
@@ -170,6 +170,36 @@ def current_fingerprint(cfg: Config, stage: str, reads: list[Path] | None = None
                        lineage=preflight.lineage(cfg, list(finished)))
 
 
+def input_identities(cfg: Config, stage: str, known: dict[str, dict] | None = None) -> dict[str, dict]:
+    """What each local data file `stage` reads holds now (Fingerprint.input_files); `known`: a
+    recorded one, whose files of unchanged size and mtime are not read again."""
+    out = {}
+    for key, (path, files) in preflight.local_data(cfg, stage).items():
+        before = (known or {}).get(key, {})
+        recorded_as = fingerprint.portable(path, cfg.output_root)
+        known_files = before.get("files") if before.get("path") == recorded_as else None
+        out[key] = {"path": recorded_as, "files": input_files.identify(files, known_files)}
+    return out
+
+
+def changed_input(cfg: Config, stage: str, recorded: dict[str, dict]) -> str | None:
+    """`key=path changed (what changed)` for the first local data source whose files no longer hold
+    what a run recorded; None when all do. A source gone since (preflight reports it when it is needed)
+    or read from another path now (a setting a partial run tolerates) is not compared."""
+    if not recorded:
+        return None  # a run recorded before input_files existed: resumed as before
+    now = input_identities(cfg, stage, recorded)
+    for key, before in sorted(recorded.items()):
+        after = now.get(key)
+        if after is None or after["path"] != before.get("path"):
+            continue
+        path = fingerprint.unportable(before["path"], cfg.output_root)
+        what = input_files.difference(path, before.get("files", {}), after["files"])
+        if what:
+            return f"{key}={path} changed ({what})"
+    return None
+
+
 def _world_size_matters(stage: str) -> bool:
     """A stage whose result depends on the number of torchrun ranks says so (`WORLD_SIZE_MATTERS` in
     its run.py: harvest under a token budget); elsewhere a result is the same at any world size and
@@ -221,6 +251,11 @@ def decide(cfg: Config, stage: str, *, pending: set[Path] | frozenset = frozense
         return Decision("redo", current, f"stale: {', '.join(stale)} {'was' if len(stale) == 1 else 'were'} redone "
                                          f"since this {'result' if finished else 'partial run'} read "
                                          f"{'it' if len(stale) == 1 else 'them'}")
+    rewritten = changed_input(cfg, stage, old.input_files)
+    if rewritten:
+        raise UserError(f"{stage}: {rewritten} since this {'result was made from it' if finished else 'partial run started'}"
+                        f" ({out_dir}) — restore the file to {'keep the result' if finished else 'resume it'}, or "
+                        f"overwrite=true {'redoes it' if finished else 'starts it over'} on the file as it is now")
     return Decision("skip" if finished else "resume", current)
 
 
@@ -349,6 +384,7 @@ def execute(cfg: Config, stage: str | None = None,
 def _open_stage_dir(cfg: Config, stage: str, out_dir: Path, prepare: Prepare | None) -> Decision:
     """Rank 0's part before any work: skip / resume / redo, the input checks, the fingerprint."""
     decision = decide(cfg, stage)
+    recorded = fingerprint.recorded(out_dir)
     if decision.action == "skip":
         problem = verify_finished(cfg, stage, out_dir)
         if problem is None:
@@ -362,6 +398,10 @@ def _open_stage_dir(cfg: Config, stage: str, out_dir: Path, prepare: Prepare | N
     elif decision.action == "resume":
         log.info("%s: resuming the partial run in %s (same settings)", stage, out_dir)
     preflight_stage(cfg, stage, prepare)
+    # after the checks (and the tiny world's data written); a run recorded before input_files existed
+    # gets them now, at its resume
+    identities = input_identities(cfg, stage, recorded.input_files if recorded else None)
+    decision = dataclasses.replace(decision, fingerprint=dataclasses.replace(decision.fingerprint, input_files=identities))
     if decision.action == "redo" and out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -436,7 +476,8 @@ def _execute_locked(cfg: Config, stage: str, func, out_dir: Path, main: bool, pr
             return Outcome(out_dir, "done")
         record = {"stage": stage, "run": name, "fingerprint": decision.fingerprint.digest,
                   "artifact_id": fingerprint.new_artifact_id(decision.fingerprint)}
-        extra = {**record, "settings": decision.fingerprint.settings, "upstream": decision.fingerprint.upstream}
+        extra = {**record, "settings": decision.fingerprint.settings, "upstream": decision.fingerprint.upstream,
+                 "input_files": decision.fingerprint.input_files}
         if distributed.is_distributed():
             extra["world_size"] = distributed.world_size()
         manifest = artifacts.build_manifest(stage, inputs=ctx.inputs, outputs=outputs, seed=cfg.seed,

@@ -9,9 +9,12 @@ crosscoder): a fresh id is drawn each time a stage finishes, so any redo of an u
 its readers stale.
 
 `run_stage` writes both to `<stage dir>/fingerprint.json` when work starts, and the hash with
-the artifact id into `COMPLETED` and `manifest.json` when it ends. A re-run compares:
+the artifact id into `COMPLETED` and `manifest.json` when it ends. Beside them, outside the hash,
+it records what each local data file the stage reads held (reasondiff.core.input_files: a file
+rewritten under the same path leaves the settings equal). A re-run compares:
 same settings and upstream -> skip (or resume partial work); other settings -> refuse, naming each
-changed key with both values; same settings, redone upstream -> stale, redo. Resuming partial work
+changed key with both values; same settings, redone upstream -> stale, redo; same settings, a data
+file rewritten since -> refuse, naming it. Resuming partial work
 tolerates the keys in `RESUME_TOLERANT` (they only affect work done after the resume point, or the
 stage keeps its own finer-grained fingerprint).
 """
@@ -210,15 +213,16 @@ def settings(cfg, stage: str) -> dict[str, Any]:
     """The fingerprinted settings of `stage` under `cfg`: dotted key -> value. Paths inside
     output_root are written relative to it, so a moved outputs/ tree keeps its fingerprints."""
     wanted = reads(cfg, stage)
-    flat = flatten(cfg)
-    root = str(Path(cfg.output_root)).rstrip("/") + "/"
-    out = {}
-    for key, value in flat.items():
-        if _selected(key, wanted) and not _excluded(cfg, stage, key):
-            if isinstance(value, str) and value.startswith(root):
-                value = "<output_root>/" + value[len(root):]
-            out[key] = value
-    return out
+    return {key: portable(value, cfg.output_root) for key, value in flatten(cfg).items()
+            if _selected(key, wanted) and not _excluded(cfg, stage, key)}
+
+
+def portable(value: Any, output_root: str) -> Any:
+    """A path inside output_root written relative to it (`<output_root>/...`); any other value as is."""
+    root = str(Path(output_root)).rstrip("/") + "/"
+    if isinstance(value, str) and value.startswith(root):
+        return "<output_root>/" + value[len(root):]
+    return value
 
 
 @dataclass
@@ -230,6 +234,10 @@ class Fingerprint:
     """Every stage directory further up (what the upstream read, and so on) -> its id then: the
     chain stays checkable when an intermediate directory is deleted (a large activation store).
     Not part of the digest: it follows from the upstream ids."""
+    input_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Config key of each local data source the stage reads -> {"path": as in the settings, "files":
+    reasondiff.core.input_files.identify(...)}: what the files held when the run started. Not part of
+    the digest, so runs recorded before it existed keep theirs (and resume as before)."""
 
     @property
     def digest(self) -> str:
@@ -238,12 +246,12 @@ class Fingerprint:
 
     def to_json(self) -> dict[str, Any]:
         return {"fingerprint": self.digest, "settings": self.settings, "upstream": self.upstream,
-                "lineage": self.lineage}
+                "lineage": self.lineage, "input_files": self.input_files}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fingerprint:
         return cls(settings=dict(data.get("settings", {})), upstream=dict(data.get("upstream", {})),
-                   lineage=dict(data.get("lineage", {})))
+                   lineage=dict(data.get("lineage", {})), input_files=dict(data.get("input_files", {})))
 
 
 def new_artifact_id(fingerprint: Fingerprint) -> str:
@@ -319,11 +327,17 @@ def suggested_run(stage: str, changes: list[tuple[str, Any, Any]]) -> str:
                                        for k, _, b in changes])
 
 
+def unportable(value: Any, output_root: str) -> Any:
+    """The inverse of `portable`: a recorded `<output_root>/...` path under this output_root."""
+    if isinstance(value, str) and value.startswith("<output_root>/"):
+        return str(Path(output_root) / value[len("<output_root>/"):])
+    return value
+
+
 def as_override(key: str, value: Any, output_root: str) -> str:
     """`key=value` as typed on a command line, from a recorded setting (paths recorded relative to
     output_root put back)."""
-    if isinstance(value, str) and value.startswith("<output_root>/"):
-        value = str(Path(output_root) / value[len("<output_root>/"):])
+    value = unportable(value, output_root)
     if isinstance(value, list):
         return f"{key}=[{','.join(_show(v) for v in value)}]"
     return f"{key}={'null' if value is None else _show(value)}"
