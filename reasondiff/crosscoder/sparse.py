@@ -99,8 +99,9 @@ class ActivePairs:
               offset: torch.Tensor | None = None) -> ActivePairs:
         """The pairs where scores [B, F] + offset [F] > threshold (the l1 variant's ReLU support, the
         offset its encoder bias), with their values in `values`. The kernel reads the fp32 scores
-        directly and adds the offset as it scans: neither the [B, F] bool mask nor the biased [B, F]
-        pre-activations are ever written (each a pass over 58 MB at the paper's shapes)."""
+        directly, adds the offset as it scans and reads the values at the pairs as it sorts them:
+        neither the [B, F] bool mask nor the biased [B, F] pre-activations are ever written (each a
+        pass over 58 MB at the paper's shapes)."""
         if kernel is not None and scores.device.type == "cpu" and scores.dtype == torch.float32:
             offset = offset.detach().float().contiguous() if offset is not None else scores.new_empty(0)
             return cls._from_kernel(scores.shape, kernel.pairs_above(scores.contiguous(), float(threshold), offset),

@@ -122,8 +122,8 @@ def sparse_objective(cc: CrossCoder, x: torch.Tensor, pre: torch.Tensor | None, 
     offset: the l1 variant on the kernels, whose encoder GEMM then never adds the bias to [B, F]).
 
     The squared reconstruction term's gradient is written in closed form (∂/∂x̂ Σ||x̂ − x||²/B =
-    2(x̂ − x)/B, one pass over the error instead of autograd's five); every other term goes through
-    autograd as a function of the small leaves.
+    2(x̂ − x)/B: the error, a dot product for the value, an in-place scale, where autograd takes
+    five passes); every other term goes through autograd as a function of the small leaves.
     """
     cfg = cc.cfg
     M, d, F = cfg.n_models, cfg.d_model, cfg.n_latents
