@@ -16,6 +16,7 @@ STEER_DIRECTIONS = ("adl_general", "adl_reasoning", "top_latent")
 """adl_general / adl_reasoning: the Activation Difference Lens vector of general / reasoning text;
 top_latent: the tuned decoder vector of the most tuned-leaning live latent."""
 STEER_POSITIONS = ("all", "prompt")
+ADL_REASONING_WINDOWS = ("assistant", "start")
 
 
 @dataclass
@@ -43,6 +44,12 @@ class InterveneConfig:
     adl_positions: int = 5
     """k: tuned − base is averaged over the first k positions of each context, one vector per position and their
     mean over the positions the crosscoder covers (the Activation Difference Lens of Minder and colleagues, 2025)."""
+    adl_reasoning_window: str = "assistant"
+    """Where the reasoning lens's k positions start: `assistant` = at the first token of each conversation's
+    assistant turn (after the chat template's generation prompt), as the reference code places its window
+    on chat data (a conversation whose assistant turn has fewer than k tokens in the context is skipped and
+    counted); `start` = the conversation's first k tokens (the chat template's opening, the same in every
+    conversation: earlier runs). General text always reads its first k positions."""
     adl_steer_position: int | None = None
     """Which ADL vector steers: None = the mean over the first adl_positions positions; an int = that
     position's own vector (the paper steers with one position's vector)."""
@@ -98,6 +105,7 @@ class InterveneConfig:
         for direction in (*self.steer_directions, self.bench_steer_direction):
             check_choice("intervene.steer_directions", direction, STEER_DIRECTIONS)
         check_choice("intervene.bench_steer_positions", self.bench_steer_positions, STEER_POSITIONS)
+        check_choice("intervene.adl_reasoning_window", self.adl_reasoning_window, ADL_REASONING_WINDOWS)
         for task in self.bench_tasks or ():
             check_choice("intervene.bench_tasks", task, TASKS)
         if len(set(self.selections)) != len(self.selections):

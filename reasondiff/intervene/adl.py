@@ -29,8 +29,8 @@ import torch
 
 from reasondiff.lm.resume_forward import final_norm, log_probs
 
-ADL_TOKEN_COLUMNS = ("text", "position", "model", "direction", "rank", "token_id", "token", "probability", "norm",
-                     "n_averaged")
+ADL_TOKEN_COLUMNS = ("text", "window", "position", "model", "direction", "rank", "token_id", "token", "probability",
+                     "norm", "n_averaged", "n_skipped")
 
 
 class DifferenceMeans:
@@ -41,6 +41,8 @@ class DifferenceMeans:
         self.count = torch.zeros(k, dtype=torch.float64)
         self.pooled_sum = torch.zeros(d_model, dtype=torch.float64)
         self.pooled_count = torch.zeros((), dtype=torch.float64)
+        self.skipped = torch.zeros((), dtype=torch.float64)
+        """Contexts left out: their window did not fit (the assistant turn starts too late in the context)."""
 
     def update(self, part: dict[str, torch.Tensor]) -> None:
         k = part["sum"].shape[0]
@@ -48,6 +50,7 @@ class DifferenceMeans:
         self.count[:k] += part["count"]
         self.pooled_sum += part["pooled_sum"]
         self.pooled_count += part["pooled_count"]
+        self.skipped += part.get("skipped", 0)
 
     def per_position(self) -> torch.Tensor:
         """[k, d] δ_j (zero for a position no sequence reached)."""
@@ -59,7 +62,7 @@ class DifferenceMeans:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"sum": self.sum.clone(), "count": self.count.clone(), "pooled_sum": self.pooled_sum.clone(),
-                "pooled_count": self.pooled_count.clone()}
+                "pooled_count": self.pooled_count.clone(), "skipped": self.skipped.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items():
@@ -81,10 +84,13 @@ def logit_lens(model, vector: torch.Tensor, k: int) -> dict[str, tuple[list[int]
     return out
 
 
-def adl_token_rows(text: str, means: DifferenceMeans, models: dict[str, Any], decode, k: int) -> list[dict[str, Any]]:
+def adl_token_rows(text: str, means: DifferenceMeans, models: dict[str, Any], decode, k: int,
+                   window: str = "start") -> list[dict[str, Any]]:
     """adl_tokens.csv rows of one text: per position j (and `mean`, the pooled vector), per model's lens,
-    promoted and suppressed tokens with their probabilities; `n_averaged` = how many differences the vector
-    averages (sequences for a position, sequence positions for the mean)."""
+    promoted and suppressed tokens with their probabilities; `window` = where position 0 is (`start` of the
+    context, or the first token of the `assistant` turn); `n_averaged` = how many differences the vector
+    averages (sequences for a position, sequence positions for the mean); `n_skipped` = contexts left out
+    because the window did not fit in them."""
     vectors: list[tuple[str, torch.Tensor, int]] = [
         (str(j), means.per_position()[j], int(means.count[j])) for j in range(means.count.shape[0]) if means.count[j] > 0]
     vectors.append(("mean", means.pooled(), int(means.pooled_count)))
@@ -92,9 +98,9 @@ def adl_token_rows(text: str, means: DifferenceMeans, models: dict[str, Any], de
     for position, vector, n in vectors:
         for model_name, model in models.items():
             for direction, (ids, probs) in logit_lens(model, vector, k).items():
-                rows += [{"text": text, "position": position, "model": model_name, "direction": direction,
+                rows += [{"text": text, "window": window, "position": position, "model": model_name, "direction": direction,
                           "rank": rank + 1, "token_id": token, "token": decode(token), "probability": p,
-                          "norm": float(vector.norm()), "n_averaged": n}
+                          "norm": float(vector.norm()), "n_averaged": n, "n_skipped": int(means.skipped)}
                          for rank, (token, p) in enumerate(zip(ids, probs, strict=True))]
     return rows
 
