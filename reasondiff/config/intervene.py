@@ -42,8 +42,9 @@ class InterveneConfig:
     """Each random latent is drawn from the this-many live latents nearest in log frequency to its selected
     counterpart (outside the selected set)."""
     adl_positions: int = 5
-    """k: tuned − base is averaged over the first k positions of each context, one vector per position and their
-    mean over the positions the crosscoder covers (the Activation Difference Lens of Minder and colleagues, 2025)."""
+    """k: tuned − base is averaged over the first k positions of each context (of each assistant turn on reasoning
+    text: adl_reasoning_window), one vector per position and their mean over the positions the crosscoder covers
+    (the Activation Difference Lens of Minder and colleagues, 2025)."""
     adl_reasoning_window: str = "assistant"
     """Where the reasoning lens's k positions start: `assistant` = at the first token of each conversation's
     assistant turn (after the chat template's generation prompt), as the reference code places its window

@@ -11,8 +11,9 @@ fine-tuned model in the reference code; here through both models' final norm and
 base model's first (what the base model would make of the shift; the tuned model's is the paper's).
 
 Here: at the crosscoder's hook (so the baseline and the crosscoder read the same activations), on the same
-held-out general text as the other measures (and, as a second vector, on the reasoning conversations), in
-raw units. Besides the per-position δ_j, one pooled vector, the mean of tuned − base over the first k
+held-out general text as the other measures (and, as a second vector, on the reasoning conversations, from
+each assistant turn's first token on: the reference code's `load_and_tokenize_chat_dataset` places position 0
+of chat data there, right after the chat template's generation prompt), in raw units. Besides the per-position δ_j, one pooled vector, the mean of tuned − base over the first k
 positions the crosscoder covers (not the sink position it never saw, no massive-activation token): the
 vector `steer` adds by default (`intervene.adl_steer_position` picks one position's δ_j instead, as the
 paper steers). The reference code scales a steering vector to the fine-tuned model's mean activation
