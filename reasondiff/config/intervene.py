@@ -88,9 +88,11 @@ class InterveneConfig:
     selection (base+patch_random, tuned+ablate_random): the null of the budget sweep."""
     bench_steer_alpha: float = 1.0
     """α of the ADL steering in the budget sweep (see steer_alphas)."""
-    bench_steer_direction: str = "adl_reasoning"
+    bench_steer_direction: str = "adl_general"
     """Which direction steers the base model in the budget sweep (adl_general, adl_reasoning, top_latent;
-    adl_reasoning falls back to adl_general when no reasoning text is read)."""
+    adl_reasoning falls back to adl_general when no reasoning text is read). Default: the general-text ADL
+    vector, the one the reference steers with (diffing-toolkit's ADL `steering.py`: ordinary-text vectors;
+    the v3 real-model run's adl_reasoning, read at the chat template's opening, moved the base away)."""
     bench_steer_positions: str = "all"
     """all = every position the crosscoder covers, prompt and generated tokens; prompt = the prompt only."""
     checkpoint_every: int = 4
