@@ -238,6 +238,8 @@ def test_on_policy_text_is_the_tuned_models_bench_generations_in_the_chat_layout
         generated = tiny_tokenizer(completion, add_special_tokens=False)["input_ids"]
         assert ids == prompt + generated + ([tiny_tokenizer.eos_token_id] if finished else [])
         assert "<|im_start|>user" in tiny_tokenizer.decode(prompt)  # the chat layout, the bench's own prompt
+    # where each generation starts (intervene's ADL window on the assistant turn)
+    assert text.prompt_lengths == [len(question_prompt(tiny_tokenizer, q, cfg, spec)) for q in questions[:2]]
     first = text.conversations[0]
     start = text.answer_starts[0]
     assert tiny_tokenizer.decode(first[start:]).startswith("<|im_start|>answer")

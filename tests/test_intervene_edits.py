@@ -208,6 +208,92 @@ def test_the_adl_vector_is_the_hand_computed_mean_difference(pair, tiny_tokenize
     assert ids_[0] == int(expected_top)
 
 
+def reasoning_texts(tokenizer):
+    """Three chat-formatted reasoning conversations (questions of different lengths, so their assistant turns
+    start at different positions), as analyze reads them."""
+    from reasondiff.analyze.texts import reasoning_conversations
+    from reasondiff.config import ReasoningFormat
+
+    rows = [{"question": "What is 2 + 3?" + " Think about apples." * i, "deepseek_thinking_trajectory":
+             "step one adds an apple. step two adds another.", "deepseek_attempt": "The answer is 5."} for i in range(3)]
+    return reasoning_conversations(rows, tokenizer, ReasoningFormat(), n_contexts=3, context_length=10_000), rows
+
+
+def test_the_reasoning_adl_window_starts_at_the_assistant_turn(pair, tiny_tokenizer):
+    """As the reference places its window on chat data: position 0 is the first token after the chat template's
+    generation prompt (the first token the fine-tune's loss mask keeps), not the conversation's first token."""
+    from reasondiff.config import ReasoningFormat
+    from reasondiff.lm.sft_example import IGNORE_INDEX, tokenize_example
+
+    fmt = ReasoningFormat()
+    texts, rows = reasoning_texts(tiny_tokenizer)
+    starts = texts.assistant_starts
+    assert starts is not None and len(set(starts.tolist())) == 3  # a different start in each conversation
+    for b, row in enumerate(rows):
+        ids = texts.input_ids[b].tolist()
+        start = int(starts[b])
+        assert tiny_tokenizer.decode(ids[:start]).endswith("<|im_start|>assistant\n")  # the generation prompt
+        assert tiny_tokenizer.decode(ids[start:]).startswith(fmt.think_delimiter)  # the assistant content
+        labels = tokenize_example(tiny_tokenizer, row["question"], row["deepseek_thinking_trajectory"],
+                                  row["deepseek_attempt"], fmt).labels
+        assert start == next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)  # the loss mask's start
+    hook = parse_hook(HOOK, 4)
+    runners = [Runner(m, hook) for m in pair]
+    site = Site(hook, keep_first=True, max_norm_ratio=None)
+    k = 5
+    part = first_position_differences(runners, texts.input_ids, texts.valid, site, k, starts)
+    base, tuned = (capture(m, texts.input_ids, None, hook).float() for m in pair)
+    window = torch.stack([(tuned - base)[b, int(starts[b]):int(starts[b]) + k] for b in range(3)])  # [3, k, d]
+    assert int(part["skipped"]) == 0 and part["count"].tolist() == [3.0] * k
+    torch.testing.assert_close(part["sum"].float(), window.sum(0), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(part["pooled_sum"].float(), window.sum((0, 1)), atol=1e-4, rtol=1e-5)
+    assert int(part["pooled_count"]) == 3 * k  # the sink position 0 lies outside every window
+    old = first_position_differences(runners, texts.input_ids, texts.valid, site, k)  # the conversations' first tokens
+    assert not torch.allclose(old["sum"], part["sum"], atol=1e-3)
+
+
+def test_a_conversation_whose_assistant_turn_is_too_short_in_the_context_is_skipped_and_counted(pair, tiny_tokenizer):
+    texts, _ = reasoning_texts(tiny_tokenizer)
+    starts, k = texts.assistant_starts, 5
+    valid = texts.valid.clone()
+    valid[0, int(starts[0]) + k - 1:] = False  # k - 1 assistant tokens in the context: skipped
+    valid[1, int(starts[1]) + k:] = False  # exactly k: kept
+    hook = parse_hook(HOOK, 4)
+    runners = [Runner(m, hook) for m in pair]
+    site = Site(hook, keep_first=True, max_norm_ratio=None)
+    means = adl.DifferenceMeans(k=k, d_model=D)
+    for rows in (slice(0, 1), slice(1, 3)):  # streamed over two batches
+        means.update(first_position_differences(runners, texts.input_ids[rows], valid[rows], site, k, starts[rows]))
+    assert int(means.skipped) == 1 and means.count.tolist() == [2.0] * k and int(means.pooled_count) == 2 * k
+    base, tuned = (capture(m, texts.input_ids, None, hook).float() for m in pair)
+    kept = torch.stack([(tuned - base)[b, int(starts[b]):int(starts[b]) + k] for b in (1, 2)])
+    torch.testing.assert_close(means.per_position(), kept.mean(0), atol=1e-5, rtol=1e-5)
+    rows = adl.adl_token_rows("reasoning", means, {"base": pair[0]}, str, 3, window="assistant")
+    assert {(r["window"], r["n_skipped"]) for r in rows} == {("assistant", 1)}
+
+
+def test_the_adl_window_per_text(tiny_tokenizer):
+    """Reasoning text reads from the assistant turn by default (`start` keeps the old window), general text from
+    its first token; a reasoning text that does not know its assistant turns is refused in one line."""
+    from types import SimpleNamespace
+
+    from reasondiff.analyze.texts import Contexts
+    from reasondiff.config.intervene import InterveneConfig
+    from reasondiff.core.errors import UserError
+    from reasondiff.intervene.run import adl_window
+
+    texts, _ = reasoning_texts(tiny_tokenizer)
+    general = Contexts.packed("general", texts.input_ids)
+    default = SimpleNamespace(intervene=InterveneConfig())
+    old = SimpleNamespace(intervene=InterveneConfig(adl_reasoning_window="start"))
+    assert (adl_window(default, texts), adl_window(default, general)) == ("assistant", "start")
+    assert (adl_window(old, texts), adl_window(old, general)) == ("start", "start")
+    with pytest.raises(UserError, match="adl_reasoning_window"):
+        adl_window(default, Contexts("reasoning", texts.input_ids, texts.valid))
+    with pytest.raises(ValueError, match="adl_reasoning_window"):
+        InterveneConfig(adl_reasoning_window="assitant")
+
+
 def test_a_text_pass_scores_interventions_exactly(changed_early, tiny_tokenizer):
     """In the stage's pass: the empty set and α = 0 close nothing and move nothing; the whole residual closes
     the scan's fraction (all of it, when only the layers before the hook changed); patching every latent

@@ -100,6 +100,7 @@ def test_intervene_after_analyze_on_an_imported_crosscoder(tmp_path, crosscoder_
 
     adl = read_rows(out / "adl_tokens.csv")
     assert {r["model"] for r in adl} == {"base", "tuned"} and {r["position"] for r in adl} >= {"0", "4", "mean"}
+    assert {(r["text"], r["window"]) for r in adl} == {("general", "start"), ("reasoning", "assistant")}
 
     # the budget sweep in the bench's own schema, every model on the same questions and limits
     results = read_rows(out / "bench_intervened" / "results.csv")

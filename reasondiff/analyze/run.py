@@ -166,7 +166,8 @@ def reasoning_contexts(cfg: Config, tokenizer) -> Contexts | None:
 
         text = bench.on_policy_conversations(cfg, tokenizer, n_contexts=a.n_reasoning_contexts,
                                              context_length=a.context_length, config_key="analyze.reasoning_text")
-        return padded_conversations(text.conversations, tokenizer, label="on-policy", source=text.source)
+        return padded_conversations(text.conversations, tokenizer, text.prompt_lengths, label="on-policy",
+                                    source=text.source)
     from reasondiff import finetune
 
     found = finetune.reasoning_rows(cfg, "analyze", max_rows=20 * a.n_reasoning_contexts)

@@ -40,6 +40,9 @@ class Contexts:
     label: str = "held-out general"
     """What the text is, in every table: held-out general, held-out rows, on-policy, file, trained rows."""
     source: str = ""
+    assistant_starts: torch.Tensor | None = None
+    """[n] per context, the index of the first token of the assistant turn (the first token after the chat
+    template's generation prompt, where the fine-tune's loss mask starts); None for general text."""
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -64,18 +67,20 @@ def reasoning_conversations(rows: Iterable[dict], tokenizer, fmt: ReasoningForma
                             config_key: str = "analyze.reasoning_corpus") -> Contexts:
     """Up to `n_contexts` conversations, one per context, right-padded to the longest (<= context_length)."""
     from reasondiff.lm.data_sources import require_fields
-    from reasondiff.lm.sft_example import TRACE_FIELDS, conversation_ids
+    from reasondiff.lm.sft_example import TRACE_FIELDS, conversation_example
 
     thinking_field, attempt_field = TRACE_FIELDS[trace_source]
     fields = ("question", thinking_field, attempt_field)
-    conversations, too_long = [], 0
+    conversations, starts, too_long = [], [], 0
     for index, row in enumerate(itertools.islice(rows, 20 * n_contexts)):
         require_fields(row, fields, index=index, source=config_key)
-        ids = conversation_ids(tokenizer, row["question"], row[thinking_field], row[attempt_field], fmt, context_length)
-        if ids is None:
+        example = conversation_example(tokenizer, row["question"], row[thinking_field], row[attempt_field], fmt,
+                                       context_length)
+        if example is None:
             too_long += 1
             continue
-        conversations.append(ids)
+        conversations.append(example.input_ids)
+        starts.append(example.prompt_tokens)
         if len(conversations) == n_contexts:
             break
     if too_long:
@@ -87,11 +92,13 @@ def reasoning_conversations(rows: Iterable[dict], tokenizer, fmt: ReasoningForma
     if len(conversations) < n_contexts:
         log.warning("%s: only %d conversations (asked for analyze.n_reasoning_contexts=%d)", config_key,
                     len(conversations), n_contexts)
-    return padded_conversations(conversations, tokenizer)
+    return padded_conversations(conversations, tokenizer, assistant_starts=starts)
 
 
-def padded_conversations(conversations: list[list[int]], tokenizer, **fields) -> Contexts:
-    """One conversation per context, right-padded to the longest; `valid` marks the real tokens."""
+def padded_conversations(conversations: list[list[int]], tokenizer, assistant_starts: list[int] | None = None,
+                         **fields) -> Contexts:
+    """One conversation per context, right-padded to the longest; `valid` marks the real tokens,
+    `assistant_starts` where each one's assistant turn starts (when known)."""
     length = max(len(ids) for ids in conversations)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(conversations), length), int(pad or 0), dtype=torch.long)
@@ -99,7 +106,8 @@ def padded_conversations(conversations: list[list[int]], tokenizer, **fields) ->
     for i, ids in enumerate(conversations):
         input_ids[i, :len(ids)] = torch.tensor(ids)
         valid[i, :len(ids)] = True
-    return Contexts(name="reasoning", input_ids=input_ids, valid=valid, **fields)
+    starts = None if assistant_starts is None else torch.tensor(assistant_starts, dtype=torch.long)
+    return Contexts(name="reasoning", input_ids=input_ids, valid=valid, assistant_starts=starts, **fields)
 
 
 def pack_texts(texts, tokenizer, n_contexts: int, context_length: int, *, config_key: str) -> torch.Tensor:

@@ -28,6 +28,8 @@ class OnPolicyText:
 
     conversations: list[list[int]] = field(default_factory=list)
     answer_starts: list[int | None] = field(default_factory=list)
+    prompt_lengths: list[int] = field(default_factory=list)
+    """Tokens of each conversation's prompt (the chat template's generation prompt): where the generation starts."""
     source: str = ""
     trained_dropped: int | None = None
     """Generations left out because the fine-tune trained on their question (None: not checked, the
@@ -128,6 +130,7 @@ def on_policy_conversations(cfg: Config, tokenizer, *, n_contexts: int, context_
                 continue
             out.conversations.append(ids)
             out.answer_starts.append(_answer_token(tokenizer, ids, len(prompt), delimiter))
+            out.prompt_lengths.append(len(prompt))
     if too_long:
         log.warning("%s=on_policy: %d prompts alone fill the %d-token context (skipped)", config_key, too_long,
                     context_length)

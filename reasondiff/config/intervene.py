@@ -16,6 +16,7 @@ STEER_DIRECTIONS = ("adl_general", "adl_reasoning", "top_latent")
 """adl_general / adl_reasoning: the Activation Difference Lens vector of general / reasoning text;
 top_latent: the tuned decoder vector of the most tuned-leaning live latent."""
 STEER_POSITIONS = ("all", "prompt")
+ADL_REASONING_WINDOWS = ("assistant", "start")
 
 
 @dataclass
@@ -41,8 +42,15 @@ class InterveneConfig:
     """Each random latent is drawn from the this-many live latents nearest in log frequency to its selected
     counterpart (outside the selected set)."""
     adl_positions: int = 5
-    """k: tuned − base is averaged over the first k positions of each context, one vector per position and their
-    mean over the positions the crosscoder covers (the Activation Difference Lens of Minder and colleagues, 2025)."""
+    """k: tuned − base is averaged over the first k positions of each context (of each assistant turn on reasoning
+    text: adl_reasoning_window), one vector per position and their mean over the positions the crosscoder covers
+    (the Activation Difference Lens of Minder and colleagues, 2025)."""
+    adl_reasoning_window: str = "assistant"
+    """Where the reasoning lens's k positions start: `assistant` = at the first token of each conversation's
+    assistant turn (after the chat template's generation prompt), as the reference code places its window
+    on chat data (a conversation whose assistant turn has fewer than k tokens in the context is skipped and
+    counted); `start` = the conversation's first k tokens (the chat template's opening, the same in every
+    conversation: earlier runs). General text always reads its first k positions."""
     adl_steer_position: int | None = None
     """Which ADL vector steers: None = the mean over the first adl_positions positions; an int = that
     position's own vector (the paper steers with one position's vector)."""
@@ -80,9 +88,11 @@ class InterveneConfig:
     selection (base+patch_random, tuned+ablate_random): the null of the budget sweep."""
     bench_steer_alpha: float = 1.0
     """α of the ADL steering in the budget sweep (see steer_alphas)."""
-    bench_steer_direction: str = "adl_reasoning"
+    bench_steer_direction: str = "adl_general"
     """Which direction steers the base model in the budget sweep (adl_general, adl_reasoning, top_latent;
-    adl_reasoning falls back to adl_general when no reasoning text is read)."""
+    adl_reasoning falls back to adl_general when no reasoning text is read). Default: the general-text ADL
+    vector, the one the reference steers with (diffing-toolkit's ADL `steering.py`: ordinary-text vectors;
+    the v3 real-model run's adl_reasoning, read at the chat template's opening, moved the base away)."""
     bench_steer_positions: str = "all"
     """all = every position the crosscoder covers, prompt and generated tokens; prompt = the prompt only."""
     checkpoint_every: int = 4
@@ -98,6 +108,7 @@ class InterveneConfig:
         for direction in (*self.steer_directions, self.bench_steer_direction):
             check_choice("intervene.steer_directions", direction, STEER_DIRECTIONS)
         check_choice("intervene.bench_steer_positions", self.bench_steer_positions, STEER_POSITIONS)
+        check_choice("intervene.adl_reasoning_window", self.adl_reasoning_window, ADL_REASONING_WINDOWS)
         for task in self.bench_tasks or ():
             check_choice("intervene.bench_tasks", task, TASKS)
         if len(set(self.selections)) != len(self.selections):

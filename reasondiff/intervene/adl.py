@@ -11,8 +11,9 @@ fine-tuned model in the reference code; here through both models' final norm and
 base model's first (what the base model would make of the shift; the tuned model's is the paper's).
 
 Here: at the crosscoder's hook (so the baseline and the crosscoder read the same activations), on the same
-held-out general text as the other measures (and, as a second vector, on the reasoning conversations), in
-raw units. Besides the per-position δ_j, one pooled vector, the mean of tuned − base over the first k
+held-out general text as the other measures (and, as a second vector, on the reasoning conversations, from
+each assistant turn's first token on: the reference code's `load_and_tokenize_chat_dataset` places position 0
+of chat data there, right after the chat template's generation prompt), in raw units. Besides the per-position δ_j, one pooled vector, the mean of tuned − base over the first k
 positions the crosscoder covers (not the sink position it never saw, no massive-activation token): the
 vector `steer` adds by default (`intervene.adl_steer_position` picks one position's δ_j instead, as the
 paper steers). The reference code scales a steering vector to the fine-tuned model's mean activation
@@ -29,8 +30,8 @@ import torch
 
 from reasondiff.lm.resume_forward import final_norm, log_probs
 
-ADL_TOKEN_COLUMNS = ("text", "position", "model", "direction", "rank", "token_id", "token", "probability", "norm",
-                     "n_averaged")
+ADL_TOKEN_COLUMNS = ("text", "window", "position", "model", "direction", "rank", "token_id", "token", "probability",
+                     "norm", "n_averaged", "n_skipped")
 
 
 class DifferenceMeans:
@@ -41,6 +42,8 @@ class DifferenceMeans:
         self.count = torch.zeros(k, dtype=torch.float64)
         self.pooled_sum = torch.zeros(d_model, dtype=torch.float64)
         self.pooled_count = torch.zeros((), dtype=torch.float64)
+        self.skipped = torch.zeros((), dtype=torch.float64)
+        """Contexts left out: their window did not fit (the assistant turn starts too late in the context)."""
 
     def update(self, part: dict[str, torch.Tensor]) -> None:
         k = part["sum"].shape[0]
@@ -48,6 +51,7 @@ class DifferenceMeans:
         self.count[:k] += part["count"]
         self.pooled_sum += part["pooled_sum"]
         self.pooled_count += part["pooled_count"]
+        self.skipped += part.get("skipped", 0)
 
     def per_position(self) -> torch.Tensor:
         """[k, d] δ_j (zero for a position no sequence reached)."""
@@ -59,7 +63,7 @@ class DifferenceMeans:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"sum": self.sum.clone(), "count": self.count.clone(), "pooled_sum": self.pooled_sum.clone(),
-                "pooled_count": self.pooled_count.clone()}
+                "pooled_count": self.pooled_count.clone(), "skipped": self.skipped.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items():
@@ -81,10 +85,13 @@ def logit_lens(model, vector: torch.Tensor, k: int) -> dict[str, tuple[list[int]
     return out
 
 
-def adl_token_rows(text: str, means: DifferenceMeans, models: dict[str, Any], decode, k: int) -> list[dict[str, Any]]:
+def adl_token_rows(text: str, means: DifferenceMeans, models: dict[str, Any], decode, k: int,
+                   window: str = "start") -> list[dict[str, Any]]:
     """adl_tokens.csv rows of one text: per position j (and `mean`, the pooled vector), per model's lens,
-    promoted and suppressed tokens with their probabilities; `n_averaged` = how many differences the vector
-    averages (sequences for a position, sequence positions for the mean)."""
+    promoted and suppressed tokens with their probabilities; `window` = where position 0 is (`start` of the
+    context, or the first token of the `assistant` turn); `n_averaged` = how many differences the vector
+    averages (sequences for a position, sequence positions for the mean); `n_skipped` = contexts left out
+    because the window did not fit in them."""
     vectors: list[tuple[str, torch.Tensor, int]] = [
         (str(j), means.per_position()[j], int(means.count[j])) for j in range(means.count.shape[0]) if means.count[j] > 0]
     vectors.append(("mean", means.pooled(), int(means.pooled_count)))
@@ -92,9 +99,9 @@ def adl_token_rows(text: str, means: DifferenceMeans, models: dict[str, Any], de
     for position, vector, n in vectors:
         for model_name, model in models.items():
             for direction, (ids, probs) in logit_lens(model, vector, k).items():
-                rows += [{"text": text, "position": position, "model": model_name, "direction": direction,
+                rows += [{"text": text, "window": window, "position": position, "model": model_name, "direction": direction,
                           "rank": rank + 1, "token_id": token, "token": decode(token), "probability": p,
-                          "norm": float(vector.norm()), "n_averaged": n}
+                          "norm": float(vector.norm()), "n_averaged": n, "n_skipped": int(means.skipped)}
                          for rank, (token, p) in enumerate(zip(ids, probs, strict=True))]
     return rows
 

@@ -175,21 +175,39 @@ def intervention_batch(runners: Sequence[Runner], tokens: torch.Tensor, valid: t
 
 @torch.no_grad()
 def first_position_differences(runners: Sequence[Runner], tokens: torch.Tensor, valid: torch.Tensor, site: Site,
-                               k: int) -> dict[str, torch.Tensor]:
-    """Sums for the Activation Difference Lens over the first k positions of a batch [B, T]: per position
+                               k: int, starts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Sums for the Activation Difference Lens over a window of k positions of a batch [B, T]: per position
     (Σ (x_tuned − x_base) [k, d], count [k]) and over those of them the crosscoder covers (pooled; which
     positions count is decided on the whole contexts, as in every other pass). Each model runs only up to
-    the hook (`hooks.capture`)."""
+    the hook (`hooks.capture`).
+
+    The window is the first k positions of each context, or with `starts` [B] the k positions from
+    starts[b] on (the assistant turn's first token, as the reference code places its window on chat
+    data); a context with fewer than k real tokens from its start is skipped whole (`skipped`), as the
+    reference drops a conversation with fewer assistant tokens than its window."""
     x = torch.stack([capture(runner.model, tokens, None, site.hook).float() for runner in runners], dim=2)
-    counted = select_positions(x, valid.to(x.device), drop_first_position=site.keep_first,
+    valid = valid.to(x.device)
+    counted = select_positions(x, valid, drop_first_position=site.keep_first,
                                max_norm_ratio=site.max_norm_ratio)[0]
-    k = min(k, tokens.shape[1])
-    diff = (x[:, :k, 1] - x[:, :k, 0]).double()
-    real, covered = valid[:, :k].to(diff.device).bool(), counted[:, :k]
+    B, T = tokens.shape
+    if starts is None:
+        k = min(k, T)
+        index = torch.arange(k, device=x.device).expand(B, k)
+        real = valid[:, :k].bool()
+        skipped = torch.zeros((), dtype=torch.float64)
+    else:
+        starts = starts.to(x.device)
+        inside = starts + k <= valid.sum(dim=1)
+        index = (starts.unsqueeze(1) + torch.arange(k, device=x.device)).clamp(max=T - 1)
+        real = inside.unsqueeze(1).expand(B, k)
+        skipped = (~inside).sum().cpu().double()
+    rows = torch.arange(B, device=x.device).unsqueeze(1)
+    diff = (x[rows, index, 1] - x[rows, index, 0]).double()
+    covered = counted[rows, index] & real
     norms = x.norm(dim=-1)  # [B, T, 2]: the median norm per model over the real tokens after the first
-    later = valid.to(x.device).bool().clone()
+    later = valid.bool().clone()
     later[:, 0] = False
     median = norms[later].median(dim=0).values if later.any() else torch.full((2,), float("nan"))
     return {"sum": (diff * real.unsqueeze(-1)).sum(0).cpu(), "count": real.sum(0).cpu().double(),
-            "pooled_sum": (diff * covered.unsqueeze(-1)).sum((0, 1)).cpu(),
+            "pooled_sum": (diff * covered.unsqueeze(-1)).sum((0, 1)).cpu(), "skipped": skipped,
             "pooled_count": covered.sum().cpu().double(), "median_norm": median.cpu()}

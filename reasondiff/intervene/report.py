@@ -152,10 +152,15 @@ def write_section(directory: Path, cfg, rows: list[dict[str, Any]], adl_rows: li
     sentences = headline(rows, best, scan=scan_closed(cfg.stage_dir("scan"), hook, text))
     adl_texts = list(dict.fromkeys(r["text"] for r in adl_rows))
     for text in adl_texts:
+        first = next(r for r in adl_rows if r["text"] == text)
+        where = (f"first {cfg.intervene.adl_positions} positions of the assistant turn"
+                 if first.get("window") == "assistant" else f"first {cfg.intervene.adl_positions} positions")
+        if int(first.get("n_skipped") or 0):
+            where += f"; {first['n_skipped']} conversations skipped, their assistant turn starts too late"
         for model in ("base", "tuned"):
             tokens = top_tokens(adl_rows, text=text, model=model)
             if tokens:
-                sentences.append(f"ADL ({text} text, first {cfg.intervene.adl_positions} positions) through the {model} "
+                sentences.append(f"ADL ({text} text, {where}) through the {model} "
                                  "model's logit lens promotes: " + ", ".join(f"`{t.strip() or repr(t)}`" for t in tokens) + ".")
     sentences += bench_sentences(directory / "bench_intervened")
     if sentences:

@@ -73,6 +73,18 @@ def read_texts(cfg: Config, tokenizer, tuned_tokenizer, store) -> dict[str, Any]
     return texts
 
 
+def adl_window(cfg: Config, text) -> str:
+    """Where the ADL window of a text starts: `assistant` (the reasoning conversations under
+    intervene.adl_reasoning_window=assistant: at each assistant turn's first token, the reference's placement
+    on chat data) or `start` (the context's first tokens: general text, or the old reasoning window)."""
+    if text.name != "reasoning" or cfg.intervene.adl_reasoning_window == "start":
+        return "start"
+    if text.assistant_starts is None:
+        raise UserError("intervene.adl_reasoning_window=assistant: the reasoning text does not say where its assistant "
+                        "turns start (set intervene.adl_reasoning_window=start to read its first tokens)")
+    return "assistant"
+
+
 def trimmed(text, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """The contexts `rows` cut after the longest one's last real token (no all-padding columns)."""
     valid = text.valid[rows]
@@ -199,17 +211,23 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     # 2. the Activation Difference Lens
     adl: dict[str, DifferenceMeans] = {}
     medians = []
+    windows = {name: adl_window(cfg, text) for name, text in texts.items()}
     for name, text in texts.items():
         adl[name] = DifferenceMeans(i.adl_positions, crosscoder.cfg.d_model)
         for lo in range(0, len(text), batch):
             ids, valid = trimmed(text, slice(lo, lo + batch))
-            part = first_position_differences(runners, ids, valid, site, i.adl_positions)
+            starts = text.assistant_starts[lo:lo + batch] if windows[name] == "assistant" else None
+            part = first_position_differences(runners, ids, valid, site, i.adl_positions, starts)
             adl[name].update(part)
             if name == "general":
                 medians.append(part["median_norm"])
+        if adl[name].skipped:
+            log.warning("intervene: ADL of %s text: %d of %d contexts skipped (fewer than %d tokens of the assistant "
+                        "turn in the context)", name, int(adl[name].skipped), len(text), i.adl_positions)
     decode = _decoder(tokenizer)
     adl_rows = [row for name, means in adl.items()
-                for row in adl_token_rows(name, means, {"base": models[0], "tuned": models[1]}, decode, i.n_logit_tokens)]
+                for row in adl_token_rows(name, means, {"base": models[0], "tuned": models[1]}, decode, i.n_logit_tokens,
+                                          windows[name])]
     write_csv(ctx.dir / "adl_tokens.csv", adl_rows, ADL_TOKEN_COLUMNS)
     _save_vectors(ctx.dir / "adl_vectors.safetensors", adl)
 
@@ -244,6 +262,8 @@ def run(cfg: Config, ctx) -> dict[str, Any]:
     write_csv(ctx.dir / "intervene.csv", rows, INTERVENE_COLUMNS)
     best = best_selection(rows)
     outputs: dict[str, Any] = {"n_interventions": len(interventions), "skipped": skipped,
+                               "adl": {name: {"window": windows[name], "n_skipped": int(means.skipped)}
+                                       for name, means in adl.items()},
                                "best_selection": {k: best[k] for k in ("selection", "size", "value", "ci_low", "ci_high")}
                                if best else None}
 

@@ -125,9 +125,16 @@ def trim_thinking_middle(example: SFTExample, max_length: int) -> SFTExample | N
                    answer_start=example.answer_start - excess, turn_end=example.turn_end - excess)
 
 
+def conversation_example(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat,
+                         max_length: int) -> SFTExample | None:
+    """The conversation as the fine-tune trained on it, cut to `max_length` tokens by dropping the
+    middle of the thinking (analyze's reasoning text); None when even no thinking won't fit. Its
+    `prompt_tokens` is where the assistant turn starts (the loss mask's start; intervene's ADL window)."""
+    return trim_thinking_middle(tokenize_example(tokenizer, question, thinking, attempt, fmt), max_length)
+
+
 def conversation_ids(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat,
                      max_length: int) -> list[int] | None:
-    """The conversation as the fine-tune trained on it, cut to `max_length` tokens by dropping the
-    middle of the thinking (analyze's reasoning text); None when even no thinking won't fit."""
-    example = trim_thinking_middle(tokenize_example(tokenizer, question, thinking, attempt, fmt), max_length)
+    """The token ids of `conversation_example` (None when even no thinking won't fit)."""
+    example = conversation_example(tokenizer, question, thinking, attempt, fmt, max_length)
     return None if example is None else example.input_ids
