@@ -8,7 +8,7 @@ import torch
 
 from reasondiff.analyze.texts import reasoning_conversations
 from reasondiff.config import ReasoningFormat
-from reasondiff.lm.sft_example import conversation_ids
+from reasondiff.lm.sft_example import conversation_example
 
 FMT = ReasoningFormat()
 QUESTION, ATTEMPT = "What is 2 + 3?", "The answer is 5."
@@ -18,7 +18,7 @@ THINKING = " ".join(f"step {i} adds one more apple to the basket." for i in rang
 def test_a_conversation_is_the_sequence_the_fine_tune_trained_on(tiny_tokenizer):
     from reasondiff.lm.sft_example import tokenize_example
 
-    ids = conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10_000)
+    ids = conversation_example(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10_000).input_ids
     assert ids == tokenize_example(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT).input_ids
     text = tiny_tokenizer.decode(ids)
     assert FMT.think_delimiter in text and FMT.answer_delimiter in text and text.index(FMT.think_delimiter) < \
@@ -26,20 +26,20 @@ def test_a_conversation_is_the_sequence_the_fine_tune_trained_on(tiny_tokenizer)
 
 
 def test_a_long_conversation_loses_the_middle_of_its_thinking_only(tiny_tokenizer):
-    full = conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10_000)
-    cut = conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=len(full) - 60)
+    full = conversation_example(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10_000).input_ids
+    cut = conversation_example(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=len(full) - 60).input_ids
     assert len(cut) == len(full) - 60
     text = tiny_tokenizer.decode(cut)
     assert QUESTION in text and ATTEMPT in text and FMT.think_delimiter in text and FMT.answer_delimiter in text
     assert "step 0 " in text and "step 39 " in text and "step 20 " not in text  # head and tail of the thinking kept
     assert cut[:20] == full[:20] and cut[-20:] == full[-20:]
-    assert conversation_ids(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10) is None
+    assert conversation_example(tiny_tokenizer, QUESTION, THINKING, ATTEMPT, FMT, max_length=10) is None
 
 
 def test_reasoning_conversations_are_right_padded_and_marked(tiny_tokenizer):
     rows = [{"question": QUESTION, "deepseek_thinking_trajectory": THINKING[: 40 * (i + 1)], "deepseek_attempt": ATTEMPT}
             for i in range(5)]
-    lengths = [len(conversation_ids(tiny_tokenizer, r["question"], r["deepseek_thinking_trajectory"], ATTEMPT, FMT, 10_000))
+    lengths = [len(conversation_example(tiny_tokenizer, r["question"], r["deepseek_thinking_trajectory"], ATTEMPT, FMT, 10_000).input_ids)
                for r in rows]
     texts = reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=3, context_length=10_000)
     assert len(texts) == 3 and texts.length == max(lengths[:3])
@@ -49,8 +49,8 @@ def test_reasoning_conversations_are_right_padded_and_marked(tiny_tokenizer):
     assert clipped.length == lengths[1] and bool(clipped.valid.all(dim=1)[1:].all())
     with pytest.raises(Exception, match="gemini_thinking_trajectory"):
         reasoning_conversations(rows, tiny_tokenizer, FMT, n_contexts=1, context_length=512, trace_source="gemini")
-    assert torch.equal(texts.input_ids[0, :lengths[0]], torch.tensor(conversation_ids(
-        tiny_tokenizer, QUESTION, rows[0]["deepseek_thinking_trajectory"], ATTEMPT, FMT, 10_000)))
+    assert torch.equal(texts.input_ids[0, :lengths[0]], torch.tensor(conversation_example(
+        tiny_tokenizer, QUESTION, rows[0]["deepseek_thinking_trajectory"], ATTEMPT, FMT, 10_000).input_ids))
 
 
 def test_analyze_reads_the_real_s1k_rows_exactly_as_the_fine_tune_trains_on_them(tiny_tokenizer, shared_data):

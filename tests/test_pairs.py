@@ -190,7 +190,7 @@ QUESTION, THINKING, ATTEMPT = "What is 3 + 4?", "3 + 4 = 7.", "Answer: the sum i
 @pytest.mark.parametrize("layout", ["s1", "think_r1", "think_qwen3", "none"])
 def test_reasoning_corpus_is_the_layouts_conversation(layout, tiny_tokenizer, r1_tokenizer, qwen3_tokenizer):
     from reasondiff.finetune import tokenize_example
-    from reasondiff.lm.sft_example import conversation_ids
+    from reasondiff.lm.sft_example import conversation_example
 
     tok = {"s1": tiny_tokenizer, "think_r1": r1_tokenizer, "think_qwen3": qwen3_tokenizer, "none": tiny_tokenizer}[layout]
     fmt = _fmt(layout.split("_")[0])
@@ -203,7 +203,7 @@ def test_reasoning_corpus_is_the_layouts_conversation(layout, tiny_tokenizer, r1
 
     example = tokenize_example(tok, QUESTION, THINKING, ATTEMPT, fmt)  # scan's reasoning text
     assert example.input_ids == expected
-    assert conversation_ids(tok, QUESTION, THINKING, ATTEMPT, fmt, max_length=10_000) == expected  # analyze's
+    assert conversation_example(tok, QUESTION, THINKING, ATTEMPT, fmt, max_length=10_000).input_ids == expected  # analyze's
     assert example.prompt_tokens == len(_enc(tok, prompt))
     answer_token = tok.convert_ids_to_tokens(example.input_ids[example.answer_start])
     if layout.startswith("think"):

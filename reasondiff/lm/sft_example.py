@@ -131,10 +131,3 @@ def conversation_example(tokenizer, question: str, thinking: str, attempt: str, 
     middle of the thinking (analyze's reasoning text); None when even no thinking won't fit. Its
     `prompt_tokens` is where the assistant turn starts (the loss mask's start; intervene's ADL window)."""
     return trim_thinking_middle(tokenize_example(tokenizer, question, thinking, attempt, fmt), max_length)
-
-
-def conversation_ids(tokenizer, question: str, thinking: str, attempt: str, fmt: ReasoningFormat,
-                     max_length: int) -> list[int] | None:
-    """The token ids of `conversation_example` (None when even no thinking won't fit)."""
-    example = conversation_example(tokenizer, question, thinking, attempt, fmt, max_length)
-    return None if example is None else example.input_ids
